@@ -1,0 +1,1 @@
+"""Entry points behind the one ``convirt`` command. Nothing imports this package."""

@@ -1,0 +1,57 @@
+"""The ``convirt`` command: subcommands, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from convirt import __version__
+
+_LIGHTNING = ("fit", "validate", "test")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from convirt.cli import data, report, retrieval, zeroshot
+
+    parser = argparse.ArgumentParser(prog="convirt", description="medical vision-language contrastive pretraining")
+    parser.add_argument("--version", action="version", version=f"convirt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{phantom,shards,fit,validate,test,zeroshot,embed,index,report}")
+    data.add_parsers(sub)
+    for name in _LIGHTNING:
+        sub.add_parser(name, help=f"{name} with LightningCLI (`convirt {name} --help`)", add_help=False)
+    zeroshot.add_parsers(sub)
+    retrieval.add_parsers(sub)
+    report.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from convirt.models.pretrained import PretrainedUnavailableError
+
+    try:
+        if argv and argv[0] in _LIGHTNING:
+            from convirt.training.cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        args = build_parser().parse_args(argv)
+        args.run(args)
+    except (FileNotFoundError, ValueError, PretrainedUnavailableError, FloatingPointError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"convirt: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convirt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``convirt report``: the demo's results table and ``metrics.json`` from the stage outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from convirt.cli.common import write_json
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", help="merge zero-shot and retrieval metrics into one table and JSON")
+    parser.add_argument("--zeroshot", required=True, help="metrics.json of `convirt zeroshot`")
+    parser.add_argument("--retrieval", required=True, help="JSON of `convirt index eval --output`")
+    parser.add_argument("--output", required=True, help="metrics.json to write")
+    parser.set_defaults(run=run)
+
+
+def _load(path: str) -> dict:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def run(args: argparse.Namespace) -> None:
+    zeroshot, retrieval = _load(args.zeroshot), _load(args.retrieval)
+    metrics = {
+        "zeroshot": {
+            "mean_auroc": zeroshot["descriptors"]["mean_auroc"],
+            "per_finding_auroc": zeroshot["descriptors"]["auroc"],
+            "names_mean_auroc": zeroshot["names"]["mean_auroc"],
+            "names_per_finding_auroc": zeroshot["names"]["auroc"],
+            "samples": zeroshot["samples"],
+            "positives": zeroshot["positives"],
+        },
+        "retrieval": retrieval,
+    }
+    write_json(args.output, metrics)
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
+    print(f"\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
+    for name, value in zeroshot["descriptors"]["auroc"].items():
+        print(f"| {name} | {zeroshot['positives'][name]} | {fmt(value)} | {fmt(zeroshot['names']['auroc'][name])} |")
+    print(f"| **mean** | | **{fmt(metrics['zeroshot']['mean_auroc'])}** | {fmt(metrics['zeroshot']['names_mean_auroc'])} |")
+    k_keys = [k for k in retrieval if k.startswith("precision_at_")]
+    for key in k_keys:
+        print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, self excluded): {fmt(retrieval[key])} "
+              f"over {retrieval['queries']} queries")
+    print(f"\nwrote {args.output}")

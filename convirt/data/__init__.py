@@ -1,0 +1,1 @@
+"""Data: archive rows -> WebDataset shards -> streaming batches."""

@@ -1,0 +1,67 @@
+"""The shard schema: the one place that names the keys of a sample.
+
+A sample in a shard is a dict of ``__key__`` plus one field per extension, as webdataset
+expects: ``jpg`` (8-bit grayscale JPEG bytes), ``txt`` (the report text, UTF-8) and ``json``
+(metadata: patient, study, view, labels, source).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+KEY = "__key__"
+IMAGE = "jpg"
+TEXT = "txt"
+META = "json"
+
+SPLITS = ("train", "val", "test")
+NO_FINDING = "No Finding"
+LABEL_SEPARATOR = ";"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Row:
+    """One image-report pair as an archive reader yields it, before it is written to a shard.
+
+    Attributes:
+        key: Unique sample key (letters, digits, ``-`` and ``_`` only).
+        image_path: Path of the image file on disk.
+        text: Report text.
+        patient_id: Patient identifier, used to split without leaking patients.
+        labels: Finding names; ``[]`` or ``["No Finding"]`` for a normal study.
+        view: Projection (``PA``, ``AP``, ``LATERAL``) where known.
+        source: Name of the archive the row came from.
+        split: Official split where the archive has one, else ``None``.
+    """
+
+    key: str
+    image_path: str
+    text: str
+    patient_id: str
+    labels: list[str] = field(default_factory=list)
+    view: str = ""
+    source: str = ""
+    split: str | None = None
+
+    def metadata(self) -> dict[str, object]:
+        """Return the JSON metadata stored beside the image and text."""
+        return {
+            "patient_id": self.patient_id,
+            "labels": list(self.labels),
+            "view": self.view,
+            "source": self.source,
+        }
+
+
+def parse_labels(value: str | None) -> list[str]:
+    """Split a ``;``-separated label string into clean label names."""
+    if not value:
+        return []
+    return [part.strip() for part in str(value).split(LABEL_SEPARATOR) if part.strip()]
+
+
+def finding_set(labels: Iterable[str]) -> frozenset[str]:
+    """Return the set of findings, with ``No Finding`` read as the empty set."""
+    return frozenset(label for label in labels if label and label != NO_FINDING)

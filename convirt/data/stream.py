@@ -1,0 +1,76 @@
+"""Shards -> batches: a webdataset pipeline of image tensors, token ids and metadata."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import webdataset as wds
+from PIL import Image
+
+from convirt.data.schema import IMAGE, KEY, META, TEXT
+
+
+def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any]]], tokenizer: Callable[..., torch.Tensor]
+             ) -> dict[str, Any]:
+    keys, images, texts, metas = zip(*samples)
+    return {
+        "key": list(keys),
+        "image": torch.stack(list(images)),
+        "text": tokenizer(list(texts)),
+        "raw_text": list(texts),
+        "meta": list(metas),
+    }
+
+
+def build_batches(
+    urls: Sequence[str],
+    image_transform: Callable[[Image.Image], torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor],
+    batch_size: int,
+    text_transform: Callable[[str], str] | None = None,
+    train: bool = False,
+    shuffle_buffer: int = 1000,
+    distributed: bool = False,
+    seed: int = 0,
+) -> wds.WebDataset:
+    """Build an iterable of batch dicts from shard paths.
+
+    Each batch holds ``key`` (list), ``image`` ``(B, 3, H, W)``, ``text`` ``(B, L)`` token ids,
+    ``raw_text`` (list) and ``meta`` (list of dicts).
+
+    Training streams endlessly over shuffled shards and samples; cut it into epochs with
+    ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
+    Evaluation reads each sample once, in order (split by rank when ``distributed``).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    text_transform = text_transform or (lambda text: text)
+
+    def to_sample(sample: dict[str, Any]) -> tuple[str, torch.Tensor, str, dict[str, Any]]:
+        meta = sample.get(META) or {}
+        return sample[KEY], image_transform(sample[IMAGE]), text_transform(sample[TEXT]), meta
+
+    nodesplitter = wds.split_by_node if distributed else wds.single_node_only
+    dataset = wds.WebDataset(
+        list(urls),
+        shardshuffle=len(urls) if train else False,
+        nodesplitter=nodesplitter,
+        workersplitter=wds.split_by_worker,
+        repeat=train,
+        empty_check=False,
+        seed=seed,
+    )
+    if train:
+        dataset = dataset.shuffle(shuffle_buffer)
+    dataset = dataset.decode("pill").map(to_sample)
+    dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer), partial=not train)
+    return dataset
+
+
+def batches_per_worker(samples: int, batch_size: int, world_size: int = 1, workers: int = 0) -> int:
+    """Batches each data-loader worker yields per epoch so that one epoch covers ``samples`` once."""
+    total = max(1, samples // (batch_size * max(1, world_size)))
+    return max(1, math.ceil(total / max(1, workers)))

@@ -1,0 +1,61 @@
+"""Embed images and texts in batches; the model is used only through ``encode_image`` / ``encode_text``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class EmbeddingOutput:
+    """Image embeddings with the keys and metadata of their samples.
+
+    Attributes:
+        embeddings: ``(N, D)`` float32, L2-normalised.
+        keys: Sample keys, length ``N``.
+        meta: Sample metadata dicts, length ``N``.
+        texts: Report texts, length ``N``.
+    """
+
+    embeddings: np.ndarray
+    keys: list[str] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def embed_batches(model: nn.Module, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu",
+                  progress: bool = True) -> EmbeddingOutput:
+    """Embed the images of batch dicts (as :func:`convirt.data.stream.build_batches` makes them).
+
+    Raises:
+        ValueError: No batch was given.
+    """
+    from tqdm.auto import tqdm
+
+    parts, keys, meta, texts = [], [], [], []
+    for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
+        features = model.encode_image(batch["image"].to(device), normalize=True)
+        parts.append(features.float().cpu().numpy())
+        keys.extend(batch["key"])
+        meta.extend(batch["meta"])
+        texts.extend(batch.get("raw_text", [""] * len(batch["key"])))
+    if not parts:
+        raise ValueError("no images to embed: the data is empty")
+    return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts)
+
+
+@torch.no_grad()
+def embed_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
+                batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Normalised text embeddings ``(len(texts), D)``."""
+    if not texts:
+        raise ValueError("no texts to embed")
+    parts = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
+             for i in range(0, len(texts), batch_size)]
+    return torch.cat(parts)

@@ -1,0 +1,57 @@
+"""Re-create a trained model from a training checkpoint, without unpickling anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convirt.models.factory import create_model, create_tokenizer
+
+# The training module keeps its dual encoder under this attribute name.
+MODEL_PREFIX = "model."
+
+
+@dataclass
+class LoadedModel:
+    """A model re-created from a checkpoint, with its tokenizer and what it was built from."""
+
+    model: nn.Module
+    tokenizer: Any
+    model_name: str
+    text_model_path: str | None
+    checkpoint: str
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a ``convirt fit`` checkpoint into a model in eval mode.
+
+    The model is rebuilt from the registry name stored in the checkpoint's hyper-parameters
+    (without downloading pretrained weights) and its trained weights are loaded, strict.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: The file is not a convirt checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
+    if "model_name" not in hparams or "state_dict" not in state:
+        raise ValueError(f"{path} is not a convirt checkpoint (no model_name hyper-parameter or state_dict)")
+    text_model_path = hparams.get("text_model_path")
+    model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    model.load_state_dict(weights, strict=True)
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=create_tokenizer(hparams["model_name"], text_model_path=text_model_path),
+        model_name=hparams["model_name"],
+        text_model_path=text_model_path,
+        checkpoint=str(path),
+    )

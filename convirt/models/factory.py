@@ -1,0 +1,142 @@
+"""The model registry: one open_clip-format JSON per variant in ``configs/``, scanned at import.
+
+A config file holds ``{"model_cfg": ..., "preprocess_cfg": ...}``, the layout of open_clip's
+``open_clip_config.json``, so an exported model and a registry entry read the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import open_clip
+from open_clip.model import set_model_preprocess_cfg
+from open_clip.tokenizer import HFTokenizer
+from torch import nn
+
+from convirt.models.pretrained import (
+    PretrainedUnavailableError,
+    load_state_dict_by_position,
+    offline_hint,
+    resolve_image_weights,
+    resolve_text_model,
+)
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def _scan_configs() -> dict[str, dict[str, Any]]:
+    configs = {}
+    for path in sorted(_CONFIG_DIR.glob("*.json")):
+        with open(path, encoding="utf-8") as handle:
+            configs[path.stem] = json.load(handle)
+    return configs
+
+
+_MODEL_CONFIGS = _scan_configs()
+
+
+def list_models() -> list[str]:
+    """Names of the model variants shipped with convirt."""
+    return sorted(_MODEL_CONFIGS)
+
+
+def get_model_config(name: str) -> dict[str, Any]:
+    """Return a copy of a registry entry (``model_cfg`` and ``preprocess_cfg``).
+
+    Raises:
+        ValueError: ``name`` is not in the registry; the message lists the known names.
+    """
+    if name not in _MODEL_CONFIGS:
+        raise ValueError(
+            f"unknown model {name!r}; known: {', '.join(list_models())} "
+            "(or 'hf-hub:org/repo' / 'local-dir:/path' for an open_clip model)"
+        )
+    return copy.deepcopy(_MODEL_CONFIGS[name])
+
+
+def get_preprocess_cfg(name: str) -> dict[str, Any]:
+    """Image preprocessing of a model: ``size``, ``mean``, ``std``."""
+    if name.startswith(_SCHEMAS):
+        return dict(open_clip.get_model_preprocess_cfg(create_model(name)))
+    config = get_model_config(name)
+    size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
+    return {"size": size, **config.get("preprocess_cfg", {})}
+
+
+def get_context_length(name: str) -> int:
+    """Number of tokens the text tower reads."""
+    config = get_model_config(name)
+    return int(config["model_cfg"]["text_cfg"].get("context_length", 77))
+
+
+def create_model(
+    name: str,
+    pretrained: bool = True,
+    text_model_path: str | None = None,
+    image_weights_path: str | None = None,
+) -> nn.Module:
+    """Create a dual encoder with ``encode_image`` / ``encode_text`` and its own ``logit_scale``.
+
+    Args:
+        name: A registry name (see :func:`list_models`), or an open_clip ``hf-hub:`` /
+            ``local-dir:`` name, which loads the whole model with its weights.
+        pretrained: Load pretrained tower weights (ignored for ``hf-hub:`` / ``local-dir:``).
+        text_model_path: Local Hugging Face model folder that replaces the config's text model.
+        image_weights_path: Local state-dict file for the image tower.
+
+    Raises:
+        ValueError: Unknown name.
+        PretrainedUnavailableError: Weights could not be loaded; the message says how to load
+            them from a local path.
+    """
+    if name.startswith(_SCHEMAS):
+        try:
+            return open_clip.create_model(name)
+        except (OSError, RuntimeError) as error:
+            raise PretrainedUnavailableError(f"{offline_hint(name)} ({error})") from error
+
+    config = get_model_config(name)
+    model_cfg = config["model_cfg"]
+    text_cfg, vision_cfg = model_cfg["text_cfg"], model_cfg["vision_cfg"]
+    is_hf_text = "hf_model_name" in text_cfg
+    if is_hf_text:
+        text_name = text_model_path or resolve_text_model(text_cfg["hf_model_name"])
+        text_cfg["hf_model_name"] = text_name
+        text_cfg["hf_tokenizer_name"] = text_model_path or resolve_text_model(
+            text_cfg.get("hf_tokenizer_name", text_cfg["hf_model_name"])
+        )
+        text_cfg["hf_model_pretrained"] = pretrained
+    timm_name = vision_cfg.get("timm_model_name")
+    image_weights = image_weights_path or (resolve_image_weights(timm_name) if timm_name else None)
+    if timm_name:
+        # Weights from a local file are loaded below; otherwise timm fetches its own.
+        vision_cfg["timm_model_pretrained"] = bool(pretrained and image_weights is None)
+    model_class = open_clip.CustomTextCLIP if (is_hf_text or model_cfg.pop("custom_text", False)) else open_clip.CLIP
+    try:
+        model = model_class(**model_cfg)
+    except (OSError, RuntimeError) as error:
+        source = text_cfg.get("hf_model_name", timm_name or name)
+        raise PretrainedUnavailableError(f"{offline_hint(source)} ({error})") from error
+    if pretrained and timm_name and image_weights is not None:
+        load_state_dict_by_position(model.visual.trunk, image_weights)
+    set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **get_preprocess_cfg(name)})
+    return model
+
+
+def create_tokenizer(name: str, text_model_path: str | None = None) -> Any:
+    """Return the tokenizer of a model: a callable from a list of texts to a ``(N, L)`` long tensor."""
+    if name.startswith(_SCHEMAS):
+        return open_clip.get_tokenizer(name)
+    text_cfg = get_model_config(name)["model_cfg"]["text_cfg"]
+    context_length = int(text_cfg.get("context_length", 77))
+    if "hf_tokenizer_name" not in text_cfg:
+        return open_clip.get_tokenizer("ViT-B-32", context_length=context_length)
+    tokenizer_name = text_model_path or resolve_text_model(text_cfg["hf_tokenizer_name"])
+    try:
+        return HFTokenizer(tokenizer_name, context_length=context_length)
+    except OSError as error:
+        raise PretrainedUnavailableError(f"{offline_hint(tokenizer_name)} ({error})") from error

@@ -1,0 +1,92 @@
+"""The DataModule: streams a shard folder made by ``convirt shards``; knows no model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from convirt.data.stream import batches_per_worker, build_batches
+from convirt.data.transforms import SentenceSampler, build_image_transform, clean_report
+from convirt.data.writer import read_manifest, shard_urls
+from convirt.models.factory import create_tokenizer, get_preprocess_cfg
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Batches of images, token ids and metadata from ``{train,val,test}-*.tar`` shards.
+
+    The model's name is config data here: it picks the tokenizer and the image size and
+    normalisation, so the two always match the model being trained.
+
+    Args:
+        shards: Folder with ``manifest.json`` and the shards.
+        model_name: Registry name of the model (linked from the model's ``model_name``).
+        text_model_path: Local tokenizer folder (linked from the model).
+        batch_size: Samples per batch and per device.
+        num_workers: Data-loader processes per device.
+        shuffle_buffer: Samples held in the training shuffle buffer.
+        sentence_drop: Probability of dropping each report sentence in training.
+        image_size: Override of the model's input size.
+        seed: Seed of the shard and sample shuffles.
+    """
+
+    def __init__(
+        self,
+        shards: str,
+        model_name: str = "demo-effnet-minilm",
+        text_model_path: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 1,
+        shuffle_buffer: int = 1000,
+        sentence_drop: float = 0.3,
+        image_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.manifest: dict[str, Any] = {}
+        self.tokenizer: Any = None
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        self.manifest = read_manifest(hp.shards)
+        self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
+        self.preprocess = get_preprocess_cfg(hp.model_name)
+        self.size = hp.image_size or int(self.preprocess["size"] if isinstance(self.preprocess["size"], int)
+                                          else self.preprocess["size"][0])
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        hp = self.hparams
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        transform = build_image_transform(self.size, self.preprocess["mean"], self.preprocess["std"], train=train)
+        dataset = build_batches(
+            shard_urls(hp.shards, split),
+            image_transform=transform,
+            tokenizer=self.tokenizer,
+            batch_size=hp.batch_size,
+            text_transform=SentenceSampler(hp.sentence_drop, seed=hp.seed + rank) if train else clean_report,
+            train=train,
+            shuffle_buffer=hp.shuffle_buffer,
+            distributed=world_size > 1,
+            seed=hp.seed + rank,
+        )
+        if train:
+            samples = int(self.manifest["splits"][split]["samples"])
+            per_worker = batches_per_worker(samples, hp.batch_size, world_size, hp.num_workers)
+            dataset = dataset.with_epoch(per_worker).with_length(per_worker * max(1, hp.num_workers))
+        return DataLoader(dataset, batch_size=None, num_workers=hp.num_workers,
+                          persistent_workers=train and hp.num_workers > 0)
+
+    def _has(self, split: str) -> bool:
+        return int(self.manifest.get("splits", {}).get(split, {}).get("samples", 0)) > 0
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self._loader("val", train=False) if self._has("val") else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
