@@ -17,6 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     phantom.add_argument("--num-samples", type=int, default=2000)
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--size", type=int, default=256, help="image side in pixels")
+    phantom.add_argument("--workers", type=int, default=2, help="image drawing processes")
     phantom.set_defaults(run=run_phantom)
 
     shards = sub.add_parser("shards", help="convert an archive into WebDataset shards with a manifest")
@@ -34,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_phantom(args: argparse.Namespace) -> None:
-    path = write_phantom(args.output, args.num_samples, seed=args.seed, size=args.size)
+    path = write_phantom(args.output, args.num_samples, seed=args.seed, size=args.size, workers=args.workers)
     print(f"wrote {args.num_samples} phantom samples: {path}")
 
 

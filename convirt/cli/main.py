@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"convirt: error: {message}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # argparse / LightningCLI usage errors: they have printed their message
+        return exit_.code if isinstance(exit_.code, int) else 2
     except KeyboardInterrupt:
         print("convirt: interrupted", file=sys.stderr)
         return 130

