@@ -56,4 +56,5 @@ def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory)
 def requires_shared_data(*parts: str) -> pytest.MarkDecorator:
     """Skip with a clear reason when ../shared/data (or a file in it) is absent."""
     path = SHARED_DATA.joinpath(*parts)
-    return pytest.mark.skipif(not path.exists(), reason=f"real data not present at {path} (see ../shared/data/README.md)")
+    reason = f"real data not present at {path} (see ../shared/data/README.md)"
+    return pytest.mark.skipif(not path.exists(), reason=reason)

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> None:
     print("\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
     for name, value in zeroshot["descriptors"]["auroc"].items():
         print(f"| {name} | {zeroshot['positives'][name]} | {fmt(value)} | {fmt(zeroshot['names']['auroc'][name])} |")
-    print(f"| **mean** | | **{fmt(metrics['zeroshot']['mean_auroc'])}** | {fmt(metrics['zeroshot']['names_mean_auroc'])} |")
+    summary = metrics["zeroshot"]
+    print(f"| **mean** | | **{fmt(summary['mean_auroc'])}** | {fmt(summary['names_mean_auroc'])} |")
     k_keys = [k for k in retrieval if k.startswith("precision_at_")]
     for key in k_keys:
         print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, self excluded): {fmt(retrieval[key])} "

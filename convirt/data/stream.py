@@ -13,13 +13,31 @@ from PIL import Image
 from convirt.data.schema import IMAGE, KEY, META, TEXT
 
 
+def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """Drop the trailing token columns that are padding in every row of ``(B, L)`` ids.
+
+    Text towers that mask padding give the same embeddings either way; short reports then
+    cost a fraction of the full context length.
+    """
+    if pad_id is None or tokens.ndim != 2:
+        return tokens
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1] if len(used) else tokens
+
+
+def _pad_id(tokenizer: Callable[..., torch.Tensor]) -> int | None:
+    inner = getattr(tokenizer, "tokenizer", None)
+    value = getattr(inner, "pad_token_id", None)
+    return int(value) if value is not None else None
+
+
 def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any]]], tokenizer: Callable[..., torch.Tensor]
              ) -> dict[str, Any]:
     keys, images, texts, metas = zip(*samples)
     return {
         "key": list(keys),
         "image": torch.stack(list(images)),
-        "text": tokenizer(list(texts)),
+        "text": trim_padding(tokenizer(list(texts)), _pad_id(tokenizer)),
         "raw_text": list(texts),
         "meta": list(metas),
     }

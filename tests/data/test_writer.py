@@ -27,7 +27,7 @@ def test_shards_hold_every_usable_row_with_manifest(tmp_path):
     assert manifest["samples"] == 6 and manifest["dropped"] == {}
     assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
     names = []
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         for shard in info["shards"]:
             assert shard["samples"] <= 2 and len(shard["sha256"]) == 64
             with tarfile.open(tmp_path / "out" / shard["name"]) as tar:

@@ -248,7 +248,7 @@ def render_image(case: PhantomCase, rng: np.random.Generator, size: int = 256) -
     if CONSOLIDATION in case.findings:
         cx, ax, _ = dome[case.consolidation_side]
         zy = lung_cy + (0.45 if case.consolidation_zone == "lower" else -0.4) * lung_ay
-        patch = _blob_field(rng, x, y, cx + rng.normal(0, 0.02), zy, 0.06, int(rng.integers(4, 8)))
+        patch = _blob_field(rng, x, y, cx + rng.normal(0, 0.02), zy, 0.07, int(rng.integers(5, 9)))
         texture = gaussian_filter(rng.random((size, size)).astype(np.float32), 2 * size / 256)
         texture = (texture - texture.min()) / (np.ptp(texture) + 1e-6)
         patch = patch * lungs[case.consolidation_side] * (0.75 + 0.5 * texture)
@@ -256,7 +256,7 @@ def render_image(case: PhantomCase, rng: np.random.Generator, size: int = 256) -
         n = int(rng.integers(3, 6))
         starts = np.stack([np.full(n, cx) + rng.normal(0, 0.02, n), np.full(n, zy - 0.05)], axis=1)
         _lines(bronchi, rng, starts, rng.uniform(1.2, 1.9, n), rng.uniform(0.05, 0.09, n), 1.0, size)
-        img += 0.3 * patch - 0.12 * np.clip(bronchi, 0, 1) * (patch > 0.25)
+        img += 0.4 * patch - 0.12 * np.clip(bronchi, 0, 1) * (patch > 0.25)
 
     # Pulmonary edema: bilateral perihilar ("bat wing") haze.
     if EDEMA in case.findings:
@@ -308,7 +308,8 @@ def _positive_sentence(case: PhantomCase, finding: str, rng: np.random.Generator
     elif finding == EFFUSION:
         side = _side_words(case.effusion_side)
         plural = "s" if side == "bilateral" else ""
-        describe = (f"Blunting of the {side} costophrenic angle{plural}.", f"Blunted {side} costophrenic angle{plural}.",
+        describe = (f"Blunting of the {side} costophrenic angle{plural}.",
+                    f"Blunted {side} costophrenic angle{plural}.",
                     f"Meniscus-shaped opacity at the {side} lung base{plural}.",
                     f"Fluid layering at the {side} base{plural}.")
         name = (f"{size.capitalize()} {side} pleural effusion{plural}.", f"There is a {size} {side} pleural effusion.")
@@ -340,7 +341,8 @@ def _positive_sentence(case: PhantomCase, finding: str, rng: np.random.Generator
         hedge = (f"Patchy {side} {zone} opacity may represent early consolidation.",)
         impression = f"{side.capitalize()} {zone} lobe consolidation."
     elif finding == EDEMA:
-        describe = ("Perihilar haziness and interstitial markings.", "Bilateral perihilar opacities with Kerley B lines.",
+        describe = ("Perihilar haziness and interstitial markings.",
+                    "Bilateral perihilar opacities with Kerley B lines.",
                     "Pulmonary vascular congestion with interstitial thickening.")
         name = ("Pulmonary edema.", "Mild interstitial pulmonary edema.", "Findings consistent with pulmonary edema.")
         hedge = ("Possible mild interstitial edema.",)

@@ -1,0 +1,123 @@
+"""Measure the speed of each pipeline stage on this machine and write the table to BENCHMARKS.md.
+
+Run with `make bench`. Each figure is measured here, now; nothing is copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.1f}"
+
+
+def bench_phantom(tmp: Path) -> tuple[str, str, str]:
+    from convirt.data.sources.phantom import write_phantom
+
+    start = time.perf_counter()
+    write_phantom(tmp / "phantom", 200, seed=0, size=256, workers=1, progress=False)
+    return "phantom images (256 px, 1 process)", _rate(200, time.perf_counter() - start), "img/s"
+
+
+def bench_shards(tmp: Path) -> tuple[str, str, str]:
+    from convirt.data.sources import read_rows
+    from convirt.data.writer import write_shards
+
+    start = time.perf_counter()
+    write_shards(read_rows("csv", str(tmp / "phantom" / "rows.csv")), tmp / "shards", image_size=192,
+                 shard_size=100, progress=False)
+    return "shard writing (PNG -> 192 px JPEG, 1 process)", _rate(200, time.perf_counter() - start), "img/s"
+
+
+def bench_stream(tmp: Path) -> tuple[str, str, str]:
+    from convirt.data.stream import build_batches
+    from convirt.data.transforms import build_image_transform
+    from convirt.data.writer import shard_urls
+
+    transform = build_image_transform(160, [0.5] * 3, [0.5] * 3, train=True)
+    urls = shard_urls(tmp / "shards", "train")
+    dataset = build_batches(urls, transform, lambda t: torch.zeros(len(t), 1), batch_size=32, train=True,
+                            shuffle_buffer=100).with_epoch(10)
+    start = time.perf_counter()
+    n = sum(len(batch["key"]) for batch in dataset)
+    return "streaming + train augmentation (160 px, 1 process)", _rate(n, time.perf_counter() - start), "samples/s"
+
+
+def bench_train_step() -> tuple[str, str, str]:
+    from convirt.losses import create_loss
+    from convirt.models import create_model
+
+    model = create_model("demo-effnet-minilm", pretrained=True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    loss_fn = create_loss("clip")
+    images, texts = torch.randn(32, 3, 160, 160), torch.randint(1000, 2000, (32, 40))
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        loss = loss_fn(model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True),
+                       model.logit_scale.exp())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        timings.append(time.perf_counter() - start)
+    return ("train step, demo-effnet-minilm, batch 32, 160 px, 40 tokens, fp32",
+            _rate(32, float(np.median(timings[2:]))), "samples/s")
+
+
+def bench_faiss() -> list[tuple[str, str, str]]:
+    from convirt.retrieval import build_index, search
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50_000, 256)).astype(np.float32)
+    queries = rng.normal(size=(1000, 256)).astype(np.float32)
+    rows = []
+    exact_ids = None
+    for factory in ("Flat", "HNSW32"):
+        index, _ = build_index(base, factory)
+        start = time.perf_counter()
+        _, ids = search(index, queries, 10)
+        seconds = time.perf_counter() - start
+        if exact_ids is None:
+            exact_ids = ids
+            recall = 1.0
+        else:
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)]))
+        rows.append((f"FAISS {factory}, 50k x 256, k=10 (recall@10 vs exact {recall:.3f})",
+                     _rate(1000, seconds), "queries/s"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        rows = [bench_phantom(tmp), bench_shards(tmp), bench_stream(tmp), bench_train_step(), *bench_faiss()]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured by `make bench` (`benchmarks/run.py`) on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, on {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| stage | rate | unit |",
+        "|---|---:|---|",
+        *[f"| {name} | {rate} | {unit} |" for name, rate, unit in rows],
+        "",
+    ]
+    Path(args.output).write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
