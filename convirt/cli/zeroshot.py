@@ -14,7 +14,7 @@ from convirt.cli.common import eval_batches, write_json
 from convirt.data.schema import finding_set
 from convirt.embeddings import embed_batches
 from convirt.models import load_checkpoint
-from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
+from convirt.zeroshot import Method, ZeroShotClassifier, ZeroShotOutput, load_descriptors
 from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
 
@@ -77,11 +77,10 @@ def _write_predictions(path: Path, keys: list[str], names: list[str], labels: np
             writer.writerow([key, *[f"{v:.5f}" for v in p], *y.tolist()])
 
 
-def _write_explanations(path: Path, keys: list[str], output: object) -> None:
-    obs_probs = output.observation_probabilities
-    observations = output.observations
-    probs = output.probabilities
-    names = output.finding_names
+def _write_explanations(path: Path, keys: list[str], output: ZeroShotOutput) -> None:
+    obs_probs, observations = output.observation_probabilities, output.observations
+    probs, names = output.probabilities, output.finding_names
+    assert obs_probs is not None, "explanations come from the descriptor method"
     with open(path, "w", encoding="utf-8") as handle:
         for row, key in enumerate(keys):
             record = {

@@ -18,18 +18,18 @@ def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None) 
         FileNotFoundError: No file at ``path``.
         OSError: The file is not a readable image.
     """
-    with Image.open(path) as image:
-        if short_side and image.format == "JPEG":
-            image.draft("L", (short_side, short_side))
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I", "F"):
+    with Image.open(path) as source:
+        if short_side and source.format == "JPEG":
+            source.draft("L", (short_side, short_side))
+        source.load()
+        image: Image.Image
+        if source.mode in ("I;16", "I;16B", "I", "F"):
             # 16-bit or float: stretch to the full 8-bit range.
-            extrema = image.getextrema()
-            low, high = float(extrema[0]), float(extrema[1])  # type: ignore[index]
+            low, high = (float(v) for v in source.getextrema())  # type: ignore[arg-type]
             scale = 255.0 / (high - low) if high > low else 1.0
-            image = image.point(lambda v: (v - low) * scale).convert("L")
+            image = source.point(lambda v: (v - low) * scale).convert("L")
         else:
-            image = image.convert("L")
+            image = source.convert("L")
     if short_side:
         image = resize_short_side(image, short_side)
     return image

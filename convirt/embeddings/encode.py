@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 
 @dataclass
@@ -29,9 +28,11 @@ class EmbeddingOutput:
 
 
 @torch.no_grad()
-def embed_batches(model: nn.Module, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu",
+def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu",
                   progress: bool = True) -> EmbeddingOutput:
     """Embed the images of batch dicts (as :func:`convirt.data.stream.build_batches` makes them).
+
+    ``model`` is anything with ``encode_image(images, normalize=True)``.
 
     Raises:
         ValueError: No batch was given.
@@ -51,7 +52,7 @@ def embed_batches(model: nn.Module, batches: Iterable[dict[str, Any]], device: s
 
 
 @torch.no_grad()
-def embed_texts(model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
+def embed_texts(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
                 batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
     """Normalised text embeddings ``(len(texts), D)``."""
     if not texts:

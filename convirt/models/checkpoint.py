@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from convirt.models.factory import create_model, create_tokenizer
 
@@ -19,7 +18,7 @@ MODEL_PREFIX = "model."
 class LoadedModel:
     """A model re-created from a checkpoint, with its tokenizer and what it was built from."""
 
-    model: nn.Module
+    model: Any
     tokenizer: Any
     model_name: str
     text_model_path: str | None

@@ -19,6 +19,7 @@ from torch import nn
 from convirt.models.pretrained import (
     PretrainedUnavailableError,
     load_state_dict_by_position,
+    load_timm_pretrained,
     offline_hint,
     resolve_image_weights,
     resolve_text_model,
@@ -111,18 +112,21 @@ def create_model(
         )
         text_cfg["hf_model_pretrained"] = pretrained
     timm_name = vision_cfg.get("timm_model_name")
-    image_weights = image_weights_path or (resolve_image_weights(timm_name) if timm_name else None)
     if timm_name:
-        # Weights from a local file are loaded below; otherwise timm fetches its own.
-        vision_cfg["timm_model_pretrained"] = bool(pretrained and image_weights is None)
+        # Image weights are loaded below, so that a failure names the image tower.
+        vision_cfg["timm_model_pretrained"] = False
     model_class = open_clip.CustomTextCLIP if (is_hf_text or model_cfg.pop("custom_text", False)) else open_clip.CLIP
     try:
         model = model_class(**model_cfg)
     except (OSError, RuntimeError) as error:
-        source = text_cfg.get("hf_model_name", timm_name or name)
+        source = text_cfg.get("hf_model_name", name)
         raise PretrainedUnavailableError(f"{offline_hint(source)} ({error})") from error
-    if pretrained and timm_name and image_weights is not None:
-        load_state_dict_by_position(model.visual.trunk, image_weights)
+    if pretrained and timm_name:
+        image_weights = image_weights_path or resolve_image_weights(timm_name)
+        if image_weights is not None:
+            load_state_dict_by_position(model.visual.trunk, image_weights)
+        else:
+            load_timm_pretrained(model.visual.trunk, timm_name)
     set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **get_preprocess_cfg(name)})
     return model
 

@@ -85,6 +85,26 @@ def load_state_dict_by_position(module: nn.Module, path: str | Path) -> None:
     module.load_state_dict(mapped, strict=True)
 
 
+def load_timm_pretrained(trunk: nn.Module, timm_name: str) -> None:
+    """Load timm's own pretrained weights for ``timm_name`` into an image trunk (downloads them).
+
+    Raises:
+        PretrainedUnavailableError: timm could not fetch the weights; the message says how to
+            pass a local file instead.
+    """
+    import timm
+
+    try:
+        source = timm.create_model(timm_name, pretrained=True, num_classes=0)
+    except (OSError, RuntimeError) as error:
+        raise PretrainedUnavailableError(
+            f"could not load pretrained image weights for timm model {timm_name!r} (no network?). "
+            "Pass image_weights_path=/path/to/state_dict.pth (a local file), or pretrained=False. "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from error
+    trunk.load_state_dict(source.state_dict(), strict=True)
+
+
 def offline_hint(name: str) -> str:
     """The message that says how to load a model without a network."""
     return (

@@ -49,7 +49,7 @@ class ShardDataModule(L.LightningDataModule):
         self.tokenizer: Any = None
 
     def setup(self, stage: str | None = None) -> None:
-        hp = self.hparams
+        hp: Any = self.hparams
         self.manifest = read_manifest(hp.shards)
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
         self.preprocess = get_preprocess_cfg(hp.model_name)
@@ -57,7 +57,7 @@ class ShardDataModule(L.LightningDataModule):
                                           else self.preprocess["size"][0])
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        hp = self.hparams
+        hp: Any = self.hparams
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         transform = build_image_transform(self.size, self.preprocess["mean"], self.preprocess["std"], train=train)

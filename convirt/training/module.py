@@ -46,7 +46,7 @@ class ContrastiveModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
+        self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
 
@@ -91,8 +91,8 @@ class ContrastiveModule(L.LightningModule):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+    def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
         tower_lr = hp.tower_learning_rate or hp.learning_rate
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, param in self.model.named_parameters():

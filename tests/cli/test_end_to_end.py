@@ -20,7 +20,7 @@ def _config(tmp_path: Path, shards: Path, text_model: str) -> Path:
                            "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0,
                                          "enable_version_counter": False}}],
         },
-        "model": {"model_name": TINY_MODEL, "text_model_path": text_model, "learning_rate": 1e-3,
+        "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": text_model, "learning_rate": 1e-3,
                   "warmup_steps": 2},
         "data": {"shards": str(shards), "batch_size": 8, "num_workers": 0, "shuffle_buffer": 16},
     }

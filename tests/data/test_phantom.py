@@ -27,7 +27,7 @@ def test_image_is_grayscale_uint8_with_dark_lungs_and_bright_body():
     image = render_image(PhantomCase(findings=()), np.random.default_rng(0), 128)
     assert image.shape == (128, 128) and image.dtype == np.uint8
     lung = image[50:70, 30:45].mean()  # right lung field
-    soft_tissue = image[110:120, 10:20].mean()  # lateral chest wall, below the lungs
+    soft_tissue = image[116:124, 30:45].mean()  # upper abdomen, below the right diaphragm
     assert lung < soft_tissue
 
 

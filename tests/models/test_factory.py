@@ -14,7 +14,7 @@ def test_registry_lists_shipped_configs_and_rejects_unknown_names():
 
 
 def test_tiny_model_encodes_to_unit_norm_embeddings(tiny_text_model):
-    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model).eval()
+    model = create_model(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model).eval()
     tokenizer = create_tokenizer(TINY_MODEL, text_model_path=tiny_text_model)
     tokens = tokenizer(["No pneumothorax.", "Enlarged cardiac silhouette."])
     assert tokens.shape == (2, 32)
@@ -26,11 +26,15 @@ def test_tiny_model_encodes_to_unit_norm_embeddings(tiny_text_model):
     assert torch.allclose(text.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_text_tower_weights_come_from_the_local_folder(tiny_text_model):
+def test_pretrained_towers_come_from_local_files(tiny_text_model, tmp_path):
     from transformers import AutoModel
 
     reference = AutoModel.from_pretrained(tiny_text_model).state_dict()
-    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model)
+    image = timm.create_model("test_efficientnet", num_classes=0)
+    torch.save(image.state_dict(), tmp_path / "image.pth")
+    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model,
+                         image_weights_path=str(tmp_path / "image.pth"))
+    assert torch.equal(model.visual.trunk.conv_stem.weight, image.conv_stem.weight)
     loaded = model.text.transformer.state_dict()
     for name, value in reference.items():
         if name in loaded:
@@ -53,8 +57,13 @@ def test_image_weights_load_by_position(tmp_path):
 def test_missing_text_model_says_how_to_load_locally(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PretrainedUnavailableError, match="text_model_path=/path/to/hf_model_dir"):
-        create_model(TINY_MODEL, text_model_path=None) if False else create_model(
-            TINY_MODEL, text_model_path="/nonexistent/model-dir")
+        create_model(TINY_MODEL, text_model_path="/nonexistent/model-dir")
+
+
+def test_missing_image_weights_say_how_to_load_locally(monkeypatch, tiny_text_model):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="image_weights_path=/path/to/state_dict.pth"):
+        create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model)
 
 
 def test_hub_model_without_network_fails_fast_with_hint(monkeypatch):

@@ -7,7 +7,8 @@ from tests.conftest import TINY_MODEL
 
 
 def test_fit_a_few_steps_then_reload_the_checkpoint(phantom_shards, tiny_text_model, tmp_path):
-    module = ContrastiveModule(TINY_MODEL, text_model_path=tiny_text_model, learning_rate=1e-3, warmup_steps=1)
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, learning_rate=1e-3,
+                               warmup_steps=1)
     data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
                            batch_size=8, num_workers=0, shuffle_buffer=16)
     trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -34,7 +34,7 @@ def read_csv_rows(
     labels_column: str = "labels",
     source_name: str = "csv",
 ) -> Iterator[Row]:
-    """Yield one :class:`Row` per CSV line.
+    """Return an iterator of one :class:`Row` per CSV line; the file and its columns are checked now.
 
     Raises:
         FileNotFoundError: The CSV does not exist.
@@ -43,15 +43,19 @@ def read_csv_rows(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8") as handle:
+        columns = csv.DictReader(handle).fieldnames or []
+    for required in (image_column, text_column):
+        if required not in columns:
+            raise ValueError(f"{path}: column {required!r} not found; columns: {', '.join(columns) or '(none)'}")
+    return _rows(path, image_column, text_column, patient_column, labels_column, source_name)
+
+
+def _rows(path: Path, image_column: str, text_column: str, patient_column: str, labels_column: str,
+          source_name: str) -> Iterator[Row]:
     root = path.parent
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for required in (image_column, text_column):
-            if required not in columns:
-                raise ValueError(
-                    f"{path}: column {required!r} not found; columns: {', '.join(columns) or '(none)'}"
-                )
         seen: dict[str, int] = {}
         for record in reader:
             image = record[image_column] or ""

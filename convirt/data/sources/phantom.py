@@ -298,6 +298,9 @@ def _positive_sentence(case: PhantomCase, finding: str, rng: np.random.Generator
     """
     style = str(rng.choice(("describe", "name", "hedge"), p=(0.55, 0.33, 0.12)))
     size = _SIZE_WORDS[case.severity]
+    describe: tuple[str, ...]
+    name: tuple[str, ...]
+    hedge: tuple[str, ...]
     if finding == CARDIOMEGALY:
         describe = ("Enlarged cardiac silhouette.", "The cardiac silhouette is enlarged.",
                     "Increased cardiothoracic ratio.", "The heart shadow is widened.",
