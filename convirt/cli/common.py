@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -10,28 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from convirt.data.stream import build_batches
-from convirt.data.transforms import build_image_transform, clean_report
-from convirt.data.writer import shard_urls
+from convirt.data.transforms import clean_report, image_transform_for
+from convirt.data.writer import file_sha256, shard_urls
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.factory import get_preprocess_cfg
 
 
 def eval_batches(loaded: LoadedModel, shards: str, split: str, batch_size: int) -> Iterable[dict[str, Any]]:
     """Batches of one split, preprocessed as the model expects, each sample once and in order."""
-    preprocess = get_preprocess_cfg(loaded.model_name)
-    size = preprocess["size"] if isinstance(preprocess["size"], int) else preprocess["size"][0]
-    transform = build_image_transform(int(size), preprocess["mean"], preprocess["std"], train=False)
+    transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
     return build_batches(shard_urls(shards, split), transform, loaded.tokenizer, batch_size,
                          text_transform=clean_report)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_fingerprint(loaded: LoadedModel, dim: int) -> dict[str, Any]:

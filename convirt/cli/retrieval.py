@@ -12,7 +12,7 @@ import torch
 from convirt.cli.common import eval_batches, model_fingerprint, write_json
 from convirt.data.images import load_grayscale
 from convirt.data.schema import finding_set
-from convirt.data.transforms import build_image_transform
+from convirt.data.transforms import image_transform_for
 from convirt.embeddings import embed_batches
 from convirt.models import get_preprocess_cfg, load_checkpoint
 from convirt.retrieval import build_index, label_precision_at_k, load_index, save_index, search
@@ -105,9 +105,7 @@ def run_query(args: argparse.Namespace) -> None:
     if loaded.model_name != info.fingerprint.get("model_name"):  # type: ignore[attr-defined]
         raise ValueError(f"model {loaded.model_name!r} does not match the index's "
                          f"{info.fingerprint.get('model_name')!r}")  # type: ignore[attr-defined]
-    preprocess = get_preprocess_cfg(loaded.model_name)
-    size = preprocess["size"] if isinstance(preprocess["size"], int) else preprocess["size"][0]
-    transform = build_image_transform(int(size), preprocess["mean"], preprocess["std"], train=False)
+    transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
     image = transform(load_grayscale(args.image)).unsqueeze(0)
     with torch.no_grad():
         vector = loaded.model.encode_image(image, normalize=True).numpy()

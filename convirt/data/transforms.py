@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -35,6 +36,15 @@ def build_image_transform(
         [T.Grayscale(1), *spatial, T.ToTensor(), T.Lambda(lambda x: x.expand(3, -1, -1)), T.Normalize(mean, std)]
     )
     return pipeline  # type: ignore[no-any-return]
+
+
+def image_transform_for(
+    preprocess: dict[str, Any], train: bool, size: int | None = None
+) -> Callable[[Image.Image], torch.Tensor]:
+    """The image transform of a model's preprocessing config (``size``, ``mean``, ``std``)."""
+    configured = preprocess["size"]
+    side = size or int(configured if isinstance(configured, int) else configured[0])
+    return build_image_transform(side, preprocess["mean"], preprocess["std"], train=train)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -58,7 +58,8 @@ def _prepared(rows: Iterable[Row], image_size: int, workers: int) -> Iterator[tu
         yield from pool.map(_prepare, rows, [image_size] * len(rows), chunksize=16)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -92,7 +93,7 @@ class _SplitWriter:
         self._writer.close()
         final = self._tmp.with_suffix("")
         os.replace(self._tmp, final)
-        self.shards.append({"name": final.name, "samples": self._count, "sha256": _sha256(final)})
+        self.shards.append({"name": final.name, "samples": self._count, "sha256": file_sha256(final)})
         self._writer = None
 
 

@@ -8,7 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from convirt.data.stream import batches_per_worker, build_batches
-from convirt.data.transforms import SentenceSampler, build_image_transform, clean_report
+from convirt.data.transforms import SentenceSampler, clean_report, image_transform_for
 from convirt.data.writer import read_manifest, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 
@@ -53,14 +53,12 @@ class ShardDataModule(L.LightningDataModule):
         self.manifest = read_manifest(hp.shards)
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
         self.preprocess = get_preprocess_cfg(hp.model_name)
-        self.size = hp.image_size or int(self.preprocess["size"] if isinstance(self.preprocess["size"], int)
-                                          else self.preprocess["size"][0])
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp: Any = self.hparams
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        transform = build_image_transform(self.size, self.preprocess["mean"], self.preprocess["std"], train=train)
+        transform = image_transform_for(self.preprocess, train=train, size=hp.image_size)
         dataset = build_batches(
             shard_urls(hp.shards, split),
             image_transform=transform,
