@@ -1,4 +1,4 @@
-"""Pieces shared by the evaluation commands: checkpoint -> model -> batches of a shard split."""
+"""Pieces shared by the commands. Heavy imports stay inside functions so that `convirt` starts fast."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from convirt.data.stream import build_batches
-from convirt.data.transforms import clean_report, image_transform_for
-from convirt.data.writer import file_sha256, shard_urls
-from convirt.models.checkpoint import LoadedModel
-from convirt.models.factory import get_preprocess_cfg
+if TYPE_CHECKING:
+    from convirt.models.checkpoint import LoadedModel
 
 
 def eval_batches(loaded: LoadedModel, shards: str, split: str, batch_size: int) -> Iterable[dict[str, Any]]:
     """Batches of one split, preprocessed as the model expects, each sample once and in order."""
+    from convirt.data.stream import build_batches
+    from convirt.data.transforms import clean_report, image_transform_for
+    from convirt.data.writer import shard_urls
+    from convirt.models.factory import get_preprocess_cfg
+
     transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
     return build_batches(shard_urls(shards, split), transform, loaded.tokenizer, batch_size,
                          text_transform=clean_report)
@@ -24,6 +26,8 @@ def eval_batches(loaded: LoadedModel, shards: str, split: str, batch_size: int) 
 
 def model_fingerprint(loaded: LoadedModel, dim: int) -> dict[str, Any]:
     """What identifies the embedding space of a model: its name, checkpoint hash and dimension."""
+    from convirt.data.writer import file_sha256
+
     return {"model_name": loaded.model_name, "checkpoint": loaded.checkpoint,
             "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": dim}
 

@@ -6,9 +6,7 @@ import argparse
 import shlex
 import sys
 
-from convirt.data.sources import list_sources, read_rows
-from convirt.data.sources.phantom import write_phantom
-from convirt.data.writer import write_shards
+SOURCES = "csv"  # kept in step with convirt.data.sources.SOURCES; imported lazily to start fast
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     phantom.set_defaults(run=run_phantom)
 
     shards = sub.add_parser("shards", help="convert an archive into WebDataset shards with a manifest")
-    shards.add_argument("--source", default="csv", help=f"archive reader: {', '.join(list_sources())}")
+    shards.add_argument("--source", default="csv", help=f"archive reader: {SOURCES}")
     shards.add_argument("--input", required=True, help="archive path (for csv: the CSV file)")
     shards.add_argument("--output", required=True, help="output folder")
     shards.add_argument("--image-size", type=int, default=256, help="short side of stored images")
@@ -35,11 +33,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_phantom(args: argparse.Namespace) -> None:
+    from convirt.data.sources.phantom import write_phantom
+
     path = write_phantom(args.output, args.num_samples, seed=args.seed, size=args.size, workers=args.workers)
     print(f"wrote {args.num_samples} phantom samples: {path}")
 
 
 def run_shards(args: argparse.Namespace) -> None:
+    from convirt.data.sources import read_rows
+    from convirt.data.writer import write_shards
+
     manifest = write_shards(
         read_rows(args.source, args.input), args.output, image_size=args.image_size, shard_size=args.shard_size,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, workers=args.workers,

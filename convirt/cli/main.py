@@ -33,8 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
-    from convirt.models.pretrained import PretrainedUnavailableError
-
     try:
         if argv and argv[0] in _LIGHTNING:
             from convirt.training.cli import run_lightning_cli
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         args.run(args)
-    except (FileNotFoundError, ValueError, PretrainedUnavailableError, FloatingPointError) as error:
+    except (OSError, ValueError, FloatingPointError) as error:  # OSError covers missing files and weights
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"convirt: error: {message}", file=sys.stderr)
         return 2

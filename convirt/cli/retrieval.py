@@ -5,17 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
 
-from convirt.cli.common import eval_batches, model_fingerprint, write_json
-from convirt.data.images import load_grayscale
-from convirt.data.schema import finding_set
-from convirt.data.transforms import image_transform_for
-from convirt.embeddings import embed_batches
-from convirt.models import get_preprocess_cfg, load_checkpoint
-from convirt.retrieval import build_index, label_precision_at_k, load_index, save_index, search
+
 
 EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.jsonl"
@@ -57,6 +52,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from convirt.cli.common import eval_batches, model_fingerprint, write_json
+    from convirt.embeddings import embed_batches
+    from convirt.models import load_checkpoint
+
     loaded = load_checkpoint(args.checkpoint)
     embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size))
     out = Path(args.output)
@@ -70,6 +71,8 @@ def run_embed(args: argparse.Namespace) -> None:
 
 
 def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:
+    import numpy as np
+
     path = Path(folder)
     if not (path / EMBEDDINGS).is_file():
         raise FileNotFoundError(f"no {EMBEDDINGS} in {folder}: run `convirt embed` first")
@@ -83,13 +86,17 @@ def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:
 
 
 def run_build(args: argparse.Namespace) -> None:
+    from convirt.retrieval import build_index, save_index
+
     vectors, _, info = _read_embeddings(args.embeddings)
     index, index_info = build_index(vectors, args.factory, fingerprint=info)
     save_index(index, index_info, args.output, extra_files={METADATA: str(Path(args.embeddings) / METADATA)})
     print(f"built {args.factory} index of {index_info.count} x {index_info.dim} -> {args.output}")
 
 
-def _read_index(folder: str) -> tuple[object, object, list[dict]]:
+def _read_index(folder: str) -> tuple[Any, Any, list[dict]]:
+    from convirt.retrieval import load_index
+
     index, info = load_index(folder)
     with open(Path(folder) / METADATA, encoding="utf-8") as handle:
         metadata = [json.loads(line) for line in handle]
@@ -97,6 +104,13 @@ def _read_index(folder: str) -> tuple[object, object, list[dict]]:
 
 
 def run_query(args: argparse.Namespace) -> None:
+    import torch
+
+    from convirt.data.images import load_grayscale
+    from convirt.data.transforms import image_transform_for
+    from convirt.models import get_preprocess_cfg, load_checkpoint
+    from convirt.retrieval import search
+
     index, info, metadata = _read_index(args.index)
     checkpoint = args.checkpoint or info.fingerprint.get("checkpoint")  # type: ignore[attr-defined]
     if not checkpoint:
@@ -121,6 +135,10 @@ def run_query(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from convirt.cli.common import write_json
+    from convirt.data.schema import finding_set
+    from convirt.retrieval import label_precision_at_k, search
+
     index, info, metadata = _read_index(args.index)
     index_sets = [finding_set(m.get("labels", [])) for m in metadata]
     if args.queries:

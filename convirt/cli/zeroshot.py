@@ -6,16 +6,14 @@ import argparse
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
 
-from convirt.cli.common import eval_batches, write_json
-from convirt.data.schema import finding_set
-from convirt.embeddings import embed_batches
-from convirt.models import load_checkpoint
-from convirt.zeroshot import Method, ZeroShotClassifier, ZeroShotOutput, load_descriptors
-from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
+    from convirt.zeroshot import ZeroShotOutput
+
+
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +29,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from convirt.cli.common import eval_batches, write_json
+    from convirt.data.schema import finding_set
+    from convirt.embeddings import embed_batches
+    from convirt.models import load_checkpoint
+    from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
+    from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
+
     descriptors = load_descriptors(args.descriptors)
     loaded = load_checkpoint(args.checkpoint)
     embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size))

@@ -29,7 +29,7 @@ _IMAGE_MIRRORS: dict[str, tuple[str, Callable[[object], Path]]] = {
 }
 
 
-class PretrainedUnavailableError(RuntimeError):
+class PretrainedUnavailableError(OSError):
     """Pretrained weights could not be found locally nor downloaded."""
 
 
