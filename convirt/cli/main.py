@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args = build_parser().parse_args(argv)
         args.run(args)
+    except argparse.ArgumentError as error:  # a bad config key or value, from LightningCLI
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        print(f"convirt: error: {' '.join(lines[:3])}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, FloatingPointError) as error:  # OSError covers missing files and weights
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"convirt: error: {message}", file=sys.stderr)

@@ -51,7 +51,7 @@ def build_batches(
     text_transform: Callable[[str], str] | None = None,
     train: bool = False,
     shuffle_buffer: int = 1000,
-    distributed: bool = False,
+    split_by_rank: bool = False,
     seed: int = 0,
 ) -> wds.WebDataset:
     """Build an iterable of batch dicts from shard paths.
@@ -61,7 +61,9 @@ def build_batches(
 
     Training streams endlessly over shuffled shards and samples; cut it into epochs with
     ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
-    Evaluation reads each sample once, in order (split by rank when ``distributed``).
+    Evaluation reads each sample once, in order. With ``split_by_rank`` each rank reads its own
+    share of the shards (needs at least as many shards as ranks); otherwise every rank reads
+    them all.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -71,7 +73,7 @@ def build_batches(
         meta = sample.get(META) or {}
         return sample[KEY], image_transform(sample[IMAGE]), text_transform(sample[TEXT]), meta
 
-    nodesplitter = wds.split_by_node if distributed else wds.single_node_only
+    nodesplitter = wds.split_by_node if split_by_rank else _all_shards
     dataset = wds.WebDataset(
         list(urls),
         shardshuffle=len(urls) if train else False,
@@ -86,6 +88,11 @@ def build_batches(
     dataset = dataset.decode("pill").map(to_sample)
     dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer), partial=not train)
     return dataset
+
+
+def _all_shards(urls: Any) -> Any:
+    """Node splitter that gives every rank every shard."""
+    return urls
 
 
 def batches_per_worker(samples: int, batch_size: int, world_size: int = 1, workers: int = 0) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from convirt.training.datamodule import ShardDataModule
@@ -17,11 +19,18 @@ class ConvirtLightningCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str]) -> None:
-    """Run ``fit``/``validate``/``test`` with ``args`` (e.g. ``["fit", "--config", "x.yaml"]``)."""
-    ConvirtLightningCLI(
-        ContrastiveModule,
-        ShardDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "convirt"},
-    )
+    """Run ``fit``/``validate``/``test`` with ``args`` (e.g. ``["fit", "--config", "x.yaml"]``).
+
+    Raises:
+        argparse.ArgumentError: A bad config key or value (not printed as a usage dump).
+    """
+    with warnings.catch_warnings():
+        # We pass `args` on purpose; sys.argv holds the same words.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        ConvirtLightningCLI(
+            ContrastiveModule,
+            ShardDataModule,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "convirt", "exit_on_error": False},
+        )

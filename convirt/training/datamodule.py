@@ -59,23 +59,30 @@ class ShardDataModule(L.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         transform = image_transform_for(self.preprocess, train=train, size=hp.image_size)
+        urls = shard_urls(hp.shards, split)
+        split_by_rank = train and world_size > 1 and len(urls) >= world_size
+        workers = hp.num_workers
+        if train:
+            # An endless training stream must give every worker at least one shard.
+            workers = min(workers, len(urls) // world_size if split_by_rank else len(urls))
         dataset = build_batches(
-            shard_urls(hp.shards, split),
+            urls,
             image_transform=transform,
             tokenizer=self.tokenizer,
             batch_size=hp.batch_size,
             text_transform=SentenceSampler(hp.sentence_drop, seed=hp.seed + rank) if train else clean_report,
             train=train,
             shuffle_buffer=hp.shuffle_buffer,
-            distributed=world_size > 1,
+            # Training splits shards between ranks when there are enough; evaluation runs the
+            # whole split on every rank, so that no rank is left without batches.
+            split_by_rank=split_by_rank,
             seed=hp.seed + rank,
         )
         if train:
             samples = int(self.manifest["splits"][split]["samples"])
-            per_worker = batches_per_worker(samples, hp.batch_size, world_size, hp.num_workers)
-            dataset = dataset.with_epoch(per_worker).with_length(per_worker * max(1, hp.num_workers))
-        return DataLoader(dataset, batch_size=None, num_workers=hp.num_workers,
-                          persistent_workers=train and hp.num_workers > 0)
+            per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
+            dataset = dataset.with_epoch(per_worker).with_length(per_worker * max(1, workers))
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=train and workers > 0)
 
     def _has(self, split: str) -> bool:
         return int(self.manifest.get("splits", {}).get(split, {}).get("samples", 0)) > 0

@@ -96,9 +96,11 @@ def test_unknown_model_name_in_fit_config(tmp_path, phantom_shards, capsys):
     assert "unknown model 'vit-huge'" in err and "Traceback" not in err
 
 
-def test_unknown_config_key_is_rejected(tmp_path, phantom_shards, capsys):
+@pytest.mark.parametrize("model, message", [({"model_nam": "test-tiny"}, "does not accept option 'model.model_nam'"),
+                                            ({"learning_rate": "abc"}, "model.learning_rate")])
+def test_bad_config_keys_and_values_give_one_line(tmp_path, phantom_shards, capsys, model, message):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump({"model": {"model_nam": "test-tiny"}, "data": {"shards": str(phantom_shards)}}))
+    config.write_text(yaml.safe_dump({"model": model, "data": {"shards": str(phantom_shards)}}))
     assert main(["fit", "--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "model_nam" in err and "Traceback" not in err
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0 and err.startswith("convirt: error:")
