@@ -84,7 +84,7 @@ def build_batches(
         seed=seed,
     )
     if train:
-        dataset = dataset.shuffle(shuffle_buffer)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     dataset = dataset.decode("pill").map(to_sample)
     dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer), partial=not train)
     return dataset

@@ -11,6 +11,8 @@ from torch import nn
 
 from convirt.losses import create_loss
 from convirt.models import create_model
+from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
+from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -31,6 +33,10 @@ class ContrastiveModule(L.LightningModule):
         tower_learning_rate: Peak learning rate of the pretrained towers (default: ``learning_rate``).
         weight_decay: AdamW weight decay (not applied to biases, norms, logit scale).
         warmup_steps: Linear warm-up steps before the cosine decay.
+        freeze_image_groups: Freeze the stem and early stages of a timm image tower (this many
+            coarse groups: the stem is the first).
+        freeze_text_layers: Freeze the token embeddings and this many lower layers of a
+            BERT-family text tower.
     """
 
     def __init__(
@@ -43,10 +49,14 @@ class ContrastiveModule(L.LightningModule):
         tower_learning_rate: float | None = None,
         weight_decay: float = 0.05,
         warmup_steps: int = 50,
+        freeze_image_groups: int = 0,
+        freeze_text_layers: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
+        freeze_image_groups_(self.model, freeze_image_groups)
+        freeze_text_layers_(self.model, freeze_text_layers)
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
 

@@ -1,0 +1,61 @@
+"""Freezing the early layers of pretrained towers (cheaper fine-tuning, fewer weights to move).
+
+open_clip's own ``lock_text_tower`` does not know BERT-family towers, and its image lock counts
+groups from the top, so both are written here over timm's and transformers' module layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models import group_parameters
+
+
+def freeze_image_groups(model: Any, groups: int) -> int:
+    """Freeze the first ``groups`` coarse groups of a timm image trunk (stem, then one per stage).
+
+    Returns:
+        Number of parameters frozen.
+
+    Raises:
+        ValueError: The image tower is not a timm trunk.
+    """
+    if groups <= 0:
+        return 0
+    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    if trunk is None or not hasattr(trunk, "group_matcher"):
+        raise ValueError("freeze_image_groups needs a timm image tower (vision_cfg.timm_model_name)")
+    frozen = 0
+    for index, names in group_parameters(trunk, trunk.group_matcher(coarse=True)).items():
+        if index < groups:
+            for name in names:
+                parameter = trunk.get_parameter(name)
+                parameter.requires_grad_(False)
+                frozen += parameter.numel()
+    return frozen
+
+
+def freeze_text_layers(model: Any, layers: int) -> int:
+    """Freeze the token embeddings and the first ``layers`` layers of a BERT-family text tower.
+
+    Returns:
+        Number of parameters frozen.
+
+    Raises:
+        ValueError: The text tower is not a Hugging Face encoder with ``embeddings`` and
+            ``encoder.layer``, or has fewer layers than asked.
+    """
+    if layers <= 0:
+        return 0
+    transformer = getattr(getattr(model, "text", None), "transformer", None)
+    blocks = getattr(getattr(transformer, "encoder", None), "layer", None)
+    if transformer is None or blocks is None or not hasattr(transformer, "embeddings"):
+        raise ValueError("freeze_text_layers needs a BERT-family Hugging Face text tower")
+    if layers > len(blocks):
+        raise ValueError(f"freeze_text_layers={layers} but the text tower has {len(blocks)} layers")
+    frozen = 0
+    for module in [transformer.embeddings, *blocks[:layers]]:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
