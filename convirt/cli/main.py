@@ -6,16 +6,25 @@ import argparse
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from convirt import __version__
 
 _LIGHTNING = ("fit", "validate", "test")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``convirt: error: ...``) instead of a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"convirt: error: {self.prog.removeprefix('convirt').strip() or 'convirt'}: {message} "
+                     f"(see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from convirt.cli import data, report, retrieval, zeroshot
 
-    parser = argparse.ArgumentParser(prog="convirt", description="medical vision-language contrastive pretraining")
+    parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
                                 metavar="{phantom,shards,fit,validate,test,zeroshot,embed,index,report}")

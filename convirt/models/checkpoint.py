@@ -38,7 +38,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
     hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
     if "model_name" not in hparams or "state_dict" not in state:
         raise ValueError(f"{path} is not a convirt checkpoint (no model_name hyper-parameter or state_dict)")

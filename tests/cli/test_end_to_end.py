@@ -1,6 +1,9 @@
 """The whole spine through the `convirt` command on a tiny config: shards -> fit -> zeroshot -> index."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,8 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
         (["zeroshot", "--checkpoint", "x", "--descriptors", "chexpret", "--data", "/tmp", "--output", "/tmp/x"],
          "unknown descriptor set 'chexpret'"),
         (["phantom", "--output", "/tmp/x", "--num-samples", "0"], "num_samples must be positive"),
+        (["shards", "--input", "x.csv"], "the following arguments are required: --output"),
+        (["index", "query", "--index", "/nonexistent", "--image", "x.png"], "no index at /nonexistent"),
     ],
 )
 def test_bad_input_gives_one_line_error(argv, message, capsys):
@@ -81,19 +86,30 @@ def test_bad_input_gives_one_line_error(argv, message, capsys):
     assert err.count("\n") == 0 and err.startswith("convirt: error:") and message in err
 
 
+def test_damaged_checkpoint_is_named(tmp_path, capsys):
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["embed", "--checkpoint", str(tmp_path / "bad.ckpt"), "--data", str(tmp_path),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.ckpt is not a readable checkpoint" in err and err.count("\n") == 0
+
+
 def test_empty_data_is_an_error(tmp_path, capsys):
     (tmp_path / "rows.csv").write_text("image,text\n")
     assert main(["shards", "--input", str(tmp_path / "rows.csv"), "--output", str(tmp_path / "out")]) == 2
     assert "no usable samples" in capsys.readouterr().err
 
 
-def test_unknown_model_name_in_fit_config(tmp_path, phantom_shards, capsys):
+def test_unknown_model_name_in_fit_config(tmp_path, phantom_shards):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"model": {"model_name": "vit-huge"}, "data": {"shards": str(phantom_shards)},
                                       "trainer": {"logger": False, "default_root_dir": str(tmp_path)}}))
-    assert main(["fit", "--config", str(config)]) == 2
-    err = capsys.readouterr().err
-    assert "unknown model 'vit-huge'" in err and "Traceback" not in err
+    # A process of its own, as a user runs it (Lightning's log handlers outlive pytest's capture).
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(config)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("convirt: error: unknown model 'vit-huge'") and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("model, message", [({"model_nam": "test-tiny"}, "does not accept option 'model.model_nam'"),
