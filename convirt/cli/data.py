@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-SOURCES = "csv"  # kept in step with convirt.data.sources.SOURCES; imported lazily to start fast
+from convirt.data.sources import list_sources  # light: the readers import nothing heavy
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     phantom.set_defaults(run=run_phantom)
 
     shards = sub.add_parser("shards", help="convert an archive into WebDataset shards with a manifest")
-    shards.add_argument("--source", default="csv", help=f"archive reader: {SOURCES}")
+    shards.add_argument("--source", default="csv", help=f"archive reader: {', '.join(list_sources())}")
     shards.add_argument("--input", required=True, help="archive path (for csv: the CSV file)")
     shards.add_argument("--output", required=True, help="output folder")
     shards.add_argument("--image-size", type=int, default=256, help="short side of stored images")

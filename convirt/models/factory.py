@@ -68,12 +68,6 @@ def get_preprocess_cfg(name: str) -> dict[str, Any]:
     return {"size": size, **config.get("preprocess_cfg", {})}
 
 
-def get_context_length(name: str) -> int:
-    """Number of tokens the text tower reads."""
-    config = get_model_config(name)
-    return int(config["model_cfg"]["text_cfg"].get("context_length", 77))
-
-
 def create_model(
     name: str,
     pretrained: bool = True,
