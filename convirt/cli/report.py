@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"| {name} | {zeroshot['positives'][name]} | {fmt(value)} | {fmt(zeroshot['names']['auroc'][name])} |")
     summary = metrics["zeroshot"]
     print(f"| **mean** | | **{fmt(summary['mean_auroc'])}** | {fmt(summary['names_mean_auroc'])} |")
-    k_keys = [k for k in retrieval if k.startswith("precision_at_")]
-    for key in k_keys:
-        print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, self excluded): {fmt(retrieval[key])} "
-              f"over {retrieval['queries']} queries")
+    excluded = "same patient excluded" if retrieval.get("same_patient_excluded", True) else "self excluded"
+    for key in [k for k in retrieval if k.startswith(("precision_at_", "map_at_", "recall_at_"))]:
+        print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, {excluded}): {fmt(retrieval[key])} "
+              f"over {retrieval['queries']} queries", end="")
+    print()
     print(f"\nwrote {args.output}")

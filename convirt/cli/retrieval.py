@@ -26,29 +26,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--batch-size", type=int, default=64)
     embed.set_defaults(run=run_embed)
 
-    index = sub.add_parser("index", help="FAISS image index: build, query, eval")
-    isub = index.add_subparsers(dest="index_command", required=True, metavar="{build,query,eval}")
+    index = sub.add_parser("index", help="FAISS image index: build, query, eval, merge")
+    isub = index.add_subparsers(dest="index_command", required=True, metavar="{build,query,eval,merge}")
     build = isub.add_parser("build", help="build an index from `convirt embed` output")
     build.add_argument("--embeddings", required=True)
-    build.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "HNSW32", "IVF256,PQ16"')
+    build.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "HNSW32", "IVF1024,PQ32"')
+    build.add_argument("--refine", action="store_true", help="re-rank candidates exactly (approximate indexes)")
+    build.add_argument("--train-size", type=int, default=100_000, help="vectors sampled to train IVF/PQ")
+    build.add_argument("--search-params", default=None,
+                       help='FAISS search parameters kept with the index, e.g. "nprobe=32" or "efSearch=64"')
     build.add_argument("--output", required=True)
     build.set_defaults(run=run_build)
 
-    query = isub.add_parser("query", help="top-k similar indexed images for an image file")
+    query = isub.add_parser("query", help="top-k similar indexed images for an image file or a text")
     query.add_argument("--index", required=True)
-    query.add_argument("--image", required=True)
+    what = query.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="image file to search with")
+    what.add_argument("--text", help="report text to search with (text -> image)")
     query.add_argument("--checkpoint", help="model that embeds the query (default: the one the index was built with)")
     query.add_argument("-k", type=int, default=5)
+    query.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.set_defaults(run=run_query)
 
-    evaluate = isub.add_parser("eval", help="label-aware precision@k of image-to-image search")
+    evaluate = isub.add_parser("eval", help="label-aware precision@k, mAP@k, recall@k of image-to-image search")
     evaluate.add_argument("--index", required=True)
-    evaluate.add_argument("--queries", help="`convirt embed` output to query with (default: the indexed images, "
-                                            "each excluding itself)")
+    evaluate.add_argument("--queries", help="`convirt embed` output to query with (default: the indexed images)")
     evaluate.add_argument("-k", type=int, default=5)
+    evaluate.add_argument("--include-same-patient", action="store_true",
+                          help="count the query patient's other images (left out by default: they inflate scores)")
     evaluate.add_argument("--output", help="JSON file for the metrics")
     evaluate.set_defaults(run=run_eval)
+
+    merge = isub.add_parser("merge", help="merge indexes built in parts into one")
+    merge.add_argument("--inputs", nargs="+", required=True, help="index folders, in order")
+    merge.add_argument("--output", required=True)
+    merge.set_defaults(run=run_merge)
 
 
 def run_embed(args: argparse.Namespace) -> None:
@@ -77,8 +90,7 @@ def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:
     if not (path / EMBEDDINGS).is_file():
         raise FileNotFoundError(f"no {EMBEDDINGS} in {folder}: run `convirt embed` first")
     vectors = np.load(path / EMBEDDINGS)
-    with open(path / METADATA, encoding="utf-8") as handle:
-        metadata = [json.loads(line) for line in handle]
+    metadata = _read_metadata(path / METADATA)
     info = json.loads((path / INFO).read_text(encoding="utf-8"))
     if len(metadata) != len(vectors):
         raise ValueError(f"{folder}: {len(vectors)} embeddings but {len(metadata)} metadata rows")
@@ -89,41 +101,49 @@ def run_build(args: argparse.Namespace) -> None:
     from convirt.retrieval import build_index, save_index
 
     vectors, _, info = _read_embeddings(args.embeddings)
-    index, index_info = build_index(vectors, args.factory, fingerprint=info)
+    index, index_info = build_index(vectors, args.factory, refine=args.refine, train_size=args.train_size,
+                                    fingerprint=info, search_params=args.search_params, progress=True)
     save_index(index, index_info, args.output, extra_files={METADATA: str(Path(args.embeddings) / METADATA)})
-    print(f"built {args.factory} index of {index_info.count} x {index_info.dim} -> {args.output}")
+    print(f"built {args.factory}{' + exact re-ranking' if args.refine else ''} index of "
+          f"{index_info.count} x {index_info.dim} -> {args.output}")
 
 
-def _read_index(folder: str) -> tuple[Any, Any, list[dict]]:
+def _read_metadata(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} in {path.parent}")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _read_index(folder: str, mmap: bool = False) -> tuple[Any, Any, list[dict]]:
     from convirt.retrieval import load_index
 
-    index, info = load_index(folder)
-    with open(Path(folder) / METADATA, encoding="utf-8") as handle:
-        metadata = [json.loads(line) for line in handle]
-    return index, info, metadata
+    index, info = load_index(folder, mmap=mmap)
+    return index, info, _read_metadata(Path(folder) / METADATA)
 
 
 def run_query(args: argparse.Namespace) -> None:
     import torch
 
+    from convirt.cli.common import model_fingerprint
     from convirt.data.images import load_grayscale
     from convirt.data.transforms import image_transform_for
     from convirt.models import get_preprocess_cfg, load_checkpoint
-    from convirt.retrieval import search
+    from convirt.retrieval import check_fingerprint, search
 
-    index, info, metadata = _read_index(args.index)
-    checkpoint = args.checkpoint or info.fingerprint.get("checkpoint")  # type: ignore[attr-defined]
+    index, info, metadata = _read_index(args.index, mmap=args.mmap)
+    checkpoint = args.checkpoint or info.fingerprint.get("checkpoint")
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
     loaded = load_checkpoint(checkpoint)
-    if loaded.model_name != info.fingerprint.get("model_name"):  # type: ignore[attr-defined]
-        raise ValueError(f"model {loaded.model_name!r} does not match the index's "
-                         f"{info.fingerprint.get('model_name')!r}")  # type: ignore[attr-defined]
-    transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
-    image = transform(load_grayscale(args.image)).unsqueeze(0)
+    check_fingerprint(info.fingerprint, model_fingerprint(loaded, index.d))
     with torch.no_grad():
-        vector = loaded.model.encode_image(image, normalize=True).numpy()
-    scores, ids = search(index, vector, args.k)  # type: ignore[arg-type]
+        if args.image:
+            transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
+            vector = loaded.model.encode_image(transform(load_grayscale(args.image)).unsqueeze(0), normalize=True)
+        else:
+            vector = loaded.model.encode_text(loaded.tokenizer([args.text]), normalize=True)
+    scores, ids = search(index, vector.numpy(), args.k)
     hits = [{"rank": r + 1, "score": round(float(s), 4), **metadata[i]}
             for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
     if args.json:
@@ -137,24 +157,46 @@ def run_query(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from convirt.cli.common import write_json
     from convirt.data.schema import finding_set
-    from convirt.retrieval import label_precision_at_k, search
+    from convirt.retrieval import check_fingerprint, index_vectors, retrieval_metrics, same_patient_exclusions, search
 
     index, info, metadata = _read_index(args.index)
-    index_sets = [finding_set(m.get("labels", [])) for m in metadata]
     if args.queries:
         vectors, query_meta, query_info = _read_embeddings(args.queries)
-        if query_info.get("checkpoint_sha256") != info.fingerprint.get("checkpoint_sha256"):  # type: ignore[attr-defined]
-            raise ValueError("queries were embedded with another model than the index "
-                             f"({query_info.get('checkpoint')} vs {info.fingerprint.get('checkpoint')})")  # type: ignore[attr-defined]
-        query_ids = None
+        check_fingerprint(info.fingerprint, query_info, what="index (queries)")
+        self_ids: list[set[int]] = [set() for _ in query_meta]
     else:
-        vectors = index.reconstruct_n(0, index.ntotal)  # type: ignore[attr-defined]
-        query_meta, query_ids = metadata, list(range(len(metadata)))
-    _, ids = search(index, vectors, args.k + 1)  # type: ignore[arg-type]
-    precision = label_precision_at_k(ids, [finding_set(m.get("labels", [])) for m in query_meta], index_sets,
-                                     args.k, query_ids)
-    result = {f"precision_at_{args.k}": precision, "queries": len(query_meta), "indexed": len(metadata),
-              "factory": info.factory}  # type: ignore[attr-defined]
+        _, vectors = index_vectors(index)
+        query_meta = metadata
+        self_ids = [{row} for row in range(len(metadata))]
+    exclude = self_ids
+    if not args.include_same_patient:
+        patients = same_patient_exclusions([str(m.get("patient_id", "")) for m in query_meta],
+                                           [str(m.get("patient_id", "")) for m in metadata])
+        exclude = [a | b for a, b in zip(self_ids, patients)]
+    depth = args.k + max((len(e) for e in exclude), default=0)
+    _, ids = search(index, vectors, min(depth, index.ntotal))
+    result: dict[str, Any] = retrieval_metrics(ids, [finding_set(m.get("labels", [])) for m in query_meta],
+                                               [finding_set(m.get("labels", [])) for m in metadata], args.k, exclude)
+    result.update({"indexed": len(metadata), "factory": info.factory,
+                   "same_patient_excluded": not args.include_same_patient})
     if args.output:
         write_json(args.output, result)
-    print(f"label precision@{args.k}: {precision:.3f} over {len(query_meta)} queries")
+    k = args.k
+    print(f"label precision@{k}: {result[f'precision_at_{k}']:.3f}  mAP@{k}: {result[f'map_at_{k}']:.3f}  "
+          f"recall@{k}: {result[f'recall_at_{k}']:.3f} over {result['queries']} queries")
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from convirt.retrieval import merge_indexes, save_index
+
+    parts = [_read_index(folder) for folder in args.inputs]
+    index, info = merge_indexes([(index, info) for index, info, _ in parts], renumber=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        metadata = Path(tmp) / METADATA
+        with open(metadata, "w", encoding="utf-8") as handle:
+            for _, _, rows in parts:
+                handle.writelines(json.dumps(row) + "\n" for row in rows)
+        save_index(index, info, args.output, extra_files={METADATA: str(metadata)})
+    print(f"merged {len(parts)} indexes into {info.count} x {info.dim} -> {args.output}")

@@ -1,6 +1,27 @@
 """FAISS indexes over embedding arrays, and retrieval metrics. Arrays in, no models."""
 
-from convirt.retrieval.index import IndexInfo, build_index, load_index, save_index, search
-from convirt.retrieval.metrics import label_precision_at_k
+from convirt.retrieval.index import (
+    IndexInfo,
+    build_index,
+    check_fingerprint,
+    index_vectors,
+    load_index,
+    merge_indexes,
+    save_index,
+    search,
+)
+from convirt.retrieval.metrics import label_precision_at_k, retrieval_metrics, same_patient_exclusions
 
-__all__ = ["IndexInfo", "build_index", "label_precision_at_k", "load_index", "save_index", "search"]
+__all__ = [
+    "IndexInfo",
+    "build_index",
+    "check_fingerprint",
+    "index_vectors",
+    "label_precision_at_k",
+    "load_index",
+    "merge_indexes",
+    "retrieval_metrics",
+    "same_patient_exclusions",
+    "save_index",
+    "search",
+]

@@ -1,10 +1,16 @@
-"""Build, save, load and search FAISS indexes of L2-normalised embeddings (inner product)."""
+"""Build, save, load, merge and search FAISS indexes of L2-normalised embeddings (inner product).
+
+An index folder holds ``index.faiss`` and ``info.json``: the factory string, metric, dimension,
+count and the fingerprint of the model whose embeddings it holds. Every index is wrapped in
+``IDMap2`` so that results carry the caller's ids and vectors can be read back.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,8 @@ import numpy as np
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "info.json"
+# The fingerprint keys that must agree for two embedding spaces to be the same.
+FINGERPRINT_KEYS = ("model_name", "checkpoint_sha256", "dim")
 
 
 @dataclass
@@ -25,6 +33,23 @@ class IndexInfo:
     dim: int
     count: int
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    refine: bool = False
+    search_params: str = ""
+
+
+def set_search_params(index: faiss.Index, params: str) -> None:
+    """Apply FAISS search-time parameters, e.g. ``"nprobe=16,efSearch=64,k_factor_rf=4"``.
+
+    Raises:
+        ValueError: A parameter the index does not have.
+    """
+    if not params:
+        return
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, params)  # type: ignore[arg-type]
+    except RuntimeError as error:
+        raise ValueError(f"bad search parameters {params!r} for this index: "
+                         f"{str(error).splitlines()[0].split(':')[-1].strip()}") from None
 
 
 def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -46,26 +71,92 @@ def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return array
 
 
-def build_index(vectors: np.ndarray, factory: str = "Flat", fingerprint: dict[str, Any] | None = None
-                ) -> tuple[faiss.Index, IndexInfo]:
-    """Build an inner-product index from a FAISS factory string (``Flat``, ``HNSW32``, ``IVF256,PQ16``).
+def _normalised(array: np.ndarray) -> np.ndarray:
+    out = array.copy()
+    faiss.normalize_L2(out)
+    return out
 
-    Vectors are L2-normalised first, so inner product is cosine similarity. Indexes that need
-    training are trained on the vectors themselves.
+
+def check_fingerprint(expected: dict[str, Any], actual: dict[str, Any], what: str = "index") -> None:
+    """Raise when two model fingerprints name different embedding spaces.
+
+    Only keys present in both are compared, so a fingerprint without a checkpoint hash (a model
+    created from the registry) still meets one with it by name and dimension.
 
     Raises:
-        ValueError: Bad vectors, or a factory string FAISS does not understand.
+        ValueError: A key differs; the message names both values.
     """
-    array = check_vectors(vectors).copy()
-    faiss.normalize_L2(array)
+    for key in FINGERPRINT_KEYS:
+        if key in expected and key in actual and expected[key] != actual[key]:
+            raise ValueError(
+                f"the {what} was built with another model: {key} {expected[key]!r} "
+                f"(from {expected.get('checkpoint', '?')}) vs {actual[key]!r} (from {actual.get('checkpoint', '?')})"
+            )
+
+
+def build_index(
+    vectors: np.ndarray,
+    factory: str = "Flat",
+    ids: np.ndarray | None = None,
+    refine: bool = False,
+    train_size: int = 100_000,
+    batch_size: int = 65_536,
+    fingerprint: dict[str, Any] | None = None,
+    search_params: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[faiss.Index, IndexInfo]:
+    """Build an inner-product index from a FAISS factory string (``Flat``, ``HNSW32``, ``IVF256,PQ16``).
+
+    Vectors are L2-normalised first, so inner product is cosine similarity.
+
+    Args:
+        vectors: ``(N, D)`` embeddings.
+        factory: FAISS factory string of the index proper (``IDMap2`` is added around it).
+        ids: ``(N,)`` int64 ids returned by searches; default ``0..N-1``.
+        refine: Re-rank the candidates of an approximate index with exact inner products
+            (FAISS ``RFlat``); costs a copy of the vectors.
+        train_size: Vectors sampled (seeded) to train indexes that need training (IVF, PQ).
+        batch_size: Vectors added per call, so memory stays flat beyond the input itself.
+        fingerprint: Model fingerprint stored with the index.
+        search_params: Search-time parameters stored with the index and applied on load
+            (see :func:`set_search_params`); default: ``k_factor_rf=4`` with ``refine``.
+        seed: Seed of the training sample.
+        progress: Show a progress bar while adding.
+
+    Raises:
+        ValueError: Bad vectors or ids, or a factory string FAISS does not understand.
+    """
+    from tqdm.auto import tqdm
+
+    array = check_vectors(vectors)
+    count, dim = array.shape
+    ids = np.arange(count, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.shape != (count,):
+        raise ValueError(f"ids must have shape ({count},), got {ids.shape}")
+    if len(np.unique(ids)) != count:
+        raise ValueError("ids must be unique")
+    full = "IDMap2," + factory + (",RFlat" if refine and not factory.endswith("RFlat") else "")
     try:
-        index = faiss.index_factory(array.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, full, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
-        raise ValueError(f"bad FAISS factory string {factory!r}: {error}") from None
+        raise ValueError(f"bad FAISS factory string {factory!r}: {str(error).splitlines()[0]}") from None
     if not index.is_trained:
-        index.train(array)
-    index.add(array)
-    return index, IndexInfo(factory, "inner_product", array.shape[1], array.shape[0], fingerprint or {})
+        rng = np.random.default_rng(seed)
+        sample = array if count <= train_size else array[np.sort(rng.choice(count, train_size, replace=False))]
+        try:
+            index.train(_normalised(sample))
+        except RuntimeError as error:
+            reason = str(error).splitlines()[0].split("Error: ")[-1]
+            raise ValueError(f"cannot train {factory!r} on {len(sample)} vectors ({reason}); "
+                             "give more vectors or choose a smaller index (fewer lists, fewer PQ bits)") from None
+    for start in tqdm(range(0, count, batch_size), desc="index", unit="batch", disable=not progress):
+        stop = min(start + batch_size, count)
+        index.add_with_ids(_normalised(array[start:stop]), ids[start:stop])
+    if search_params is None:
+        search_params = "k_factor_rf=4" if refine else ""
+    set_search_params(index, search_params)
+    return index, IndexInfo(factory, "inner_product", dim, count, dict(fingerprint or {}), refine, search_params)
 
 
 def save_index(index: faiss.Index, info: IndexInfo, output: str | os.PathLike[str],
@@ -86,24 +177,82 @@ def save_index(index: faiss.Index, info: IndexInfo, output: str | os.PathLike[st
     return out
 
 
-def load_index(path: str | os.PathLike[str]) -> tuple[faiss.Index, IndexInfo]:
+def load_index(path: str | os.PathLike[str], mmap: bool = False,
+               fingerprint: dict[str, Any] | None = None) -> tuple[faiss.Index, IndexInfo]:
     """Load an index folder written by :func:`save_index`.
+
+    Args:
+        path: The index folder.
+        mmap: Map the index file into memory instead of reading it (large indexes; only the
+            pages a search touches are read).
+        fingerprint: The fingerprint of the model about to query the index; a different model
+            is an error.
 
     Raises:
         FileNotFoundError: The folder or its files are missing.
+        ValueError: ``fingerprint`` names another model than the index's.
     """
     folder = Path(path)
     if not (folder / INDEX_FILE).is_file() or not (folder / INFO_FILE).is_file():
         raise FileNotFoundError(f"no index at {folder}: build one with `convirt index build`")
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
-    return faiss.read_index(str(folder / INDEX_FILE)), info
+    if fingerprint is not None:
+        check_fingerprint(info.fingerprint, fingerprint)
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    index = faiss.read_index(str(folder / INDEX_FILE), flags)
+    set_search_params(index, info.search_params)
+    return index, info
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` neighbours of L2-normalised queries: ``(scores, ids)``, each ``(Q, k)``; id -1 is none."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
-    array = check_vectors(queries, index.d).copy()
-    faiss.normalize_L2(array)
-    scores, ids = index.search(array, k)
+    scores, ids = index.search(_normalised(check_vectors(queries, index.d)), k)
     return scores, ids
+
+
+def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and (normalised) vectors an ``IDMap2`` index holds, in insertion order.
+
+    Raises:
+        ValueError: The index cannot give its vectors back (e.g. IVF without refinement).
+    """
+    if not hasattr(index, "id_map"):
+        raise ValueError("not a convirt index (no IDMap2 wrapper); rebuild it with `convirt index build`")
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)  # type: ignore[attr-defined]
+    try:
+        vectors = index.reconstruct_batch(ids) if len(ids) else np.zeros((0, index.d))
+    except RuntimeError:
+        raise ValueError("this index type cannot return its vectors; rebuild it with --refine, "
+                         "or as Flat/HNSW") from None
+    return ids, vectors.astype(np.float32)
+
+
+def merge_indexes(parts: Sequence[tuple[faiss.Index, IndexInfo]], renumber: bool = False
+                  ) -> tuple[faiss.Index, IndexInfo]:
+    """Merge indexes built in parts (per rank or per archive) into one.
+
+    Parts must share the factory, dimension and model fingerprint, and their ids must not
+    overlap. The merged index is rebuilt from the parts' vectors, in part order, so it equals
+    one build over the concatenated parts (graph indexes cannot be spliced, and a trained
+    index then learns from all the parts). With ``renumber`` the ids become ``0..N-1`` in part
+    order (the rows of the parts' metadata, concatenated).
+
+    Raises:
+        ValueError: No parts, parts that differ, overlapping ids, or vectors that cannot be read back.
+    """
+    if not parts:
+        raise ValueError("no indexes to merge")
+    first = parts[0][1]
+    for _, info in parts[1:]:
+        if (info.factory, info.dim, info.refine) != (first.factory, first.dim, first.refine):
+            raise ValueError(f"cannot merge a {info.factory!r} index of dim {info.dim} into a "
+                             f"{first.factory!r} index of dim {first.dim}")
+        check_fingerprint(first.fingerprint, info.fingerprint, what="part")
+    all_ids, all_vectors = zip(*(index_vectors(index) for index, _ in parts))
+    ids = np.arange(sum(len(i) for i in all_ids), dtype=np.int64) if renumber else np.concatenate(all_ids)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("the parts share ids; give each part its own id range")
+    return build_index(np.concatenate(all_vectors), first.factory, ids=ids, refine=first.refine,
+                       fingerprint=first.fingerprint, search_params=first.search_params)

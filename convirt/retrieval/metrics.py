@@ -1,10 +1,84 @@
-"""Label-aware retrieval metrics."""
+"""Label-aware retrieval metrics: a neighbour is relevant when its finding set equals the query's."""
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def same_patient_exclusions(query_patients: Sequence[str], index_patients: Sequence[str]) -> list[set[int]]:
+    """For each query, the index ids (row positions) of the query's own patient.
+
+    Same-patient hits inflate every retrieval number (a patient's other films look alike), so
+    evaluation leaves them out by default.
+    """
+    rows: dict[str, set[int]] = defaultdict(set)
+    for position, patient in enumerate(index_patients):
+        rows[patient].add(position)
+    return [rows.get(patient, set()) for patient in query_patients]
+
+
+def _kept(ids: np.ndarray, excluded: set[int], k: int, row: int) -> list[int]:
+    kept = [int(i) for i in ids if i >= 0 and int(i) not in excluded][:k]
+    if len(kept) < k:
+        raise ValueError(f"query {row} has {len(kept)} neighbours left after exclusions, fewer than k={k}; "
+                         "search more candidates")
+    return kept
+
+
+def retrieval_metrics(
+    neighbour_ids: np.ndarray,
+    query_sets: Sequence[frozenset[str]],
+    index_sets: Sequence[frozenset[str]],
+    k: int,
+    exclude: Sequence[set[int]] | None = None,
+) -> dict[str, float | int]:
+    """Precision@k, mAP@k and recall@k of image-to-image search.
+
+    Args:
+        neighbour_ids: ``(Q, M)`` index ids (row positions of ``index_sets``), best first,
+            ``M >= k`` plus room for exclusions; ``-1`` for none.
+        query_sets: Finding set of each query (normal is the empty set).
+        index_sets: Finding set of each indexed item.
+        k: Neighbours counted per query.
+        exclude: Per query, index ids never counted (the query itself, its patient's images).
+
+    Returns:
+        ``precision_at_k``, ``map_at_k`` and ``recall_at_k`` (means over queries that have at
+        least one relevant item; the others are counted in ``queries_without_relevant``), and
+        ``queries``.
+
+    Raises:
+        ValueError: Shapes do not match, no queries, or fewer than ``k`` candidates remain.
+    """
+    if neighbour_ids.shape[0] != len(query_sets):
+        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(query_sets)} queries")
+    if len(query_sets) == 0:
+        raise ValueError("no queries")
+    exclude = exclude if exclude is not None else [set() for _ in query_sets]
+    totals = Counter(index_sets)
+    precisions, average_precisions, recalls = [], [], []
+    without_relevant = 0
+    for row, ids in enumerate(neighbour_ids):
+        target = query_sets[row]
+        hits = np.array([index_sets[i] == target for i in _kept(ids, exclude[row], k, row)], dtype=float)
+        precisions.append(hits.mean())
+        relevant = totals[target] - sum(1 for i in exclude[row] if i < len(index_sets) and index_sets[i] == target)
+        if relevant <= 0:
+            without_relevant += 1
+            continue
+        precision_at_i = np.cumsum(hits) / np.arange(1, k + 1)
+        average_precisions.append(float((precision_at_i * hits).sum() / min(relevant, k)))
+        recalls.append(float(hits.sum() / relevant))
+    return {
+        f"precision_at_{k}": float(np.mean(precisions)),
+        f"map_at_{k}": float(np.mean(average_precisions)) if average_precisions else float("nan"),
+        f"recall_at_{k}": float(np.mean(recalls)) if recalls else float("nan"),
+        "queries": len(query_sets),
+        "queries_without_relevant": without_relevant,
+    }
 
 
 def label_precision_at_k(
@@ -16,26 +90,8 @@ def label_precision_at_k(
 ) -> float:
     """Mean fraction of the top-``k`` neighbours whose finding set equals the query's.
 
-    Args:
-        neighbour_ids: ``(Q, M)`` index ids, best first, ``M >= k`` (``-1`` for none).
-        query_sets: Finding set of each query (normal is the empty set).
-        index_sets: Finding set of each indexed item.
-        k: Neighbours counted per query.
-        query_ids: Index id of each query when the queries are themselves indexed: that id is
-            skipped, so an image never retrieves itself.
-
-    Raises:
-        ValueError: Shapes do not match or fewer than ``k`` candidates.
+    ``query_ids`` gives the index id of each query when the queries are themselves indexed:
+    that id is skipped, so an image never retrieves itself.
     """
-    if neighbour_ids.shape[0] != len(query_sets):
-        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(query_sets)} queries")
-    if len(query_sets) == 0:
-        raise ValueError("no queries")
-    precisions = []
-    for row, ids in enumerate(neighbour_ids):
-        skip = query_ids[row] if query_ids is not None else None
-        kept = [i for i in ids if i >= 0 and i != skip][:k]
-        if len(kept) < k:
-            raise ValueError(f"query {row} has {len(kept)} neighbours, fewer than k={k}; search more")
-        precisions.append(np.mean([index_sets[i] == query_sets[row] for i in kept]))
-    return float(np.mean(precisions))
+    exclude = [{int(i)} for i in query_ids] if query_ids is not None else None
+    return float(retrieval_metrics(neighbour_ids, query_sets, index_sets, k, exclude)[f"precision_at_{k}"])

@@ -58,9 +58,25 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
                  "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[2]["score"]
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", "Enlarged cardiac silhouette.",
+                 "-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["index", "eval", "--index", str(tmp_path / "idx"), "-k", "2",
                  "--output", str(tmp_path / "ret.json")]) == 0
-    assert 0 <= json.loads((tmp_path / "ret.json").read_text())["precision_at_2"] <= 1
+    retrieval = json.loads((tmp_path / "ret.json").read_text())
+    assert 0 <= retrieval["precision_at_2"] <= 1 and retrieval["same_patient_excluded"]
+    assert {"map_at_2", "recall_at_2"} <= set(retrieval)
+
+    # An index built in two parts and merged answers like the whole one.
+    assert main(["embed", "--checkpoint", str(ckpt), "--data", str(shards), "--split", "train",
+                 "--output", str(tmp_path / "emb_train")]) == 0
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb_train"), "--output",
+                 str(tmp_path / "idx_train")]) == 0
+    assert main(["index", "merge", "--inputs", str(tmp_path / "idx"), str(tmp_path / "idx_train"),
+                 "--output", str(tmp_path / "idx_all")]) == 0
+    merged = (tmp_path / "idx_all" / "metadata.jsonl").read_text().splitlines()
+    assert len(merged) == len((tmp_path / "idx" / "metadata.jsonl").read_text().splitlines()) + len(
+        (tmp_path / "idx_train" / "metadata.jsonl").read_text().splitlines())
     assert main(["report", "--zeroshot", str(tmp_path / "zs" / "metrics.json"), "--retrieval",
                  str(tmp_path / "ret.json"), "--output", str(tmp_path / "metrics.json")]) == 0
     assert "mean_auroc" in json.loads((tmp_path / "metrics.json").read_text())["zeroshot"]
