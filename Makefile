@@ -39,10 +39,10 @@ demo: install
 		--output $(DEMO)/metrics.json
 
 test: install
-	$(PYTEST) -q
+	$(PYTEST) -q tests --nbmake notebooks
 
 test-all: install
-	$(PYTEST) -q -m ""
+	$(PYTEST) -q -m "" tests --nbmake notebooks
 
 lint: install
 	$(BIN)/ruff check convirt tests benchmarks
@@ -52,6 +52,7 @@ typecheck: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/retrieval.py --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) artifacts build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _markdown import write_section
 
 
 def _rate(count: int, seconds: float) -> str:
@@ -120,7 +121,7 @@ def main() -> None:
         rows = [bench_phantom(tmp), bench_shards(tmp), bench_stream(tmp), bench_train_step(False, False),
                 bench_train_step(True, True), *bench_faiss()]
     lines = [
-        "# Benchmarks",
+        "## Pipeline stages",
         "",
         f"Measured by `make bench` (`benchmarks/run.py`) on {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, on {time.strftime('%Y-%m-%d')}.",
@@ -130,7 +131,7 @@ def main() -> None:
         *[f"| {name} | {rate} | {unit} |" for name, rate, unit in rows],
         "",
     ]
-    Path(args.output).write_text("\n".join(lines), encoding="utf-8")
+    write_section(Path(args.output), "pipeline", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 
 
 
-EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.jsonl"
 INFO = "info.json"
 
@@ -24,6 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--split", default="test")
     embed.add_argument("--output", required=True)
     embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--chunk-size", type=int, default=4096, help="vectors per part file (resume granularity)")
+    embed.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     embed.set_defaults(run=run_embed)
 
     index = sub.add_parser("index", help="FAISS image index: build, query, eval, merge")
@@ -55,6 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("-k", type=int, default=5)
     evaluate.add_argument("--include-same-patient", action="store_true",
                           help="count the query patient's other images (left out by default: they inflate scores)")
+    evaluate.add_argument("--knn", type=int, default=0, metavar="K",
+                          help="also score kNN diagnosis (similarity-weighted vote of K neighbours): AUROC per finding")
     evaluate.add_argument("--output", help="JSON file for the metrics")
     evaluate.set_defaults(run=run_eval)
 
@@ -65,45 +68,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from convirt.cli.common import eval_batches, model_fingerprint, write_json
-    from convirt.embeddings import embed_batches
+    from convirt.embeddings import embed_to_folder
+    from convirt.embeddings.store import completed_parts
     from convirt.models import load_checkpoint
+    from convirt.retrieval import check_fingerprint
 
     loaded = load_checkpoint(args.checkpoint)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size))
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / EMBEDDINGS, embedded.embeddings)
-    with open(out / METADATA, "w", encoding="utf-8") as handle:
-        for key, meta, text in zip(embedded.keys, embedded.meta, embedded.texts):
-            handle.write(json.dumps({"key": key, **meta, "text": text}) + "\n")
-    write_json(out / INFO, model_fingerprint(loaded, int(embedded.embeddings.shape[1])))
-    print(f"embedded {len(embedded.keys)} images -> {out} (dim {embedded.embeddings.shape[1]})")
+    fingerprint = model_fingerprint(loaded)
+    if completed_parts(out) and (out / INFO).is_file():
+        # Resuming: the parts on disk must come from the same model.
+        check_fingerprint(json.loads((out / INFO).read_text(encoding="utf-8")), fingerprint, what="output folder")
+    write_json(out / INFO, fingerprint)
+    count = embed_to_folder(
+        loaded.model, lambda done: eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done),
+        out, chunk_size=args.chunk_size, dtype=args.dtype,
+    )
+    if count == 0:
+        raise ValueError(f"no images to embed in {args.data} ({args.split})")
+    print(f"embedded {count} images -> {out}")
 
 
 def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:
-    import numpy as np
+    from convirt.embeddings import read_embeddings
 
-    path = Path(folder)
-    if not (path / EMBEDDINGS).is_file():
-        raise FileNotFoundError(f"no {EMBEDDINGS} in {folder}: run `convirt embed` first")
-    vectors = np.load(path / EMBEDDINGS)
-    metadata = _read_metadata(path / METADATA)
-    info = json.loads((path / INFO).read_text(encoding="utf-8"))
-    if len(metadata) != len(vectors):
-        raise ValueError(f"{folder}: {len(vectors)} embeddings but {len(metadata)} metadata rows")
+    vectors, metadata = read_embeddings(folder)
+    info_path = Path(folder) / INFO
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    info["dim"] = int(vectors.shape[1])
     return vectors, metadata, info
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from convirt.retrieval import build_index, save_index
+    from convirt.retrieval import build_index
 
-    vectors, _, info = _read_embeddings(args.embeddings)
+    vectors, rows, info = _read_embeddings(args.embeddings)
     index, index_info = build_index(vectors, args.factory, refine=args.refine, train_size=args.train_size,
                                     fingerprint=info, search_params=args.search_params, progress=True)
-    save_index(index, index_info, args.output, extra_files={METADATA: str(Path(args.embeddings) / METADATA)})
+    _save_with_metadata(index, index_info, args.output, rows)
     print(f"built {args.factory}{' + exact re-ranking' if args.refine else ''} index of "
           f"{index_info.count} x {index_info.dim} -> {args.output}")
 
@@ -136,7 +139,7 @@ def run_query(args: argparse.Namespace) -> None:
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
     loaded = load_checkpoint(checkpoint)
-    check_fingerprint(info.fingerprint, model_fingerprint(loaded, index.d))
+    check_fingerprint(info.fingerprint, model_fingerprint(loaded))
     with torch.no_grad():
         if args.image:
             transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
@@ -173,30 +176,63 @@ def run_eval(args: argparse.Namespace) -> None:
         patients = same_patient_exclusions([str(m.get("patient_id", "")) for m in query_meta],
                                            [str(m.get("patient_id", "")) for m in metadata])
         exclude = [a | b for a, b in zip(self_ids, patients)]
-    depth = args.k + max((len(e) for e in exclude), default=0)
-    _, ids = search(index, vectors, min(depth, index.ntotal))
+    depth = max(args.k, args.knn) + max((len(e) for e in exclude), default=0)
+    similarities, ids = search(index, vectors, min(depth, index.ntotal))
     result: dict[str, Any] = retrieval_metrics(ids, [finding_set(m.get("labels", [])) for m in query_meta],
                                                [finding_set(m.get("labels", [])) for m in metadata], args.k, exclude)
     result.update({"indexed": len(metadata), "factory": info.factory,
                    "same_patient_excluded": not args.include_same_patient})
+    if args.knn:
+        result["knn"] = _knn_auroc(ids, similarities, metadata, query_meta, args.knn, exclude)
     if args.output:
         write_json(args.output, result)
+    if args.knn:
+        for name, value in result["knn"]["auroc"].items():
+            print(f"kNN diagnosis ({args.knn} neighbours) AUROC {name}: "
+                  f"{value:.3f}" if value is not None else f"kNN AUROC {name}: n/a (one class only)")
     k = args.k
     print(f"label precision@{k}: {result[f'precision_at_{k}']:.3f}  mAP@{k}: {result[f'map_at_{k}']:.3f}  "
           f"recall@{k}: {result[f'recall_at_{k}']:.3f} over {result['queries']} queries")
 
 
-def run_merge(args: argparse.Namespace) -> None:
+def _knn_auroc(ids: Any, similarities: Any, metadata: list[dict], query_meta: list[dict], k: int,
+               exclude: list[set[int]]) -> dict[str, Any]:
+    """kNN diagnosis scored per finding with the zero-shot metrics."""
+    import numpy as np
+
+    from convirt.data.schema import finding_set
+    from convirt.retrieval import knn_scores
+    from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
+
+    names = sorted(set().union(*(finding_set(m.get("labels", [])) for m in metadata)))
+    if not names:
+        raise ValueError("the indexed images carry no finding labels; kNN diagnosis needs them")
+
+    def matrix(rows: list[dict]) -> Any:
+        return np.array([[name in finding_set(r.get("labels", [])) for name in names] for r in rows], dtype=int)
+
+    scores = knn_scores(ids, similarities, matrix(metadata), k, exclude)
+    auroc = per_finding_auroc(matrix(query_meta), scores, names)
+    return {"k": k, "auroc": auroc, "mean_auroc": mean_defined(auroc)}
+
+
+def _save_with_metadata(index: Any, info: Any, output: str, rows: list[dict]) -> None:
+    """Save an index folder with its metadata table (one JSON row per indexed vector, by id)."""
     import tempfile
 
-    from convirt.retrieval import merge_indexes, save_index
+    from convirt.retrieval import save_index
 
-    parts = [_read_index(folder) for folder in args.inputs]
-    index, info = merge_indexes([(index, info) for index, info, _ in parts], renumber=True)
     with tempfile.TemporaryDirectory() as tmp:
         metadata = Path(tmp) / METADATA
         with open(metadata, "w", encoding="utf-8") as handle:
-            for _, _, rows in parts:
-                handle.writelines(json.dumps(row) + "\n" for row in rows)
-        save_index(index, info, args.output, extra_files={METADATA: str(metadata)})
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        save_index(index, info, output, extra_files={METADATA: str(metadata)})
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    from convirt.retrieval import merge_indexes
+
+    parts = [_read_index(folder) for folder in args.inputs]
+    index, info = merge_indexes([(index, info) for index, info, _ in parts], renumber=True)
+    _save_with_metadata(index, info, args.output, [row for _, _, rows in parts for row in rows])
     print(f"merged {len(parts)} indexes into {info.count} x {info.dim} -> {args.output}")

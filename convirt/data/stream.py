@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import torch
@@ -52,6 +52,7 @@ def build_batches(
     train: bool = False,
     shuffle_buffer: int = 1000,
     split_by_rank: bool = False,
+    skip_keys: Container[str] | None = None,
     seed: int = 0,
 ) -> wds.WebDataset:
     """Build an iterable of batch dicts from shard paths.
@@ -63,7 +64,7 @@ def build_batches(
     ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
     Evaluation reads each sample once, in order. With ``split_by_rank`` each rank reads its own
     share of the shards (needs at least as many shards as ranks); otherwise every rank reads
-    them all.
+    them all. Samples whose key is in ``skip_keys`` are dropped before decoding (resuming).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -85,6 +86,8 @@ def build_batches(
     )
     if train:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    if skip_keys:
+        dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
     dataset = dataset.decode("pill").map(to_sample)
     dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer), partial=not train)
     return dataset

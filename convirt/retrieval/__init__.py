@@ -10,6 +10,7 @@ from convirt.retrieval.index import (
     save_index,
     search,
 )
+from convirt.retrieval.knn import knn_scores
 from convirt.retrieval.metrics import label_precision_at_k, retrieval_metrics, same_patient_exclusions
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "build_index",
     "check_fingerprint",
     "index_vectors",
+    "knn_scores",
     "label_precision_at_k",
     "load_index",
     "merge_indexes",

@@ -1,0 +1,118 @@
+"""Retrieval at scale: build time, size, memory, QPS and recall@10 against exact search.
+
+Runs `convirt.retrieval.build_index` on clustered synthetic embeddings (``--n`` x 512, default
+1,000,000) for Flat, HNSW32 and IVF-PQ with exact re-ranking, and writes its table into the
+``retrieval`` section of BENCHMARKS.md. Run with `make bench` or
+`python benchmarks/retrieval.py --n 1000000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from _markdown import write_section
+
+from convirt.retrieval import build_index, save_index, search
+from convirt.retrieval.index import set_search_params
+
+SECTION = "retrieval"
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux /proc; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def clustered(n: int, means: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors scattered around the rows of ``means``, built in blocks to bound memory."""
+    out = np.empty((n, means.shape[1]), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(start + 100_000, n)
+        block = means[rng.integers(len(means), size=stop - start)] + rng.normal(
+            size=(stop - start, means.shape[1])).astype(np.float32)
+        faiss.normalize_L2(block)
+        out[start:stop] = block
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(1000, args.dim)).astype(np.float32)
+    base = clustered(args.n, means, rng)
+    queries = clustered(args.queries, means, rng)
+
+    exact = faiss.IndexFlatIP(args.dim)
+    exact.add(base)
+    start = time.perf_counter()
+    _, truth = exact.search(queries, 10)
+    exact_qps = args.queries / (time.perf_counter() - start)
+    del exact
+    gc.collect()
+
+    configs = [
+        ("Flat", False, [""]),
+        ("HNSW32", False, ["efSearch=64", "efSearch=128"]),
+        ("IVF4096,PQ64", True, ["nprobe=16,k_factor_rf=4", "nprobe=32,k_factor_rf=8"]),
+    ]
+    rows = []
+    for factory, refine, settings in configs:
+        before = rss_bytes()
+        start = time.perf_counter()
+        index, info = build_index(base, factory, refine=refine, train_size=100_000)
+        build_seconds = time.perf_counter() - start
+        memory = rss_bytes() - before
+        with tempfile.TemporaryDirectory() as tmp:
+            save_index(index, info, Path(tmp) / "idx")
+            size = (Path(tmp) / "idx" / "index.faiss").stat().st_size
+        for setting in settings:
+            set_search_params(index, setting)
+            search(index, queries[:10], 10)  # warm up
+            start = time.perf_counter()
+            _, ids = search(index, queries, 10)
+            qps = args.queries / (time.perf_counter() - start)
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]))
+            name = factory + (" + exact re-ranking" if refine else "")
+            rows.append((name, setting or "-", build_seconds, size, memory, qps, qps / exact_qps, recall))
+            print(rows[-1], flush=True)
+        del index
+        gc.collect()
+
+    lines = [
+        "## Retrieval",
+        "",
+        f"`python benchmarks/retrieval.py --n {args.n}` on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"faiss {faiss.__version__}, {time.strftime('%Y-%m-%d')}: {args.n:,} x {args.dim} clustered unit vectors "
+        f"(1,000 centres), {args.queries:,} queries, k = 10. Exact search (IndexFlatIP): {exact_qps:,.0f} queries/s.",
+        "Memory is the growth of resident memory while building (the input array itself excluded).",
+        "",
+        "| index | search parameters | build s | file MB | build memory MB | queries/s | x exact | recall@10 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {n} | {s} | {b:,.1f} | {size / 2**20:,.0f} | {m / 2**20:,.0f} | {q:,.0f} | {x:,.1f} | {r:.3f} |"
+          for n, s, b, size, m, q, x, r in rows],
+        "",
+    ]
+    write_section(Path(args.output), SECTION, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convirt.embeddings import embed_to_folder, read_embeddings
+from convirt.embeddings.store import completed_parts
+
+
+class _Encoder:
+    def encode_image(self, images, normalize=False):
+        return F.normalize(images.flatten(1)[:, :3], dim=1)
+
+
+def _batches(n, done, fail_after=None):
+    torch.manual_seed(0)
+    images = torch.randn(n, 1, 2, 2)
+    made = 0
+    for start in range(0, n, 4):
+        keys = [f"k{i:03d}" for i in range(start, min(start + 4, n)) if f"k{i:03d}" not in done]
+        if not keys:
+            continue
+        if fail_after is not None and made >= fail_after:
+            raise KeyboardInterrupt  # the process dies here
+        made += 1
+        rows = [int(k[1:]) for k in keys]
+        yield {"image": images[rows], "key": keys, "meta": [{"labels": []} for _ in keys]}
+
+
+def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
+    whole = tmp_path / "whole"
+    embed_to_folder(_Encoder(), lambda done: _batches(22, done), whole, chunk_size=5, progress=False)
+    parted = tmp_path / "parted"
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_folder(_Encoder(), lambda done: _batches(22, done, fail_after=3), parted, chunk_size=5,
+                        progress=False)
+    assert 0 < len(completed_parts(parted)) < len(completed_parts(whole))
+    count = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
+    assert count == 22
+    a, rows_a = read_embeddings(whole)
+    b, rows_b = read_embeddings(parted)
+    assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]
+    assert np.array_equal(a, b) and a.shape == (22, 3)
+
+
+def test_float16_storage_and_errors(tmp_path):
+    embed_to_folder(_Encoder(), lambda done: _batches(6, done), tmp_path / "h", dtype="float16", progress=False)
+    vectors, _ = read_embeddings(tmp_path / "h")
+    assert vectors.dtype == np.float32 and np.load(next((tmp_path / "h").glob("*.npy"))).dtype == np.float16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        embed_to_folder(_Encoder(), lambda done: _batches(6, done), tmp_path / "x", dtype="int8")
+    with pytest.raises(FileNotFoundError, match="convirt embed"):
+        read_embeddings(tmp_path / "empty")
+
+
+_CHILD = """
+import sys, time, torch
+import torch.nn.functional as F
+from convirt.embeddings import embed_to_folder
+
+class Encoder:
+    def encode_image(self, images, normalize=False):
+        return F.normalize(images.flatten(1)[:, :3], dim=1)
+
+def batches(done):
+    torch.manual_seed(0)
+    images = torch.randn(40, 1, 2, 2)
+    for start in range(0, 40, 4):
+        keys = [f"k{i:03d}" for i in range(start, start + 4) if f"k{i:03d}" not in done]
+        if keys:
+            time.sleep(float(sys.argv[2]))
+            yield {"image": images[[int(k[1:]) for k in keys]], "key": keys, "meta": [{} for _ in keys]}
+
+embed_to_folder(Encoder(), batches, sys.argv[1], chunk_size=8, progress=False)
+"""
+
+
+def test_kill_9_then_resume_gives_the_same_vectors(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "whole"), "0"], check=True, timeout=120)
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed"), "0.3"])
+    deadline = time.time() + 60
+    while not completed_parts(tmp_path / "killed") and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = len(completed_parts(tmp_path / "killed"))
+    assert 0 < done < len(completed_parts(tmp_path / "whole"))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "0"], check=True, timeout=120)
+    a, rows_a = read_embeddings(tmp_path / "whole")
+    b, rows_b = read_embeddings(tmp_path / "killed")
+    assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b] and np.array_equal(a, b)
