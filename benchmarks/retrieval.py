@@ -70,8 +70,9 @@ def main() -> None:
 
     configs = [
         ("Flat", False, [""]),
-        ("HNSW32", False, ["efSearch=64", "efSearch=128"]),
-        ("IVF4096,PQ64", True, ["nprobe=16,k_factor_rf=4", "nprobe=32,k_factor_rf=8"]),
+        ("HNSW32", False, ["efSearch=64", "efSearch=128", "efSearch=256", "efSearch=512"]),
+        ("IVF4096,PQ64", True, ["nprobe=16,k_factor_rf=4", "nprobe=32,k_factor_rf=8", "nprobe=64,k_factor_rf=16",
+                                "nprobe=128,k_factor_rf=32"]),
     ]
     rows = []
     for factory, refine, settings in configs:
