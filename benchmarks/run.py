@@ -94,9 +94,7 @@ def bench_faiss() -> list[tuple[str, str, str]]:
     rows = []
     exact_ids = None
     for factory in ("Flat", "HNSW32"):
-        index, _ = build_index(base, factory)
-        if factory.startswith("HNSW"):
-            faiss.downcast_index(index).hnsw.efSearch = 64
+        index, _ = build_index(base, factory, search_params="efSearch=64" if factory.startswith("HNSW") else "")
         start = time.perf_counter()
         _, ids = search(index, queries, 10)
         seconds = time.perf_counter() - start
