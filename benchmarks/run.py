@@ -81,7 +81,6 @@ def bench_train_step(frozen: bool, bf16: bool) -> tuple[str, str, str]:
 
 
 def bench_faiss() -> list[tuple[str, str, str]]:
-    import faiss
 
     from convirt.retrieval import build_index, search
 
