@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Container, Sequence
 from typing import Any
 
@@ -31,15 +32,21 @@ def _pad_id(tokenizer: Callable[..., torch.Tensor]) -> int | None:
     return int(value) if value is not None else None
 
 
-def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any]]], tokenizer: Callable[..., torch.Tensor]
-             ) -> dict[str, Any]:
-    keys, images, texts, metas = zip(*samples)
+def text_group(text: str) -> int:
+    """A stable id shared by reports that are the same after lower-casing and collapsing white space."""
+    return zlib.crc32(" ".join(text.lower().split()).encode("utf-8"))
+
+
+def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any], int]],
+             tokenizer: Callable[..., torch.Tensor]) -> dict[str, Any]:
+    keys, images, texts, metas, groups = zip(*samples)
     return {
         "key": list(keys),
         "image": torch.stack(list(images)),
         "text": trim_padding(tokenizer(list(texts)), _pad_id(tokenizer)),
         "raw_text": list(texts),
         "meta": list(metas),
+        "text_group": torch.tensor(groups, dtype=torch.int64),
     }
 
 
@@ -58,7 +65,8 @@ def build_batches(
     """Build an iterable of batch dicts from shard paths.
 
     Each batch holds ``key`` (list), ``image`` ``(B, 3, H, W)``, ``text`` ``(B, L)`` token ids,
-    ``raw_text`` (list) and ``meta`` (list of dicts).
+    ``raw_text`` (list), ``meta`` (list of dicts) and ``text_group`` ``(B,)`` (equal for
+    reports that are the same after normalisation, before augmentation).
 
     Training streams endlessly over shuffled shards and samples; cut it into epochs with
     ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
@@ -70,9 +78,10 @@ def build_batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     text_transform = text_transform or (lambda text: text)
 
-    def to_sample(sample: dict[str, Any]) -> tuple[str, torch.Tensor, str, dict[str, Any]]:
+    def to_sample(sample: dict[str, Any]) -> tuple[str, torch.Tensor, str, dict[str, Any], int]:
         meta = sample.get(META) or {}
-        return sample[KEY], image_transform(sample[IMAGE]), text_transform(sample[TEXT]), meta
+        report = sample[TEXT]
+        return sample[KEY], image_transform(sample[IMAGE]), text_transform(report), meta, text_group(report)
 
     nodesplitter = wds.split_by_node if split_by_rank else _all_shards
     dataset = wds.WebDataset(

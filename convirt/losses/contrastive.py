@@ -5,7 +5,9 @@ from __future__ import annotations
 from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
-LOSSES = ("clip", "siglip")
+from convirt.losses.convirt import ConVIRTLoss
+
+LOSSES = ("clip", "siglip", "convirt")
 
 
 def create_loss(name: str = "clip", rank: int = 0, world_size: int = 1, gather_with_grad: bool = True,
@@ -13,8 +15,9 @@ def create_loss(name: str = "clip", rank: int = 0, world_size: int = 1, gather_w
     """Create a contrastive loss.
 
     Args:
-        name: ``clip`` (symmetric InfoNCE with the model's learnable logit scale) or ``siglip``
-            (pairwise sigmoid with a learnable bias).
+        name: ``clip`` (symmetric InfoNCE with the model's learnable logit scale), ``siglip``
+            (pairwise sigmoid with a learnable bias) or ``convirt`` (lambda-weighted
+            bidirectional InfoNCE at a fixed temperature; see :class:`ConVIRTLoss`).
         rank: This process's rank.
         world_size: Number of processes; above 1, features from every rank are gathered so that
             each sample meets the negatives of the whole global batch.
@@ -34,4 +37,6 @@ def create_loss(name: str = "clip", rank: int = 0, world_size: int = 1, gather_w
                         rank=rank, world_size=world_size)
     if name == "siglip":
         return SigLipLoss(rank=rank, world_size=world_size)
+    if name == "convirt":
+        return ConVIRTLoss(rank=rank, world_size=world_size)
     raise ValueError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")

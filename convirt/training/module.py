@@ -37,6 +37,8 @@ class ContrastiveModule(L.LightningModule):
             coarse groups: the stem is the first).
         freeze_text_layers: Freeze the token embeddings and this many lower layers of a
             BERT-family text tower.
+        repeated_reports_as_positives: Reports that are the same after normalisation count as
+            positives of each other (soft targets; ``convirt`` loss only).
     """
 
     def __init__(
@@ -51,12 +53,15 @@ class ContrastiveModule(L.LightningModule):
         warmup_steps: int = 50,
         freeze_image_groups: int = 0,
         freeze_text_layers: int = 0,
+        repeated_reports_as_positives: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
+        if repeated_reports_as_positives and loss != "convirt":
+            raise ValueError(f"repeated_reports_as_positives needs loss 'convirt', got {loss!r}")
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
 
@@ -72,6 +77,9 @@ class ContrastiveModule(L.LightningModule):
         assert self.loss_fn is not None
         if self.loss_name == "siglip":
             loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp(), self.model.logit_bias)
+        elif self.loss_name == "convirt":
+            groups = batch.get("text_group") if self.hparams["repeated_reports_as_positives"] else None
+            loss = self.loss_fn(image_features, text_features, None, groups)
         else:
             loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp())
         if not torch.isfinite(loss):

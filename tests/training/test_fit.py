@@ -33,3 +33,20 @@ def test_train_epoch_length_follows_the_manifest(phantom_shards, tiny_text_model
     data.setup("fit")
     train = data.manifest["splits"]["train"]["samples"]
     assert len(data.train_dataloader()) == max(1, train // 8)
+
+
+def test_convirt_loss_with_repeated_reports_trains(phantom_shards, tiny_text_model, tmp_path):
+    import pytest
+
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, loss="convirt",
+                               repeated_reports_as_positives=True, warmup_steps=1)
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        limit_val_batches=1)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2
+    with pytest.raises(ValueError, match="needs loss 'convirt'"):
+        ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model,
+                          repeated_reports_as_positives=True)
