@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-
 METADATA = "metadata.jsonl"
 INFO = "info.json"
 

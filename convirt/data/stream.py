@@ -38,12 +38,12 @@ def text_group(text: str) -> int:
 
 
 def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any], int]],
-             tokenizer: Callable[..., torch.Tensor]) -> dict[str, Any]:
+             tokenizer: Callable[..., torch.Tensor], pad_id: int | None) -> dict[str, Any]:
     keys, images, texts, metas, groups = zip(*samples)
     return {
         "key": list(keys),
         "image": torch.stack(list(images)),
-        "text": trim_padding(tokenizer(list(texts)), _pad_id(tokenizer)),
+        "text": trim_padding(tokenizer(list(texts)), pad_id),
         "raw_text": list(texts),
         "meta": list(metas),
         "text_group": torch.tensor(groups, dtype=torch.int64),
@@ -98,7 +98,8 @@ def build_batches(
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
     dataset = dataset.decode("pill").map(to_sample)
-    dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer), partial=not train)
+    pad_id = _pad_id(tokenizer)
+    dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer, pad_id), partial=not train)
     return dataset
 
 

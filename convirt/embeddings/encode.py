@@ -27,6 +27,17 @@ class EmbeddingOutput:
     texts: list[str] = field(default_factory=list)
 
 
+def encode_batch(model: Any, batch: dict[str, Any], device: str | torch.device = "cpu"
+                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Normalised ``(B, D)`` float32 image features of one batch, and one metadata row per image
+    (``key``, the sample's metadata, ``text``)."""
+    with torch.no_grad():
+        features = model.encode_image(batch["image"].to(device), normalize=True).float().cpu().numpy()
+    texts = batch.get("raw_text", [""] * len(batch["key"]))
+    rows = [{"key": key, **meta, "text": text} for key, meta, text in zip(batch["key"], batch["meta"], texts)]
+    return features, rows
+
+
 @torch.no_grad()
 def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu",
                   progress: bool = True) -> EmbeddingOutput:
@@ -39,13 +50,16 @@ def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | t
     """
     from tqdm.auto import tqdm
 
-    parts, keys, meta, texts = [], [], [], []
+    parts: list[np.ndarray] = []
+    keys: list[str] = []
+    meta: list[dict[str, Any]] = []
+    texts: list[str] = []
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
-        features = model.encode_image(batch["image"].to(device), normalize=True)
-        parts.append(features.float().cpu().numpy())
+        features, rows = encode_batch(model, batch, device)
+        parts.append(features)
         keys.extend(batch["key"])
         meta.extend(batch["meta"])
-        texts.extend(batch.get("raw_text", [""] * len(batch["key"])))
+        texts.extend(row["text"] for row in rows)
     if not parts:
         raise ValueError("no images to embed: the data is empty")
     return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts)

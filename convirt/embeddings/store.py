@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from convirt.embeddings.encode import encode_batch
+
 PART_PREFIX = "part-"
 DTYPES = ("float32", "float16")
 
@@ -92,11 +94,10 @@ def embed_to_folder(
             index, vectors, rows = index + 1, [], []
 
     for batch in tqdm(make_batches(done_keys), desc="embed", unit="batch", disable=not progress):
-        features = model.encode_image(batch["image"].to(device), normalize=True).float().cpu().numpy()
-        texts = batch.get("raw_text", [""] * len(batch["key"]))
-        for i, (key, meta, text) in enumerate(zip(batch["key"], batch["meta"], texts)):
+        features, batch_rows = encode_batch(model, batch, device)
+        for i, row in enumerate(batch_rows):
             vectors.append(features[i:i + 1])
-            rows.append({"key": key, **meta, "text": text})
+            rows.append(row)
             count += 1
             if len(rows) >= chunk_size:
                 flush()

@@ -406,21 +406,26 @@ def write_report(case: PhantomCase, rng: np.random.Generator) -> str:
 # ----------------------------------------------------------------------------- rows
 
 
+def _stream(seed: int, index: int, purpose: str) -> np.random.Generator:
+    """The random stream of one sample for one purpose (case, image, report): each is independent."""
+    return np.random.default_rng([seed, index, ("case", "image", "report").index(purpose)])
+
+
 def generate_cases(num_samples: int, seed: int = 0) -> Iterator[tuple[str, PhantomCase, int]]:
     """Yield ``(key, case, index)`` per sample; a sample depends only on the seed and its index."""
     for index in range(num_samples):
-        yield f"phantom-{seed}-{index:06d}", sample_case(np.random.default_rng([seed, index, 0])), index
+        yield f"phantom-{seed}-{index:06d}", sample_case(_stream(seed, index, "case")), index
 
 
 def make_sample(case: PhantomCase, seed: int, index: int, size: int = 256) -> tuple[np.ndarray, str]:
     """Render the image and write the report of one case, each from its own random stream."""
-    image = render_image(case, np.random.default_rng([seed, index, 1]), size)
-    return image, write_report(case, np.random.default_rng([seed, index, 2]))
+    image = render_image(case, _stream(seed, index, "image"), size)
+    return image, write_report(case, _stream(seed, index, "report"))
 
 
 def _render_to(path: str, case: PhantomCase, seed: int, index: int, size: int) -> None:
     tmp = path + ".tmp.png"
-    Image.fromarray(render_image(case, np.random.default_rng([seed, index, 1]), size)).save(tmp)
+    Image.fromarray(render_image(case, _stream(seed, index, "image"), size)).save(tmp)
     os.replace(tmp, path)
 
 
@@ -460,7 +465,7 @@ def write_phantom(
         image_rel = f"images/{key}.png"
         if not (out / image_rel).exists():
             jobs.append((str(out / image_rel), case, seed, index, size))
-        text = write_report(case, np.random.default_rng([seed, index, 2]))
+        text = write_report(case, _stream(seed, index, "report"))
         rows.append(Row(key=key, image_path=image_rel, text=text, patient_id=key,
                         labels=list(case.findings) or [NO_FINDING], view="PA", source=SOURCE))
     bar = tqdm(total=len(jobs), desc="phantom", unit="img", disable=not progress)
