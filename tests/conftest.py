@@ -58,3 +58,33 @@ def requires_shared_data(*parts: str) -> pytest.MarkDecorator:
     path = SHARED_DATA.joinpath(*parts)
     reason = f"real data not present at {path} (see ../shared/data/README.md)"
     return pytest.mark.skipif(not path.exists(), reason=reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_text_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained ``test-tiny`` model saved as a convirt (Lightning-format) checkpoint."""
+    import torch
+
+    from convirt.training import ContrastiveModule
+
+    torch.manual_seed(0)
+    module = ContrastiveModule(model_name=TINY_MODEL, pretrained=False, text_model_path=tiny_text_model)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def labels_csv(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A label table without text (like ../shared/data/cxr-eval): image, labels, patient_id, source."""
+    import csv
+
+    out = tmp_path_factory.mktemp("labels") / "labels.csv"
+    with open(phantom_csv, newline="", encoding="utf-8") as source, open(out, "w", newline="",
+                                                                         encoding="utf-8") as target:
+        writer = csv.writer(target)
+        writer.writerow(["image", "labels", "patient_id", "source"])
+        for i, row in enumerate(csv.DictReader(source)):
+            image = str(Path(phantom_csv.parent, row["image"]).resolve())
+            writer.writerow([image, row["labels"], row["patient_id"], "even" if i % 2 == 0 else "odd"])
+    return out

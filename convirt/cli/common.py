@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterable
@@ -12,17 +13,29 @@ if TYPE_CHECKING:
     from convirt.models.checkpoint import LoadedModel
 
 
-def eval_batches(loaded: LoadedModel, shards: str, split: str, batch_size: int,
-                 skip_keys: set[str] | None = None) -> Iterable[dict[str, Any]]:
-    """Batches of one split, preprocessed as the model expects, each sample once and in order."""
-    from convirt.data.stream import build_batches
+def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
+                 skip_keys: set[str] | None = None, where: dict[str, str] | None = None,
+                 num_workers: int = 0, split_by_rank: bool = False) -> Iterable[dict[str, Any]]:
+    """Batches of a shard split, a CSV or an image folder, preprocessed as the model expects,
+    each sample once and in order."""
+    from convirt.data.inputs import build_input_batches
     from convirt.data.transforms import clean_report, image_transform_for
-    from convirt.data.writer import shard_urls
     from convirt.models.factory import get_preprocess_cfg
 
     transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
-    return build_batches(shard_urls(shards, split), transform, loaded.tokenizer, batch_size,
-                         text_transform=clean_report, skip_keys=skip_keys)
+    return build_input_batches(data, transform, loaded.tokenizer, batch_size, split=split, text_transform=clean_report,
+                               where=where, skip_keys=skip_keys, num_workers=num_workers,
+                               split_by_rank=split_by_rank)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--split``, ``--where`` and ``--batch-size``: what to read, for any command that reads images."""
+    parser.add_argument("--data", required=True, help="shard folder, CSV (image[,text,labels,patient_id,...]) "
+                                                      "or image folder")
+    parser.add_argument("--split", default="test", help="shard split to read (shard folders only)")
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="keep only samples whose metadata matches, e.g. source=nih-chestxray14 (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=64)
 
 
 def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convirt.cli.common import add_input_arguments
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -16,14 +18,17 @@ INFO = "info.json"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    embed = sub.add_parser("embed", help="embed the images of a shard split")
+    embed = sub.add_parser("embed", help="embed the images (or report texts) of shards, a CSV or an image folder")
     embed.add_argument("--checkpoint", required=True)
-    embed.add_argument("--data", required=True, help="shard folder")
-    embed.add_argument("--split", default="test")
+    add_input_arguments(embed)
     embed.add_argument("--output", required=True)
-    embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--texts", action="store_true", help="embed the report texts instead of the images")
     embed.add_argument("--chunk-size", type=int, default=4096, help="vectors per part file (resume granularity)")
     embed.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    embed.add_argument("--devices", default="1", help="processes (DDP ranks; each writes its own parts)")
+    embed.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    embed.add_argument("--precision", default=None, help="e.g. bf16-mixed on GPUs (default: full precision)")
+    embed.add_argument("--workers", type=int, default=0, help="data-loading processes per rank")
     embed.set_defaults(run=run_embed)
 
     index = sub.add_parser("index", help="FAISS image index: build, query, eval, merge")
@@ -57,6 +62,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           help="count the query patient's other images (left out by default: they inflate scores)")
     evaluate.add_argument("--knn", type=int, default=0, metavar="K",
                           help="also score kNN diagnosis (similarity-weighted vote of K neighbours): AUROC per finding")
+    evaluate.add_argument("--texts", metavar="DIR",
+                          help="`convirt embed --texts` output of the same samples: also image<->text R@1/5/10")
+    evaluate.add_argument("--findings", nargs="+", metavar="NAME",
+                          help='count only these findings as labels, e.g. --findings Pneumonia ("relevant" = '
+                               "same set of these findings)")
     evaluate.add_argument("--output", help="JSON file for the metrics")
     evaluate.set_defaults(run=run_eval)
 
@@ -67,26 +77,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    from functools import partial
+
     from convirt.cli.common import eval_batches, model_fingerprint, write_json
-    from convirt.embeddings import embed_to_folder
-    from convirt.embeddings.store import completed_parts
+    from convirt.data.inputs import parse_where
+    from convirt.embeddings.store import PartWriter, completed_parts, embedded_keys
     from convirt.models import load_checkpoint
     from convirt.retrieval import check_fingerprint
+    from convirt.training.predict import predict_features
 
     loaded = load_checkpoint(args.checkpoint)
     out = Path(args.output)
-    fingerprint = model_fingerprint(loaded)
+    modality = "text" if args.texts else "image"
+    fingerprint = {**model_fingerprint(loaded), "modality": modality}
     if completed_parts(out) and (out / INFO).is_file():
-        # Resuming: the parts on disk must come from the same model.
-        check_fingerprint(json.loads((out / INFO).read_text(encoding="utf-8")), fingerprint, what="output folder")
+        # Resuming: the parts on disk must come from the same model and modality.
+        before = json.loads((out / INFO).read_text(encoding="utf-8"))
+        check_fingerprint(before, fingerprint, what="output folder")
+        if before.get("modality", "image") != modality:
+            raise ValueError(f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
+                             "embeddings: use another --output")
     write_json(out / INFO, fingerprint)
-    count = embed_to_folder(
-        loaded.model, lambda done: eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done),
-        out, chunk_size=args.chunk_size, dtype=args.dtype,
-    )
+    done = embedded_keys(out)
+    batches = eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done,
+                           where=parse_where(args.where), num_workers=args.workers,
+                           split_by_rank=args.devices not in ("1", 1))
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    predict_features(loaded.model, batches,
+                     partial(PartWriter, out, chunk_size=args.chunk_size, dtype=args.dtype),
+                     modality=modality, accelerator=args.accelerator, devices=devices, precision=args.precision)
+    count = len(embedded_keys(out))
     if count == 0:
-        raise ValueError(f"no images to embed in {args.data} ({args.split})")
-    print(f"embedded {count} images -> {out}")
+        raise ValueError(f"nothing to embed in {args.data}" + (f" ({args.split})" if args.split else ""))
+    print(f"embedded {count} {modality}s -> {out}")
 
 
 def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:
@@ -177,21 +200,71 @@ def run_eval(args: argparse.Namespace) -> None:
         exclude = [a | b for a, b in zip(self_ids, patients)]
     depth = max(args.k, args.knn) + max((len(e) for e in exclude), default=0)
     similarities, ids = search(index, vectors, min(depth, index.ntotal))
-    result: dict[str, Any] = retrieval_metrics(ids, [finding_set(m.get("labels", [])) for m in query_meta],
-                                               [finding_set(m.get("labels", [])) for m in metadata], args.k, exclude)
+    only = set(args.findings) if args.findings else None
+
+    def findings(rows: list[dict]) -> list[frozenset[str]]:
+        sets = [finding_set(m.get("labels", [])) for m in rows]
+        return [s & only for s in sets] if only is not None else sets
+
+    result: dict[str, Any] = retrieval_metrics(ids, findings(query_meta), findings(metadata), args.k, exclude)
+    if only is not None:
+        result["findings"] = sorted(only)
     result.update({"indexed": len(metadata), "factory": info.factory,
                    "same_patient_excluded": not args.include_same_patient})
     if args.knn:
         result["knn"] = _knn_auroc(ids, similarities, metadata, query_meta, args.knn, exclude)
+    if args.texts:
+        result["image_text"] = _image_text_recall(vectors, query_meta, args.texts, info.fingerprint)
     if args.output:
         write_json(args.output, result)
     if args.knn:
         for name, value in result["knn"]["auroc"].items():
             print(f"kNN diagnosis ({args.knn} neighbours) AUROC {name}: "
                   f"{value:.3f}" if value is not None else f"kNN AUROC {name}: n/a (one class only)")
+    if args.texts:
+        for direction, values in result["image_text"].items():
+            if isinstance(values, dict):
+                print(f"{direction}: " + "  ".join(f"R@{name.rsplit('_', 1)[1]} {v:.3f}" for name, v in values.items()))
     k = args.k
     print(f"label precision@{k}: {result[f'precision_at_{k}']:.3f}  mAP@{k}: {result[f'map_at_{k}']:.3f}  "
           f"recall@{k}: {result[f'recall_at_{k}']:.3f} over {result['queries']} queries")
+
+
+def _image_text_recall(image_vectors: Any, image_meta: list[dict], texts: str, fingerprint: dict) -> dict[str, Any]:
+    """Image->text and text->image R@1/5/10. A report counts as correct for an image when it is the
+    image's own report or identical to it after normalisation (archives repeat normal reports)."""
+    from convirt.data.stream import text_group
+    from convirt.retrieval import build_index, check_fingerprint, recall_at_ks, search
+
+    text_vectors, text_meta, text_info = _read_embeddings(texts)
+    check_fingerprint(fingerprint, text_info, what="index (texts)")
+    own = {row["key"]: text_group(row.get("text", "")) for row in text_meta}
+    keep = [i for i, row in enumerate(image_meta) if row["key"] in own]
+    if not keep:
+        raise ValueError(f"no indexed image has a report in {texts} (keys differ)")
+    groups_of_texts = [text_group(row.get("text", "")) for row in text_meta]
+    by_group: dict[int, set[int]] = {}
+    for i, group in enumerate(groups_of_texts):
+        by_group.setdefault(group, set()).add(i)
+    image_groups = [own[image_meta[i]["key"]] for i in keep]
+    images = image_vectors[keep]
+    depth = 10
+    text_index, _ = build_index(text_vectors, "Flat")
+    _, to_text = search(text_index, images, min(depth, len(text_vectors)))
+    image_index, _ = build_index(images, "Flat")
+    _, to_image = search(image_index, text_vectors, min(depth, len(keep)))
+    image_by_group: dict[int, set[int]] = {}
+    for i, group in enumerate(image_groups):
+        image_by_group.setdefault(group, set()).add(i)
+    ks = [k for k in (1, 5, 10) if k <= min(depth, len(text_vectors), len(keep))]
+    text_targets = [by_group[g] for g in image_groups]
+    image_targets = [image_by_group.get(g, set()) for g in groups_of_texts]
+    answered = [i for i, t in enumerate(image_targets) if t]
+    return {
+        "image_to_text": recall_at_ks(to_text, text_targets, ks),
+        "text_to_image": recall_at_ks(to_image[answered], [image_targets[i] for i in answered], ks),
+        "images": len(keep), "texts": len(text_vectors),
+    }
 
 
 def _knn_auroc(ids: Any, similarities: Any, metadata: list[dict], query_meta: list[dict], k: int,

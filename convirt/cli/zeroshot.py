@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from convirt.cli.common import add_input_arguments
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -20,11 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("zeroshot", help="zero-shot diagnosis with descriptor prompts, scored on labels")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--descriptors", default="phantom", help="shipped set name or YAML path")
-    parser.add_argument("--data", required=True, help="shard folder")
-    parser.add_argument("--split", default="test")
+    add_input_arguments(parser)
     parser.add_argument("--output", required=True, help="folder for predictions.csv, explanations.jsonl, "
                                                          "metrics.json")
-    parser.add_argument("--batch-size", type=int, default=64)
     parser.set_defaults(run=run)
 
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from convirt.cli.common import eval_batches, write_json
+    from convirt.data.inputs import parse_where
     from convirt.data.schema import finding_set
     from convirt.embeddings import embed_batches
     from convirt.models import load_checkpoint
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> None:
 
     descriptors = load_descriptors(args.descriptors)
     loaded = load_checkpoint(args.checkpoint)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size))
+    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size,
+                                                            where=parse_where(args.where)))
     names = descriptors.finding_names
     label_sets = [finding_set(meta.get("labels", [])) for meta in embedded.meta]
     present = set().union(*label_sets)

@@ -34,6 +34,7 @@ class Row:
         view: Projection (``PA``, ``AP``, ``LATERAL``) where known.
         source: Name of the archive the row came from.
         split: Official split where the archive has one, else ``None``.
+        study_id: Study (exam) identifier where known: several images can share one report.
     """
 
     key: str
@@ -44,6 +45,7 @@ class Row:
     view: str = ""
     source: str = ""
     split: str | None = None
+    study_id: str = ""
 
     def metadata(self) -> dict[str, object]:
         """Return the JSON metadata stored beside the image and text."""
@@ -52,6 +54,7 @@ class Row:
             "labels": list(self.labels),
             "view": self.view,
             "source": self.source,
+            "study_id": self.study_id,
         }
 
 

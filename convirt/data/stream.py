@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Container, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
     return tokens[:, : int(used.max()) + 1] if len(used) else tokens
 
 
-def _pad_id(tokenizer: Callable[..., torch.Tensor]) -> int | None:
+def pad_id_of(tokenizer: Callable[..., torch.Tensor]) -> int | None:
     inner = getattr(tokenizer, "tokenizer", None)
     value = getattr(inner, "pad_token_id", None)
     return int(value) if value is not None else None
@@ -37,8 +38,12 @@ def text_group(text: str) -> int:
     return zlib.crc32(" ".join(text.lower().split()).encode("utf-8"))
 
 
-def _collate(samples: Sequence[tuple[str, torch.Tensor, str, dict[str, Any], int]],
-             tokenizer: Callable[..., torch.Tensor], pad_id: int | None) -> dict[str, Any]:
+Sample = tuple[str, torch.Tensor, str, dict[str, Any], int]
+
+
+def collate_samples(samples: Sequence[Sample], tokenizer: Callable[..., torch.Tensor],
+                    pad_id: int | None) -> dict[str, Any]:
+    """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict."""
     keys, images, texts, metas, groups = zip(*samples)
     return {
         "key": list(keys),
@@ -61,6 +66,7 @@ def build_batches(
     split_by_rank: bool = False,
     skip_keys: Container[str] | None = None,
     seed: int = 0,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> wds.WebDataset:
     """Build an iterable of batch dicts from shard paths.
 
@@ -72,13 +78,14 @@ def build_batches(
     ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
     Evaluation reads each sample once, in order. With ``split_by_rank`` each rank reads its own
     share of the shards (needs at least as many shards as ranks); otherwise every rank reads
-    them all. Samples whose key is in ``skip_keys`` are dropped before decoding (resuming).
+    them all. Samples whose key is in ``skip_keys`` are dropped before decoding (resuming); with
+    ``keep``, only samples whose metadata dict it accepts are kept.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     text_transform = text_transform or (lambda text: text)
 
-    def to_sample(sample: dict[str, Any]) -> tuple[str, torch.Tensor, str, dict[str, Any], int]:
+    def to_sample(sample: dict[str, Any]) -> Sample:
         meta = sample.get(META) or {}
         report = sample[TEXT]
         return sample[KEY], image_transform(sample[IMAGE]), text_transform(report), meta, text_group(report)
@@ -97,9 +104,13 @@ def build_batches(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
-    dataset = dataset.decode("pill").map(to_sample)
-    pad_id = _pad_id(tokenizer)
-    dataset = dataset.batched(batch_size, collation_fn=lambda s: _collate(s, tokenizer, pad_id), partial=not train)
+    dataset = dataset.decode("pill")
+    if keep is not None:
+        dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
+    dataset = dataset.map(to_sample)
+    pad_id = pad_id_of(tokenizer)
+    collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id)
+    dataset = dataset.batched(batch_size, collation_fn=collate, partial=not train)
     return dataset
 
 

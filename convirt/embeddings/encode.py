@@ -27,15 +27,26 @@ class EmbeddingOutput:
     texts: list[str] = field(default_factory=list)
 
 
-def encode_batch(model: Any, batch: dict[str, Any], device: str | torch.device = "cpu"
-                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Normalised ``(B, D)`` float32 image features of one batch, and one metadata row per image
-    (``key``, the sample's metadata, ``text``)."""
+MODALITIES = ("image", "text")
+
+
+def encode_batch(model: Any, batch: dict[str, Any], device: str | torch.device = "cpu",
+                 modality: str = "image") -> np.ndarray:
+    """Normalised ``(B, D)`` float32 features of one batch dict's images (or token ids)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
     with torch.no_grad():
-        features = model.encode_image(batch["image"].to(device), normalize=True).float().cpu().numpy()
+        if modality == "image":
+            features = model.encode_image(batch["image"].to(device), normalize=True)
+        else:
+            features = model.encode_text(batch["text"].to(device), normalize=True)
+    return features.float().cpu().numpy()
+
+
+def batch_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """One metadata row per sample of a batch dict: ``key``, the sample's metadata, ``text``."""
     texts = batch.get("raw_text", [""] * len(batch["key"]))
-    rows = [{"key": key, **meta, "text": text} for key, meta, text in zip(batch["key"], batch["meta"], texts)]
-    return features, rows
+    return [{"key": key, **meta, "text": text} for key, meta, text in zip(batch["key"], batch["meta"], texts)]
 
 
 @torch.no_grad()
@@ -55,11 +66,10 @@ def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | t
     meta: list[dict[str, Any]] = []
     texts: list[str] = []
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
-        features, rows = encode_batch(model, batch, device)
-        parts.append(features)
+        parts.append(encode_batch(model, batch, device))
         keys.extend(batch["key"])
         meta.extend(batch["meta"])
-        texts.extend(row["text"] for row in rows)
+        texts.extend(row["text"] for row in batch_rows(batch))
     if not parts:
         raise ValueError("no images to embed: the data is empty")
     return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts)

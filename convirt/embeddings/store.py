@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convirt.embeddings.encode import encode_batch
+from convirt.embeddings.encode import batch_rows, encode_batch
 
 PART_PREFIX = "part-"
 DTYPES = ("float32", "float16")
@@ -42,6 +42,67 @@ def _write_part(folder: Path, name: str, vectors: np.ndarray, rows: list[dict[st
     os.replace(folder / f"{name}.jsonl.tmp", jsonl)
 
 
+def embedded_keys(folder: str | os.PathLike[str]) -> set[str]:
+    """Keys already embedded in a folder, by any rank (what a resumed run skips)."""
+    keys: set[str] = set()
+    for path in completed_parts(folder):
+        with open(path, encoding="utf-8") as handle:
+            keys.update(json.loads(line)["key"] for line in handle)
+    return keys
+
+
+class PartWriter:
+    """Collects vectors and rows of one rank and writes a part every ``chunk_size`` vectors.
+
+    New parts are numbered after the rank's complete ones, so a resumed run appends.
+
+    Args:
+        output: The folder.
+        rank: This process's rank; each rank writes its own parts.
+        chunk_size: Vectors per part (memory stays flat at about one part).
+        dtype: ``float32`` or ``float16`` on disk.
+    """
+
+    def __init__(self, output: str | os.PathLike[str], rank: int = 0, chunk_size: int = 4096,
+                 dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.folder = Path(output)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rank, self.chunk_size, self.dtype = rank, chunk_size, dtype
+        self.index = len(completed_parts(self.folder, rank))
+        self.written = 0
+        self._vectors: list[np.ndarray] = []
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None:
+        """Queue ``(B, D)`` vectors with one row each; write full parts."""
+        if len(vectors) != len(rows):
+            raise ValueError(f"{len(vectors)} vectors but {len(rows)} rows")
+        for i, row in enumerate(rows):
+            self._vectors.append(vectors[i:i + 1])
+            self._rows.append(row)
+            if len(self._rows) >= self.chunk_size:
+                self.flush()
+
+    def add_batch(self, features: np.ndarray, batch: dict[str, Any]) -> None:
+        """Queue the features of a batch dict with its metadata rows."""
+        self.add(features, batch_rows(batch))
+
+    def flush(self) -> None:
+        """Write what is queued as one part."""
+        if self._rows:
+            _write_part(self.folder, _part_name(self.rank, self.index),
+                        np.concatenate(self._vectors).astype(self.dtype), self._rows)
+            self.index += 1
+            self.written += len(self._rows)
+            self._vectors, self._rows = [], []
+
+    close = flush
+
+
 @torch.no_grad()
 def embed_to_folder(
     model: Any,
@@ -52,57 +113,33 @@ def embed_to_folder(
     rank: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    modality: str = "image",
 ) -> int:
-    """Embed images batch by batch into parts of ``chunk_size`` vectors; skip what is already done.
+    """Embed batch by batch into parts of ``chunk_size`` vectors; skip what is already done.
 
     Args:
-        model: Anything with ``encode_image(images, normalize=True)``.
+        model: Anything with ``encode_image`` / ``encode_text`` (``normalize=True``).
         make_batches: Called with the keys already embedded; returns batch dicts (``image``,
-            ``key``, ``meta``, optional ``raw_text``) for the others, in a fixed order.
+            ``text``, ``key``, ``meta``, optional ``raw_text``) for the others, in a fixed order.
         output: The folder.
         chunk_size: Vectors per part (memory stays flat at about one part).
         dtype: ``float32`` or ``float16`` on disk.
         rank: This process's rank; each rank writes its own parts.
         device: Where the model runs.
         progress: Show a progress bar.
+        modality: ``image`` or ``text``.
 
     Returns:
-        Number of vectors the folder holds for this rank.
+        Number of vectors the folder holds (all ranks).
     """
     from tqdm.auto import tqdm
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    done = completed_parts(folder, rank)
-    done_keys: set[str] = set()
-    for path in done:
-        with open(path, encoding="utf-8") as handle:
-            done_keys.update(json.loads(line)["key"] for line in handle)
-    index = len(done)
-    vectors: list[np.ndarray] = []
-    rows: list[dict[str, Any]] = []
-    count = len(done_keys)
-
-    def flush() -> None:
-        nonlocal index, vectors, rows
-        if rows:
-            _write_part(folder, _part_name(rank, index), np.concatenate(vectors).astype(dtype), rows)
-            index, vectors, rows = index + 1, [], []
-
-    for batch in tqdm(make_batches(done_keys), desc="embed", unit="batch", disable=not progress):
-        features, batch_rows = encode_batch(model, batch, device)
-        for i, row in enumerate(batch_rows):
-            vectors.append(features[i:i + 1])
-            rows.append(row)
-            count += 1
-            if len(rows) >= chunk_size:
-                flush()
-    flush()
-    return count
+    writer = PartWriter(output, rank, chunk_size, dtype)
+    done = embedded_keys(output)
+    for batch in tqdm(make_batches(done), desc="embed", unit="batch", disable=not progress):
+        writer.add_batch(encode_batch(model, batch, device, modality), batch)
+    writer.close()
+    return len(done) + writer.written
 
 
 def read_embeddings(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -11,7 +11,12 @@ from convirt.retrieval.index import (
     search,
 )
 from convirt.retrieval.knn import knn_scores
-from convirt.retrieval.metrics import label_precision_at_k, retrieval_metrics, same_patient_exclusions
+from convirt.retrieval.metrics import (
+    label_precision_at_k,
+    recall_at_ks,
+    retrieval_metrics,
+    same_patient_exclusions,
+)
 
 __all__ = [
     "IndexInfo",
@@ -22,6 +27,7 @@ __all__ = [
     "label_precision_at_k",
     "load_index",
     "merge_indexes",
+    "recall_at_ks",
     "retrieval_metrics",
     "same_patient_exclusions",
     "save_index",

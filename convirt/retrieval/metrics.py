@@ -95,3 +95,31 @@ def label_precision_at_k(
     """
     exclude = [{int(i)} for i in query_ids] if query_ids is not None else None
     return float(retrieval_metrics(neighbour_ids, query_sets, index_sets, k, exclude)[f"precision_at_{k}"])
+
+
+def recall_at_ks(neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+                 ) -> dict[str, float]:
+    """Cross-modal recall: the fraction of queries with at least one target among their top ``k``.
+
+    Args:
+        neighbour_ids: ``(Q, M)`` gallery ids, best first, ``M >= max(ks)``; ``-1`` for none.
+        targets: Per query, the gallery ids that count as a correct match (for image -> text:
+            the image's own report and every report identical to it after normalisation).
+        ks: Cut-offs.
+
+    Returns:
+        ``recall_at_1`` ... per ``k``.
+
+    Raises:
+        ValueError: Shapes disagree, no queries, a query without target, or too few columns.
+    """
+    if neighbour_ids.shape[0] != len(targets):
+        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(targets)} queries")
+    if len(targets) == 0:
+        raise ValueError("no queries")
+    if any(not target for target in targets):
+        raise ValueError("every query needs at least one target")
+    if neighbour_ids.shape[1] < max(ks):
+        raise ValueError(f"{neighbour_ids.shape[1]} neighbours per query, fewer than k={max(ks)}")
+    return {f"recall_at_{k}": float(np.mean([bool(targets[q] & {int(i) for i in row[:k]})
+                                              for q, row in enumerate(neighbour_ids)])) for k in ks}

@@ -1,7 +1,8 @@
 """The generic CSV reader: one row per image, image paths relative to the CSV file.
 
 Columns (names configurable): ``image``, ``text``, ``patient_id``, ``labels`` (``;``-separated),
-``view``, ``source``, ``split``. Only ``image`` and ``text`` are required.
+``view``, ``source``, ``split``, ``study_id``. Only ``image`` and ``text`` are required (``text`` may
+be left optional for images that are only embedded or scored).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from convirt.data.schema import Row, parse_labels
@@ -33,6 +34,7 @@ def read_csv_rows(
     patient_column: str = "patient_id",
     labels_column: str = "labels",
     source_name: str = "csv",
+    required: Sequence[str] = ("image", "text"),
 ) -> Iterator[Row]:
     """Return an iterator of one :class:`Row` per CSV line; the file and its columns are checked now.
 
@@ -45,9 +47,10 @@ def read_csv_rows(
         raise FileNotFoundError(f"CSV not found: {path}")
     with open(path, newline="", encoding="utf-8") as handle:
         columns = csv.DictReader(handle).fieldnames or []
-    for required in (image_column, text_column):
-        if required not in columns:
-            raise ValueError(f"{path}: column {required!r} not found; columns: {', '.join(columns) or '(none)'}")
+    named = {"image": image_column, "text": text_column, "patient_id": patient_column, "labels": labels_column}
+    for column in (named.get(name, name) for name in required):
+        if column not in columns:
+            raise ValueError(f"{path}: column {column!r} not found; columns: {', '.join(columns) or '(none)'}")
     return _rows(path, image_column, text_column, patient_column, labels_column, source_name)
 
 
@@ -74,4 +77,5 @@ def _rows(path: Path, image_column: str, text_column: str, patient_column: str, 
                 view=(record.get("view") or "").strip(),
                 source=(record.get("source") or "").strip() or source_name,
                 split=(record.get("split") or "").strip() or None,
+                study_id=(record.get("study_id") or "").strip(),
             )

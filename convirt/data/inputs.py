@@ -1,0 +1,161 @@
+"""Inputs for embedding and evaluation: a shard folder, a CSV of image paths, or a folder of images.
+
+Shards stream through :func:`convirt.data.stream.build_batches`; a CSV or an image folder is read
+into rows up front (paths and metadata only, cheap even for millions of images) and loaded by a
+map-style dataset, so a distributed sampler can split it across ranks without repeating images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Container, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from convirt.data.images import load_grayscale
+from convirt.data.schema import MANIFEST, Row
+from convirt.data.sources.csv import key_from_path, read_csv_rows
+from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
+from convirt.data.writer import shard_urls
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def parse_where(items: Sequence[str] | None) -> dict[str, str]:
+    """``["source=nih", "view=PA"]`` -> ``{"source": "nih", "view": "PA"}``.
+
+    Raises:
+        ValueError: An item has no ``=`` or an empty field name.
+    """
+    where: dict[str, str] = {}
+    for item in items or []:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise ValueError(f"bad filter {item!r}: write FIELD=VALUE, e.g. source=nih-chestxray14")
+        where[field.strip()] = value.strip()
+    return where
+
+
+def metadata_matches(meta: dict[str, Any], where: dict[str, str]) -> bool:
+    """Whether a sample's metadata has every ``field=value`` of ``where`` (a label list matches
+    when it contains the value)."""
+    for field, value in where.items():
+        found = meta.get(field, "")
+        if isinstance(found, list | tuple):
+            if value not in found:
+                return False
+        elif str(found) != value:
+            return False
+    return True
+
+
+def is_shard_folder(path: str | os.PathLike[str]) -> bool:
+    """A folder written by :func:`convirt.data.writer.write_shards` (it holds a manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_image_rows(path: str | os.PathLike[str], where: dict[str, str] | None = None) -> list[Row]:
+    """Rows of a CSV (``image`` column required, ``text`` optional) or of every image under a folder.
+
+    Folder rows are sorted by path; their key is the relative path, their patient the key.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or a folder holds no image.
+        ValueError: No row is left after the ``where`` filter; the message names the filter.
+    """
+    source = Path(path)
+    if source.is_file():
+        rows = list(read_csv_rows(source, required=("image",)))
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}")
+        rows = []
+        for file in files:
+            key = key_from_path(str(file.relative_to(source)))
+            rows.append(Row(key=key, image_path=str(file), text="", patient_id=key, source=source.name))
+    else:
+        raise FileNotFoundError(f"no such file or folder: {source}")
+    if where:
+        rows = [row for row in rows if metadata_matches({**row.metadata(), "split": row.split or ""}, where)]
+        if not rows:
+            shown = ", ".join(f"{k}={v}" for k, v in where.items())
+            raise ValueError(f"no row of {source} matches {shown}")
+    return rows
+
+
+class RowDataset(Dataset[Sample]):
+    """Rows -> ``(key, image tensor, text, metadata, text group)`` samples, loaded on access.
+
+    The metadata is the row's plus ``path`` (the image file).
+    """
+
+    def __init__(self, rows: Sequence[Row], image_transform: Callable[[Image.Image], torch.Tensor],
+                 text_transform: Callable[[str], str] | None = None) -> None:
+        self.rows = list(rows)
+        self.image_transform = image_transform
+        self.text_transform = text_transform or (lambda text: text)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Sample:
+        row = self.rows[index]
+        try:
+            image = load_grayscale(row.image_path)
+        except (OSError, ValueError) as error:
+            raise OSError(f"cannot read image {row.image_path!r} (row {row.key}): {error}") from error
+        meta = {**row.metadata(), "path": row.image_path}
+        return row.key, self.image_transform(image), self.text_transform(row.text), meta, text_group(row.text)
+
+
+def build_input_batches(
+    path: str | os.PathLike[str],
+    image_transform: Callable[[Image.Image], torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor],
+    batch_size: int,
+    split: str = "test",
+    text_transform: Callable[[str], str] | None = None,
+    where: dict[str, str] | None = None,
+    skip_keys: Container[str] | None = None,
+    num_workers: int = 0,
+    split_by_rank: bool = False,
+) -> Iterable[dict[str, Any]]:
+    """Batch dicts (as :func:`convirt.data.stream.build_batches` makes them) of any input, in order.
+
+    Args:
+        path: A shard folder (then ``split`` picks the split), a CSV file or an image folder.
+        image_transform: PIL image -> tensor.
+        tokenizer: Texts -> ``(B, L)`` token ids.
+        batch_size: Samples per batch.
+        split: Shard split to read.
+        text_transform: Applied to each report.
+        where: Keep only samples whose metadata has these ``field=value`` pairs.
+        skip_keys: Keys to leave out (already done).
+        num_workers: Data-loader processes.
+        split_by_rank: Shards only: each distributed rank reads its own shards. (A CSV or
+            folder is split by the caller's sampler instead.)
+
+    Returns:
+        A :class:`torch.utils.data.DataLoader` over the batches; for a CSV or folder its
+        dataset is a :class:`RowDataset` so that a distributed sampler can be put in.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if is_shard_folder(path):
+        keep = (lambda meta: metadata_matches(meta, where)) if where else None
+        dataset = build_batches(shard_urls(str(path), split), image_transform, tokenizer, batch_size,
+                                text_transform=text_transform, skip_keys=skip_keys, keep=keep,
+                                split_by_rank=split_by_rank)
+        return DataLoader(dataset, batch_size=None, num_workers=num_workers)
+    rows = read_image_rows(path, where)
+    if skip_keys:
+        rows = [row for row in rows if row.key not in skip_keys]
+    pad_id = pad_id_of(tokenizer)
+    return DataLoader(RowDataset(rows, image_transform, text_transform), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, collate_fn=partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id))

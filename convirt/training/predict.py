@@ -1,0 +1,104 @@
+"""Embedding through Lightning predict: the same code on one CPU, one GPU or many DDP ranks.
+
+Each rank encodes its share of the batches and hands the features to its own sink (for
+``convirt embed``, a part writer: rank ``r`` writes ``part-r-*``). Predictions are not kept in
+memory (``return_predictions=False``), so memory stays flat in the number of images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+MODALITIES = ("image", "text")
+
+
+class FeatureSink(Protocol):
+    """Where one rank's features go."""
+
+    def add_batch(self, features: np.ndarray, batch: dict[str, Any]) -> None:
+        """Take ``(B, D)`` features with the batch dict they came from."""
+
+    def close(self) -> None:
+        """Write what is left."""
+
+
+class EncodeModule(pl.LightningModule):
+    """Wraps a model with ``encode_image`` / ``encode_text``; ``predict_step`` returns normalised features."""
+
+    def __init__(self, model: torch.nn.Module, modality: str = "image") -> None:
+        super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+        self.model = model
+        self.modality = modality
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.modality == "image":
+            return self.model.encode_image(batch["image"], normalize=True)  # type: ignore[operator]
+        return self.model.encode_text(batch["text"], normalize=True)  # type: ignore[operator]
+
+
+class SinkWriter(BasePredictionWriter):
+    """Hands each predicted batch to this rank's sink, made by ``open_sink(rank)`` at start."""
+
+    def __init__(self, open_sink: Callable[[int], FeatureSink]) -> None:
+        super().__init__(write_interval="batch")
+        self.open_sink = open_sink
+        self.sink: FeatureSink | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.sink = self.open_sink(trainer.global_rank)
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        assert self.sink is not None
+        self.sink.add_batch(prediction.float().cpu().numpy(), batch)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+def predict_features(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    open_sink: Callable[[int], FeatureSink],
+    modality: str = "image",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    precision: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Encode every batch on ``devices`` processes; each rank's features go to ``open_sink(rank)``.
+
+    Args:
+        model: Has ``encode_image`` / ``encode_text``.
+        batches: A data loader of batch dicts. With several devices a map-style dataset is split
+            across ranks without repeats; an iterable one must split itself (shards by rank).
+        open_sink: Called once per rank with the rank.
+        modality: ``image`` or ``text``.
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        devices: Number of processes (DDP when more than one).
+        precision: Lightning precision, e.g. ``bf16-mixed`` on GPUs; default full precision.
+        progress: Show a progress bar.
+    """
+    many = devices not in (1, "1")
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy="ddp" if many else "auto",
+        precision=precision,  # type: ignore[arg-type]
+        callbacks=[SinkWriter(open_sink)], logger=False, enable_checkpointing=False,
+        enable_progress_bar=progress, enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        # Batch indices are only known for samplers; the sink does not need them.
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        trainer.predict(EncodeModule(model, modality).eval(), dataloaders=batches,  # type: ignore[arg-type]
+                        return_predictions=False)

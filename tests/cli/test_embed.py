@@ -1,0 +1,70 @@
+"""`convirt embed` on CSVs, texts and two gloo processes; `convirt index eval` with texts and findings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convirt.cli.main import main
+from convirt.embeddings import read_embeddings
+
+
+def _by_key(folder):
+    vectors, rows = read_embeddings(folder)
+    order = np.argsort([row["key"] for row in rows])
+    return vectors[order], [rows[i] for i in order]
+
+
+def test_embed_a_label_csv_with_a_filter(tiny_checkpoint, labels_csv, tmp_path):
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--where", "source=even",
+                 "--batch-size", "16", "--output", str(out)]) == 0
+    vectors, rows = read_embeddings(out)
+    assert vectors.shape == (48, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert {row["source"] for row in rows} == {"even"} and all(row["path"].endswith(".png") for row in rows)
+    info = json.loads((out / "info.json").read_text())
+    assert info["modality"] == "image" and info["dim"] == 32 and len(info["checkpoint_sha256"]) == 64
+    # A resumed run with the other modality into the same folder is refused.
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--texts",
+                 "--output", str(out)]) == 2
+
+
+def test_image_text_recall_and_finding_filter(tiny_checkpoint, phantom_shards, tmp_path):
+    images, texts, index = tmp_path / "img", tmp_path / "txt", tmp_path / "idx"
+    common = ["--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--split", "train"]
+    assert main(["embed", *common, "--output", str(images)]) == 0
+    assert main(["embed", *common, "--texts", "--output", str(texts)]) == 0
+    text_vectors, text_rows = read_embeddings(texts)
+    image_vectors, image_rows = read_embeddings(images)
+    assert [r["key"] for r in text_rows] == [r["key"] for r in image_rows]
+    assert not np.allclose(text_vectors, image_vectors)
+    assert main(["index", "build", "--embeddings", str(images), "--output", str(index)]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["index", "eval", "--index", str(index), "--texts", str(texts), "-k", "3", "--findings",
+                 "Cardiomegaly", "--output", str(report)]) == 0
+    result = json.loads(report.read_text())
+    recalls = result["image_text"]["image_to_text"]
+    assert set(recalls) == {"recall_at_1", "recall_at_5", "recall_at_10"}
+    assert 0 <= recalls["recall_at_1"] <= recalls["recall_at_5"] <= recalls["recall_at_10"] <= 1
+    assert result["findings"] == ["Cardiomegaly"] and 0 <= result["precision_at_3"] <= 1
+
+
+@pytest.mark.parametrize("data", ["csv", "shards"])
+def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data):
+    source = ["--data", str(labels_csv)] if data == "csv" else ["--data", str(phantom_shards), "--split", "train"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), *source, "--output", str(single),
+                 "--batch-size", "8"]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "embed", "--checkpoint", str(tiny_checkpoint),
+                             *source, "--output", str(double), "--batch-size", "8", "--devices", "2",
+                             "--accelerator", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {path.name[:8] for path in double.glob("part-*.npy")} == {"part-000", "part-001"}
+    a, rows_a = _by_key(single)
+    b, rows_b = _by_key(double)
+    assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]  # every image once, none repeated
+    assert np.allclose(a, b, atol=1e-5)
