@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	rm -rf $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/index
+	rm -rf $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings $(DEMO)/index
 	$(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
 	$(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 --shard-size 500 \
 		--test-fraction 0.2 --workers 2
@@ -32,9 +32,11 @@ demo: install
 		--split test --output $(DEMO)/zeroshot
 	$(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test \
 		--output $(DEMO)/embeddings
+	$(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test --texts \
+		--output $(DEMO)/text-embeddings
 	$(RUN) index build --embeddings $(DEMO)/embeddings --factory Flat --output $(DEMO)/index
 	$(RUN) index query --index $(DEMO)/index --image $(DEMO)/phantom/images/phantom-0-000000.png -k 5
-	$(RUN) index eval --index $(DEMO)/index -k 5 --output $(DEMO)/retrieval.json
+	$(RUN) index eval --index $(DEMO)/index -k 5 --texts $(DEMO)/text-embeddings --output $(DEMO)/retrieval.json
 	$(RUN) report --zeroshot $(DEMO)/zeroshot/metrics.json --retrieval $(DEMO)/retrieval.json \
 		--output $(DEMO)/metrics.json
 
@@ -53,6 +55,8 @@ typecheck: install
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/retrieval.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/real_data.py --seeds 0 1 2 \
+		--output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) artifacts build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -63,15 +63,10 @@ def requires_shared_data(*parts: str) -> pytest.MarkDecorator:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_text_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained ``test-tiny`` model saved as a convirt (Lightning-format) checkpoint."""
-    import torch
+    from convirt.training import save_initial_checkpoint
 
-    from convirt.training import ContrastiveModule
-
-    torch.manual_seed(0)
-    module = ContrastiveModule(model_name=TINY_MODEL, pretrained=False, text_model_path=tiny_text_model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return Path(save_initial_checkpoint(str(path), TINY_MODEL, pretrained=False, text_model_path=tiny_text_model))
 
 
 @pytest.fixture(scope="session")

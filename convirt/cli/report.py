@@ -48,4 +48,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, {excluded}): {fmt(retrieval[key])} "
               f"over {retrieval['queries']} queries", end="")
     print()
+    for direction, values in retrieval.get("image_text", {}).items():
+        if isinstance(values, dict):
+            cells = "  ".join(f"R@{name.rsplit('_', 1)[1]} {fmt(v)}" for name, v in values.items())
+            print(f"{direction.replace('_', ' ')}: {cells}")
     print(f"\nwrote {args.output}")

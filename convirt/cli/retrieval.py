@@ -50,6 +50,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--text", help="report text to search with (text -> image)")
     query.add_argument("--checkpoint", help="model that embeds the query (default: the one the index was built with)")
     query.add_argument("-k", type=int, default=5)
+    query.add_argument("--exclude-same-patient", action="store_true",
+                       help="leave out the query patient's indexed images (patient from --patient, or from the "
+                            "indexed row whose path is --image)")
+    query.add_argument("--patient", help="the query's patient id (with --exclude-same-patient)")
     query.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it")
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.set_defaults(run=run_query)
@@ -168,15 +172,29 @@ def run_query(args: argparse.Namespace) -> None:
             vector = loaded.model.encode_image(transform(load_grayscale(args.image)).unsqueeze(0), normalize=True)
         else:
             vector = loaded.model.encode_text(loaded.tokenizer([args.text]), normalize=True)
-    scores, ids = search(index, vector.numpy(), args.k)
-    hits = [{"rank": r + 1, "score": round(float(s), 4), **metadata[i]}
-            for r, (s, i) in enumerate(zip(scores[0], ids[0])) if i >= 0]
+    excluded = _query_patient_rows(args, metadata) if args.exclude_same_patient else set()
+    scores, ids = search(index, vector.numpy(), min(args.k + len(excluded), index.ntotal))
+    kept = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in excluded][:args.k]
+    hits = [{"rank": r + 1, "score": round(float(s), 4), **metadata[i]} for r, (s, i) in enumerate(kept)]
     if args.json:
         print(json.dumps(hits, indent=2))
         return
     print(f"{'rank':>4} {'score':>6}  {'key':<24} labels")
     for hit in hits:
         print(f"{hit['rank']:>4} {hit['score']:>6.3f}  {hit['key']:<24} {'; '.join(hit.get('labels', []))}")
+
+
+def _query_patient_rows(args: argparse.Namespace, metadata: list[dict]) -> set[int]:
+    """Index rows of the query's patient: named by --patient, or found through the image path."""
+    patient = args.patient
+    if patient is None and args.image:
+        wanted = Path(args.image).resolve()
+        found = [row for row in metadata if row.get("path") and Path(row["path"]).resolve() == wanted]
+        patient = found[0].get("patient_id") if found else None
+    if patient is None:
+        raise ValueError("--exclude-same-patient needs the query's patient: pass --patient ID (the image is not "
+                         "an indexed file)")
+    return {i for i, row in enumerate(metadata) if str(row.get("patient_id", "")) == str(patient)}
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -212,7 +230,7 @@ def run_eval(args: argparse.Namespace) -> None:
     result.update({"indexed": len(metadata), "factory": info.factory,
                    "same_patient_excluded": not args.include_same_patient})
     if args.knn:
-        result["knn"] = _knn_auroc(ids, similarities, metadata, query_meta, args.knn, exclude)
+        result["knn"] = _knn_auroc(ids, similarities, metadata, query_meta, args.knn, exclude, only)
     if args.texts:
         result["image_text"] = _image_text_recall(vectors, query_meta, args.texts, info.fingerprint)
     if args.output:
@@ -268,7 +286,7 @@ def _image_text_recall(image_vectors: Any, image_meta: list[dict], texts: str, f
 
 
 def _knn_auroc(ids: Any, similarities: Any, metadata: list[dict], query_meta: list[dict], k: int,
-               exclude: list[set[int]]) -> dict[str, Any]:
+               exclude: list[set[int]], only: set[str] | None = None) -> dict[str, Any]:
     """kNN diagnosis scored per finding with the zero-shot metrics."""
     import numpy as np
 
@@ -277,6 +295,8 @@ def _knn_auroc(ids: Any, similarities: Any, metadata: list[dict], query_meta: li
     from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
     names = sorted(set().union(*(finding_set(m.get("labels", [])) for m in metadata)))
+    if only is not None:
+        names = [name for name in names if name in only]
     if not names:
         raise ValueError("the indexed images carry no finding labels; kNN diagnosis needs them")
 

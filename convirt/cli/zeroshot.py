@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> None:
                        results[Method.DESCRIPTORS].probabilities.numpy())
     _write_explanations(out / "explanations.jsonl", embedded.keys, results[Method.DESCRIPTORS])
     write_json(out / "metrics.json", metrics)
-    print(f"{'finding':<20} {'positives':>9} {'descriptors':>12} {'names':>8}")
+    methods = [method.value for method in Method]
+    print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>12}" for m in methods))
     for i, name in enumerate(names):
-        d = metrics["descriptors"]["auroc"][name]  # type: ignore[index]
-        n = metrics["names"]["auroc"][name]  # type: ignore[index]
-        print(f"{name:<20} {labels[:, i].sum():>9} {_fmt(d):>12} {_fmt(n):>8}")
-    print(f"{'mean AUROC':<20} {'':>9} {_fmt(metrics['descriptors']['mean_auroc']):>12} "  # type: ignore[index]
-          f"{_fmt(metrics['names']['mean_auroc']):>8}")  # type: ignore[index]
+        cells = " ".join(f"{_fmt(metrics[m]['auroc'][name]):>12}" for m in methods)  # type: ignore[index]
+        print(f"{name:<20} {labels[:, i].sum():>9} {cells}")
+    print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{_fmt(metrics[m]['mean_auroc']):>12}"  # type: ignore[index]
+                                                  for m in methods))
 
 
 def _fmt(value: object) -> str:

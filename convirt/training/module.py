@@ -136,3 +136,21 @@ class ContrastiveModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True, text_model_path: str | None = None,
+                            seed: int = 0) -> str:
+    """Save a registry model before any training step as a checkpoint every command reads.
+
+    The baselines of an evaluation: the pretrained towers as shipped (``pretrained=True``) or a
+    random initialisation (``pretrained=False``, seeded).
+    """
+    import os
+
+    torch.manual_seed(seed)
+    module = ContrastiveModule(model_name=model_name, pretrained=pretrained, text_model_path=text_model_path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp)
+    os.replace(tmp, path)
+    return path

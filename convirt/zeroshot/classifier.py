@@ -11,15 +11,16 @@ from torch import nn
 
 from convirt.embeddings import embed_texts
 from convirt.zeroshot.descriptors import DescriptorSet
-from convirt.zeroshot.prompts import descriptor_prompts, name_prompts
-from convirt.zeroshot.scoring import combine_observations, pair_probabilities
+from convirt.zeroshot.prompts import descriptor_prompts, ensemble_prompts, name_prompts
+from convirt.zeroshot.scoring import class_embeddings, combine_observations, pair_probabilities
 
 
 class Method(str, Enum):
-    """Scoring methods: Xplainer descriptors, or the finding name (CheXzero-style)."""
+    """Scoring methods: Xplainer descriptors, the finding name (CheXzero-style), or template ensembles."""
 
     DESCRIPTORS = "descriptors"
     NAMES = "names"
+    ENSEMBLE = "ensemble"
 
 
 @dataclass
@@ -55,14 +56,32 @@ class ZeroShotClassifier:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(m.value for m in Method)}") from None
         self.descriptors = descriptors
         self.logit_scale = float(model.logit_scale.exp().item())  # type: ignore[operator]
+        self.model, self.device = model, device
+        count = len(descriptors.findings)
         if self.method is Method.DESCRIPTORS:
             positives, negatives, self.owner = descriptor_prompts(descriptors)
-        else:
+        elif self.method is Method.NAMES:
             positives, negatives = name_prompts(descriptors)
-            self.owner = list(range(len(descriptors.findings)))
+            self.owner = list(range(count))
+        else:
+            positives, positive_owner, negatives, negative_owner = ensemble_prompts(descriptors)
+            self.owner = list(range(count))
         self.positive = embed_texts(model, tokenizer, positives, device=device)
         self.negative = embed_texts(model, tokenizer, negatives, device=device)
+        if self.method is Method.ENSEMBLE:
+            self.positive = class_embeddings(self.positive, positive_owner, count)
+            self.negative = class_embeddings(self.negative, negative_owner, count)
         self.observations = [(f.name, o) for f in descriptors.findings for o in f.observations]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 64) -> ZeroShotOutput:
+        """Score ``(N, 3, H, W)`` preprocessed images (embedded in batches through ``encode_image``)."""
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
+        features = torch.cat([
+            self.model.encode_image(images[i:i + batch_size].to(self.device), normalize=True).float().cpu()  # type: ignore[operator]
+            for i in range(0, len(images), batch_size)])
+        return self.predict_features(features)
 
     def predict_features(self, image_features: torch.Tensor) -> ZeroShotOutput:
         """Score ``(N, D)`` normalised image embeddings."""

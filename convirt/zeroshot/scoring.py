@@ -43,3 +43,18 @@ def combine_observations(observation_probs: torch.Tensor, owner: list[int], num_
     totals.index_add_(1, owner_t, log_probs)
     counts = torch.bincount(owner_t, minlength=num_findings).clamp_min(1).to(log_probs.dtype)
     return torch.exp(totals / counts)
+
+
+def class_embeddings(embeddings: torch.Tensor, owner: list[int], num_classes: int) -> torch.Tensor:
+    """Mean of normalised ``(K, D)`` prompt embeddings per class, re-normalised: ``(C, D)``.
+
+    Raises:
+        ValueError: A class has no prompt.
+    """
+    owner_t = torch.as_tensor(owner, device=embeddings.device)
+    counts = torch.bincount(owner_t, minlength=num_classes)
+    if bool((counts == 0).any()):
+        raise ValueError(f"classes without prompts: {(counts == 0).nonzero().flatten().tolist()}")
+    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
+    sums.index_add_(0, owner_t, embeddings)
+    return torch.nn.functional.normalize(sums, dim=1)

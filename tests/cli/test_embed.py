@@ -68,3 +68,23 @@ def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, 
     b, rows_b = _by_key(double)
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]  # every image once, none repeated
     assert np.allclose(a, b, atol=1e-5)
+
+
+def test_query_can_leave_out_the_query_patient(tiny_checkpoint, labels_csv, tmp_path):
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--output", str(emb)]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--output", str(idx)]) == 0
+    _, rows = read_embeddings(emb)
+    query = rows[0]
+
+    def hits(*extra):
+        result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "index", "query", "--index", str(idx),
+                                 "--image", query["path"], "-k", "4", "--json", *extra],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    plain = hits()
+    assert plain[0]["key"] == query["key"] and plain[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    others = hits("--exclude-same-patient")
+    assert len(others) == 4 and all(hit["patient_id"] != query["patient_id"] for hit in others)

@@ -31,3 +31,15 @@ def test_same_patient_images_are_excluded():
 def test_too_few_candidates_after_exclusion():
     with pytest.raises(ValueError, match="fewer than k=2"):
         retrieval_metrics(np.array([[0, 1]]), [E], [E, E], k=2, exclude=[{0}])
+
+
+def test_cross_modal_recall_by_hand():
+    from convirt.retrieval import recall_at_ks
+
+    ids = np.array([[3, 0, 1], [1, 2, 0], [2, 0, 1]])
+    targets = [{0}, {2, 3}, {1}]  # hit at rank 2; hit at rank 2; hit at rank 3
+    assert recall_at_ks(ids, targets, ks=(1, 2, 3)) == {"recall_at_1": 0.0, "recall_at_2": 2 / 3, "recall_at_3": 1.0}
+    with pytest.raises(ValueError, match="at least one target"):
+        recall_at_ks(ids, [{0}, set(), {1}], ks=(1,))
+    with pytest.raises(ValueError, match="fewer than k=5"):
+        recall_at_ks(ids, targets, ks=(1, 5))

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from convirt.zeroshot import list_descriptor_sets, load_descriptors
-from convirt.zeroshot.prompts import descriptor_prompts, name_prompts
-from convirt.zeroshot.scoring import combine_observations, pair_probabilities
+from convirt.zeroshot.prompts import descriptor_prompts, ensemble_prompts, name_prompts
+from convirt.zeroshot.scoring import class_embeddings, combine_observations, pair_probabilities
 
 
 def test_positive_prompt_wins_on_a_clear_case():
@@ -36,8 +36,50 @@ def test_descriptor_errors_name_the_problem(tmp_path):
         load_descriptors("chexpret")
     bad = tmp_path / "bad.yaml"
     bad.write_text("findings:\n  Edema:\n    observations: []\n")
-    with pytest.raises(ValueError, match="bad.yaml: finding 'Edema' needs a non-empty list"):
+    with pytest.raises(ValueError, match="bad.yaml: line 2: finding 'Edema' needs a non-empty list"):
         load_descriptors(str(bad))
     bad.write_text("findings:\n  Edema:\n    observations: [haze]\n    colour: red\n")
     with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
         load_descriptors(str(bad))
+
+
+@pytest.mark.parametrize("name", ["chexpert", "nih14", "pneumonia", "tuberculosis", "covid19", "phantom"])
+def test_every_shipped_set_is_valid(name):
+    descriptors = load_descriptors(name)
+    assert descriptors.name == name and descriptors.findings
+    assert all(len(f.observations) >= 2 for f in descriptors.findings)
+    if name in ("chexpert", "nih14"):
+        assert len(descriptors.findings) == 14
+
+
+def test_duplicate_finding_and_unknown_top_key_are_named_with_lines(tmp_path):
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("findings:\n  Edema:\n    observations: [haze]\n  Edema:\n    observations: [lines]\n")
+    with pytest.raises(ValueError, match="dup.yaml: line 4: duplicate key 'Edema' \\(first at line 2\\)"):
+        load_descriptors(str(bad))
+    bad.write_text("name: x\nfinding:\n  Edema:\n    observations: [haze]\n")
+    with pytest.raises(ValueError, match="non-empty 'findings' mapping"):
+        load_descriptors(str(bad))
+    bad.write_text("name: x\nversion: 2\nfindings:\n  Edema:\n    observations: [haze]\n")
+    with pytest.raises(ValueError, match="line 2: unknown key 'version'"):
+        load_descriptors(str(bad))
+    bad.write_text("findings:\n  Edema:\n    observations: [haze]\n    synonyms: []\n")
+    with pytest.raises(ValueError, match="synonyms must be a non-empty list"):
+        load_descriptors(str(bad))
+
+
+def test_negative_prompt_and_template_ensembles():
+    descriptors = load_descriptors("pneumonia")
+    positives, negatives = name_prompts(descriptors)
+    assert positives == ["There is pneumonia."] and negatives == ["Normal chest radiograph."]
+    pos, pos_owner, neg, neg_owner = ensemble_prompts(descriptors)
+    assert len(pos) == 4 * 3 and set(pos_owner) == {0} and "No evidence of lung infection." in neg
+    assert neg[-1] == "Normal chest radiograph." and len(neg) == len(neg_owner) == 4 * 3 + 1
+
+
+def test_class_embeddings_average_then_normalise():
+    embeddings = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    classes = class_embeddings(embeddings, [0, 0, 1], 2)
+    assert torch.allclose(classes, F.normalize(torch.tensor([[1.0, 1.0], [1.0, 1.0]]), dim=1), atol=1e-6)
+    with pytest.raises(ValueError, match="classes without prompts: \\[2\\]"):
+        class_embeddings(embeddings, [0, 0, 1], 3)

@@ -1,0 +1,138 @@
+"""Real-data measurements: train on ../shared/data/covid-pairs, evaluate on the NIH part of cxr-eval.
+
+For each seed, `convirt fit --config configs/covid_pairs.yaml` (the demo towers trained on the 529
+covid-pairs images and notes); beside it the untrained pretrained towers and a random
+initialisation. Each checkpoint then embeds the NIH ChestX-ray14 images of cxr-eval (Pneumonia vs
+No Finding, 476 images, 341 patients), and image-to-image search is scored with label
+precision@5 / mAP@5 (a neighbour is relevant when its Pneumonia label equals the query's; the
+query patient's own images are left out) and a 10-neighbour kNN vote AUROC.
+
+Everything runs through the `convirt` command, as a user would. Writes the ``real-data``
+section of BENCHMARKS.md. `python benchmarks/real_data.py --seeds 0 1 2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from _markdown import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "real-data"
+NIH = "source=nih-chestxray14"
+
+
+def convirt(*args: str) -> None:
+    """Run one `convirt` command; stop with its output when it fails."""
+    command = [sys.executable, "-m", "convirt.cli.main", *args]
+    print("$ convirt " + " ".join(args), flush=True)
+    result = subprocess.run(command, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"failed ({result.returncode}): convirt {' '.join(args)}")
+
+
+def train(seed: int, work: Path, shards: Path) -> Path:
+    """`convirt fit` on covid-pairs with one seed (skipped when its checkpoint exists)."""
+    run = work / f"seed-{seed}"
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    if checkpoint.is_file():
+        return checkpoint
+    config = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
+    config["seed_everything"] = seed
+    config["trainer"]["default_root_dir"] = str(run / "fit")
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    config["data"]["shards"] = str(shards)
+    path = run / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    start = time.perf_counter()
+    convirt("fit", "--config", str(path))
+    (run / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    return checkpoint
+
+
+def baseline(work: Path, pretrained: bool, seed: int = 0) -> Path:
+    """A checkpoint of the demo model before training (pretrained towers, or random weights)."""
+    from convirt.training import save_initial_checkpoint
+
+    path = work / ("untrained.ckpt" if pretrained else f"random-{seed}.ckpt")
+    if not path.is_file():
+        save_initial_checkpoint(str(path), "demo-effnet-minilm", pretrained=pretrained, seed=seed)
+    return path
+
+
+def retrieval(checkpoint: Path, labels: Path, out: Path) -> dict:
+    """Embed the NIH images, index them exactly, score image-to-image search and kNN diagnosis."""
+    metrics = out / "retrieval.json"
+    if not metrics.is_file():
+        convirt("embed", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH,
+                "--output", str(out / "embeddings"))
+        convirt("index", "build", "--embeddings", str(out / "embeddings"), "--output", str(out / "index"))
+        convirt("index", "eval", "--index", str(out / "index"), "-k", "5", "--findings", "Pneumonia", "--knn", "10",
+                "--output", str(metrics))
+    return json.loads(metrics.read_text(encoding="utf-8"))
+
+
+def _mean(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--work", default=str(ROOT / "artifacts" / "real-data"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+
+    shared, work = Path(args.shared), Path(args.work)
+    pairs, labels = shared / "covid-pairs" / "pairs.csv", shared / "cxr-eval" / "labels.csv"
+    if not pairs.is_file() or not labels.is_file():
+        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+        return
+    shards = work / "covid-pairs-shards"
+    if not (shards / "manifest.json").is_file():
+        convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2")
+
+    results: dict[str, list[dict]] = {"random init": [], "pretrained towers, untrained": [],
+                                      "trained on covid-pairs": []}
+    for seed in args.seeds:
+        results["random init"].append(retrieval(baseline(work, False, seed), labels, work / f"eval-random-{seed}"))
+        results["trained on covid-pairs"].append(
+            retrieval(train(seed, work, shards), labels, work / f"eval-trained-{seed}"))
+    results["pretrained towers, untrained"].append(retrieval(baseline(work, True), labels, work / "eval-untrained"))
+
+    lines = [
+        "## Real data: image-to-image search on NIH ChestX-ray14 (cxr-eval)",
+        "",
+        f"`python benchmarks/real_data.py --seeds {' '.join(map(str, args.seeds))}` on {platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}. Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
+        "(30 epochs on the 407 training images of ../shared/data/covid-pairs). Evaluation: the 476 NIH images of "
+        "../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact (Flat) index, "
+        "label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
+        "Mean ± standard deviation over seeds where there are several.",
+        "",
+        "| model | seeds | precision@5 | mAP@5 | kNN (10) AUROC, Pneumonia |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+        lines.append(f"| {name} | {len(runs)} | {_mean([r['precision_at_5'] for r in runs])} | "
+                     f"{_mean([r['map_at_5'] for r in runs])} | "
+                     f"{_mean([r['knn']['auroc']['Pneumonia'] for r in runs])} |")
+    write_section(Path(args.output), SECTION, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
