@@ -47,9 +47,11 @@ def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON atomically."""
+    """Write JSON atomically; NaN (an undefined metric) becomes ``null``."""
+    from convirt.zeroshot.metrics import json_safe
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, target)

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{phantom,shards,fit,validate,test,zeroshot,embed,index,report}")
+                                metavar="{phantom,shards,fit,validate,test,zeroshot,probe,embed,index,report}")
     data.add_parsers(sub)
     for name in _LIGHTNING:
         sub.add_parser(name, help=f"{name} with LightningCLI (`convirt {name} --help`)", add_help=False)

@@ -238,7 +238,7 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.knn:
         for name, value in result["knn"]["auroc"].items():
             print(f"kNN diagnosis ({args.knn} neighbours) AUROC {name}: "
-                  f"{value:.3f}" if value is not None else f"kNN AUROC {name}: n/a (one class only)")
+                  f"{value:.3f}" if value == value else f"kNN AUROC {name}: n/a (one class only)")
     if args.texts:
         for direction, values in result["image_text"].items():
             if isinstance(values, dict):

@@ -6,7 +6,7 @@ import argparse
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from convirt.cli.common import add_input_arguments
 
@@ -23,60 +23,144 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--descriptors", default="phantom", help="shipped set name or YAML path")
     add_input_arguments(parser)
+    parser.add_argument("--labels", nargs="+", metavar="NAME",
+                        help="the label names to score (default: every label in the data); each must be a "
+                             "descriptor finding")
+    parser.add_argument("--threshold-split", help="shard split whose Youden's J picks the F1/sensitivity/specificity "
+                                                  "threshold (default: Youden's J on the evaluated data itself)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--output", required=True, help="folder for predictions.csv, explanations.jsonl, "
-                                                         "metrics.json")
+                                                         "metrics.json, roc.png")
     parser.set_defaults(run=run)
+
+    probe = sub.add_parser("probe", help="linear and kNN probes on frozen image embeddings (1/10/100%% labels, "
+                                         "patient-grouped folds)")
+    probe.add_argument("--checkpoint", required=True)
+    add_input_arguments(probe)
+    probe.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names to probe")
+    probe.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0],
+                       help="shares of each fold's training labels")
+    probe.add_argument("--probes", nargs="+", default=["linear", "knn"], choices=["linear", "knn"])
+    probe.add_argument("--folds", type=int, default=5)
+    probe.add_argument("-k", type=int, default=10, help="neighbours of the kNN probe")
+    probe.add_argument("--bootstrap", type=int, default=1000)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--output", required=True, help="folder for metrics.json")
+    probe.set_defaults(run=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from convirt.cli.common import eval_batches, write_json
+    from convirt.data.inputs import parse_where
+    from convirt.embeddings import embed_batches
+    from convirt.models import load_checkpoint
+    from convirt.zeroshot.probe import run_probes
+
+    loaded = load_checkpoint(args.checkpoint)
+    where = parse_where(args.where)
+    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where))
+    labels = aligned_labels(embedded.meta, list(args.labels), args.labels)
+    groups = [str(meta.get("patient_id") or key) for meta, key in zip(embedded.meta, embedded.keys)]
+    outputs = run_probes(embedded.embeddings, labels, groups, args.labels, args.fractions, args.probes, args.folds,
+                         args.k, args.seed, args.bootstrap)
+    result = {"data": args.data, "split": args.split, "where": where, "checkpoint": str(args.checkpoint),
+              "samples": len(labels), "patients": len(set(groups)), "folds": args.folds, "seed": args.seed,
+              "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs]}
+    write_json(Path(args.output) / "metrics.json", result)
+    print(f"{len(labels)} images, {len(set(groups))} patients, {args.folds} patient-grouped folds; AUROC [95% CI]")
+    print(f"{'probe':<8} {'labels':>7} " + " ".join(f"{name:>22}" for name in args.labels))
+    for output in outputs:
+        cells = " ".join(f"{_with_ci(output.metrics['findings'][name], 'auroc'):>22}" for name in args.labels)
+        print(f"{output.probe:<8} {output.fraction:>7.0%} {cells}")
+
+
+def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[str] | None) -> np.ndarray:
+    """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names.
+
+    Raises:
+        ValueError: A selected label is not a descriptor finding, or a descriptor finding never
+            appears in the labels; the message lists both name sets.
+    """
+    import numpy as np
+
+    from convirt.data.schema import NO_FINDING
+
+    label_sets = [{str(label) for label in meta.get("labels", [])} for meta in metas]
+    present = set().union(*label_sets)
+    # "No Finding" is the absence of findings unless the descriptors score it as a class (CheXpert).
+    wanted = set(selected) if selected else present - {"", *({NO_FINDING} - set(finding_names))}
+    both = f"descriptor findings: {sorted(finding_names)}; labels in the data: {sorted(present) or 'none'}"
+    if not_described := sorted(wanted - set(finding_names)):
+        raise ValueError(f"labels without a descriptor finding: {not_described} (choose with --labels); {both}")
+    if missing := sorted(set(finding_names) - present):
+        raise ValueError(f"descriptor findings missing from the labels: {missing}; {both}")
+    return np.array([[name in labels for name in finding_names] for labels in label_sets], dtype=int)
 
 
 def run(args: argparse.Namespace) -> None:
-    import numpy as np
     import torch
 
     from convirt.cli.common import eval_batches, write_json
     from convirt.data.inputs import parse_where
-    from convirt.data.schema import finding_set
     from convirt.embeddings import embed_batches
     from convirt.models import load_checkpoint
     from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
-    from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
+    from convirt.zeroshot.metrics import evaluate_findings, youden_threshold
+    from convirt.zeroshot.plots import plot_roc
 
     descriptors = load_descriptors(args.descriptors)
     loaded = load_checkpoint(args.checkpoint)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size,
-                                                            where=parse_where(args.where)))
+    where = parse_where(args.where)
+    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where))
     names = descriptors.finding_names
-    label_sets = [finding_set(meta.get("labels", [])) for meta in embedded.meta]
-    present = set().union(*label_sets)
-    if not present & set(names):
-        raise ValueError(f"no descriptor finding appears in the labels of {args.data} ({args.split}); "
-                         f"descriptor findings: {sorted(names)}; labels: {sorted(present) or 'none'}")
-    labels = np.array([[name in s for name in names] for s in label_sets], dtype=int)
-    features = torch.from_numpy(embedded.embeddings)
+    labels = aligned_labels(embedded.meta, names, args.labels)
+    classifiers = {method: ZeroShotClassifier(loaded.model, loaded.tokenizer, descriptors, method)
+                   for method in Method}
+    thresholds: dict[Method, list[float] | None] = {method: None for method in Method}
+    if args.threshold_split:
+        tuning = embed_batches(loaded.model, eval_batches(loaded, args.data, args.threshold_split, args.batch_size,
+                                                          where=where), progress=False)
+        tuning_labels = aligned_labels(tuning.meta, names, args.labels)
+        for method, classifier in classifiers.items():
+            probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
+            thresholds[method] = [youden_threshold(tuning_labels[:, i], probs[:, i]) for i in range(len(names))]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, object] = {"split": args.split, "samples": len(label_sets), "descriptors": descriptors.name,
-                                  "positives": {n: int(labels[:, i].sum()) for i, n in enumerate(names)}}
+    metrics: dict[str, Any] = {"data": args.data, "split": args.split, "where": where, "samples": len(labels),
+                               "descriptors": descriptors.name, "checkpoint": str(args.checkpoint),
+                               "positives": {n: int(labels[:, i].sum()) for i, n in enumerate(names)},
+                               "bootstrap": args.bootstrap, "seed": args.seed}
     results = {}
-    for method in Method:
-        output = ZeroShotClassifier(loaded.model, loaded.tokenizer, descriptors, method).predict_features(features)
-        results[method] = output
-        per_finding = per_finding_auroc(labels, output.probabilities.numpy(), names)
-        metrics[method.value] = {"auroc": per_finding, "mean_auroc": mean_defined(per_finding)}
+    features = torch.from_numpy(embedded.embeddings)
+    for method, classifier in classifiers.items():
+        results[method] = classifier.predict_features(features)
+        source = f"youden on split {args.threshold_split}" if args.threshold_split else ""
+        evaluated = evaluate_findings(labels, results[method].probabilities.numpy(), names, thresholds[method],
+                                      source, bootstrap=args.bootstrap, seed=args.seed)
+        metrics[method.value] = {**evaluated, "auroc": {n: m["auroc"] for n, m in evaluated["findings"].items()},
+                                 "mean_auroc": evaluated["mean"]["auroc"]}
     _write_predictions(out / "predictions.csv", embedded.keys, names, labels,
                        results[Method.DESCRIPTORS].probabilities.numpy())
     _write_explanations(out / "explanations.jsonl", embedded.keys, results[Method.DESCRIPTORS])
     write_json(out / "metrics.json", metrics)
+    plot_roc(labels, {m.value: results[m].probabilities.numpy() for m in Method}, names, out / "roc.png")
     methods = [method.value for method in Method]
-    print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>12}" for m in methods))
+    print(f"AUROC [95% CI], {len(labels)} images")
+    print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>22}" for m in methods))
     for i, name in enumerate(names):
-        cells = " ".join(f"{_fmt(metrics[m]['auroc'][name]):>12}" for m in methods)  # type: ignore[index]
+        cells = " ".join(f"{_with_ci(metrics[m]['findings'][name], 'auroc'):>22}" for m in methods)
         print(f"{name:<20} {labels[:, i].sum():>9} {cells}")
-    print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{_fmt(metrics[m]['mean_auroc']):>12}"  # type: ignore[index]
-                                                  for m in methods))
+    print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{_fmt(metrics[m]['mean_auroc']):>22}" for m in methods))
 
 
 def _fmt(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+    return f"{value:.3f}" if isinstance(value, float) and value == value else "n/a"
+
+
+def _with_ci(values: dict[str, Any], key: str) -> str:
+    low, high = values[f"{key}_ci"]
+    return f"{_fmt(values[key])} [{_fmt(low)}, {_fmt(high)}]" if low == low else _fmt(values[key])
 
 
 def _write_predictions(path: Path, keys: list[str], names: list[str], labels: np.ndarray, probs: np.ndarray) -> None:

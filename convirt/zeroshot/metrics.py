@@ -1,27 +1,197 @@
-"""Per-finding metrics that say why a value is missing instead of failing."""
+"""Per-finding metrics with bootstrap confidence intervals, that say why a value is missing.
+
+A finding whose labels hold one class only (no positives, or no negatives) has no AUROC: its
+metrics are NaN, a :class:`UndefinedMetricWarning` names it, and means leave it out. The
+metric values themselves are scikit-learn's; this module adds thresholds, stratified seeded
+bootstrap intervals and the bookkeeping.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+NAN = float("nan")
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve, or ``None`` when the labels hold a single class."""
-    labels = np.asarray(labels).astype(int)
-    if labels.min(initial=0) == labels.max(initial=0) or len(np.unique(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, scores))
+class UndefinedMetricWarning(UserWarning):
+    """A metric cannot be computed (one class only); it is NaN and left out of means."""
 
 
-def per_finding_auroc(labels: np.ndarray, scores: np.ndarray, names: list[str]) -> dict[str, float | None]:
-    """AUROC of each finding column of ``(N, F)`` labels and scores."""
+def _two_classes(labels: np.ndarray) -> bool:
+    return bool(labels.size) and 0 < int(labels.sum()) < labels.size
+
+
+def _check(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    y, s = np.asarray(labels).astype(int).ravel(), np.asarray(scores, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return y, s
+
+
+def auroc(labels: Any, scores: Any, name: str = "") -> float:
+    """Area under the ROC curve; NaN (with a warning) when the labels hold one class."""
+    y, s = _check(labels, scores)
+    if not _two_classes(y):
+        _warn_undefined(name, y)
+        return NAN
+    return float(roc_auc_score(y, s))
+
+
+def auprc(labels: Any, scores: Any, name: str = "") -> float:
+    """Area under the precision-recall curve (average precision); NaN with one class only."""
+    y, s = _check(labels, scores)
+    if not _two_classes(y):
+        _warn_undefined(name, y)
+        return NAN
+    return float(average_precision_score(y, s))
+
+
+def _warn_undefined(name: str, labels: np.ndarray) -> None:
+    what = "no positives" if int(labels.sum()) == 0 else "no negatives"
+    warnings.warn(f"{name or 'finding'}: {what} among {labels.size} samples; its metrics are NaN and left out "
+                  "of means", UndefinedMetricWarning, stacklevel=3)
+
+
+def youden_threshold(labels: Any, scores: Any) -> float:
+    """The score threshold that maximises Youden's J (sensitivity + specificity - 1); NaN with one class."""
+    y, s = _check(labels, scores)
+    if not _two_classes(y):
+        return NAN
+    fpr, tpr, thresholds = roc_curve(y, s)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], np.max(s)))  # roc_curve's first threshold is +inf
+
+
+def threshold_metrics(labels: Any, scores: Any, threshold: float) -> dict[str, float]:
+    """F1, sensitivity and specificity of ``score >= threshold``; a rate without a denominator is NaN."""
+    y, s = _check(labels, scores)
+    predicted = s >= threshold
+    tp = int((predicted & (y == 1)).sum())
+    fp = int((predicted & (y == 0)).sum())
+    fn = int((~predicted & (y == 1)).sum())
+    tn = int((~predicted & (y == 0)).sum())
+    sensitivity = tp / (tp + fn) if tp + fn else NAN
+    specificity = tn / (tn + fp) if tn + fp else NAN
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else NAN
+    return {"f1": f1, "sensitivity": sensitivity, "specificity": specificity}
+
+
+def bootstrap_ci(labels: Any, scores: Any, statistic: Callable[[np.ndarray, np.ndarray], float],
+                 samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(labels, scores)``, stratified by class.
+
+    Each replicate resamples positives and negatives separately (with replacement, same counts),
+    so every replicate keeps both classes. Seeded: the same inputs give the same interval.
+    """
+    y, s = _check(labels, scores)
+    if not _two_classes(y) or samples <= 0:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    values = []
+    for _ in range(samples):
+        rows = np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+        value = statistic(y[rows], s[rows])
+        if not math.isnan(value):
+            values.append(value)
+    if not values:
+        return NAN, NAN
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _plain_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    return float(roc_auc_score(y, s))
+
+
+def _plain_auprc(y: np.ndarray, s: np.ndarray) -> float:
+    return float(average_precision_score(y, s))
+
+
+def binary_metrics(labels: Any, scores: Any, name: str = "", threshold: float | None = None,
+                   threshold_source: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """AUROC, AUPRC, and F1 / sensitivity / specificity at a threshold, each with a 95% CI.
+
+    Args:
+        labels: ``(N,)`` 0/1.
+        scores: ``(N,)`` higher = more likely positive.
+        name: The finding, for warnings.
+        threshold: Decision threshold; default: Youden's J on these labels (optimistic; pass
+            one picked on a validation split where there is one).
+        threshold_source: Where the threshold came from, recorded in the output.
+        bootstrap: Replicates for the intervals (0: no intervals).
+        seed: Bootstrap seed.
+
+    Returns:
+        ``auroc``, ``auprc``, ``f1``, ``sensitivity``, ``specificity`` (NaN where undefined),
+        ``<metric>_ci`` as ``[low, high]``, ``threshold``, ``threshold_source``, ``positives``,
+        ``negatives``.
+    """
+    y, s = _check(labels, scores)
+    if threshold is None:
+        threshold, threshold_source = youden_threshold(y, s), "youden on the evaluated data"
+    out: dict[str, Any] = {"positives": int(y.sum()), "negatives": int(y.size - y.sum()),
+                           "auroc": auroc(y, s, name), "auprc": auprc(y, s, name) if _two_classes(y) else NAN,
+                           "threshold": threshold, "threshold_source": threshold_source or "given"}
+    out.update(threshold_metrics(y, s, threshold) if not math.isnan(threshold) else
+               {"f1": NAN, "sensitivity": NAN, "specificity": NAN})
+    statistics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auroc": _plain_auroc,
+                                                                         "auprc": _plain_auprc}
+    if not math.isnan(threshold):
+        for key in ("f1", "sensitivity", "specificity"):
+            statistics[key] = lambda a, b, key=key: threshold_metrics(a, b, threshold)[key]  # type: ignore[misc]
+    for key in ("auroc", "auprc", "f1", "sensitivity", "specificity"):
+        low, high = bootstrap_ci(y, s, statistics[key], bootstrap, seed) if key in statistics else (NAN, NAN)
+        out[f"{key}_ci"] = [low, high]
+    return out
+
+
+def evaluate_findings(labels: np.ndarray, scores: np.ndarray, names: Sequence[str],
+                      thresholds: Sequence[float] | None = None, threshold_source: str = "",
+                      bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """:func:`binary_metrics` per finding column of ``(N, F)`` labels and scores, plus means.
+
+    Returns:
+        ``{"findings": {name: metrics}, "mean": {metric: mean over defined findings}}``.
+    """
+    if labels.shape != scores.shape or labels.ndim != 2 or labels.shape[1] != len(names):
+        raise ValueError(f"labels {labels.shape}, scores {scores.shape} and {len(names)} names do not match")
+    per = {name: binary_metrics(labels[:, i], scores[:, i], name,
+                                None if thresholds is None else thresholds[i], threshold_source, bootstrap, seed)
+           for i, name in enumerate(names)}
+    means = {key: mean_defined({n: m[key] for n, m in per.items()})
+             for key in ("auroc", "auprc", "f1", "sensitivity", "specificity")}
+    return {"findings": per, "mean": means}
+
+
+def per_finding_auroc(labels: np.ndarray, scores: np.ndarray, names: list[str]) -> dict[str, float]:
+    """AUROC of each finding column of ``(N, F)`` labels and scores (NaN where undefined)."""
     if labels.shape != scores.shape or labels.shape[1] != len(names):
         raise ValueError(f"labels {labels.shape}, scores {scores.shape} and {len(names)} names do not match")
-    return {name: auroc(labels[:, i], scores[:, i]) for i, name in enumerate(names)}
+    return {name: auroc(labels[:, i], scores[:, i], name) for i, name in enumerate(names)}
 
 
-def mean_defined(values: dict[str, float | None]) -> float | None:
-    """Mean over the defined values; ``None`` if none is."""
-    defined = [v for v in values.values() if v is not None]
-    return float(np.mean(defined)) if defined else None
+def mean_defined(values: Mapping[str, float | None]) -> float:
+    """Mean over the defined (not NaN, not ``None``) values; NaN if none is."""
+    defined = [v for v in values.values() if v is not None and not math.isnan(v)]
+    return float(np.mean(defined)) if defined else NAN
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN floats as ``None`` (JSON has no NaN), recursively."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

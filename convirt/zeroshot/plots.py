@@ -1,0 +1,88 @@
+"""Figures: ROC curves per finding, and a bar chart of one image's observation probabilities."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[str],
+             path: str | os.PathLike[str]) -> None:
+    """One ROC panel per finding of ``(N, F)`` labels, a curve per method's ``(N, F)`` scores.
+
+    A finding with one class only gets an empty panel that says so.
+    """
+    plt = _pyplot()
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for i, name in enumerate(names):
+        axis = axes[i // columns][i % columns]
+        y = labels[:, i]
+        if 0 < y.sum() < len(y):
+            for method, values in scores.items():
+                fpr, tpr, _ = roc_curve(y, values[:, i])
+                axis.plot(fpr, tpr, label=f"{method} {roc_auc_score(y, values[:, i]):.2f}")
+            axis.legend(fontsize=7, loc="lower right")
+        else:
+            axis.text(0.5, 0.5, "one class only:\nno ROC", ha="center", va="center")
+        axis.plot([0, 1], [0, 1], color="grey", linewidth=0.5, linestyle="--")
+        axis.set_title(f"{name} ({int(y.sum())}+)", fontsize=9)
+        axis.set_xlabel("1 - specificity", fontsize=8)
+        axis.set_ylabel("sensitivity", fontsize=8)
+    for j in range(len(names), rows * columns):
+        axes[j // columns][j % columns].axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_observations(finding_probabilities: dict[str, float], observations: dict[str, dict[str, float]],
+                      path: str | os.PathLike[str] | None = None, title: str = "") -> object:
+    """Bar chart of one image: each finding's probability and, under it, its observations'.
+
+    Args:
+        finding_probabilities: ``{finding: probability}``.
+        observations: ``{finding: {observation: probability}}`` (the explanation).
+        path: Save here when given.
+        title: Figure title (e.g. the image key).
+
+    Returns:
+        The matplotlib figure.
+    """
+    plt = _pyplot()
+    labels, values, colours = [], [], []
+    for finding, probability in finding_probabilities.items():
+        labels.append(finding)
+        values.append(probability)
+        colours.append("tab:red")
+        for observation, value in observations.get(finding, {}).items():
+            labels.append(f"    {observation}")
+            values.append(value)
+            colours.append("tab:blue")
+    figure, axis = plt.subplots(figsize=(7, 0.28 * len(labels) + 0.8))
+    positions = np.arange(len(labels))[::-1]
+    axis.barh(positions, values, color=colours)
+    axis.set_yticks(positions, labels, fontsize=8)
+    axis.set_xlim(0, 1)
+    axis.axvline(0.5, color="grey", linewidth=0.5, linestyle="--")
+    axis.set_xlabel("probability (red: finding; blue: its observations)")
+    if title:
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure

@@ -1,0 +1,123 @@
+"""Linear and kNN probes on frozen image embeddings: the label-efficiency yardstick beside zero-shot.
+
+The protocol of ConVIRT, GLoRIA and CXR-CLIP tables, on whatever labelled set is at hand: folds
+grouped by patient (no patient in both the training and the test part), and in each fold the
+classifier sees a seeded, stratified fraction (1%, 10%, 100%) of the training part. The
+out-of-fold probabilities of all folds are pooled and scored with the zero-shot metrics.
+Arrays in: the caller embeds the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.neighbors import KNeighborsClassifier
+
+from convirt.zeroshot.metrics import NAN, evaluate_findings
+
+PROBES = ("linear", "knn")
+
+
+@dataclass
+class ProbeOutput:
+    """Out-of-fold probabilities of one probe at one label fraction.
+
+    Attributes:
+        probe: ``linear`` or ``knn``.
+        fraction: Share of each fold's training part the probe was fitted on.
+        probabilities: ``(N, F)`` out-of-fold probabilities (NaN where a fold could not be fitted).
+        metrics: :func:`convirt.zeroshot.metrics.evaluate_findings` of those probabilities.
+    """
+
+    probe: str
+    fraction: float
+    probabilities: np.ndarray
+    metrics: dict[str, Any]
+
+
+def _subsample(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Positions of a stratified ``fraction`` of ``labels`` (at least one of each class)."""
+    if fraction >= 1:
+        return np.arange(len(labels))
+    keep = []
+    for value in (0, 1):
+        rows = np.flatnonzero(labels == value)
+        if rows.size:
+            keep.append(rng.choice(rows, max(1, round(fraction * rows.size)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _fit_predict(probe: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int, seed: int
+                 ) -> np.ndarray:
+    if len(np.unique(train_y)) < 2:
+        return np.full(len(test_x), NAN)
+    if probe == "linear":
+        model: Any = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+    else:
+        model = KNeighborsClassifier(n_neighbors=min(k, len(train_y)), weights="distance", metric="cosine")
+    model.fit(train_x, train_y)
+    return np.asarray(model.predict_proba(test_x)[:, list(model.classes_).index(1)])
+
+
+def run_probes(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str],
+    names: Sequence[str],
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    probes: Sequence[str] = PROBES,
+    folds: int = 5,
+    k: int = 10,
+    seed: int = 0,
+    bootstrap: int = 1000,
+) -> list[ProbeOutput]:
+    """Fit each probe at each label fraction in patient-grouped folds; score the pooled predictions.
+
+    Args:
+        embeddings: ``(N, D)`` frozen image embeddings.
+        labels: ``(N, F)`` 0/1 labels.
+        groups: Length ``N``: the patient of each image.
+        names: Length ``F``: the finding names.
+        fractions: Shares of each fold's training part to fit on.
+        probes: ``linear`` (logistic regression) and/or ``knn`` (cosine, distance-weighted).
+        folds: Number of patient-grouped, label-stratified folds.
+        k: Neighbours of the kNN probe.
+        seed: Seed of the folds, the subsamples and the bootstrap.
+        bootstrap: Replicates for the metrics' CIs.
+
+    Raises:
+        ValueError: Shapes disagree, an unknown probe, a fraction outside (0, 1], or fewer
+            patients than folds.
+    """
+    embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels).astype(int)
+    if labels.ndim != 2 or labels.shape[0] != len(embeddings) or len(groups) != len(embeddings) \
+            or labels.shape[1] != len(names):
+        raise ValueError(f"{len(embeddings)} embeddings, labels {labels.shape}, {len(groups)} groups and "
+                         f"{len(names)} names do not match")
+    if unknown := sorted(set(probes) - set(PROBES)):
+        raise ValueError(f"unknown probe {unknown[0]!r}; known: {', '.join(PROBES)}")
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
+    if len(set(groups)) < folds:
+        raise ValueError(f"{len(set(groups))} patients, fewer than {folds} folds")
+    outputs = []
+    for probe in probes:
+        for fraction in fractions:
+            probabilities = np.full(labels.shape, NAN)
+            for column in range(labels.shape[1]):
+                y = labels[:, column]
+                splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+                rng = np.random.default_rng(seed)
+                for train, test in splitter.split(embeddings, y, groups):
+                    chosen = train[_subsample(y[train], fraction, rng)]
+                    probabilities[test, column] = _fit_predict(probe, embeddings[chosen], y[chosen],
+                                                               embeddings[test], k, seed)
+            scored = np.nan_to_num(probabilities, nan=0.5)  # an unfittable fold scores as chance
+            outputs.append(ProbeOutput(probe, float(fraction), probabilities,
+                                       evaluate_findings(labels, scored, names, bootstrap=bootstrap, seed=seed)))
+    return outputs

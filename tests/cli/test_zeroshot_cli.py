@@ -1,0 +1,45 @@
+"""`convirt zeroshot` and `convirt probe` on a label CSV without reports."""
+
+import json
+
+import yaml
+
+from convirt.cli.main import main
+
+
+def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint, labels_csv, tmp_path):
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--checkpoint", str(tiny_checkpoint), "--descriptors", "phantom", "--data",
+                 str(labels_csv), "--bootstrap", "30", "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    edema = metrics["ensemble"]["findings"]["Edema"]
+    assert set(metrics) >= {"descriptors", "names", "ensemble", "positives"}
+    assert edema["auroc_ci"][0] <= edema["auroc"] <= edema["auroc_ci"][1]
+    assert {"auprc", "f1", "sensitivity", "specificity", "threshold"} <= set(edema)
+    assert (out / "roc.png").stat().st_size > 10_000
+    assert len((out / "predictions.csv").read_text().splitlines()) == 97
+
+
+def test_label_and_descriptor_mismatch_lists_both_sets(tiny_checkpoint, labels_csv, tmp_path, capsys):
+    common = ["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv),
+              "--output", str(tmp_path / "zs")]
+    assert main([*common, "--descriptors", "pneumonia"]) == 2
+    error = capsys.readouterr().err
+    assert "labels without a descriptor finding" in error and "descriptor findings: ['Pneumonia']" in error
+    assert "labels in the data: ['Cardiomegaly'" in error
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"findings": {"Edema": {"observations": ["haze", "lines"]},
+                                                  "Fracture": {"observations": ["broken rib", "callus"]}}}))
+    assert main([*common, "--descriptors", str(extra), "--labels", "Edema"]) == 2
+    assert "descriptor findings missing from the labels: ['Fracture']" in capsys.readouterr().err
+
+
+def test_probe_command(tiny_checkpoint, labels_csv, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--labels",
+                 "Cardiomegaly", "Edema", "--fractions", "0.1", "1", "--folds", "3", "--bootstrap", "20",
+                 "--output", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert [(p["probe"], p["fraction"]) for p in result["probes"]] == [("linear", 0.1), ("linear", 1.0),
+                                                                       ("knn", 0.1), ("knn", 1.0)]
+    assert 0 <= result["probes"][1]["findings"]["Edema"]["auroc"] <= 1 and result["folds"] == 3

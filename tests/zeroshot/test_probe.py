@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from convirt.zeroshot.probe import _subsample, run_probes
+
+
+def _blobs(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=(n, 1))
+    embeddings = rng.normal(size=(n, 8)) + 1.5 * labels * np.eye(8)[0]
+    groups = [f"p{i // 2}" for i in range(n)]  # two images per patient
+    return embeddings, labels, groups
+
+
+def test_probes_learn_a_separable_finding_and_more_labels_help():
+    embeddings, labels, groups = _blobs()
+    outputs = run_probes(embeddings, labels, groups, ["A"], fractions=(0.05, 1.0), bootstrap=50)
+    assert [(o.probe, o.fraction) for o in outputs] == [("linear", 0.05), ("linear", 1.0), ("knn", 0.05),
+                                                         ("knn", 1.0)]
+    full = {o.probe: o.metrics["findings"]["A"]["auroc"] for o in outputs if o.fraction == 1.0}
+    assert full["linear"] > 0.8 and full["knn"] > 0.7
+    assert outputs[1].probabilities.shape == (120, 1) and not np.isnan(outputs[1].probabilities).any()
+    low, high = outputs[1].metrics["findings"]["A"]["auroc_ci"]
+    assert low < full["linear"] < high
+
+
+def test_subsample_is_stratified_and_keeps_both_classes():
+    labels = np.array([0] * 90 + [1] * 10)
+    rows = _subsample(labels, 0.01, np.random.default_rng(0))
+    assert sorted(labels[rows].tolist()) == [0, 1]
+    assert len(_subsample(labels, 1.0, np.random.default_rng(0))) == 100
+
+
+def test_probe_input_errors():
+    embeddings, labels, groups = _blobs(20)
+    with pytest.raises(ValueError, match="do not match"):
+        run_probes(embeddings, labels[:10], groups, ["A"])
+    with pytest.raises(ValueError, match="unknown probe 'svm'"):
+        run_probes(embeddings, labels, groups, ["A"], probes=["svm"])
+    with pytest.raises(ValueError, match="fractions must lie in"):
+        run_probes(embeddings, labels, groups, ["A"], fractions=[0])
+    with pytest.raises(ValueError, match="3 patients, fewer than 5 folds"):
+        run_probes(embeddings, labels, ["a", "b", "c"] * 6 + ["a", "b"], ["A"])
