@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
                  skip_keys: set[str] | None = None, where: dict[str, str] | None = None,
-                 num_workers: int = 0, split_by_rank: bool = False) -> Iterable[dict[str, Any]]:
+                 num_workers: int = 0, split_by_rank: bool = False,
+                 table: argparse.Namespace | None = None) -> Iterable[dict[str, Any]]:
     """Batches of a shard split, a CSV or an image folder, preprocessed as the model expects,
     each sample once and in order."""
     from convirt.data.inputs import build_input_batches
@@ -25,7 +26,8 @@ def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
     transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
     return build_input_batches(data, transform, loaded.tokenizer, batch_size, split=split, text_transform=clean_report,
                                where=where, skip_keys=skip_keys, num_workers=num_workers,
-                               split_by_rank=split_by_rank)
+                               split_by_rank=split_by_rank, label_format=getattr(table, "format", "auto"),
+                               images=getattr(table, "images", None), uncertain=getattr(table, "uncertain", "zeros"))
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="shard split to read (shard folders only)")
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="keep only samples whose metadata matches, e.g. source=nih-chestxray14 (repeatable)")
+    parser.add_argument("--format", default="auto", choices=["auto", "csv", "chexpert", "nih"],
+                        help="label table format (auto: from the header; NIH Data_Entry_2017, CheXpert, generic)")
+    parser.add_argument("--images", help="folder the table's image paths are relative to (default: the table's)")
+    parser.add_argument("--uncertain", default="zeros", choices=["zeros", "ones", "ignore"],
+                        help="CheXpert -1 labels: negative, positive, or left out of that finding's metrics")
     parser.add_argument("--batch-size", type=int, default=64)
 
 

@@ -59,8 +59,11 @@ def run_probe(args: argparse.Namespace) -> None:
 
     loaded = load_checkpoint(args.checkpoint)
     where = parse_where(args.where)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where))
+    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
+                                                            table=args))
     labels = aligned_labels(embedded.meta, list(args.labels), args.labels)
+    if (labels < 0).any():
+        raise ValueError("probes need every label decided: use --uncertain zeros or ones, not ignore")
     groups = [str(meta.get("patient_id") or key) for meta, key in zip(embedded.meta, embedded.keys)]
     outputs = run_probes(embedded.embeddings, labels, groups, args.labels, args.fractions, args.probes, args.folds,
                          args.k, args.seed, args.bootstrap)
@@ -76,7 +79,8 @@ def run_probe(args: argparse.Namespace) -> None:
 
 
 def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[str] | None) -> np.ndarray:
-    """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names.
+    """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names;
+    ``-1`` where a finding is uncertain and left out (CheXpert under ``--uncertain ignore``).
 
     Raises:
         ValueError: A selected label is not a descriptor finding, or a descriptor finding never
@@ -87,7 +91,8 @@ def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[s
     from convirt.data.schema import NO_FINDING
 
     label_sets = [{str(label) for label in meta.get("labels", [])} for meta in metas]
-    present = set().union(*label_sets)
+    unsure = [set(meta.get("uncertain", [])) for meta in metas]
+    present = set().union(*label_sets, *unsure)
     # "No Finding" is the absence of findings unless the descriptors score it as a class (CheXpert).
     wanted = set(selected) if selected else present - {"", *({NO_FINDING} - set(finding_names))}
     both = f"descriptor findings: {sorted(finding_names)}; labels in the data: {sorted(present) or 'none'}"
@@ -95,7 +100,8 @@ def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[s
         raise ValueError(f"labels without a descriptor finding: {not_described} (choose with --labels); {both}")
     if missing := sorted(set(finding_names) - present):
         raise ValueError(f"descriptor findings missing from the labels: {missing}; {both}")
-    return np.array([[name in labels for name in finding_names] for labels in label_sets], dtype=int)
+    return np.array([[-1 if name in doubt else int(name in labels) for name in finding_names]
+                     for labels, doubt in zip(label_sets, unsure)], dtype=int)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -112,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
     descriptors = load_descriptors(args.descriptors)
     loaded = load_checkpoint(args.checkpoint)
     where = parse_where(args.where)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where))
+    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
+                                                            table=args))
     names = descriptors.finding_names
     labels = aligned_labels(embedded.meta, names, args.labels)
     classifiers = {method: ZeroShotClassifier(loaded.model, loaded.tokenizer, descriptors, method)
@@ -120,16 +127,17 @@ def run(args: argparse.Namespace) -> None:
     thresholds: dict[Method, list[float] | None] = {method: None for method in Method}
     if args.threshold_split:
         tuning = embed_batches(loaded.model, eval_batches(loaded, args.data, args.threshold_split, args.batch_size,
-                                                          where=where), progress=False)
+                                                          where=where, table=args), progress=False)
         tuning_labels = aligned_labels(tuning.meta, names, args.labels)
         for method, classifier in classifiers.items():
             probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
-            thresholds[method] = [youden_threshold(tuning_labels[:, i], probs[:, i]) for i in range(len(names))]
+            thresholds[method] = [youden_threshold(tuning_labels[tuning_labels[:, i] >= 0, i],
+                                                   probs[tuning_labels[:, i] >= 0, i]) for i in range(len(names))]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"data": args.data, "split": args.split, "where": where, "samples": len(labels),
                                "descriptors": descriptors.name, "checkpoint": str(args.checkpoint),
-                               "positives": {n: int(labels[:, i].sum()) for i, n in enumerate(names)},
+                               "positives": {n: int((labels[:, i] == 1).sum()) for i, n in enumerate(names)},
                                "bootstrap": args.bootstrap, "seed": args.seed}
     results = {}
     features = torch.from_numpy(embedded.embeddings)
@@ -150,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>22}" for m in methods))
     for i, name in enumerate(names):
         cells = " ".join(f"{_with_ci(metrics[m]['findings'][name], 'auroc'):>22}" for m in methods)
-        print(f"{name:<20} {labels[:, i].sum():>9} {cells}")
+        print(f"{name:<20} {(labels[:, i] == 1).sum():>9} {cells}")
     print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{_fmt(metrics[m]['mean_auroc']):>22}" for m in methods))
 
 

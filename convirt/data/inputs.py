@@ -18,8 +18,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from convirt.data.images import load_grayscale
+from convirt.data.labels import read_label_rows
 from convirt.data.schema import MANIFEST, Row
-from convirt.data.sources.csv import key_from_path, read_csv_rows
+from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
 from convirt.data.writer import shard_urls
 
@@ -59,10 +60,14 @@ def is_shard_folder(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_image_rows(path: str | os.PathLike[str], where: dict[str, str] | None = None) -> list[Row]:
-    """Rows of a CSV (``image`` column required, ``text`` optional) or of every image under a folder.
+def read_image_rows(path: str | os.PathLike[str], where: dict[str, str] | None = None, label_format: str = "auto",
+                    images: str | None = None, uncertain: str = "zeros") -> list[Row]:
+    """Rows of a label table or of every image under a folder.
 
-    Folder rows are sorted by path; their key is the relative path, their patient the key.
+    A table is read by :func:`convirt.data.labels.read_label_rows` (generic CSV with an ``image``
+    column, CheXpert or NIH ``Data_Entry_2017``; ``label_format``, ``images`` and ``uncertain``
+    are passed on). Folder rows are sorted by path; their key is the relative path, their
+    patient the key.
 
     Raises:
         FileNotFoundError: ``path`` does not exist, or a folder holds no image.
@@ -70,7 +75,7 @@ def read_image_rows(path: str | os.PathLike[str], where: dict[str, str] | None =
     """
     source = Path(path)
     if source.is_file():
-        rows = list(read_csv_rows(source, required=("image",)))
+        rows = list(read_label_rows(source, label_format, images, uncertain))
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
@@ -125,6 +130,9 @@ def build_input_batches(
     skip_keys: Container[str] | None = None,
     num_workers: int = 0,
     split_by_rank: bool = False,
+    label_format: str = "auto",
+    images: str | None = None,
+    uncertain: str = "zeros",
 ) -> Iterable[dict[str, Any]]:
     """Batch dicts (as :func:`convirt.data.stream.build_batches` makes them) of any input, in order.
 
@@ -140,6 +148,7 @@ def build_input_batches(
         num_workers: Data-loader processes.
         split_by_rank: Shards only: each distributed rank reads its own shards. (A CSV or
             folder is split by the caller's sampler instead.)
+        label_format, images, uncertain: How to read a label table (see :func:`read_image_rows`).
 
     Returns:
         A :class:`torch.utils.data.DataLoader` over the batches; for a CSV or folder its
@@ -153,7 +162,7 @@ def build_input_batches(
                                 text_transform=text_transform, skip_keys=skip_keys, keep=keep,
                                 split_by_rank=split_by_rank)
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
-    rows = read_image_rows(path, where)
+    rows = read_image_rows(path, where, label_format, images, uncertain)
     if skip_keys:
         rows = [row for row in rows if row.key not in skip_keys]
     pad_id = pad_id_of(tokenizer)

@@ -35,6 +35,8 @@ class Row:
         source: Name of the archive the row came from.
         split: Official split where the archive has one, else ``None``.
         study_id: Study (exam) identifier where known: several images can share one report.
+        uncertain: Findings labelled uncertain and kept out of their metrics (CheXpert ``-1``
+            under the ``ignore`` policy).
     """
 
     key: str
@@ -46,6 +48,7 @@ class Row:
     source: str = ""
     split: str | None = None
     study_id: str = ""
+    uncertain: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, object]:
         """Return the JSON metadata stored beside the image and text."""
@@ -55,6 +58,7 @@ class Row:
             "view": self.view,
             "source": self.source,
             "study_id": self.study_id,
+            **({"uncertain": list(self.uncertain)} if self.uncertain else {}),
         }
 
 

@@ -160,12 +160,15 @@ def evaluate_findings(labels: np.ndarray, scores: np.ndarray, names: Sequence[st
                       bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """:func:`binary_metrics` per finding column of ``(N, F)`` labels and scores, plus means.
 
+    A label of ``-1`` (uncertain, left out) drops that image from that finding's metrics only.
+
     Returns:
         ``{"findings": {name: metrics}, "mean": {metric: mean over defined findings}}``.
     """
     if labels.shape != scores.shape or labels.ndim != 2 or labels.shape[1] != len(names):
         raise ValueError(f"labels {labels.shape}, scores {scores.shape} and {len(names)} names do not match")
-    per = {name: binary_metrics(labels[:, i], scores[:, i], name,
+    kept = [labels[:, i] >= 0 for i in range(len(names))]
+    per = {name: binary_metrics(labels[kept[i], i], scores[kept[i], i], name,
                                 None if thresholds is None else thresholds[i], threshold_source, bootstrap, seed)
            for i, name in enumerate(names)}
     means = {key: mean_defined({n: m[key] for n, m in per.items()})

@@ -31,11 +31,12 @@ def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
     for i, name in enumerate(names):
         axis = axes[i // columns][i % columns]
-        y = labels[:, i]
+        kept = labels[:, i] >= 0  # -1: uncertain, left out
+        y = labels[kept, i]
         if 0 < y.sum() < len(y):
             for method, values in scores.items():
-                fpr, tpr, _ = roc_curve(y, values[:, i])
-                axis.plot(fpr, tpr, label=f"{method} {roc_auc_score(y, values[:, i]):.2f}")
+                fpr, tpr, _ = roc_curve(y, values[kept, i])
+                axis.plot(fpr, tpr, label=f"{method} {roc_auc_score(y, values[kept, i]):.2f}")
             axis.legend(fontsize=7, loc="lower right")
         else:
             axis.text(0.5, 0.5, "one class only:\nno ROC", ha="center", va="center")
