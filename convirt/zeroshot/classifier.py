@@ -83,6 +83,22 @@ class ZeroShotClassifier:
             for i in range(0, len(images), batch_size)])
         return self.predict_features(features)
 
+    def saliency(self, image: torch.Tensor, finding: str) -> torch.Tensor:
+        """``(H, W)`` Grad-CAM map in ``[0, 1]`` of one preprocessed ``(3, H, W)`` image for a finding.
+
+        The score explained is the finding's zero-shot logit: similarity to its positive prompts
+        minus similarity to its negative ones (averaged over observations for descriptors).
+        """
+        from convirt.zeroshot.saliency import gradcam
+
+        names = self.descriptors.finding_names
+        if finding not in names:
+            raise ValueError(f"unknown finding {finding!r}; known: {', '.join(names)}")
+        index = names.index(finding)
+        rows = [j for j, owner in enumerate(self.owner) if owner == index]
+        direction = (self.positive[rows] - self.negative[rows]).mean(dim=0)
+        return gradcam(self.model, image.to(self.device), direction.to(self.device)).cpu()
+
     def predict_features(self, image_features: torch.Tensor) -> ZeroShotOutput:
         """Score ``(N, D)`` normalised image embeddings."""
         probs = pair_probabilities(image_features.float(), self.positive, self.negative, self.logit_scale)

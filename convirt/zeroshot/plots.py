@@ -87,3 +87,26 @@ def plot_observations(finding_probabilities: dict[str, float], observations: dic
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
+
+
+def plot_saliency(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLike[str] | None = None,
+                  title: str = "", axis: object | None = None) -> object:
+    """The radiograph in grey with the ``[0, 1]`` saliency map overlaid (same ``(H, W)``).
+
+    Draws on ``axis`` when given; otherwise makes a figure (saved to ``path`` when given).
+    Returns the figure (or the axis).
+    """
+    plt = _pyplot()
+    figure = None
+    if axis is None:
+        figure, axis = plt.subplots(figsize=(4, 4))
+    axis.imshow(np.asarray(image), cmap="gray")  # type: ignore[attr-defined]
+    axis.imshow(np.asarray(heatmap), cmap="jet", alpha=0.35, vmin=0, vmax=1)  # type: ignore[attr-defined]
+    axis.set_title(title, fontsize=9)  # type: ignore[attr-defined]
+    axis.axis("off")  # type: ignore[attr-defined]
+    if figure is not None:
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=110)
+        return figure
+    return axis
