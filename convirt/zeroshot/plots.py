@@ -13,8 +13,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
+
+    if "inline" not in str(matplotlib.get_backend()).lower():
+        plt.switch_backend("Agg")  # files only, no window; notebooks keep their inline figures
 
     return plt
 
