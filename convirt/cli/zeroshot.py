@@ -30,6 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                                   "threshold (default: Youden's J on the evaluated data itself)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% CIs")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--figures", type=int, default=0, metavar="N",
+                        help="also draw, for the first N images, the observation bar chart and the Grad-CAM map "
+                             "of each finding (figures/KEY.png)")
     parser.add_argument("--output", required=True, help="folder for predictions.csv, explanations.jsonl, "
                                                          "metrics.json, roc.png")
     parser.set_defaults(run=run)
@@ -78,7 +81,8 @@ def run_probe(args: argparse.Namespace) -> None:
         print(f"{output.probe:<8} {output.fraction:>7.0%} {cells}")
 
 
-def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[str] | None) -> np.ndarray:
+def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[str] | None,
+                   require_all: bool = True) -> np.ndarray:
     """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names;
     ``-1`` where a finding is uncertain and left out (CheXpert under ``--uncertain ignore``).
 
@@ -98,7 +102,7 @@ def aligned_labels(metas: list[dict], finding_names: list[str], selected: list[s
     both = f"descriptor findings: {sorted(finding_names)}; labels in the data: {sorted(present) or 'none'}"
     if not_described := sorted(wanted - set(finding_names)):
         raise ValueError(f"labels without a descriptor finding: {not_described} (choose with --labels); {both}")
-    if missing := sorted(set(finding_names) - present):
+    if require_all and (missing := sorted(set(finding_names) - present)):
         raise ValueError(f"descriptor findings missing from the labels: {missing}; {both}")
     return np.array([[-1 if name in doubt else int(name in labels) for name in finding_names]
                      for labels, doubt in zip(label_sets, unsure)], dtype=int)
@@ -128,7 +132,8 @@ def run(args: argparse.Namespace) -> None:
     if args.threshold_split:
         tuning = embed_batches(loaded.model, eval_batches(loaded, args.data, args.threshold_split, args.batch_size,
                                                           where=where, table=args), progress=False)
-        tuning_labels = aligned_labels(tuning.meta, names, args.labels)
+        # A small validation split may lack a finding: its threshold is then NaN, not an error.
+        tuning_labels = aligned_labels(tuning.meta, names, args.labels, require_all=False)
         for method, classifier in classifiers.items():
             probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
             thresholds[method] = [youden_threshold(tuning_labels[tuning_labels[:, i] >= 0, i],
@@ -153,6 +158,9 @@ def run(args: argparse.Namespace) -> None:
     _write_explanations(out / "explanations.jsonl", embedded.keys, results[Method.DESCRIPTORS])
     write_json(out / "metrics.json", metrics)
     plot_roc(labels, {m.value: results[m].probabilities.numpy() for m in Method}, names, out / "roc.png")
+    if args.figures > 0:
+        batches = eval_batches(loaded, args.data, args.split, args.figures, where=where, table=args)
+        _draw_figures(next(iter(batches)), classifiers[Method.DESCRIPTORS], out / "figures")
     methods = [method.value for method in Method]
     print(f"AUROC [95% CI], {len(labels)} images")
     print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>22}" for m in methods))
@@ -160,6 +168,32 @@ def run(args: argparse.Namespace) -> None:
         cells = " ".join(f"{_with_ci(metrics[m]['findings'][name], 'auroc'):>22}" for m in methods)
         print(f"{name:<20} {(labels[:, i] == 1).sum():>9} {cells}")
     print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{_fmt(metrics[m]['mean_auroc']):>22}" for m in methods))
+
+
+def _draw_figures(batch: dict[str, Any], classifier: Any, folder: Path) -> None:
+    """Per image: observation probabilities beside the Grad-CAM map of each finding."""
+    import matplotlib.pyplot as plt
+
+    from convirt.zeroshot.plots import plot_observations, plot_saliency
+
+    folder.mkdir(parents=True, exist_ok=True)
+    output = classifier.predict(batch["image"])
+    names = output.finding_names
+    for row, key in enumerate(batch["key"]):
+        probabilities = {name: float(output.probabilities[row, i]) for i, name in enumerate(names)}
+        explanation = {name: {obs: float(output.observation_probabilities[row, j])
+                              for j, (owner, obs) in enumerate(output.observations) if owner == name}
+                       for name in names}
+        labels = "; ".join(batch["meta"][row].get("labels", [])) or "no labels"
+        plot_observations(probabilities, explanation, folder / f"{key}-observations.png", title=f"{key}: {labels}")
+        grey = batch["image"][row][0].numpy()
+        figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3.3), squeeze=False)
+        for axis, name in zip(axes[0], names):
+            heatmap = classifier.saliency(batch["image"][row], name).numpy()
+            plot_saliency(grey, heatmap, title=f"{name} {probabilities[name]:.2f}", axis=axis)
+        figure.tight_layout()
+        figure.savefig(folder / f"{key}-saliency.png", dpi=100)
+        plt.close("all")
 
 
 def _fmt(value: object) -> str:

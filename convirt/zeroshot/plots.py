@@ -12,7 +12,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 def _pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
-
     import matplotlib.pyplot as plt
 
     if "inline" not in str(matplotlib.get_backend()).lower():

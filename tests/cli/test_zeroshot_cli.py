@@ -43,3 +43,14 @@ def test_probe_command(tiny_checkpoint, labels_csv, tmp_path):
     assert [(p["probe"], p["fraction"]) for p in result["probes"]] == [("linear", 0.1), ("linear", 1.0),
                                                                        ("knn", 0.1), ("knn", 1.0)]
     assert 0 <= result["probes"][1]["findings"]["Edema"]["auroc"] <= 1 and result["folds"] == 3
+
+
+def test_threshold_from_the_validation_split_and_figures(tiny_checkpoint, phantom_shards, tmp_path):
+    out = tmp_path / "zs"
+    assert main(["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--split", "test",
+                 "--threshold-split", "val", "--bootstrap", "10", "--figures", "2", "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    finding = metrics["names"]["findings"]["Cardiomegaly"]
+    assert finding["threshold_source"] == "youden on split val"
+    assert len(list((out / "figures").glob("*-observations.png"))) == 2
+    assert len(list((out / "figures").glob("*-saliency.png"))) == 2
