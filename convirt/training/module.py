@@ -39,6 +39,10 @@ class ContrastiveModule(L.LightningModule):
             BERT-family text tower.
         repeated_reports_as_positives: Reports that are the same after normalisation count as
             positives of each other (soft targets; ``convirt`` loss only).
+        sub_batch_size: GradCache: encode each training batch in sub-batches of this size, so
+            that a large batch fits in memory while the loss still spans every negative of the
+            full (and, with DDP, global) batch. Gradients equal the full-batch step's for models
+            without batch-dependent layers; batch-norm layers see sub-batches.
     """
 
     def __init__(
@@ -54,12 +58,15 @@ class ContrastiveModule(L.LightningModule):
         freeze_image_groups: int = 0,
         freeze_text_layers: int = 0,
         repeated_reports_as_positives: bool = False,
+        sub_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
+        if sub_batch_size is not None and sub_batch_size <= 0:
+            raise ValueError(f"sub_batch_size must be positive, got {sub_batch_size}")
         if repeated_reports_as_positives and loss != "convirt":
             raise ValueError(f"repeated_reports_as_positives needs loss 'convirt', got {loss!r}")
         self.loss_name = loss
@@ -72,8 +79,8 @@ class ContrastiveModule(L.LightningModule):
         """Normalised features ``(B, D)`` of images ``(B, 3, H, W)`` and token ids ``(B, L)``."""
         return self.model.encode_image(images, normalize=True), self.model.encode_text(texts, normalize=True)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        image_features, text_features = self(batch["image"], batch["text"])
+    def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, batch: dict[str, Any]
+              ) -> torch.Tensor:
         assert self.loss_fn is not None
         if self.loss_name == "siglip":
             loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp(), self.model.logit_bias)
@@ -82,6 +89,12 @@ class ContrastiveModule(L.LightningModule):
             loss = self.loss_fn(image_features, text_features, None, groups)
         else:
             loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp())
+        return loss  # type: ignore[no-any-return]
+
+    def _step(self, batch: dict[str, Any], stage: str, features: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
+        image_features, text_features = features if features is not None else self(batch["image"], batch["text"])
+        loss = self._loss(image_features, text_features, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at step {self.global_step}")
         batch_size = image_features.shape[0]
@@ -97,7 +110,48 @@ class ContrastiveModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        size = self.hparams["sub_batch_size"]
+        if size and batch["image"].shape[0] > size:
+            return self._grad_cache_step(batch, size)
         return self._step(batch, "train")
+
+    def _grad_cache_step(self, batch: dict[str, Any], size: int) -> torch.Tensor:
+        """GradCache (Gao et al., 2021): the full-batch loss from sub-batch features.
+
+        1. Encode the sub-batches without a graph and cache the features.
+        2. Compute the loss on the whole batch from the cached features and take its gradient
+           with respect to them (and to the logit scale / bias).
+        3. Re-encode each sub-batch with a graph (same random state) and pull the cached feature
+           gradients back into the parameters.
+        Gradients are collected with ``torch.autograd.grad`` and handed to Lightning as a linear
+        surrogate ``sum(p * grad)``: its one backward sets exactly those gradients, so mixed
+        precision scaling, clipping, DDP's all-reduce and the optimizer step stay Lightning's.
+        """
+        parts = [slice(start, start + size) for start in range(0, batch["image"].shape[0], size)]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        states = []
+        with torch.no_grad():
+            cached = []
+            for part in parts:
+                states.append(_rng_state())
+                cached.append(self(batch["image"][part], batch["text"][part]))
+        after = _rng_state()
+        image_all = torch.cat([c[0] for c in cached]).detach().requires_grad_(True)
+        text_all = torch.cat([c[1] for c in cached]).detach().requires_grad_(True)
+        loss = self._step(batch, "train", (image_all, text_all))
+        image_grad, text_grad, *direct = torch.autograd.grad(loss, [image_all, text_all, *params], allow_unused=True)
+        grads: list[torch.Tensor | None] = list(direct)  # None: the parameter plays no part (as in a plain step)
+        with _frozen_norm_statistics(self.model):  # step 1 already updated the running statistics
+            for part, state in zip(parts, states):
+                _set_rng_state(state)
+                image_features, text_features = self(batch["image"][part], batch["text"][part])
+                surrogate = (image_features * image_grad[part]).sum() + (text_features * text_grad[part]).sum()
+                for i, g in enumerate(torch.autograd.grad(surrogate, params, allow_unused=True)):
+                    if g is not None:
+                        previous = grads[i]
+                        grads[i] = g if previous is None else previous + g
+        _set_rng_state(after)
+        return sum((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None)  # type: ignore[return-value]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
@@ -136,6 +190,33 @@ class ContrastiveModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+class _frozen_norm_statistics:  # noqa: N801 (used as a context manager)
+    """Batch-norm layers normalise with batch statistics but leave their running statistics alone."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        self.momenta: list[float | None] = []
+
+    def __enter__(self) -> None:
+        self.momenta = [m.momentum for m in self.norms]
+        for m in self.norms:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum in zip(self.norms, self.momenta):
+            m.momentum = momentum
 
 
 def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True, text_model_path: str | None = None,

@@ -101,10 +101,10 @@ def plot_saliency(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLik
     figure = None
     if axis is None:
         figure, axis = plt.subplots(figsize=(4, 4))
-    axis.imshow(np.asarray(image), cmap="gray")  # type: ignore[attr-defined]
-    axis.imshow(np.asarray(heatmap), cmap="jet", alpha=0.35, vmin=0, vmax=1)  # type: ignore[attr-defined]
-    axis.set_title(title, fontsize=9)  # type: ignore[attr-defined]
-    axis.axis("off")  # type: ignore[attr-defined]
+    axis.imshow(np.asarray(image), cmap="gray")  # type: ignore[attr-defined,union-attr]
+    axis.imshow(np.asarray(heatmap), cmap="jet", alpha=0.35, vmin=0, vmax=1)  # type: ignore[attr-defined,union-attr]
+    axis.set_title(title, fontsize=9)  # type: ignore[attr-defined,union-attr]
+    axis.axis("off")  # type: ignore[attr-defined,union-attr]
     if figure is not None:
         figure.tight_layout()
         if path is not None:
