@@ -1,0 +1,83 @@
+"""Cross-rank losses with 2 gloo processes: the loss and every gradient equal the single-process
+loss over the concatenated batch (gradients averaged over ranks, as DDP does)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from convirt.losses import create_loss
+
+WORLD = 2
+BATCH = 8  # global
+
+
+def _towers():
+    torch.manual_seed(0)
+    image_tower, text_tower = torch.nn.Linear(10, 6), torch.nn.Linear(7, 6)
+    scale = torch.nn.Parameter(torch.tensor(2.3))
+    bias = torch.nn.Parameter(torch.tensor(-4.0))
+    inputs = torch.randn(BATCH, 10), torch.randn(BATCH, 7)
+    groups = torch.tensor([0, 1, 2, 0, 3, 4, 2, 5])  # repeated reports across both ranks
+    return image_tower, text_tower, scale, bias, inputs, groups
+
+
+def _loss_and_grads(name, rank, world_size, rows):
+    image_tower, text_tower, scale, bias, (images, texts), groups = _towers()
+    image_features = F.normalize(image_tower(images[rows]), dim=1)
+    text_features = F.normalize(text_tower(texts[rows]), dim=1)
+    loss_fn = create_loss(name, rank=rank, world_size=world_size)
+    if name == "clip":
+        loss = loss_fn(image_features, text_features, scale.exp())
+    elif name == "siglip":
+        loss = loss_fn(image_features, text_features, scale.exp(), bias)
+    else:
+        loss = loss_fn(image_features, text_features, None, groups[rows])
+    loss.backward()
+    params = [*image_tower.parameters(), *text_tower.parameters(), scale, bias]
+    return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+LOSSES = ("clip", "siglip", "convirt")
+
+
+def _worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        share = BATCH // WORLD
+        for name in LOSSES:
+            loss, grads = _loss_and_grads(name, rank, WORLD, slice(rank * share, (rank + 1) * share))
+            dist.all_reduce(loss)
+            for grad in grads:
+                dist.all_reduce(grad)  # DDP averages gradients over ranks
+            torch.save({"loss": loss / WORLD, "grads": [g / WORLD for g in grads]}, f"{out}/{name}-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_two_ranks_equal_one_process_over_the_whole_batch(name, two_ranks):
+    single_loss, single_grads = _loss_and_grads(name, 0, 1, slice(0, BATCH))
+    for rank in range(WORLD):
+        result = torch.load(two_ranks / f"{name}-{rank}.pt")
+        assert torch.allclose(result["loss"], single_loss, atol=1e-5), (rank, result["loss"], single_loss)
+        for got, expected in zip(result["grads"], single_grads):
+            assert torch.allclose(got, expected, atol=1e-5), (rank, (got - expected).abs().max())
