@@ -22,17 +22,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convirt.cli import data, report, retrieval, zeroshot
+    from convirt.cli import data, export, report, retrieval, zeroshot
 
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{phantom,shards,fit,validate,test,zeroshot,probe,embed,index,report}")
+                                metavar="{phantom,shards,fit,validate,test,zeroshot,probe,embed,index,export,report}")
     data.add_parsers(sub)
     for name in _LIGHTNING:
         sub.add_parser(name, help=f"{name} with LightningCLI (`convirt {name} --help`)", add_help=False)
     zeroshot.add_parsers(sub)
     retrieval.add_parsers(sub)
+    export.add_parsers(sub)
     report.add_parsers(sub)
     return parser
 

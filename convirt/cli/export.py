@@ -1,0 +1,26 @@
+"""``convirt export``: a checkpoint as an open_clip ``local-dir:`` folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="write a checkpoint as an open_clip folder (load with local-dir:)")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from convirt.cli.common import model_fingerprint
+    from convirt.models import load_checkpoint
+    from convirt.models.export import export_open_clip
+
+    loaded = load_checkpoint(args.checkpoint)
+    if loaded.model_name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
+    folder = export_open_clip(loaded.model, loaded.model_name, loaded.tokenizer, args.output,
+                              provenance=model_fingerprint(loaded))
+    print(f"exported {loaded.model_name} -> {folder}\n"
+          f"load with: open_clip.create_model_and_transforms('local-dir:{folder}')")
