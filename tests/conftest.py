@@ -48,7 +48,7 @@ def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=256)
     BertModel(config).save_pretrained(out)
     return str(out)
 

@@ -16,6 +16,7 @@ from open_clip.model import set_model_preprocess_cfg
 from open_clip.tokenizer import HFTokenizer
 from torch import nn
 
+from convirt.models import poolers  # noqa: F401 (registers the poolers the configs name)
 from convirt.models.pretrained import (
     PretrainedUnavailableError,
     load_state_dict_by_position,

@@ -80,3 +80,35 @@ def test_demo_model_loads_packaged_pretrained_towers():
     assert torch.equal(model.visual.trunk.conv_stem.weight, weights["_conv_stem.weight"])
     tokens = create_tokenizer("demo-effnet-minilm")(["There is no pleural effusion."])
     assert tokens.shape == (1, 64)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_builds_and_encodes(name, tiny_text_model):
+    """Each shipped architecture, with its text tower swapped for the tiny local BERT (no download)."""
+    config = get_model_config(name)
+    size = config["model_cfg"]["vision_cfg"]["image_size"]
+    model = create_model(name, pretrained=False, text_model_path=tiny_text_model).eval()
+    tokenizer = create_tokenizer(name, text_model_path=tiny_text_model)
+    with torch.no_grad():
+        image = model.encode_image(torch.randn(1, 3, size, size), normalize=True)
+        text = model.encode_text(tokenizer(["There is no pleural effusion."]), normalize=True)
+    assert image.shape == text.shape == (1, config["model_cfg"]["embed_dim"])
+    assert tokenizer(["x"]).shape[1] == config["model_cfg"]["text_cfg"]["context_length"]
+
+
+def test_paper_architectures_are_registered():
+    r50 = get_model_config("convirt-r50-bert")["model_cfg"]
+    assert r50["embed_dim"] == 512 and r50["vision_cfg"]["timm_model_name"] == "resnet50"
+    assert r50["vision_cfg"]["timm_proj"] == r50["text_cfg"]["hf_proj_type"] == "mlp"  # non-linear heads
+    vit = get_model_config("biomedclip-vitb16")["model_cfg"]
+    assert vit["vision_cfg"]["timm_model_name"] == "vit_base_patch16_224" and vit["text_cfg"]["context_length"] == 256
+
+
+def test_masked_max_pooler_ignores_padding():
+    from types import SimpleNamespace
+
+    from convirt.models.poolers import MaskedMaxPooler
+
+    hidden = torch.tensor([[[1.0, -5.0], [3.0, -1.0], [9.0, 9.0]]])  # the last token is padding
+    pooled = MaskedMaxPooler()(SimpleNamespace(last_hidden_state=hidden), torch.tensor([[1, 1, 0]]))
+    assert pooled.tolist() == [[3.0, -1.0]]
