@@ -18,6 +18,17 @@ class ConvirtLightningCLI(LightningCLI):
         parser.link_arguments("model.text_model_path", "data.text_model_path")
 
 
+def default_logger() -> dict[str, object]:
+    """The logger when a config names none: Weights & Biases, offline (sync later with
+    ``wandb sync``), or a CSV logger where wandb is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        return {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"project": "convirt", "offline": True, "save_dir": "artifacts/wandb"}}
+    return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "artifacts/logs"}}
+
+
 def run_lightning_cli(args: list[str]) -> None:
     """Run ``fit``/``validate``/``test`` with ``args`` (e.g. ``["fit", "--config", "x.yaml"]``).
 
@@ -32,5 +43,6 @@ def run_lightning_cli(args: list[str]) -> None:
             ShardDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"logger": default_logger()},
             parser_kwargs={"prog": "convirt", "exit_on_error": False},
         )

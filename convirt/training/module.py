@@ -71,6 +71,7 @@ class ContrastiveModule(L.LightningModule):
             raise ValueError(f"repeated_reports_as_positives needs loss 'convirt', got {loss!r}")
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
+        self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def setup(self, stage: str) -> None:
         self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size)
@@ -154,7 +155,22 @@ class ContrastiveModule(L.LightningModule):
         return sum((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None)  # type: ignore[return-value]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        features = self(batch["image"], batch["text"])
+        self._val_features.append((features[0].detach().float(), features[1].detach().float()))
+        return self._step(batch, "val", features)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_features = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Image->text and text->image R@1/5/10 over the validation pairs this rank saw."""
+        if not self._val_features:
+            return
+        images = torch.cat([f[0] for f in self._val_features])
+        texts = torch.cat([f[1] for f in self._val_features])
+        self._val_features = []
+        for name, value in retrieval_recalls(images, texts).items():
+            self.log(f"val/{name}", value, sync_dist=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
@@ -190,6 +206,20 @@ class ContrastiveModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
+                      ) -> dict[str, float]:
+    """R@k of paired ``(N, D)`` image and text features: is the partner among the top ``k``?"""
+    similarity = images @ texts.T
+    target = torch.arange(len(images), device=images.device)
+    out = {}
+    for direction, scores in (("i2t", similarity), ("t2i", similarity.T)):
+        # rank of the partner = how many candidates score strictly higher
+        rank = (scores > scores[target, target].unsqueeze(1)).sum(dim=1)
+        for k in ks:
+            out[f"{direction}_R@{k}"] = float((rank < k).float().mean())
+    return out
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:

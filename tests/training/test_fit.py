@@ -50,3 +50,26 @@ def test_convirt_loss_with_repeated_reports_trains(phantom_shards, tiny_text_mod
     with pytest.raises(ValueError, match="needs loss 'convirt'"):
         ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model,
                           repeated_reports_as_positives=True)
+
+
+def test_retrieval_recalls_by_hand():
+    from convirt.training.module import retrieval_recalls
+
+    images = torch.eye(3)
+    texts = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # pairs 1 and 2 are swapped
+    recalls = retrieval_recalls(images, texts, ks=(1, 2))
+    expected = {"i2t_R@1": 1 / 3, "i2t_R@2": 1.0, "t2i_R@1": 1 / 3, "t2i_R@2": 1.0}
+    assert recalls.keys() == expected.keys()
+    assert all(abs(recalls[k] - v) < 1e-6 for k, v in expected.items())
+
+
+def test_validation_logs_recall_at_k(phantom_shards, tiny_text_model, tmp_path):
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.validate(module, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert {"val/i2t_R@1", "val/i2t_R@5", "val/i2t_R@10", "val/t2i_R@10", "val/loss"} <= set(metrics)
+    assert 0 <= float(metrics["val/i2t_R@1"]) <= float(metrics["val/i2t_R@10"]) <= 1
