@@ -1,0 +1,221 @@
+"""Training-step cost: Lightning against a bare PyTorch loop, and GradCache memory.
+
+1. Throughput: the same `ContrastiveModule` (model, loss, AdamW groups, clipping) and the same
+   in-memory batches, stepped by a Lightning `Trainer` and by a hand-written loop, in this one
+   run. Reported: samples/s of each (median step time after warm-up) and their ratio (goal
+   >= 0.95).
+2. Memory: peak resident memory of one process that takes a training step at batch 256 with
+   GradCache sub-batches of 32, beside one that takes a plain step at batch 256 (goal <= 0.5x).
+   Each runs in its own process so that the peaks do not mix.
+
+Writes the ``train-throughput`` section of BENCHMARKS.md. `python benchmarks/train_throughput.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from _markdown import write_section
+
+SECTION = "train-throughput"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_batches(model_name: str, batch_size: int, count: int, seed: int = 0) -> list[dict]:
+    """Random images and phantom-like report tokens, made once and reused by both runners."""
+    from convirt.models import create_tokenizer, get_model_config
+
+    size = get_model_config(model_name)["model_cfg"]["vision_cfg"]["image_size"]
+    tokenizer = create_tokenizer(model_name)
+    generator = torch.Generator().manual_seed(seed)
+    words = ["no", "pleural", "effusion", "enlarged", "cardiac", "silhouette", "right", "pneumothorax", "clear"]
+    batches = []
+    for _ in range(count):
+        texts = [" ".join(words[int(i)] for i in torch.randint(len(words), (12,), generator=generator))
+                 for _ in range(batch_size)]
+        batches.append({"image": torch.randn(batch_size, 3, size, size, generator=generator),
+                        "text": tokenizer(texts), "key": [""] * batch_size, "meta": [{}] * batch_size})
+    return batches
+
+
+def make_module(model_name: str, sub_batch_size: int | None = None):  # type: ignore[no-untyped-def]
+    from convirt.training import ContrastiveModule
+
+    torch.manual_seed(0)
+    return ContrastiveModule(model_name, pretrained=True, learning_rate=3e-4, tower_learning_rate=1e-4,
+                             warmup_steps=5, freeze_image_groups=3, freeze_text_layers=3,
+                             sub_batch_size=sub_batch_size)
+
+
+def lightning_step_times(model_name: str, batches: list[dict]) -> list[float]:
+    import lightning as L
+
+    class Timer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_train_batch_start(self, *args: object) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *args: object) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = Timer()
+    module = make_module(model_name)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=1.0, callbacks=[timer], num_sanity_val_steps=0)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.times
+
+
+def bare_step_times(model_name: str, batches: list[dict]) -> list[float]:
+    """The same step without Lightning: forward, loss, backward, clipping, AdamW, schedule, clamp."""
+    from convirt.losses import create_loss
+    from convirt.training.module import MAX_LOGIT_SCALE
+
+    module = make_module(model_name)
+    module.loss_fn = create_loss(module.loss_name)
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    # configure_optimizers reads the trainer for the schedule length; build the same groups here.
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in module.model.named_parameters():
+        if param.requires_grad:
+            in_tower = name.startswith(("visual.trunk.", "text.transformer."))
+            no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
+            groups.setdefault((in_tower, no_decay), []).append(param)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": 1e-4 if t else 3e-4, "weight_decay": 0.0 if n else 0.05}
+                                   for (t, n), p in groups.items()], betas=(0.9, 0.98), eps=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 5))
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = module._step(batch, "train")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            module.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def memory_child(model_name: str, batch_size: int, sub_batch_size: int | None) -> None:
+    """One training step in this process; prints the peak resident memory in bytes."""
+    from convirt.losses import create_loss
+
+    batch = make_batches(model_name, batch_size, 1)[0]
+    module = make_module(model_name, sub_batch_size)
+    module.loss_fn = create_loss(module.loss_name)
+    module.train()
+    before = _resident()
+    _reset_peak()  # the peak of loading the weights is not the step's
+    out = module.training_step(batch, 0)
+    out.backward()
+    print(json.dumps({"peak": _peak(), "before_step": before}))
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _resident() -> int:
+    return _status("VmRSS")
+
+
+def _reset_peak() -> None:
+    """Reset the peak-RSS mark (Linux >= 4.0: writing 5 to clear_refs), so it measures the step only."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak() -> int:
+    return _status("VmHWM")
+
+
+def measure_memory(model_name: str, batch_size: int, sub_batch_size: int | None) -> dict:
+    command = [sys.executable, __file__, "--memory-child", model_name, str(batch_size), str(sub_batch_size or 0)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo-effnet-minilm")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--memory-batch", type=int, default=256)
+    parser.add_argument("--memory-sub-batch", type=int, default=32)
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        name, batch, sub = args.memory_child
+        memory_child(name, int(batch), int(sub) or None)
+        return
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    batches = make_batches(args.model, args.batch_size, args.steps + args.warmup)
+    bare = bare_step_times(args.model, batches)[args.warmup:]
+    lightning = lightning_step_times(args.model, batches)[args.warmup:]
+    bare_rate = args.batch_size / statistics.median(bare)
+    lightning_rate = args.batch_size / statistics.median(lightning)
+    plain = measure_memory(args.model, args.memory_batch, None)
+    cached = measure_memory(args.model, args.memory_batch, args.memory_sub_batch)
+    ratio = cached["peak"] / plain["peak"]
+    step_ratio = (cached["peak"] - cached["before_step"]) / max(1, plain["peak"] - plain["before_step"])
+    lines = [
+        "## Training step: Lightning overhead and GradCache memory",
+        "",
+        f"`python benchmarks/train_throughput.py` on {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Model `{args.model}` (pretrained towers, the demo's "
+        "frozen early layers, CLIP loss, AdamW, clipping at 1.0, fp32), random 3-channel images and "
+        f"tokenised phantom-like reports made once in memory; median of {args.steps} steps after "
+        f"{args.warmup} warm-up steps.",
+        "",
+        "| runner | batch | samples/s |",
+        "|---|---:|---:|",
+        f"| bare PyTorch loop | {args.batch_size} | {bare_rate:.1f} |",
+        f"| Lightning `Trainer` | {args.batch_size} | {lightning_rate:.1f} |",
+        "",
+        f"Lightning / bare: **{lightning_rate / bare_rate:.3f}** (goal >= 0.95: "
+        f"{'met' if lightning_rate / bare_rate >= 0.95 else 'not met'}).",
+        "",
+        f"Peak resident memory of one training step at batch {args.memory_batch}, each in a fresh process:",
+        "",
+        "| step | peak RSS MB | growth during the step MB |",
+        "|---|---:|---:|",
+        f"| plain, batch {args.memory_batch} | {plain['peak'] / 2**20:,.0f} | "
+        f"{(plain['peak'] - plain['before_step']) / 2**20:,.0f} |",
+        f"| GradCache, sub-batches of {args.memory_sub_batch} | {cached['peak'] / 2**20:,.0f} | "
+        f"{(cached['peak'] - cached['before_step']) / 2**20:,.0f} |",
+        "",
+        f"GradCache / plain peak: **{ratio:.2f}x** (goal <= 0.5x: {'met' if ratio <= 0.5 else 'not met'}); "
+        f"counting only the growth during the step: {step_ratio:.2f}x. The process peak includes "
+        "the model weights and the batch itself, which GradCache does not shrink. Linux only (reads "
+        "/proc/self/status; the peak mark is reset after loading the model).",
+    ]
+    write_section(Path(args.output), SECTION, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
