@@ -59,3 +59,36 @@ def freeze_text_layers(model: Any, layers: int) -> int:
             parameter.requires_grad_(False)
             frozen += parameter.numel()
     return frozen
+
+
+def lock_tower(model: Any, tower: str) -> int:
+    """Freeze a whole pretrained trunk (LiT: "locked-image tuning"); the projection head stays trainable.
+
+    Args:
+        model: An open_clip dual encoder.
+        tower: ``image`` (``visual.trunk``) or ``text`` (``text.transformer``).
+
+    Returns:
+        Number of parameters frozen.
+
+    Raises:
+        ValueError: Unknown tower, or the model has no such trunk.
+    """
+    if tower not in ("image", "text"):
+        raise ValueError(f"unknown tower {tower!r}; known: image, text")
+    trunk = locked_trunk(model, tower)
+    frozen = 0
+    for parameter in trunk.parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen
+
+
+def locked_trunk(model: Any, tower: str) -> Any:
+    """The trunk :func:`lock_tower` freezes: ``visual.trunk`` or ``text.transformer``."""
+    parent = getattr(model, "visual" if tower == "image" else "text", None)
+    trunk = getattr(parent, "trunk" if tower == "image" else "transformer", None)
+    if trunk is None:
+        raise ValueError(f"the model has no pretrained {tower} trunk to lock "
+                         f"({'visual.trunk' if tower == 'image' else 'text.transformer'})")
+    return trunk

@@ -13,6 +13,7 @@ from convirt.losses import create_loss
 from convirt.models import create_model
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
+from convirt.models.freeze import lock_tower, locked_trunk
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -43,6 +44,11 @@ class ContrastiveModule(L.LightningModule):
             that a large batch fits in memory while the loss still spans every negative of the
             full (and, with DDP, global) batch. Gradients equal the full-batch step's for models
             without batch-dependent layers; batch-norm layers see sub-batches.
+        lock_image_tower: Freeze the whole image trunk and run it in eval mode (LiT); its
+            projection head still trains.
+        lock_text_tower: The same for the text trunk.
+        gradient_checkpointing: Recompute tower activations in the backward pass instead of
+            storing them (less memory, about a third more compute).
     """
 
     def __init__(
@@ -59,12 +65,20 @@ class ContrastiveModule(L.LightningModule):
         freeze_text_layers: int = 0,
         repeated_reports_as_positives: bool = False,
         sub_batch_size: int | None = None,
+        lock_image_tower: bool = False,
+        lock_text_tower: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
+        self.locked = [tower for tower, lock in (("image", lock_image_tower), ("text", lock_text_tower)) if lock]
+        for tower in self.locked:
+            lock_tower(self.model, tower)
+        if gradient_checkpointing:
+            self.model.set_grad_checkpointing(True)
         if sub_batch_size is not None and sub_batch_size <= 0:
             raise ValueError(f"sub_batch_size must be positive, got {sub_batch_size}")
         if repeated_reports_as_positives and loss != "convirt":
@@ -174,6 +188,10 @@ class ContrastiveModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
+
+    def on_train_start(self) -> None:
+        for tower in self.locked:  # a locked trunk keeps its batch-norm statistics and skips dropout
+            locked_trunk(self.model, tower).eval()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():

@@ -27,3 +27,39 @@ def test_freezing_more_text_layers_than_exist_is_an_error(tiny_text_model):
     model = create_model(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model)
     with pytest.raises(ValueError, match="freeze_text_layers=5 but the text tower has 2 layers"):
         freeze_text_layers(model, 5)
+
+
+def test_lock_tower_freezes_the_trunk_not_the_head(tiny_text_model):
+    import pytest
+
+    from convirt.models import create_model
+    from convirt.models.freeze import lock_tower
+    from tests.conftest import TINY_MODEL
+
+    model = create_model(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model)
+    assert lock_tower(model, "image") == sum(p.numel() for p in model.visual.trunk.parameters())
+    assert not any(p.requires_grad for p in model.visual.trunk.parameters())
+    assert all(p.requires_grad for p in model.visual.head.parameters())
+    assert lock_tower(model, "text") > 0 and all(p.requires_grad for p in model.text.proj.parameters())
+    with pytest.raises(ValueError, match="unknown tower 'audio'"):
+        lock_tower(model, "audio")
+
+
+def test_locked_trunk_trains_in_eval_mode_and_checkpointing_runs(phantom_shards, tiny_text_model, tmp_path):
+    import lightning as L
+    import torch
+
+    from convirt.training import ContrastiveModule, ShardDataModule
+    from tests.conftest import TINY_MODEL
+
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, lock_image_tower=True,
+                               gradient_checkpointing=True, warmup_steps=1)
+    trunk = {n: p.detach().clone() for n, p in module.model.visual.trunk.named_parameters()}
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    assert not module.model.visual.trunk.training
+    assert all(torch.equal(p, trunk[n]) for n, p in module.model.visual.trunk.named_parameters())
