@@ -78,7 +78,7 @@ class ContrastiveModule(L.LightningModule):
         for tower in self.locked:
             lock_tower(self.model, tower)
         if gradient_checkpointing:
-            self.model.set_grad_checkpointing(True)
+            self.model.set_grad_checkpointing(True)  # type: ignore[operator]
         if sub_batch_size is not None and sub_batch_size <= 0:
             raise ValueError(f"sub_batch_size must be positive, got {sub_batch_size}")
         if repeated_reports_as_positives and loss != "convirt":
