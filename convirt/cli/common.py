@@ -46,11 +46,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
-    """What identifies the embedding space of a model: its name, checkpoint hash and dimension."""
+    """What identifies the embedding space of a model: its name, checkpoint hash and dimension
+    (compared), and its architecture config (recorded)."""
     from convirt.data.writer import file_sha256
+    from convirt.models.factory import get_model_config
 
+    config = None if loaded.model_name.startswith(("hf-hub:", "local-dir:")) else get_model_config(loaded.model_name)
     return {"model_name": loaded.model_name, "checkpoint": loaded.checkpoint,
-            "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": loaded.embed_dim}
+            "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": loaded.embed_dim,
+            "model_config": config}
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:

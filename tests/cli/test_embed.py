@@ -27,6 +27,7 @@ def test_embed_a_label_csv_with_a_filter(tiny_checkpoint, labels_csv, tmp_path):
     assert {row["source"] for row in rows} == {"even"} and all(row["path"].endswith(".png") for row in rows)
     info = json.loads((out / "info.json").read_text())
     assert info["modality"] == "image" and info["dim"] == 32 and len(info["checkpoint_sha256"]) == 64
+    assert info["model_config"]["model_cfg"]["vision_cfg"]["timm_model_name"] == "test_efficientnet"
     # A resumed run with the other modality into the same folder is refused.
     assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--texts",
                  "--output", str(out)]) == 2
