@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Callable, Container, Sequence
@@ -67,6 +68,7 @@ def build_batches(
     skip_keys: Container[str] | None = None,
     seed: int = 0,
     keep: Callable[[dict[str, Any]], bool] | None = None,
+    skip_samples: int = 0,
 ) -> wds.WebDataset:
     """Build an iterable of batch dicts from shard paths.
 
@@ -88,7 +90,16 @@ def build_batches(
     def to_sample(sample: dict[str, Any]) -> Sample:
         meta = sample.get(META) or {}
         report = sample[TEXT]
-        return sample[KEY], image_transform(sample[IMAGE]), text_transform(report), meta, text_group(report)
+        if not train:
+            return sample[KEY], image_transform(sample[IMAGE]), text_transform(report), meta, text_group(report)
+        sample_seed = zlib.crc32(f"{seed}:{sample[KEY]}".encode())
+        reseed = getattr(text_transform, "reseed", None)
+        if reseed is not None:
+            reseed(sample_seed)
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            torch.manual_seed(sample_seed)
+            image = image_transform(sample[IMAGE])
+        return sample[KEY], image, text_transform(report), meta, text_group(report)
 
     nodesplitter = wds.split_by_node if split_by_rank else _all_shards
     dataset = wds.WebDataset(
@@ -102,6 +113,8 @@ def build_batches(
     )
     if train:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    if skip_samples > 0:
+        dataset = dataset.compose(lambda source: itertools.islice(source, skip_samples, None))
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
     dataset = dataset.decode("pill")
@@ -123,3 +136,45 @@ def batches_per_worker(samples: int, batch_size: int, world_size: int = 1, worke
     """Batches each data-loader worker yields per epoch so that one epoch covers ``samples`` once."""
     total = max(1, samples // (batch_size * max(1, world_size)))
     return max(1, math.ceil(total / max(1, workers)))
+
+
+class EpochStream(torch.utils.data.IterableDataset):
+    """The training stream, one epoch per ``iter()``: epoch ``e`` is shuffled with seed
+    ``(seed, e)``, and a stream made to resume mid-epoch skips the batches already trained on.
+
+    Every call to ``iter()`` (one per epoch, in each data-loader worker) starts the next epoch,
+    counting from ``start_epoch``; the first one skips ``skip_batches`` global batches (spread
+    over the workers in the data loader's round-robin order). Together with per-sample
+    augmentation seeds this makes a run resumed from a mid-epoch checkpoint see exactly the
+    batches the uninterrupted run saw.
+
+    Args:
+        make_epoch: ``(seed, skip_samples) -> iterable of batches`` (endless) for one worker.
+        batches_per_worker: Batches each worker yields per epoch.
+        batch_size: Samples per batch.
+        seed: Base seed.
+        start_epoch: The epoch of the first ``iter()``.
+        skip_batches: Global batches of the first epoch already consumed.
+    """
+
+    def __init__(self, make_epoch: Callable[[int, int], Any], batches_per_worker: int, batch_size: int,
+                 seed: int = 0, start_epoch: int = 0, skip_batches: int = 0, workers: int = 0) -> None:
+        super().__init__()
+        self.make_epoch, self.per_worker, self.batch_size = make_epoch, batches_per_worker, batch_size
+        self.seed, self.start_epoch, self.skip_batches = seed, start_epoch, skip_batches
+        self.workers = max(1, workers)
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return self.per_worker * self.workers
+
+    def __iter__(self) -> Any:
+        epoch = self.start_epoch + self.calls
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        skip = self.skip_batches if self.calls == 0 else 0
+        self.calls += 1
+        # The data loader takes batch i from worker i % workers: this worker's share of the skip.
+        mine = max(0, (skip - worker + workers - 1) // workers)
+        epoch_seed = zlib.crc32(f"{self.seed}:{epoch}".encode())
+        return itertools.islice(self.make_epoch(epoch_seed, mine * self.batch_size), self.per_worker - mine)

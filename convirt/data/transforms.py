@@ -66,6 +66,10 @@ class SentenceSampler:
         self.drop_probability = drop_probability
         self.random = random.Random(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Make the next call's choices a function of ``seed`` (per-sample seeding: exact resume)."""
+        self.random.seed(seed)
+
     def __call__(self, text: str) -> str:
         sentences = split_sentences(text)
         if len(sentences) <= 1:

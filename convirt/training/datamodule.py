@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from convirt.data.stream import batches_per_worker, build_batches
+from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import SentenceSampler, clean_report, image_transform_for
 from convirt.data.writer import read_manifest, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
@@ -65,24 +65,36 @@ class ShardDataModule(L.LightningDataModule):
         if train:
             # An endless training stream must give every worker at least one shard.
             workers = min(workers, len(urls) // world_size if split_by_rank else len(urls))
-        dataset = build_batches(
-            urls,
-            image_transform=transform,
-            tokenizer=self.tokenizer,
-            batch_size=hp.batch_size,
-            text_transform=SentenceSampler(hp.sentence_drop, seed=hp.seed + rank) if train else clean_report,
-            train=train,
-            shuffle_buffer=hp.shuffle_buffer,
-            # Training splits shards between ranks when there are enough; evaluation runs the
-            # whole split on every rank, so that no rank is left without batches.
-            split_by_rank=split_by_rank,
-            seed=hp.seed + rank,
-        )
-        if train:
-            samples = int(self.manifest["splits"][split]["samples"])
-            per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
-            dataset = dataset.with_epoch(per_worker).with_length(per_worker * max(1, workers))
-        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=train and workers > 0)
+        text_transform = SentenceSampler(hp.sentence_drop, seed=hp.seed + rank) if train else clean_report
+        if not train:
+            # Evaluation runs the whole split on every rank, so that no rank is left without batches.
+            dataset = build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
+                                    seed=hp.seed + rank)
+            return DataLoader(dataset, batch_size=None, num_workers=workers)
+
+        def make_epoch(seed: int, skip_samples: int) -> Any:
+            # Training splits shards between ranks when there are enough.
+            return build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
+                                 train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
+                                 seed=seed, skip_samples=skip_samples)
+
+        samples = int(self.manifest["splits"][split]["samples"])
+        per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
+        start_epoch, skip = self._resume_position()
+        if skip >= per_worker * max(1, workers):  # restored at the end of an epoch: start the next
+            start_epoch, skip = start_epoch + 1, 0
+        stream = EpochStream(make_epoch, per_worker, hp.batch_size, seed=hp.seed + rank, start_epoch=start_epoch,
+                             skip_batches=skip, workers=workers)
+        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+    def _resume_position(self) -> tuple[int, int]:
+        """The epoch to start from and the batches of it already trained on (after a restore)."""
+        if self.trainer is None:
+            return 0, 0
+        # `ready` counts the batches of the current epoch that reached the training step; a step
+        # checkpoint is written at the end of that step, so all of them were trained on.
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return int(self.trainer.current_epoch), int(progress.ready)
 
     def _has(self, split: str) -> bool:
         return int(self.manifest.get("splits", {}).get(split, {}).get("samples", 0)) > 0

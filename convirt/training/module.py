@@ -86,6 +86,7 @@ class ContrastiveModule(L.LightningModule):
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size)
@@ -189,6 +190,22 @@ class ContrastiveModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Random state of this process (dropout), so that a resumed run continues the same stream.
+        checkpoint["convirt_rng"] = {"cpu": torch.get_rng_state(),
+                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("convirt_rng")
+        self._pending_rng = (state["cpu"], list(state["cuda"])) if state else None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored at the first step, after the data loader has drawn its worker seeds, as in
+        # the uninterrupted run at this point.
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
     def on_train_start(self) -> None:
         for tower in self.locked:  # a locked trunk keeps its batch-norm statistics and skips dropout
             locked_trunk(self.model, tower).eval()
@@ -246,7 +263,7 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
     torch.set_rng_state(state[0])
-    if state[1]:
+    if state[1] and torch.cuda.is_available() and len(state[1]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state[1])
 
 
