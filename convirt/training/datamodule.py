@@ -96,6 +96,10 @@ class ShardDataModule(L.LightningDataModule):
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
         return int(self.trainer.current_epoch), int(progress.ready)
 
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Any split, read once in order with evaluation preprocessing."""
+        return self._loader(split, train=False)
+
     def _has(self, split: str) -> bool:
         return int(self.manifest.get("splits", {}).get(split, {}).get("samples", 0)) > 0
 

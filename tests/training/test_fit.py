@@ -73,3 +73,22 @@ def test_validation_logs_recall_at_k(phantom_shards, tiny_text_model, tmp_path):
     metrics = trainer.callback_metrics
     assert {"val/i2t_R@1", "val/i2t_R@5", "val/i2t_R@10", "val/t2i_R@10", "val/loss"} <= set(metrics)
     assert 0 <= float(metrics["val/i2t_R@1"]) <= float(metrics["val/i2t_R@10"]) <= 1
+
+
+def test_zero_shot_callback_logs_auroc_during_training(phantom_shards, tiny_text_model, tmp_path):
+    import pytest
+
+    from convirt.training.callbacks import ZeroShotEvaluation
+
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    callback = ZeroShotEvaluation("phantom", every_n_steps=2, split="test", max_batches=2)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        limit_val_batches=0, callbacks=[callback])
+    trainer.fit(module, datamodule=data)
+    assert "zeroshot/mean_auroc" in trainer.callback_metrics and "zeroshot/Edema" in trainer.callback_metrics
+    assert module.model.training  # train mode restored after the evaluation
+    with pytest.raises(ValueError, match="unknown descriptor set 'nope'"):
+        ZeroShotEvaluation("nope")
