@@ -206,8 +206,11 @@ class ContrastiveModule(L.LightningModule):
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
 
-    def on_train_start(self) -> None:
-        for tower in self.locked:  # a locked trunk keeps its batch-norm statistics and skips dropout
+    def on_fit_start(self) -> None:
+        # Hugging Face towers load in eval mode; train them as trained (dropout on), except a
+        # locked trunk, which keeps its batch-norm statistics and skips dropout.
+        self.model.train()
+        for tower in self.locked:
             locked_trunk(self.model, tower).eval()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
