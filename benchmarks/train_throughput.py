@@ -84,21 +84,14 @@ def lightning_step_times(model_name: str, batches: list[dict]) -> list[float]:
 def bare_step_times(model_name: str, batches: list[dict]) -> list[float]:
     """The same step without Lightning: forward, loss, backward, clipping, AdamW, schedule, clamp."""
     from convirt.losses import create_loss
-    from convirt.training.module import MAX_LOGIT_SCALE
+    from convirt.training.module import MAX_LOGIT_SCALE, parameter_groups
 
     module = make_module(model_name)
     module.loss_fn = create_loss(module.loss_name)
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
-    # configure_optimizers reads the trainer for the schedule length; build the same groups here.
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in module.model.named_parameters():
-        if param.requires_grad:
-            in_tower = name.startswith(("visual.trunk.", "text.transformer."))
-            no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
-            groups.setdefault((in_tower, no_decay), []).append(param)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": 1e-4 if t else 3e-4, "weight_decay": 0.0 if n else 0.05}
-                                   for (t, n), p in groups.items()], betas=(0.9, 0.98), eps=1e-6)
+    # configure_optimizers reads the trainer for the schedule length: same groups, short warm-up.
+    optimizer = torch.optim.AdamW(parameter_groups(module.model, 3e-4, 1e-4, 0.05), betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 5))
     times = []
     for batch in batches:

@@ -219,19 +219,8 @@ class ContrastiveModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp: Any = self.hparams
-        tower_lr = hp.tower_learning_rate or hp.learning_rate
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            in_tower = name.startswith(("visual.trunk.", "text.transformer."))
-            no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
-            groups.setdefault((in_tower, no_decay), []).append(param)
-        param_groups = [
-            {"params": params, "lr": tower_lr if in_tower else hp.learning_rate,
-             "weight_decay": 0.0 if no_decay else hp.weight_decay}
-            for (in_tower, no_decay), params in groups.items()
-        ]
+        param_groups = parameter_groups(self.model, hp.learning_rate, hp.tower_learning_rate or hp.learning_rate,
+                                        hp.weight_decay)
         optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.98), eps=1e-6)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(hp.warmup_steps, total // 2)
@@ -244,6 +233,22 @@ class ContrastiveModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def parameter_groups(model: nn.Module, learning_rate: float, tower_learning_rate: float, weight_decay: float
+                     ) -> list[dict[str, Any]]:
+    """AdamW groups: pretrained trunks at ``tower_learning_rate``, heads at ``learning_rate``; no
+    weight decay on norms, biases and the logit scale / bias. Frozen parameters are left out."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        in_tower = name.startswith(("visual.trunk.", "text.transformer."))
+        no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
+        groups.setdefault((in_tower, no_decay), []).append(param)
+    return [{"params": params, "lr": tower_learning_rate if in_tower else learning_rate,
+             "weight_decay": 0.0 if no_decay else weight_decay}
+            for (in_tower, no_decay), params in groups.items()]
 
 
 def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)

@@ -38,26 +38,26 @@ def _check(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def auroc(labels: Any, scores: Any, name: str = "") -> float:
     """Area under the ROC curve; NaN (with a warning) when the labels hold one class."""
-    y, s = _check(labels, scores)
-    if not _two_classes(y):
-        _warn_undefined(name, y)
-        return NAN
-    return float(roc_auc_score(y, s))
+    return _ranking_metric(roc_auc_score, labels, scores, name)
 
 
 def auprc(labels: Any, scores: Any, name: str = "") -> float:
     """Area under the precision-recall curve (average precision); NaN with one class only."""
+    return _ranking_metric(average_precision_score, labels, scores, name)
+
+
+def _ranking_metric(metric: Callable[..., Any], labels: Any, scores: Any, name: str) -> float:
     y, s = _check(labels, scores)
     if not _two_classes(y):
         _warn_undefined(name, y)
         return NAN
-    return float(average_precision_score(y, s))
+    return float(metric(y, s))
 
 
 def _warn_undefined(name: str, labels: np.ndarray) -> None:
     what = "no positives" if int(labels.sum()) == 0 else "no negatives"
     warnings.warn(f"{name or 'finding'}: {what} among {labels.size} samples; its metrics are NaN and left out "
-                  "of means", UndefinedMetricWarning, stacklevel=3)
+                  "of means", UndefinedMetricWarning, stacklevel=4)
 
 
 def youden_threshold(labels: Any, scores: Any) -> float:
