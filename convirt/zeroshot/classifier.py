@@ -84,12 +84,13 @@ class ZeroShotClassifier:
         return self.predict_features(features)
 
     def saliency(self, image: torch.Tensor, finding: str) -> torch.Tensor:
-        """``(H, W)`` Grad-CAM map in ``[0, 1]`` of one preprocessed ``(3, H, W)`` image for a finding.
+        """``(H, W)`` saliency map in ``[0, 1]`` of one preprocessed ``(3, H, W)`` image for a finding.
 
         The score explained is the finding's zero-shot logit: similarity to its positive prompts
         minus similarity to its negative ones (averaged over observations for descriptors).
+        CNN towers: Grad-CAM on the last convolution; ViT towers: the patch-similarity map.
         """
-        from convirt.zeroshot.saliency import gradcam
+        from convirt.zeroshot.saliency import gradcam, is_vit_tower, patch_similarity
 
         names = self.descriptors.finding_names
         if finding not in names:
@@ -97,6 +98,8 @@ class ZeroShotClassifier:
         index = names.index(finding)
         rows = [j for j, owner in enumerate(self.owner) if owner == index]
         direction = (self.positive[rows] - self.negative[rows]).mean(dim=0)
+        if is_vit_tower(self.model):
+            return patch_similarity(self.model, image.to(self.device), direction.to(self.device)).cpu()
         return gradcam(self.model, image.to(self.device), direction.to(self.device)).cpu()
 
     def predict_features(self, image_features: torch.Tensor) -> ZeroShotOutput:

@@ -68,3 +68,30 @@ def gradcam(model: Any, image: torch.Tensor, direction: torch.Tensor, layer: nn.
     cam = F.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     top = cam.max()
     return cam / top if top > 0 else cam
+
+
+def is_vit_tower(model: Any) -> bool:
+    """Whether the image tower is a timm vision transformer (patch tokens, no conv feature map)."""
+    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    return trunk is not None and hasattr(trunk, "patch_embed") and hasattr(trunk, "forward_features")
+
+
+@torch.no_grad()
+def patch_similarity(model: Any, image: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Patch-similarity map of a ViT tower: each patch token, projected like the pooled one,
+    scored against ``direction``; ``(H, W)`` in ``[0, 1]`` (positive part, scaled by its maximum).
+
+    Raises:
+        ValueError: The image tower is not a timm ViT.
+    """
+    if not is_vit_tower(model):
+        raise ValueError("patch similarity needs a timm ViT image tower")
+    batch = image.unsqueeze(0) if image.ndim == 3 else image
+    trunk, head = model.visual.trunk, model.visual.head
+    tokens = trunk.forward_features(batch)[0, getattr(trunk, "num_prefix_tokens", 1):]
+    height, width = trunk.patch_embed.grid_size
+    projected = F.normalize(head(tokens).float(), dim=-1)
+    scores = (projected @ direction.float()).reshape(1, 1, height, width)
+    heat = F.interpolate(F.relu(scores), size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    top = heat.max()
+    return heat / top if top > 0 else heat

@@ -23,3 +23,25 @@ def test_predict_images_and_saliency_with_a_real_tower(tiny_checkpoint, method):
         classifier.saliency(images[0], "Oedema")
     with pytest.raises(ValueError, match="images must be"):
         classifier.predict(images[0])
+
+
+def test_vit_towers_get_a_patch_similarity_map(tiny_text_model):
+    from convirt.models import create_model, create_tokenizer
+    from convirt.zeroshot.saliency import is_vit_tower, patch_similarity
+
+    model = create_model("test-tiny-vit", pretrained=False, text_model_path=tiny_text_model).eval()
+    tokenizer = create_tokenizer("test-tiny-vit", text_model_path=tiny_text_model)
+    assert is_vit_tower(model)
+    classifier = ZeroShotClassifier(model, tokenizer, load_descriptors("phantom"), Method.NAMES)
+    torch.manual_seed(0)
+    image = torch.randn(3, 160, 160)
+    heat = classifier.saliency(image, "Cardiomegaly")
+    assert heat.shape == (160, 160) and 0 <= float(heat.min()) and float(heat.max()) <= 1
+    # a direction along one patch's projected token lights that patch up most
+    trunk = model.visual.trunk
+    with torch.no_grad():
+        tokens = trunk.forward_features(image.unsqueeze(0))[0, trunk.num_prefix_tokens:]
+        target = torch.nn.functional.normalize(model.visual.head(tokens[0]), dim=-1)
+    heat = patch_similarity(model, image, target)
+    patch = trunk.patch_embed.patch_size[0]
+    assert float(heat[:patch, :patch].mean()) > 0.6 * float(heat.max())
