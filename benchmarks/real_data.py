@@ -57,9 +57,15 @@ def train(seed: int, work: Path, shards: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     start = time.perf_counter()
+    (run / "commit.txt").write_text(_commit() + "\n")
     convirt("fit", "--config", str(path))
     (run / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
     return checkpoint
+
+
+def _commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
 
 
 def baseline(work: Path, pretrained: bool, seed: int = 0) -> Path:
@@ -147,6 +153,10 @@ def main() -> None:
     zero = {name: [zeroshot(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     probes = {name: [probe(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
 
+    trained_at = sorted({(work / f"seed-{seed}" / "commit.txt").read_text().strip()
+                         for seed in args.seeds if (work / f"seed-{seed}" / "commit.txt").is_file()})
+    minutes = [float((work / f"seed-{seed}" / "train_seconds.txt").read_text()) / 60 for seed in args.seeds
+               if (work / f"seed-{seed}" / "train_seconds.txt").is_file()]
     lines = [
         "## Real data: image-to-image search on NIH ChestX-ray14 (cxr-eval)",
         "",
@@ -155,7 +165,9 @@ def main() -> None:
         "(30 epochs on the 407 training images of ../shared/data/covid-pairs). Evaluation: the 476 NIH images of "
         "../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact (Flat) index, "
         "label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
-        "Mean ± standard deviation over seeds where there are several.",
+        "Mean ± standard deviation over seeds where there are several. "
+        f"Checkpoints trained with the code of commit(s) {', '.join(trained_at) or 'unknown'}, "
+        f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine; evaluated at commit {_commit()}.",
         "",
         "| model | seeds | precision@5 | mAP@5 | kNN (10) AUROC, Pneumonia |",
         "|---|---:|---:|---:|---:|",
