@@ -49,6 +49,8 @@ class ContrastiveModule(L.LightningModule):
         lock_text_tower: The same for the text trunk.
         gradient_checkpointing: Recompute tower activations in the backward pass instead of
             storing them (less memory, about a third more compute).
+        text_dropout: Train the text trunk with its dropout on (its pretraining setting); off
+            runs the text trunk in eval mode while its weights train.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class ContrastiveModule(L.LightningModule):
         lock_image_tower: bool = False,
         lock_text_tower: bool = False,
         gradient_checkpointing: bool = False,
+        text_dropout: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -212,6 +215,8 @@ class ContrastiveModule(L.LightningModule):
         self.model.train()
         for tower in self.locked:
             locked_trunk(self.model, tower).eval()
+        if not self.hparams["text_dropout"] and "text" not in self.locked:
+            locked_trunk(self.model, "text").eval()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():

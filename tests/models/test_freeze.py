@@ -62,4 +62,8 @@ def test_locked_trunk_trains_in_eval_mode_and_checkpointing_runs(phantom_shards,
                         limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert not module.model.visual.trunk.training
+    assert module.model.text.transformer.training  # Hugging Face towers load in eval mode: trained in train mode
     assert all(torch.equal(p, trunk[n]) for n, p in module.model.visual.trunk.named_parameters())
+    quiet = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, text_dropout=False)
+    quiet.on_fit_start()
+    assert not quiet.model.text.transformer.training and quiet.model.visual.trunk.training
