@@ -51,6 +51,9 @@ class ContrastiveModule(L.LightningModule):
             storing them (less memory, about a third more compute).
         text_dropout: Train the text trunk with its dropout on (its pretraining setting); off
             runs the text trunk in eval mode while its weights train.
+        local_loss: With several ranks, compute each rank's rows of the loss against the
+            gathered features (less memory; same gradients once DDP averages them) instead of
+            the full global matrix on every rank (``clip`` loss).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ContrastiveModule(L.LightningModule):
         lock_text_tower: bool = False,
         gradient_checkpointing: bool = False,
         text_dropout: bool = True,
+        local_loss: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,7 +96,8 @@ class ContrastiveModule(L.LightningModule):
         self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
-        self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size)
+        self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size,
+                                   local_loss=bool(self.hparams["local_loss"]))
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised features ``(B, D)`` of images ``(B, 3, H, W)`` and token ids ``(B, L)``."""

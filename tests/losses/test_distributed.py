@@ -30,8 +30,9 @@ def _loss_and_grads(name, rank, world_size, rows):
     image_tower, text_tower, scale, bias, (images, texts), groups = _towers()
     image_features = F.normalize(image_tower(images[rows]), dim=1)
     text_features = F.normalize(text_tower(texts[rows]), dim=1)
-    loss_fn = create_loss(name, rank=rank, world_size=world_size)
-    if name == "clip":
+    local = name == "clip-local"  # each rank's rows against the gathered columns
+    loss_fn = create_loss("clip" if local else name, rank=rank, world_size=world_size, local_loss=local)
+    if name in ("clip", "clip-local"):
         loss = loss_fn(image_features, text_features, scale.exp())
     elif name == "siglip":
         loss = loss_fn(image_features, text_features, scale.exp(), bias)
@@ -42,7 +43,7 @@ def _loss_and_grads(name, rank, world_size, rows):
     return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-LOSSES = ("clip", "siglip", "convirt")
+LOSSES = ("clip", "clip-local", "siglip", "convirt")
 
 
 def _worker(rank, port, out):
