@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -49,6 +50,9 @@ class ShardDataModule(L.LightningDataModule):
         self.tokenizer: Any = None
 
     def setup(self, stage: str | None = None) -> None:
+        # The training stream resumes mid-epoch by itself (see EpochStream); Lightning, which
+        # only knows stateful data loaders, would warn otherwise.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         hp: Any = self.hparams
         self.manifest = read_manifest(hp.shards)
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
