@@ -51,7 +51,8 @@ def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
     from convirt.data.writer import file_sha256
     from convirt.models.factory import get_model_config
 
-    config = None if loaded.model_name.startswith(("hf-hub:", "local-dir:")) else get_model_config(loaded.model_name)
+    config = None if loaded.model_name.startswith(("hf-hub:", "local-dir:", "open_clip:")) \
+        else get_model_config(loaded.model_name)
     return {"model_name": loaded.model_name, "checkpoint": loaded.checkpoint,
             "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": loaded.embed_dim,
             "model_config": config}

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> None:
     from convirt.models.export import export_open_clip
 
     loaded = load_checkpoint(args.checkpoint)
-    if loaded.model_name.startswith(("hf-hub:", "local-dir:")):
+    if loaded.model_name.startswith(("hf-hub:", "local-dir:", "open_clip:")):
         raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
     folder = export_open_clip(loaded.model, loaded.model_name, loaded.tokenizer, args.output,
                               provenance=model_fingerprint(loaded))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from convirt.models.factory import create_model, create_tokenizer, get_model_config
+from convirt.models.factory import create_model, create_tokenizer, embed_dim_of
 
 # The training module keeps its dual encoder under this attribute name.
 MODEL_PREFIX = "model."
@@ -58,5 +58,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model_name=hparams["model_name"],
         text_model_path=text_model_path,
         checkpoint=str(path),
-        embed_dim=int(get_model_config(hparams["model_name"])["model_cfg"]["embed_dim"]),
+        embed_dim=embed_dim_of(hparams["model_name"]),
     )

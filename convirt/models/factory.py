@@ -27,7 +27,17 @@ from convirt.models.pretrained import (
 )
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
-_SCHEMAS = ("hf-hub:", "local-dir:")
+OPEN_CLIP = "open_clip:"
+_SCHEMAS = ("hf-hub:", "local-dir:", OPEN_CLIP)
+
+
+def _open_clip_name(name: str) -> tuple[str, str | None]:
+    """``open_clip:ARCH[@TAG]`` -> ``(ARCH, TAG)``; the architecture must be one of open_clip's."""
+    arch, _, tag = name[len(OPEN_CLIP):].partition("@")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {arch!r} in {name!r}; see open_clip.list_models() "
+                         "(e.g. 'open_clip:ViT-B-32@laion2b_s34b_b79k')")
+    return arch, tag or None
 
 
 def _scan_configs() -> dict[str, dict[str, Any]]:
@@ -62,11 +72,24 @@ def get_model_config(name: str) -> dict[str, Any]:
 
 def get_preprocess_cfg(name: str) -> dict[str, Any]:
     """Image preprocessing of a model: ``size``, ``mean``, ``std``."""
+    if name.startswith(OPEN_CLIP):
+        arch, tag = _open_clip_name(name)
+        vision = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {})
+        tagged = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
+        return {"size": vision.get("image_size", 224), "mean": tagged.get("mean", open_clip.OPENAI_DATASET_MEAN),
+                "std": tagged.get("std", open_clip.OPENAI_DATASET_STD)}
     if name.startswith(_SCHEMAS):
         return dict(open_clip.get_model_preprocess_cfg(create_model(name)))
     config = get_model_config(name)
     size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
     return {"size": size, **config.get("preprocess_cfg", {})}
+
+
+def embed_dim_of(name: str) -> int:
+    """The embedding dimension of a registry or ``open_clip:`` model (from its config)."""
+    if name.startswith(OPEN_CLIP):
+        return int((open_clip.get_model_config(_open_clip_name(name)[0]) or {})["embed_dim"])
+    return int(get_model_config(name)["model_cfg"]["embed_dim"])
 
 
 def create_model(
@@ -78,8 +101,10 @@ def create_model(
     """Create a dual encoder with ``encode_image`` / ``encode_text`` and its own ``logit_scale``.
 
     Args:
-        name: A registry name (see :func:`list_models`), or an open_clip ``hf-hub:`` /
-            ``local-dir:`` name, which loads the whole model with its weights.
+        name: A registry name (see :func:`list_models`); an open_clip ``hf-hub:`` /
+            ``local-dir:`` name, which loads the whole model with its weights; or
+            ``open_clip:ARCH[@TAG]``, one of open_clip's own architectures with, when
+            ``pretrained``, the weights of that tag (e.g. ``open_clip:ViT-B-32@openai``).
         pretrained: Load pretrained tower weights (ignored for ``hf-hub:`` / ``local-dir:``).
         text_model_path: Local Hugging Face model folder that replaces the config's text model.
         image_weights_path: Local state-dict file for the image tower.
@@ -89,6 +114,12 @@ def create_model(
         PretrainedUnavailableError: Weights could not be loaded; the message says how to load
             them from a local path.
     """
+    if name.startswith(OPEN_CLIP):
+        arch, tag = _open_clip_name(name)
+        try:
+            return open_clip.create_model(arch, pretrained=tag if pretrained else None)
+        except (OSError, RuntimeError) as error:
+            raise PretrainedUnavailableError(f"{offline_hint(name)} ({error})") from error
     if name.startswith(_SCHEMAS):
         try:
             return open_clip.create_model(name)
@@ -128,6 +159,8 @@ def create_model(
 
 def create_tokenizer(name: str, text_model_path: str | None = None) -> Any:
     """Return the tokenizer of a model: a callable from a list of texts to a ``(N, L)`` long tensor."""
+    if name.startswith(OPEN_CLIP):
+        return open_clip.get_tokenizer(_open_clip_name(name)[0])
     if name.startswith(_SCHEMAS):
         return open_clip.get_tokenizer(name)
     text_cfg = get_model_config(name)["model_cfg"]["text_cfg"]

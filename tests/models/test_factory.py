@@ -112,3 +112,21 @@ def test_masked_max_pooler_ignores_padding():
     hidden = torch.tensor([[[1.0, -5.0], [3.0, -1.0], [9.0, 9.0]]])  # the last token is padding
     pooled = MaskedMaxPooler()(SimpleNamespace(last_hidden_state=hidden), torch.tensor([[1, 1, 0]]))
     assert pooled.tolist() == [[3.0, -1.0]]
+
+
+def test_open_clip_architectures_by_name_and_tag(monkeypatch):
+    from convirt.models import get_preprocess_cfg
+    from convirt.models.factory import embed_dim_of
+
+    model = create_model("open_clip:RN50", pretrained=False).eval()
+    tokenizer = create_tokenizer("open_clip:RN50@openai")
+    with torch.no_grad():
+        image = model.encode_image(torch.randn(1, 3, 224, 224), normalize=True)
+        text = model.encode_text(tokenizer(["no pleural effusion"]), normalize=True)
+    assert embed_dim_of("open_clip:RN50") == 1024 and image.shape == text.shape == (1, 1024)
+    assert get_preprocess_cfg("open_clip:RN50@openai")["size"] == 224
+    with pytest.raises(ValueError, match="unknown open_clip architecture 'RN5'"):
+        create_model("open_clip:RN5")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="Load from a local folder instead"):
+        create_model("open_clip:RN50@openai", pretrained=True)
