@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-MODALITIES = ("image", "text")
+from convirt.embeddings.encode import MODALITIES, encode_batch
 
 
 class FeatureSink(Protocol):
@@ -30,7 +30,8 @@ class FeatureSink(Protocol):
 
 
 class EncodeModule(pl.LightningModule):
-    """Wraps a model with ``encode_image`` / ``encode_text``; ``predict_step`` returns normalised features."""
+    """Wraps a model with ``encode_image`` / ``encode_text``; ``predict_step`` returns the batch's
+    normalised ``(B, D)`` float32 features as an array (:func:`convirt.embeddings.encode.encode_batch`)."""
 
     def __init__(self, model: torch.nn.Module, modality: str = "image") -> None:
         super().__init__()
@@ -39,10 +40,8 @@ class EncodeModule(pl.LightningModule):
         self.model = model
         self.modality = modality
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.modality == "image":
-            return self.model.encode_image(batch["image"], normalize=True)  # type: ignore[operator]
-        return self.model.encode_text(batch["text"], normalize=True)  # type: ignore[operator]
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
+        return encode_batch(self.model, batch, self.device, self.modality)
 
 
 class SinkWriter(BasePredictionWriter):
@@ -60,7 +59,7 @@ class SinkWriter(BasePredictionWriter):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int) -> None:
         assert self.sink is not None
-        self.sink.add_batch(prediction.float().cpu().numpy(), batch)
+        self.sink.add_batch(prediction, batch)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.sink is not None:
