@@ -141,7 +141,7 @@ def main() -> None:
         return
     shards = work / "covid-pairs-shards"
     if not (shards / "manifest.json").is_file():
-        convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2")
+        convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
 
     checkpoints: dict[str, list[tuple[Path, Path]]] = {"random init": [], "pretrained towers, untrained": [],
                                                        "trained on covid-pairs": []}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from convirt.data.sources import list_sources  # light: the readers import nothing heavy
+from convirt.data.reports import TextMode
+from convirt.data.sources import list_sources  # light: readers are imported on use
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -19,15 +21,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     phantom.set_defaults(run=run_phantom)
 
     shards = sub.add_parser("shards", help="convert an archive into WebDataset shards with a manifest")
-    shards.add_argument("--source", default="csv", help=f"archive reader: {', '.join(list_sources())}")
-    shards.add_argument("--input", required=True, help="archive path (for csv: the CSV file)")
-    shards.add_argument("--output", required=True, help="output folder")
-    shards.add_argument("--image-size", type=int, default=256, help="short side of stored images")
+    shards.add_argument("--source", default="csv", choices=list_sources(), help="archive reader")
+    shards.add_argument("--input", required=True,
+                        help="archive path: the CSV/JSONL file, NLMCXR_reports.tgz, the archive's root folder")
+    shards.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
+    shards.add_argument("--images", help="image folder where the archive keeps it apart (openi: the PNG folder)")
+    shards.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
+                        help="csv/jsonl: the column holding FIELD (image, text, patient_id, study_id, view, "
+                             "labels, source, split); repeatable")
+    shards.add_argument("--text", default="auto", choices=[mode.value for mode in TextMode],
+                        help="report text kept: auto (findings+impression, else the free text), findings, "
+                             "impression, both, longest")
+    shards.add_argument("--image-size", type=int, default=512, help="short side of stored images")
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     shards.add_argument("--val-fraction", type=float, default=0.05)
     shards.add_argument("--test-fraction", type=float, default=0.15)
     shards.add_argument("--seed", type=int, default=0, help="seed of the patient split")
-    shards.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    shards.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="image decoding processes")
+    shards.add_argument("--keep-duplicates", action="store_true", help="keep exact duplicate images")
     shards.add_argument("--strict", action="store_true", help="stop at the first unusable row")
     shards.set_defaults(run=run_shards)
 
@@ -39,15 +50,32 @@ def run_phantom(args: argparse.Namespace) -> None:
     print(f"wrote {args.num_samples} phantom samples: {path}")
 
 
+def _columns(pairs: list[str]) -> dict[str, str]:
+    columns = {}
+    for pair in pairs:
+        field, sep, name = pair.partition("=")
+        if not sep or not field or not name:
+            raise ValueError(f"--column expects FIELD=NAME, got {pair!r}")
+        columns[field] = name
+    return columns
+
+
 def run_shards(args: argparse.Namespace) -> None:
-    from convirt.data.sources import read_rows
+    from convirt.data.sources import is_text_only, read_rows
     from convirt.data.writer import write_shards
 
+    options = {"images": args.images, "columns": _columns(args.column)}
+    read_rows(args.source, args.input, **options)  # checks the input now, before any work
     manifest = write_shards(
-        read_rows(args.source, args.input), args.output, image_size=args.image_size, shard_size=args.shard_size,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, workers=args.workers,
-        strict=args.strict, command=shlex.join(["convirt", *sys.argv[1:]]),
+        lambda: read_rows(args.source, args.input, **options), args.output, image_size=args.image_size,
+        shard_size=args.shard_size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        seed=args.seed, workers=args.workers, strict=args.strict, command=shlex.join(["convirt", *sys.argv[1:]]),
+        text=args.text, text_only=is_text_only(args.source, options), drop_duplicates=not args.keep_duplicates,
+        source=args.source,
     )
     counts = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
     dropped = ", ".join(f"{reason} {n}" for reason, n in manifest["dropped"].items()) or "none"
-    print(f"wrote {manifest['samples']} samples to {args.output} ({counts}); dropped: {dropped}")
+    sections = ", ".join(f"{name} {n}" for name, n in manifest["sections"].items()) or "none"
+    kind = "text-only samples" if manifest["text_only"] else "samples"
+    print(f"read {manifest['rows_read']} rows; reports with each section: {sections}")
+    print(f"wrote {manifest['samples']} {kind} to {args.output} ({counts}); dropped: {dropped}")

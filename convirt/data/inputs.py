@@ -22,7 +22,7 @@ from convirt.data.labels import read_label_rows
 from convirt.data.schema import MANIFEST, Row
 from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
-from convirt.data.writer import shard_urls
+from convirt.data.writer import require_images, shard_urls
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -157,6 +157,7 @@ def build_input_batches(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if is_shard_folder(path):
+        require_images(path)
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
         dataset = build_batches(shard_urls(str(path), split), image_transform, tokenizer, batch_size,
                                 text_transform=text_transform, skip_keys=skip_keys, keep=keep,

@@ -37,6 +37,10 @@ class Row:
         study_id: Study (exam) identifier where known: several images can share one report.
         uncertain: Findings labelled uncertain and kept out of their metrics (CheXpert ``-1``
             under the ``ignore`` policy).
+        sections: The report cut into canonical sections (see :mod:`convirt.data.reports`), where
+            the archive or the writer did so.
+        problem: Why the reader could not use the row (``non_utf8_text``, ...); the writer drops
+            and counts it under that reason.
     """
 
     key: str
@@ -49,6 +53,8 @@ class Row:
     split: str | None = None
     study_id: str = ""
     uncertain: list[str] = field(default_factory=list)
+    sections: dict[str, str] = field(default_factory=dict)
+    problem: str = ""
 
     def metadata(self) -> dict[str, object]:
         """Return the JSON metadata stored beside the image and text."""
@@ -59,6 +65,7 @@ class Row:
             "source": self.source,
             "study_id": self.study_id,
             **({"uncertain": list(self.uncertain)} if self.uncertain else {}),
+            **({"sections": dict(self.sections)} if self.sections else {}),
         }
 
 

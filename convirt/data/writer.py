@@ -1,17 +1,21 @@
 """Rows -> WebDataset tar shards, split by patient, with a manifest.
 
 Shards are written to a temporary name and renamed when complete, so a shard that exists is
-whole; the manifest is written last, the same way.
+whole. After every shard a journal records how far the conversion got; a rerun with the same
+settings after ``kill -9`` carries on from there and writes byte-identical shards. The manifest
+is written last, the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,17 @@ from typing import Any
 import webdataset as wds
 
 from convirt.data.images import encode_jpeg, load_grayscale
+from convirt.data.reports import TextMode, drop_reason, parse_sections, parse_text_mode, select_text
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
 
 logger = logging.getLogger(__name__)
 
+FORMAT = "convirt-shards/2"
+JOURNAL = ".convirt-journal.json"
+HASHES = ".convirt-hashes"
+DROPS = "dropped.jsonl"
+# Drops logged per reason before the log goes quiet (all of them are in dropped.jsonl).
+_LOGGED_PER_REASON = 10
 
 def assign_split(patient_id: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
     """Deterministic split of a patient from a hash of its id: every image of a patient shares it."""
@@ -35,27 +46,25 @@ def assign_split(patient_id: str, val_fraction: float, test_fraction: float, see
     return "train"
 
 
-def _prepare(row: Row, image_size: int) -> tuple[Row, bytes | None, str | None]:
-    """Load and encode one row's image; return the drop reason instead when it cannot be used."""
-    if not row.text.strip():
-        return row, None, "empty_text"
-    if not row.image_path or not os.path.isfile(row.image_path):
-        return row, None, "missing_image"
+def prepare_image(path: str, image_size: int) -> tuple[bytes | None, str | None, str | None]:
+    """Load, resize and encode one image: ``(jpeg, pixel digest, None)`` or ``(None, None, reason)``.
+
+    The digest is the SHA-256 of the stored pixels: equal digests are exact duplicate images.
+    """
+    if not path or not os.path.isfile(path):
+        return None, None, "missing_image"
     try:
-        image = load_grayscale(row.image_path, image_size)
-    except (OSError, ValueError, SyntaxError):
-        return row, None, "unreadable_image"
-    return row, encode_jpeg(image), None
+        image = load_grayscale(path, image_size)
+    except ValueError as error:  # a readable file the converter refuses by name (multi-frame DICOM)
+        return None, None, f"refused_image: {error}"
+    except (OSError, SyntaxError, EOFError, AttributeError, KeyError, IndexError, TypeError):
+        return None, None, "unreadable_image"
+    digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+    return encode_jpeg(image), digest, None
 
 
-def _prepared(rows: Iterable[Row], image_size: int, workers: int) -> Iterator[tuple[Row, bytes | None, str | None]]:
-    if workers <= 1:
-        for row in rows:
-            yield _prepare(row, image_size)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        rows = list(rows)
-        yield from pool.map(_prepare, rows, [image_size] * len(rows), chunksize=16)
+def _prepare_star(arguments: tuple[str, int]) -> tuple[bytes | None, str | None, str | None]:
+    return prepare_image(*arguments)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -67,38 +76,109 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-class _SplitWriter:
-    """Writes one split's shards, ``{split}-{index:06d}.tar``, each renamed into place when full."""
+def _atomic_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
-    def __init__(self, output: Path, split: str, shard_size: int) -> None:
-        self.output, self.split, self.shard_size = output, split, shard_size
-        self.shards: list[dict[str, Any]] = []
-        self._writer: wds.TarWriter | None = None
-        self._count = 0
-        self._tmp: Path | None = None
 
-    def write(self, sample: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._tmp = self.output / f"{self.split}-{len(self.shards):06d}.tar.tmp"
-            self._writer = wds.TarWriter(str(self._tmp))
-            self._count = 0
-        self._writer.write(sample)
-        self._count += 1
-        if self._count >= self.shard_size:
-            self.close()
+class _ShardFile:
+    """One shard being filled: written under ``.tmp``, renamed into place when closed."""
 
-    def close(self) -> None:
-        if self._writer is None or self._tmp is None:
-            return
-        self._writer.close()
-        final = self._tmp.with_suffix("")
-        os.replace(self._tmp, final)
-        self.shards.append({"name": final.name, "samples": self._count, "sha256": file_sha256(final)})
-        self._writer = None
+    def __init__(self, output: Path, name: str) -> None:
+        self.final = output / name
+        self.tmp = output / (name + ".tmp")
+        # A fixed mtime makes the tar bytes a function of the samples alone (byte-identical reruns).
+        self.writer = wds.TarWriter(str(self.tmp), mtime=0.0)
+        self.samples = 0
+        self.labels: Counter[str] = Counter()
+
+    def write(self, sample: dict[str, Any], labels: Iterable[str]) -> None:
+        self.writer.write(sample)
+        self.samples += 1
+        self.labels.update(labels)
+
+    def close(self) -> dict[str, Any]:
+        self.writer.close()
+        os.replace(self.tmp, self.final)
+        return {"name": self.final.name, "samples": self.samples, "sha256": file_sha256(self.final),
+                "labels": dict(sorted(self.labels.items()))}
+
+
+RowsFactory = Callable[[], Iterable[Row]]
+
+
+def _factory(rows: Iterable[Row] | RowsFactory) -> RowsFactory:
+    """Rows that can be read once per split: a callable is called again, an iterator is kept in memory."""
+    if callable(rows):
+        return rows
+    if iter(rows) is rows:  # a one-shot iterator
+        kept = list(rows)
+        return lambda: kept
+    reusable = rows
+    return lambda: reusable
+
+
+class _Conversion:
+    """The state of one conversion, saved to the journal after every shard."""
+
+    def __init__(self, out: Path, config: dict[str, Any]) -> None:
+        self.out, self.config = out, config
+        self.split_index, self.position, self.rows_read = 0, 0, 0
+        self.total_rows: int | None = None
+        self.shards: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+        self.dropped: Counter[str] = Counter()
+        self.sections: Counter[str] = Counter()
+        self.hashes: list[str] = []
+        self.drops: list[str] = []
+
+    def load(self) -> bool:
+        """Restore from the journal; False when there is none."""
+        path = self.out / JOURNAL
+        if not path.is_file():
+            return False
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if state["config"] != self.config:
+            raise ValueError(_other_config(self.out, state["config"], self.config))
+        self.split_index, self.position, self.rows_read = state["split_index"], state["position"], state["rows_read"]
+        self.total_rows = state["total_rows"]
+        self.shards = state["shards"]
+        self.dropped, self.sections = Counter(state["dropped"]), Counter(state["sections"])
+        self.hashes = _read_lines(self.out / HASHES)[: state["hashes"]]
+        self.drops = _read_lines(self.out / DROPS)[: state["drops"]]
+        return True
+
+    def save(self) -> None:
+        """Record progress: hashes and drops first, then the journal that says how many are valid."""
+        _write_lines(self.out / HASHES, self.hashes)
+        _write_lines(self.out / DROPS, self.drops)
+        _atomic_json(self.out / JOURNAL, {
+            "config": self.config, "split_index": self.split_index, "position": self.position,
+            "rows_read": self.rows_read, "total_rows": self.total_rows, "shards": self.shards,
+            "dropped": dict(self.dropped),
+            "sections": dict(self.sections), "hashes": len(self.hashes), "drops": len(self.drops),
+        })
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _other_config(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:
+    changed = ", ".join(f"{k}: {found.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(found) | set(wanted))
+                        if found.get(k) != wanted.get(k))
+    return (f"{out} holds shards made with other settings ({changed}); write to a new --output folder, "
+            f"or delete this one to start again")
 
 
 def write_shards(
-    rows: Iterable[Row],
+    rows: Iterable[Row] | RowsFactory,
     output: str | os.PathLike[str],
     image_size: int = 256,
     shard_size: int = 1000,
@@ -109,11 +189,21 @@ def write_shards(
     strict: bool = False,
     command: str = "",
     progress: bool = True,
+    text: TextMode | str = TextMode.AUTO,
+    text_only: bool = False,
+    drop_duplicates: bool = True,
+    source: str = "",
 ) -> dict[str, Any]:
     """Write rows into ``{train,val,test}-NNNNNN.tar`` shards and ``manifest.json``.
 
+    Each split is written in turn, reading the rows once per split (pass a callable that returns
+    a fresh iterator to keep large archives out of memory). The report text is picked from its
+    sections by ``text`` (see :class:`convirt.data.reports.TextMode`). Unusable rows are dropped,
+    counted by reason in the manifest and listed in ``dropped.jsonl``. Rerunning into a folder
+    left by an interrupted run resumes it; rerunning into a finished one returns its manifest.
+
     Args:
-        rows: Rows from an archive reader.
+        rows: Rows from an archive reader, or a callable returning them.
         output: Output folder (created).
         image_size: Short side of the stored images, in pixels.
         shard_size: Samples per shard.
@@ -124,64 +214,178 @@ def write_shards(
         strict: Raise on the first row that cannot be used instead of skipping it.
         command: The command line, recorded in the manifest.
         progress: Show a progress bar.
+        text: Which report sections become the sample text.
+        text_only: Write reports without images (archives distributed without their images).
+        drop_duplicates: Drop images whose stored pixels equal an earlier image's.
+        source: Name of the archive reader, recorded in the manifest.
 
     Returns:
         The manifest (also written to ``output/manifest.json``).
 
     Raises:
-        ValueError: A row is unusable and ``strict`` is set, or no row was usable.
+        ValueError: A row is unusable and ``strict`` is set, no row was usable, or ``output``
+            holds a conversion made with other settings.
     """
-    from tqdm.auto import tqdm
-
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
     if not 0 <= val_fraction + test_fraction < 1:
         raise ValueError(f"val_fraction + test_fraction must be in [0, 1), got {val_fraction + test_fraction}")
+    mode = parse_text_mode(text)
+    config = {"source": source, "image_size": image_size, "shard_size": shard_size, "val_fraction": val_fraction,
+              "test_fraction": test_fraction, "seed": seed, "text": mode.value, "text_only": text_only,
+              "drop_duplicates": drop_duplicates, "strict": strict}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    writers = {split: _SplitWriter(out, split, shard_size) for split in SPLITS}
-    dropped: Counter[str] = Counter()
-    labels: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
-    total = 0
-    for row, jpeg, reason in tqdm(_prepared(rows, image_size, workers), desc="shards", unit="img",
-                                  disable=not progress):
-        total += 1
-        if reason is not None or jpeg is None:
-            reason = reason or "unreadable_image"
-            if strict:
-                raise ValueError(f"{reason.replace('_', ' ')}: {row.image_path or row.key} (row {row.key})")
-            logger.warning("skipping %s: %s", row.key, reason)
-            dropped[reason] += 1
-            continue
-        split = row.split if row.split in SPLITS else assign_split(row.patient_id, val_fraction, test_fraction, seed)
-        writers[split].write({KEY: row.key, IMAGE: jpeg, TEXT: row.text, META: row.metadata()})
-        labels[split].update(row.labels)
-    for writer in writers.values():
-        writer.close()
-    written = sum(shard["samples"] for writer in writers.values() for shard in writer.shards)
+    if (out / MANIFEST).is_file():
+        done = read_manifest(out)
+        if done.get("config") != config:
+            raise ValueError(_other_config(out, done.get("config") or {}, config))
+        logger.info("%s is already complete", out)
+        return done
+    state = _Conversion(out, config)
+    if state.load():
+        logger.warning("resuming the conversion in %s at %s row %d", out, SPLITS[state.split_index], state.position)
+    for stale in out.glob("*.tmp"):
+        stale.unlink()
+    make_rows = _factory(rows)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and not text_only else None
+    try:
+        while state.split_index < len(SPLITS):
+            _write_split(state, make_rows, mode, workers, pool, progress, strict)
+            state.split_index, state.position = state.split_index + 1, 0
+            state.save()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return _finish(state, command)
+
+
+def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, workers: int,
+                 pool: ProcessPoolExecutor | None, progress: bool, strict: bool) -> None:
+    """Write one split's shards, from the journal's position on."""
+    from tqdm.auto import tqdm
+
+    config, split = state.config, SPLITS[state.split_index]
+    source = make_rows()
+    total = len(source) if isinstance(source, Sized) else state.total_rows
+    rows = itertools.islice(iter(source), state.position, None)
+    bar = tqdm(total=total, initial=state.position, desc=f"{split} shards", unit="row", disable=not progress)
+    seen = set(state.hashes)
+    logged: Counter[str] = Counter(dict(state.dropped))
+
+    def drop(row: Row, reason: str) -> None:
+        if strict:
+            where = row.image_path or row.key
+            raise ValueError(f"{reason.replace('_', ' ')}: {where} (row {row.key}); "
+                             f"rerun without --strict to skip and count such rows")
+        state.dropped[reason] += 1
+        state.drops.append(json.dumps({"key": row.key, "path": row.image_path, "split": split, "reason": reason}))
+        logged[reason] += 1
+        if logged[reason] <= _LOGGED_PER_REASON:
+            logger.warning("skipping %s (%s): %s%s", row.key, row.image_path or "no image", reason,
+                           "; further rows dropped for this reason are listed in dropped.jsonl"
+                           if logged[reason] == _LOGGED_PER_REASON else "")
+
+    def candidates(need: int) -> list[Row]:
+        """The next ``need`` rows of this split that have usable text."""
+        found: list[Row] = []
+        while len(found) < need:
+            row = next(rows, None)
+            if row is None:
+                break
+            state.position += 1
+            bar.update(1)
+            row_split = row.split if row.split in SPLITS else assign_split(
+                row.patient_id, config["val_fraction"], config["test_fraction"], config["seed"])
+            if row_split != split:
+                continue
+            state.rows_read += 1
+            sections = row.sections or parse_sections(row.text)
+            state.sections.update(sections.keys())
+            if row.problem:
+                drop(row, row.problem)
+            elif not sections and not row.text.strip():
+                drop(row, "empty_report")
+            elif not (chosen := select_text(sections, mode)):
+                drop(row, drop_reason(mode))
+            else:
+                found.append(dataclasses.replace(row, text=chosen, sections=sections))
+        return found
+
+    shard: _ShardFile | None = None
+    while True:
+        need = config["shard_size"] - (shard.samples if shard else 0)
+        batch = candidates(need)
+        if not batch:
+            break
+        if config["text_only"]:
+            prepared: Iterable[tuple[bytes | None, str | None, str | None]] = [(None, None, None)] * len(batch)
+        else:
+            jobs = [(row.image_path, config["image_size"]) for row in batch]
+            prepared = pool.map(_prepare_star, jobs, chunksize=max(1, len(jobs) // (4 * workers))) if pool \
+                else map(_prepare_star, jobs)
+        for row, (jpeg, digest, reason) in zip(batch, prepared):
+            if reason is not None:
+                drop(row, reason.split(":")[0] if not strict else reason)
+                continue
+            if digest is not None and config["drop_duplicates"]:
+                if digest in seen:
+                    drop(row, "duplicate_image")
+                    continue
+                seen.add(digest)
+                state.hashes.append(digest)
+            if shard is None:
+                shard = _ShardFile(state.out, f"{split}-{len(state.shards[split]):06d}.tar")
+            sample: dict[str, Any] = {KEY: row.key, TEXT: row.text.encode("utf-8"),
+                                      META: json.dumps(row.metadata(), sort_keys=True).encode("utf-8")}
+            if jpeg is not None:
+                sample[IMAGE] = jpeg
+            shard.write(sample, row.labels)
+        if shard is not None and shard.samples >= config["shard_size"]:
+            state.shards[split].append(shard.close())
+            shard = None
+            state.save()
+    if shard is not None:
+        state.shards[split].append(shard.close())
+    state.total_rows = state.position
+    bar.close()
+
+
+def _finish(state: _Conversion, command: str) -> dict[str, Any]:
+    written = sum(shard["samples"] for shards in state.shards.values() for shard in shards)
     if written == 0:
-        raise ValueError(
-            f"no usable samples: {total} rows read, all dropped ({dict(dropped) or 'no rows in the input'})"
-        )
+        raise ValueError(f"no usable samples: {state.rows_read} rows read, all dropped "
+                         f"({dict(state.dropped) or 'no rows in the input'})")
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        labels: Counter[str] = Counter()
+        for shard in state.shards[split]:
+            labels.update(shard["labels"])
+        splits[split] = {
+            "samples": sum(shard["samples"] for shard in state.shards[split]),
+            "shards": [{k: v for k, v in shard.items() if k != "labels"} for shard in state.shards[split]],
+            "labels": dict(sorted(labels.items())),
+        }
     manifest: dict[str, Any] = {
-        "format": "convirt-shards/1",
-        "image_size": image_size,
-        "rows_read": total,
+        "format": FORMAT,
+        "source": state.config["source"],
+        "image_size": state.config["image_size"],
+        "text_only": state.config["text_only"],
+        "rows_read": state.rows_read,
         "samples": written,
-        "dropped": dict(sorted(dropped.items())),
-        "splits": {
-            split: {
-                "samples": sum(shard["samples"] for shard in writers[split].shards),
-                "shards": writers[split].shards,
-                "labels": dict(sorted(labels[split].items())),
-            }
-            for split in SPLITS
-        },
+        "dropped": dict(sorted(state.dropped.items())),
+        "sections": dict(sorted(state.sections.items())),
+        "splits": splits,
+        "config": state.config,
         "command": command,
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    _atomic_json(state.out / MANIFEST, manifest)
+    for name in (JOURNAL, HASHES):
+        (state.out / name).unlink(missing_ok=True)
+    if not state.drops:
+        (state.out / DROPS).unlink(missing_ok=True)
     return manifest
 
 
@@ -213,3 +417,18 @@ def shard_urls(shards: str | os.PathLike[str], split: str) -> list[str]:
         raise ValueError(f"split {split!r} of {shards} has no samples (counts: "
                          f"{ {s: manifest['splits'][s]['samples'] for s in SPLITS} })")
     return [str(Path(shards) / entry["name"]) for entry in entries]
+
+
+def require_images(shards: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a shard folder whose samples have images (the pair loader needs them).
+
+    Raises:
+        ValueError: The folder holds text-only samples; the message says how to add the images.
+    """
+    manifest = read_manifest(shards)
+    if manifest.get("text_only"):
+        raise ValueError(
+            f"{shards} holds text-only samples (source {manifest.get('source') or '?'} converted without its "
+            f"images): image-text batches need images; rerun `convirt shards` with --images pointing at the "
+            f"archive's image folder")
+    return manifest

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import SentenceSampler, clean_report, image_transform_for
-from convirt.data.writer import read_manifest, shard_urls
+from convirt.data.writer import require_images, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 
 
@@ -54,7 +54,7 @@ class ShardDataModule(L.LightningDataModule):
         # only knows stateful data loaders, would warn otherwise.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         hp: Any = self.hparams
-        self.manifest = read_manifest(hp.shards)
+        self.manifest = require_images(hp.shards)
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
         self.preprocess = get_preprocess_cfg(hp.model_name)
 

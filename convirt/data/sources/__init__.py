@@ -1,28 +1,62 @@
-"""Archive readers: each turns one archive layout into :class:`convirt.data.schema.Row` objects."""
+"""Archive readers: each turns one archive layout into :class:`convirt.data.schema.Row` objects.
+
+A reader is ``read(path, **options) -> Iterator[Row]``; it checks its input when called and
+yields rows lazily, in a deterministic order (the shard writer reads an archive once per split).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from convirt.data.schema import Row
-from convirt.data.sources.csv import read_csv_rows
 
-SOURCES: dict[str, Callable[..., Iterator[Row]]] = {
-    "csv": read_csv_rows,
+# name -> (module, function, options it accepts). Modules are imported on use.
+_READERS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "csv": ("convirt.data.sources.csv", "read_csv_rows", frozenset({"columns"})),
+    "jsonl": ("convirt.data.sources.csv", "read_jsonl_rows", frozenset({"columns"})),
+    "openi": ("convirt.data.sources.openi", "read_openi_rows", frozenset({"images"})),
 }
 
 
 def list_sources() -> list[str]:
     """Names accepted by ``convirt shards --source``."""
-    return sorted(SOURCES)
+    return sorted(_READERS)
 
 
-def read_rows(source: str, path: str) -> Iterator[Row]:
-    """Read the rows of an archive with the reader named ``source``.
+def get_reader(source: str) -> Callable[..., Iterator[Row]]:
+    """The reader function of a source.
 
     Raises:
         ValueError: Unknown source; the message lists the known ones.
     """
-    if source not in SOURCES:
+    if source not in _READERS:
         raise ValueError(f"unknown source {source!r}; known: {', '.join(list_sources())}")
-    return SOURCES[source](path)
+    module, function, _ = _READERS[source]
+    reader: Callable[..., Iterator[Row]] = getattr(importlib.import_module(module), function)
+    return reader
+
+
+def read_rows(source: str, path: str, **options: Any) -> Iterator[Row]:
+    """Read the rows of an archive with the reader named ``source``.
+
+    Options a source does not take (``images`` for ``csv``, ``columns`` for ``openi``) are an
+    error, not silently ignored.
+
+    Raises:
+        ValueError: Unknown source, or an option the source does not accept.
+    """
+    reader = get_reader(source)
+    accepted = _READERS[source][2]
+    given = {name: value for name, value in options.items() if value not in (None, {}, "")}
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise ValueError(f"source {source!r} does not take {', '.join('--' + u for u in unknown)}"
+                         f" (it takes: {', '.join('--' + a for a in sorted(accepted)) or 'no options'})")
+    return reader(path, **given)
+
+
+def is_text_only(source: str, options: Mapping[str, Any]) -> bool:
+    """Whether a source's rows come without images (Open-i reports without the PNG folder)."""
+    return source == "openi" and not options.get("images")

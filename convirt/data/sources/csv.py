@@ -1,21 +1,26 @@
-"""The generic CSV reader: one row per image, image paths relative to the CSV file.
+"""The generic table readers: CSV and JSON Lines, one row per image, image paths relative to the file.
 
-Columns (names configurable): ``image``, ``text``, ``patient_id``, ``labels`` (``;``-separated),
-``view``, ``source``, ``split``, ``study_id``. Only ``image`` and ``text`` are required (``text`` may
-be left optional for images that are only embedded or scored).
+Columns (names configurable through ``columns``): ``image``, ``text``, ``patient_id``,
+``study_id``, ``view``, ``labels`` (``;``-separated in CSV; a list or a ``;`` string in JSON),
+``source``, ``split``. Only ``image`` and ``text`` are required (``text`` may be left optional
+for images that are only embedded or scored).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from convirt.data.schema import Row, parse_labels
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+FIELDS = ("image", "text", "patient_id", "study_id", "view", "labels", "source", "split")
 
 
 def key_from_path(path: str) -> str:
@@ -27,6 +32,70 @@ def key_from_path(path: str) -> str:
     return _KEY_UNSAFE.sub("_", stem).strip("_") or "sample"
 
 
+def resolve_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """The column name of each field, defaults filled in.
+
+    Raises:
+        ValueError: A field that does not exist; the message lists the known ones.
+    """
+    named = {name: name for name in FIELDS}
+    for name, column in (columns or {}).items():
+        if name not in named:
+            raise ValueError(f"unknown field {name!r} in columns; known: {', '.join(FIELDS)}")
+        named[name] = column
+    return named
+
+
+def _check_columns(path: Path, found: Sequence[str], named: Mapping[str, str], required: Sequence[str]) -> None:
+    for column in (named.get(name, name) for name in required):
+        if column not in found:
+            raise ValueError(f"{path}: column {column!r} not found; columns: {', '.join(found) or '(none)'} "
+                             f"(choose another with --column FIELD=NAME)")
+
+
+def _text(value: Any) -> tuple[str, bool]:
+    """Field value as clean text, and whether it held bytes that were not UTF-8."""
+    text = "" if value is None else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: the file had undecodable bytes here
+        return "", True
+    return text.strip(), False
+
+
+def _labels(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return parse_labels(value)
+
+
+def rows_from_records(records: Iterable[Mapping[str, Any]], root: Path, named: Mapping[str, str],
+                      source_name: str) -> Iterator[Row]:
+    """Rows from table records (dicts keyed by column name), image paths relative to ``root``."""
+    seen: dict[str, int] = {}
+    for record in records:
+        image, _ = _text(record.get(named["image"]))
+        key = key_from_path(image)
+        if key in seen:
+            seen[key] += 1
+            key = f"{key}-{seen[key]}"
+        else:
+            seen[key] = 0
+        text, bad_text = _text(record.get(named["text"]))
+        yield Row(
+            key=key,
+            image_path=str(root / image) if image else "",
+            text=text,
+            patient_id=_text(record.get(named["patient_id"]))[0] or key,
+            labels=_labels(record.get(named["labels"])),
+            view=_text(record.get(named["view"]))[0],
+            source=_text(record.get(named["source"]))[0] or source_name,
+            split=_text(record.get(named["split"]))[0] or None,
+            study_id=_text(record.get(named["study_id"]))[0],
+            problem="non_utf8_text" if bad_text else "",
+        )
+
+
 def read_csv_rows(
     path: str | os.PathLike[str],
     image_column: str = "image",
@@ -35,8 +104,12 @@ def read_csv_rows(
     labels_column: str = "labels",
     source_name: str = "csv",
     required: Sequence[str] = ("image", "text"),
+    columns: Mapping[str, str] | None = None,
 ) -> Iterator[Row]:
     """Return an iterator of one :class:`Row` per CSV line; the file and its columns are checked now.
+
+    Bytes that are not UTF-8 do not stop the reader: the row they sit in is marked
+    ``non_utf8_text`` and the writer drops and counts it.
 
     Raises:
         FileNotFoundError: The CSV does not exist.
@@ -45,37 +118,45 @@ def read_csv_rows(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        columns = csv.DictReader(handle).fieldnames or []
-    named = {"image": image_column, "text": text_column, "patient_id": patient_column, "labels": labels_column}
-    for column in (named.get(name, name) for name in required):
-        if column not in columns:
-            raise ValueError(f"{path}: column {column!r} not found; columns: {', '.join(columns) or '(none)'}")
-    return _rows(path, image_column, text_column, patient_column, labels_column, source_name)
+    named = resolve_columns({"image": image_column, "text": text_column, "patient_id": patient_column,
+                             "labels": labels_column, **(columns or {})})
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        _check_columns(path, csv.DictReader(handle).fieldnames or [], named, required)
+    return _csv_rows(path, named, source_name)
 
 
-def _rows(path: Path, image_column: str, text_column: str, patient_column: str, labels_column: str,
-          source_name: str) -> Iterator[Row]:
-    root = path.parent
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        seen: dict[str, int] = {}
-        for record in reader:
-            image = record[image_column] or ""
-            key = key_from_path(image)
-            if key in seen:
-                seen[key] += 1
-                key = f"{key}-{seen[key]}"
-            else:
-                seen[key] = 0
-            yield Row(
-                key=key,
-                image_path=str(root / image) if image else "",
-                text=(record.get(text_column) or "").strip(),
-                patient_id=(record.get(patient_column) or "").strip() or key,
-                labels=parse_labels(record.get(labels_column)),
-                view=(record.get("view") or "").strip(),
-                source=(record.get("source") or "").strip() or source_name,
-                split=(record.get("split") or "").strip() or None,
-                study_id=(record.get("study_id") or "").strip(),
-            )
+def _csv_rows(path: Path, named: Mapping[str, str], source_name: str) -> Iterator[Row]:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        yield from rows_from_records(csv.DictReader(handle), path.parent, named, source_name)
+
+
+def read_jsonl_rows(path: str | os.PathLike[str], columns: Mapping[str, str] | None = None,
+                    source_name: str = "jsonl") -> Iterator[Row]:
+    """One :class:`Row` per line of a JSON Lines file (objects with the same fields as the CSV).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: A line is not a JSON object (the line number is named), or the first one lacks
+            a required field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSON Lines file not found: {path}")
+    named = resolve_columns(columns)
+    first = next(_json_records(path), None)
+    _check_columns(path, list(first or {}), named, ("image", "text"))
+    return rows_from_records(_json_records(path), path.parent, named, source_name)
+
+
+def _json_records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield record
