@@ -24,7 +24,7 @@ from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
 from convirt.data.writer import require_images, shard_urls
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
 
 def parse_where(items: Sequence[str] | None) -> dict[str, str]:
