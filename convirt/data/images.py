@@ -82,6 +82,7 @@ def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None) 
         OSError: The file is not a readable image (truncated, damaged, unknown format).
         ValueError: A DICOM that is refused by name (multi-frame, colour).
     """
+    image: Image.Image
     if is_dicom(path):
         image = load_dicom(path)
         return resize_short_side(image, short_side) if short_side else image
@@ -89,7 +90,6 @@ def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None) 
         if short_side and source.format == "JPEG":
             source.draft("L", (short_side, short_side))
         source.load()
-        image: Image.Image
         if source.mode in ("I;16", "I;16B", "I", "F"):
             # 16-bit or float: stretch to the full 8-bit range.
             low, high = (float(v) for v in source.getextrema())  # type: ignore[arg-type]
