@@ -29,6 +29,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     shards.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
                         help="csv/jsonl: the column holding FIELD (image, text, patient_id, study_id, view, "
                              "labels, source, split); repeatable")
+    shards.add_argument("--uncertain", choices=("zeros", "ones", "ignore"),
+                        help="mimic-cxr: CheXpert -1 labels as negative (default), positive, or left out")
     shards.add_argument("--text", default="auto", choices=[mode.value for mode in TextMode],
                         help="report text kept: auto (findings+impression, else the free text), findings, "
                              "impression, both, longest")
@@ -64,7 +66,7 @@ def run_shards(args: argparse.Namespace) -> None:
     from convirt.data.sources import is_text_only, read_rows
     from convirt.data.writer import write_shards
 
-    options = {"images": args.images, "columns": _columns(args.column)}
+    options = {"images": args.images, "columns": _columns(args.column), "uncertain": args.uncertain}
     read_rows(args.source, args.input, **options)  # checks the input now, before any work
     manifest = write_shards(
         lambda: read_rows(args.source, args.input, **options), args.output, image_size=args.image_size,

@@ -25,14 +25,15 @@ CHEXPERT_FINDINGS = (
 )
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_table(path: Path) -> io.TextIOBase:
+    """A CSV file (``.csv`` or ``.csv.gz``) opened as UTF-8 text."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")  # type: ignore[return-value]
     return open(path, newline="", encoding="utf-8")  # type: ignore[return-value]
 
 
 def _header(path: Path) -> list[str]:
-    with _open_text(path) as handle:
+    with open_table(path) as handle:
         return next(csv.reader(handle), [])  # type: ignore[arg-type]
 
 
@@ -94,7 +95,7 @@ def _rebased(table: Path, root: Path) -> Iterator[Row]:
 
 def _nih_rows(table: Path, root: Path) -> Iterator[Row]:
     found = {p.name: p for p in root.rglob("*.png")} if root.is_dir() else {}
-    with _open_text(table) as handle:
+    with open_table(table) as handle:
         for record in csv.DictReader(handle):  # type: ignore[arg-type]
             name = record["Image Index"].strip()
             labels = [label.strip() for label in record["Finding Labels"].split("|") if label.strip()]
@@ -104,23 +105,32 @@ def _nih_rows(table: Path, root: Path) -> Iterator[Row]:
                       study_id=f"nih-{int(record['Patient ID'])}-{record.get('Follow-up #', '').strip()}")
 
 
+def chexpert_labels(record: dict[str, str], uncertain: str = "zeros") -> tuple[list[str], list[str]]:
+    """Positive and uncertain findings of a record with the 14 CheXpert columns (1 / 0 / -1 / blank).
+
+    A blank is "not mentioned", a negative; ``-1`` follows the ``uncertain`` policy.
+    """
+    labels, unsure = [], []
+    for finding in CHEXPERT_FINDINGS:
+        value = (record.get(finding) or "").strip()
+        if not value:
+            continue
+        number = float(value)
+        if number == 1 or (number == -1 and uncertain == "ones"):
+            labels.append(finding)
+        elif number == -1 and uncertain == "ignore":
+            unsure.append(finding)
+    return labels, unsure
+
+
 def _chexpert_rows(table: Path, root: Path, uncertain: str) -> Iterator[Row]:
-    with _open_text(table) as handle:
+    with open_table(table) as handle:
         for record in csv.DictReader(handle):  # type: ignore[arg-type]
             path = record["Path"].strip()
             parts = Path(path).parts
             patient = next((p for p in parts if p.startswith("patient")), key_from_path(path))
             study = next((p for p in parts if p.startswith("study")), "")
-            labels, unsure = [], []
-            for finding in CHEXPERT_FINDINGS:
-                value = (record.get(finding) or "").strip()
-                if not value:
-                    continue  # blank: not mentioned, a negative
-                number = float(value)
-                if number == 1 or (number == -1 and uncertain == "ones"):
-                    labels.append(finding)
-                elif number == -1 and uncertain == "ignore":
-                    unsure.append(finding)
+            labels, unsure = chexpert_labels(record, uncertain)
             view = (record.get("AP/PA") or record.get("Frontal/Lateral") or "").strip()
             yield Row(key=key_from_path(path), image_path=str(root / path), text="", patient_id=patient,
                       labels=labels, view=view, source="chexpert", study_id=f"{patient}-{study}",

@@ -77,7 +77,7 @@ def test_csv_reader_names_missing_columns(tmp_path):
         csv.writer(handle).writerows([["path", "report"], ["a.png", "x"]])
     with pytest.raises(ValueError, match="column 'image' not found; columns: path, report"):
         list(read_rows("csv", str(path)))
-    with pytest.raises(ValueError, match="unknown source .mimic.; known: csv, jsonl"):
+    with pytest.raises(ValueError, match="unknown source .mimic.; known: chexpert-plus, covid-collection, csv"):
         read_rows("mimic", str(path))
 
 

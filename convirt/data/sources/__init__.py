@@ -17,6 +17,11 @@ _READERS: dict[str, tuple[str, str, frozenset[str]]] = {
     "csv": ("convirt.data.sources.csv", "read_csv_rows", frozenset({"columns"})),
     "jsonl": ("convirt.data.sources.csv", "read_jsonl_rows", frozenset({"columns"})),
     "openi": ("convirt.data.sources.openi", "read_openi_rows", frozenset({"images"})),
+    "mimic-cxr": ("convirt.data.sources.mimic_cxr", "read_mimic_cxr_rows", frozenset({"images", "uncertain"})),
+    "chexpert-plus": ("convirt.data.sources.chexpert_plus", "read_chexpert_plus_rows", frozenset({"images"})),
+    "padchest": ("convirt.data.sources.padchest", "read_padchest_rows", frozenset({"images"})),
+    "covid-collection": ("convirt.data.sources.covid_collection", "read_covid_collection_rows", frozenset()),
+    "phantom": ("convirt.data.sources.phantom", "read_phantom_rows", frozenset()),
 }
 
 

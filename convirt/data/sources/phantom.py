@@ -487,3 +487,19 @@ def write_phantom(
             writer.writerow([row.image_path, row.text, row.patient_id, ";".join(row.labels), row.view, row.source])
     os.replace(tmp_csv, csv_path)
     return csv_path
+
+
+def read_phantom_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
+    """The rows of a folder written by ``convirt phantom`` (its ``rows.csv``), or of that CSV itself.
+
+    Raises:
+        FileNotFoundError: No ``rows.csv``; the message says how to draw one.
+    """
+    from convirt.data.sources.csv import read_csv_rows
+
+    table = Path(path)
+    if table.is_dir():
+        table = table / "rows.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"no phantom rows at {table}: draw them with `convirt phantom --output DIR`")
+    return read_csv_rows(table, source_name=SOURCE)

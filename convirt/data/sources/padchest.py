@@ -1,0 +1,70 @@
+"""PadChest: its label CSV (``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``).
+
+Each line names an image (``ImageDir/ImageID``, 16-bit PNG) with its patient, study, projection,
+the report (Spanish, as distributed: stemmed and lower-cased) and the labels as a Python list
+literal. Images are looked up under ``--images`` (default: the CSV's folder).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from convirt.data.labels import open_table
+from convirt.data.schema import NO_FINDING, Row
+from convirt.data.sources.csv import key_from_path
+
+SOURCE = "padchest"
+_REQUIRED = ("ImageID", "ImageDir", "PatientID", "StudyID", "Report", "Labels")
+
+
+def parse_padchest_labels(value: str) -> list[str]:
+    """``"['normal']"`` -> ``["No Finding"]``; ``"['pleural effusion', 'cardiomegaly']"`` -> both, stripped.
+
+    A value that is not a list literal gives ``[]`` (PadChest has a few blank ones).
+    """
+    try:
+        parsed = ast.literal_eval(value) if value and value.strip() else []
+    except (ValueError, SyntaxError):
+        return []
+    labels: list[str] = []
+    for item in parsed if isinstance(parsed, list) else []:
+        name = str(item).strip()
+        name = NO_FINDING if name.lower() == "normal" else name
+        if name and name not in labels:
+            labels.append(name)
+    return labels
+
+
+def read_padchest_rows(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None
+                       ) -> Iterator[Row]:
+    """One row per CSV line.
+
+    Raises:
+        FileNotFoundError: The CSV does not exist.
+        ValueError: It lacks PadChest's columns (the message lists those found).
+    """
+    table = Path(path)
+    if not table.is_file():
+        raise FileNotFoundError(f"PadChest label CSV not found: {table}")
+    with open_table(table) as handle:
+        columns = next(csv.reader(handle), [])  # type: ignore[arg-type]
+    if missing := [c for c in _REQUIRED if c not in columns]:
+        raise ValueError(f"{table}: not the PadChest label CSV: columns {missing} not found; columns: "
+                         f"{', '.join(columns) or '(none)'}")
+    return _rows(table, Path(images) if images else table.parent)
+
+
+def _rows(table: Path, root: Path) -> Iterator[Row]:
+    with open_table(table) as handle:
+        for record in csv.DictReader(handle):  # type: ignore[arg-type]
+            image = record["ImageID"].strip()
+            folder = (record.get("ImageDir") or "").strip()
+            yield Row(key=f"padchest-{key_from_path(image)}", image_path=str(root / folder / image),
+                      text=(record.get("Report") or "").strip(), patient_id=f"padchest-{record['PatientID'].strip()}",
+                      labels=parse_padchest_labels(record.get("Labels") or ""),
+                      view=(record.get("Projection") or "").strip(), source=SOURCE,
+                      study_id=f"padchest-{record['StudyID'].strip()}")
