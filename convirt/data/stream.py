@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import zlib
 from collections.abc import Callable, Container, Sequence
@@ -13,7 +14,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from convirt.data import urls as _urls  # noqa: F401  (registers the fsspec openers with webdataset)
 from convirt.data.schema import IMAGE, KEY, META, TEXT
+
+logger = logging.getLogger(__name__)
 
 
 def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
@@ -42,8 +46,34 @@ def text_group(text: str) -> int:
 Sample = tuple[str, torch.Tensor, str, dict[str, Any], int]
 
 
+class SkipCounter:
+    """A webdataset error handler that skips a corrupt sample or shard and counts it.
+
+    Each data-loader worker holds its own copy; the count since the last batch travels in the
+    batch (``skipped``) so that the training loop can log it. With ``strict`` the first error is
+    raised instead.
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict, self.count, self.total = strict, 0, 0
+
+    def __call__(self, error: Exception) -> bool:
+        if self.strict:
+            raise error
+        self.count += 1
+        self.total += 1
+        if self.total <= 10:
+            logger.warning("skipping a corrupt sample: %s: %s", type(error).__name__, error)
+        return True
+
+    def take(self) -> int:
+        """The samples skipped since the last call."""
+        count, self.count = self.count, 0
+        return count
+
+
 def collate_samples(samples: Sequence[Sample], tokenizer: Callable[..., torch.Tensor],
-                    pad_id: int | None) -> dict[str, Any]:
+                    pad_id: int | None, skipped: SkipCounter | None = None) -> dict[str, Any]:
     """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict."""
     keys, images, texts, metas, groups = zip(*samples)
     return {
@@ -53,7 +83,12 @@ def collate_samples(samples: Sequence[Sample], tokenizer: Callable[..., torch.Te
         "raw_text": list(texts),
         "meta": list(metas),
         "text_group": torch.tensor(groups, dtype=torch.int64),
+        "skipped": skipped.take() if skipped is not None else 0,
     }
+
+
+class _Pipeline(wds.DataPipeline, wds.FluidInterface):  # type: ignore[misc]
+    """A webdataset pipeline with the fluid methods (``shuffle``, ``decode``, ...), as WebDataset has."""
 
 
 def build_batches(
@@ -69,7 +104,9 @@ def build_batches(
     seed: int = 0,
     keep: Callable[[dict[str, Any]], bool] | None = None,
     skip_samples: int = 0,
-) -> wds.WebDataset:
+    resampled: bool = False,
+    strict: bool = False,
+) -> wds.DataPipeline:
     """Build an iterable of batch dicts from shard paths.
 
     Each batch holds ``key`` (list), ``image`` ``(B, 3, H, W)``, ``text`` ``(B, L)`` token ids,
@@ -80,49 +117,69 @@ def build_batches(
     ``.with_epoch(batches_per_worker(...))`` so that every rank sees the same number of batches.
     Evaluation reads each sample once, in order. With ``split_by_rank`` each rank reads its own
     share of the shards (needs at least as many shards as ranks); otherwise every rank reads
-    them all. Samples whose key is in ``skip_keys`` are dropped before decoding (resuming); with
-    ``keep``, only samples whose metadata dict it accepts are kept.
+    them all. With ``resampled`` (training), every worker of every rank draws shards with
+    replacement from all of them, seeded by ``(seed, rank, worker)``: any number of shards feeds
+    any number of ranks and workers. Samples whose key is in ``skip_keys`` are dropped before
+    decoding (resuming); with ``keep``, only samples whose metadata dict it accepts are kept. A
+    corrupt shard or sample is skipped and counted in the batches' ``skipped`` field, unless
+    ``strict``.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    text_transform = text_transform or (lambda text: text)
+    transform_text: Any = text_transform or (lambda text: text)
+    with_sections = getattr(transform_text, "takes_sections", False)
+
+    def text_of(report: str, meta: dict[str, Any]) -> str:
+        return transform_text(report, meta.get("sections")) if with_sections else transform_text(report)
 
     def to_sample(sample: dict[str, Any]) -> Sample:
         meta = sample.get(META) or {}
         report = sample[TEXT]
+        if IMAGE not in sample:
+            raise ValueError(f"sample {sample[KEY]} has no image: text-only shards cannot make image-text batches")
         if not train:
-            return sample[KEY], image_transform(sample[IMAGE]), text_transform(report), meta, text_group(report)
+            return sample[KEY], image_transform(sample[IMAGE]), text_of(report, meta), meta, text_group(report)
         sample_seed = zlib.crc32(f"{seed}:{sample[KEY]}".encode())
-        reseed = getattr(text_transform, "reseed", None)
+        reseed = getattr(transform_text, "reseed", None)
         if reseed is not None:
             reseed(sample_seed)
         with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
             torch.manual_seed(sample_seed)
             image = image_transform(sample[IMAGE])
-        return sample[KEY], image, text_transform(report), meta, text_group(report)
+        return sample[KEY], image, text_of(report, meta), meta, text_group(report)
 
-    nodesplitter = wds.split_by_node if split_by_rank else _all_shards
-    dataset = wds.WebDataset(
-        list(urls),
-        shardshuffle=len(urls) if train else False,
-        nodesplitter=nodesplitter,
-        workersplitter=wds.split_by_worker,
-        repeat=train,
-        empty_check=False,
-        seed=seed,
-    )
+    skipped = SkipCounter(strict)
+    dataset: Any
+    if resampled:
+        if not train:
+            raise ValueError("resampled streams are for training; evaluation reads each sample once")
+        # Seeded by (rank * 1000 + worker, seed): reproducible, and different on every rank and worker.
+        dataset = _Pipeline(wds.ResampledShards(list(urls), seed=seed, deterministic=True),
+                            wds.tarfile_to_samples(handler=skipped))
+    else:
+        nodesplitter = wds.split_by_node if split_by_rank else _all_shards
+        dataset = wds.WebDataset(
+            list(urls),
+            handler=skipped,
+            shardshuffle=len(urls) if train else False,
+            nodesplitter=nodesplitter,
+            workersplitter=wds.split_by_worker,
+            repeat=train,
+            empty_check=False,
+            seed=seed,
+        )
     if train:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     if skip_samples > 0:
         dataset = dataset.compose(lambda source: itertools.islice(source, skip_samples, None))
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
-    dataset = dataset.decode("pill")
+    dataset = dataset.decode("pill", handler=skipped)
     if keep is not None:
         dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
     dataset = dataset.map(to_sample)
     pad_id = pad_id_of(tokenizer)
-    collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id)
+    collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id, skipped=skipped)
     dataset = dataset.batched(batch_size, collation_fn=collate, partial=not train)
     return dataset
 

@@ -8,8 +8,10 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from convirt.data.inputs import is_shard_folder
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
-from convirt.data.transforms import SentenceSampler, clean_report, image_transform_for
+from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_transform_for
+from convirt.data.urls import expand_shard_urls
 from convirt.data.writer import require_images, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 
@@ -20,8 +22,13 @@ class ShardDataModule(L.LightningDataModule):
     The model's name is config data here: it picks the tokenizer and the image size and
     normalisation, so the two always match the model being trained.
 
+    ``shards`` is a folder made by ``convirt shards`` (splits and sizes from its manifest), or the
+    training shards as a brace pattern or URL (``/data/train-{000000..000099}.tar``,
+    ``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``, ``s3://bucket/train-{...}.tar``
+    through fsspec) with ``samples_per_epoch`` and optionally ``val_shards``.
+
     Args:
-        shards: Folder with ``manifest.json`` and the shards.
+        shards: Folder with ``manifest.json`` and the shards, or a shard pattern / URL.
         model_name: Registry name of the model (linked from the model's ``model_name``).
         text_model_path: Local tokenizer folder (linked from the model).
         batch_size: Samples per batch and per device.
@@ -30,6 +37,15 @@ class ShardDataModule(L.LightningDataModule):
         sentence_drop: Probability of dropping each report sentence in training.
         image_size: Override of the model's input size.
         seed: Seed of the shard and sample shuffles.
+        resampled: Draw training shards with replacement in every worker of every rank (any
+            shard count feeds any number of ranks and workers; the epoch is ``samples_per_epoch``).
+        samples_per_epoch: Training samples per epoch (default: the manifest's train count).
+        val_shards: Validation shards as a pattern / URL (with a pattern ``shards``).
+        text_sampling: Training text: ``sentences`` (drop and shuffle), ``sentence`` (one),
+            ``section`` (findings or impression), ``whole``.
+        horizontal_flip: Flip training images (off: reports name sides).
+        blur_probability: Chance of a Gaussian blur per training image.
+        strict: Fail on a corrupt sample instead of skipping and counting it.
     """
 
     def __init__(
@@ -43,6 +59,13 @@ class ShardDataModule(L.LightningDataModule):
         sentence_drop: float = 0.3,
         image_size: int | None = None,
         seed: int = 0,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        val_shards: str | None = None,
+        text_sampling: str = "sentences",
+        horizontal_flip: bool = False,
+        blur_probability: float = 0.2,
+        strict: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -54,7 +77,17 @@ class ShardDataModule(L.LightningDataModule):
         # only knows stateful data loaders, would warn otherwise.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         hp: Any = self.hparams
-        self.manifest = require_images(hp.shards)
+        if is_shard_folder(hp.shards):
+            self.manifest = require_images(hp.shards)
+        elif hp.samples_per_epoch is None:
+            raise ValueError(f"data.shards {hp.shards!r} is not a shard folder (no manifest.json): give "
+                             f"data.samples_per_epoch for a shard pattern or URL, or point at a "
+                             f"`convirt shards` folder")
+        else:
+            self.manifest = {"splits": {"train": {"samples": hp.samples_per_epoch},
+                                        "val": {"samples": 1 if hp.val_shards else 0}, "test": {"samples": 0}}}
+        if hp.text_sampling not in TEXT_SAMPLING:
+            raise ValueError(f"unknown data.text_sampling {hp.text_sampling!r}; known: {', '.join(TEXT_SAMPLING)}")
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
         self.preprocess = get_preprocess_cfg(hp.model_name)
 
@@ -62,27 +95,29 @@ class ShardDataModule(L.LightningDataModule):
         hp: Any = self.hparams
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        transform = image_transform_for(self.preprocess, train=train, size=hp.image_size)
-        urls = shard_urls(hp.shards, split)
-        split_by_rank = train and world_size > 1 and len(urls) >= world_size
+        transform = image_transform_for(self.preprocess, train=train, size=hp.image_size,
+                                        horizontal_flip=hp.horizontal_flip, blur_probability=hp.blur_probability)
+        urls = self._urls(split)
+        split_by_rank = train and not hp.resampled and world_size > 1 and len(urls) >= world_size
         workers = hp.num_workers
-        if train:
+        if train and not hp.resampled:
             # An endless training stream must give every worker at least one shard.
             workers = min(workers, len(urls) // world_size if split_by_rank else len(urls))
-        text_transform = SentenceSampler(hp.sentence_drop, seed=hp.seed + rank) if train else clean_report
+        text_transform: Any = SentenceSampler(hp.sentence_drop, seed=hp.seed + rank, mode=hp.text_sampling) \
+            if train else clean_report
         if not train:
             # Evaluation runs the whole split on every rank, so that no rank is left without batches.
             dataset = build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
-                                    seed=hp.seed + rank)
-            return DataLoader(dataset, batch_size=None, num_workers=workers)
+                                    seed=hp.seed + rank, strict=hp.strict)
+            return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)))
 
         def make_epoch(seed: int, skip_samples: int) -> Any:
-            # Training splits shards between ranks when there are enough.
+            # Training splits shards between ranks when there are enough (or resamples them).
             return build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
                                  train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
-                                 seed=seed, skip_samples=skip_samples)
+                                 seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict)
 
-        samples = int(self.manifest["splits"][split]["samples"])
+        samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
         start_epoch, skip = self._resume_position()
         if skip >= per_worker * max(1, workers):  # restored at the end of an epoch: start the next
@@ -90,6 +125,15 @@ class ShardDataModule(L.LightningDataModule):
         stream = EpochStream(make_epoch, per_worker, hp.batch_size, seed=hp.seed + rank, start_epoch=start_epoch,
                              skip_batches=skip, workers=workers)
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+    def _urls(self, split: str) -> list[str]:
+        hp: Any = self.hparams
+        if is_shard_folder(hp.shards):
+            return shard_urls(hp.shards, split)
+        pattern = hp.shards if split == "train" else hp.val_shards if split == "val" else None
+        if not pattern:
+            raise ValueError(f"no {split} shards: data.shards is a pattern, give data.val_shards for validation")
+        return expand_shard_urls(pattern)
 
     def _resume_position(self) -> tuple[int, int]:
         """The epoch to start from and the batches of it already trained on (after a restore)."""

@@ -125,6 +125,10 @@ class ContrastiveModule(L.LightningModule):
         with torch.no_grad():
             hits = (image_features @ text_features.T).argmax(dim=1) == torch.arange(batch_size, device=self.device)
         on_step = stage == "train"
+        # Corrupt samples the stream skipped since the last batch (logged on every rank, 0 or not,
+        # so that the epoch-end reduction finds the key everywhere).
+        self.log(f"{stage}/skipped_samples", float(batch.get("skipped", 0)), on_step=False, on_epoch=True,
+                 reduce_fx="sum", sync_dist=True, batch_size=1)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size,
                  sync_dist=not on_step)
         self.log(f"{stage}/i2t_top1", hits.float().mean(), on_step=False, on_epoch=True, batch_size=batch_size,
