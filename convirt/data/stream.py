@@ -135,8 +135,6 @@ def build_batches(
     def to_sample(sample: dict[str, Any]) -> Sample:
         meta = sample.get(META) or {}
         report = sample[TEXT]
-        if IMAGE not in sample:
-            raise ValueError(f"sample {sample[KEY]} has no image: text-only shards cannot make image-text batches")
         if not train:
             return sample[KEY], image_transform(sample[IMAGE]), text_of(report, meta), meta, text_group(report)
         sample_seed = zlib.crc32(f"{seed}:{sample[KEY]}".encode())
@@ -174,6 +172,7 @@ def build_batches(
         dataset = dataset.compose(lambda source: itertools.islice(source, skip_samples, None))
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
+    dataset = dataset.map(_complete, handler=skipped)  # a truncated shard ends in a partial sample
     dataset = dataset.decode("pill", handler=skipped)
     if keep is not None:
         dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
@@ -182,6 +181,15 @@ def build_batches(
     collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id, skipped=skipped)
     dataset = dataset.batched(batch_size, collation_fn=collate, partial=not train)
     return dataset
+
+
+def _complete(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample, if it has an image and a text; else an error for the stream's handler."""
+    if IMAGE not in sample or TEXT not in sample:
+        fields = ", ".join(sorted(k for k in sample if not k.startswith("_"))) or "nothing"
+        raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: it has {fields}; "
+                         f"image-text batches need {IMAGE} and {TEXT}")
+    return sample
 
 
 def _all_shards(urls: Any) -> Any:

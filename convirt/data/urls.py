@@ -51,7 +51,7 @@ def expand_shard_urls(pattern: str) -> list[str]:
     Raises:
         ValueError: The pattern expands to nothing.
     """
-    urls = [url for part in pattern.split("::") for url in wds.shardlists.expand_urls(part)]
+    urls = [url for part in pattern.split("::") if part.strip() for url in wds.shardlists.expand_urls(part.strip())]
     if not urls:
         raise ValueError(f"no shards in {pattern!r}")
     return urls

@@ -26,3 +26,39 @@ def test_fit_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+
+def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_workers(phantom_csv, tiny_text_model,
+                                                                                       tmp_path):
+    import json
+
+    from convirt.data.sources import read_rows
+    from convirt.data.writer import write_shards
+
+    shards = tmp_path / "shards"
+    manifest = write_shards(read_rows("csv", str(phantom_csv)), shards, image_size=64, shard_size=1000,
+                            val_fraction=0, test_fraction=0.2, progress=False)
+    assert len(manifest["splits"]["train"]["shards"]) == 1  # one shard for 2 ranks x 2 workers
+    counts = tmp_path / "counts.jsonl"
+    config = {
+        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_epochs": 2, "logger": False,
+                    "enable_progress_bar": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "tests.training.batch_counter.BatchCounter",
+                                   "init_args": {"path": str(counts)}}]},
+        "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model},
+        "data": {"shards": str(shards), "batch_size": 4, "num_workers": 2, "shuffle_buffer": 8, "resampled": True,
+                 "samples_per_epoch": 32},
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in counts.read_text().splitlines()]
+    assert sorted((r["epoch"], r["rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # 32 samples per epoch, batch 4, 2 ranks: 4 batches on each rank, every epoch.
+    assert {r["batches"] for r in records} == {4}
+    by_epoch = {(r["epoch"], r["rank"]): r["keys"] for r in records}
+    assert by_epoch[(0, 0)] != by_epoch[(0, 1)]  # ranks draw differently
+    assert by_epoch[(0, 0)] != by_epoch[(1, 0)]  # and epochs too

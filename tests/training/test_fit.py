@@ -92,3 +92,26 @@ def test_zero_shot_callback_logs_auroc_during_training(phantom_shards, tiny_text
     assert module.model.training  # train mode restored after the evaluation
     with pytest.raises(ValueError, match="unknown descriptor set 'nope'"):
         ZeroShotEvaluation("nope")
+
+
+def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(phantom_shards, tiny_text_model,
+                                                                              tmp_path):
+    import pytest
+
+    from convirt.data.writer import shard_urls
+
+    train, val = shard_urls(phantom_shards, "train"), shard_urls(phantom_shards, "val")
+    pattern = str(phantom_shards / f"train-{{000000..{len(train) - 1:06d}}}.tar")
+    with pytest.raises(ValueError, match="give data.samples_per_epoch"):
+        ShardDataModule(pattern, model_name=TINY_MODEL, text_model_path=tiny_text_model).setup("fit")
+    data = ShardDataModule(pattern, model_name=TINY_MODEL, text_model_path=tiny_text_model, batch_size=8,
+                           num_workers=0, samples_per_epoch=24, val_shards="::".join(val), resampled=True,
+                           text_sampling="sentence")
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, learning_rate=1e-3)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
+                        enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 3
+    assert trainer.callback_metrics["train/skipped_samples"] == 0
+    assert "val/loss" in trainer.callback_metrics
