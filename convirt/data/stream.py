@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
@@ -106,6 +107,7 @@ def build_batches(
     skip_samples: int = 0,
     resampled: bool = False,
     strict: bool = False,
+    decode_size: int | None = None,
 ) -> wds.DataPipeline:
     """Build an iterable of batch dicts from shard paths.
 
@@ -122,7 +124,9 @@ def build_batches(
     any number of ranks and workers. Samples whose key is in ``skip_keys`` are dropped before
     decoding (resuming); with ``keep``, only samples whose metadata dict it accepts are kept. A
     corrupt shard or sample is skipped and counted in the batches' ``skipped`` field, unless
-    ``strict``.
+    ``strict``. With ``decode_size``, JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    that keeps both sides at least that many pixels: a 512 px image bound for a 224 px model
+    input decodes at 256 px, in a third of the time.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -142,7 +146,9 @@ def build_batches(
         if reseed is not None:
             reseed(sample_seed)
         with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
-            torch.manual_seed(sample_seed)
+            # The CPU generator only: torch.manual_seed also queues lazy CUDA seeding, which records
+            # a stack trace on every call (0.7 ms a sample, more than the decode).
+            torch.default_generator.manual_seed(sample_seed)
             image = image_transform(sample[IMAGE])
         return sample[KEY], image, text_of(report, meta), meta, text_group(report)
 
@@ -173,7 +179,7 @@ def build_batches(
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
     dataset = dataset.map(_complete, handler=skipped)  # a truncated shard ends in a partial sample
-    dataset = dataset.decode("pill", handler=skipped)
+    dataset = dataset.decode(partial(decode_grayscale, size=decode_size), handler=skipped)
     if keep is not None:
         dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
     dataset = dataset.map(to_sample)
@@ -181,6 +187,19 @@ def build_batches(
     collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id, skipped=skipped)
     dataset = dataset.batched(batch_size, collation_fn=collate, partial=not train)
     return dataset
+
+
+def decode_grayscale(key: str, data: bytes, size: int | None = None) -> Image.Image | None:
+    """webdataset decoder: image fields -> 8-bit grayscale PIL images (JPEG at a reduced DCT scale
+    when ``size`` allows); other fields are left to the default decoders."""
+    extension = key.rsplit(".", 1)[-1].lower()
+    if extension not in ("jpg", "jpeg", "png"):
+        return None
+    image = Image.open(io.BytesIO(data))
+    if size and image.format == "JPEG":
+        image.draft("L", (size, size))
+    image.load()
+    return image.convert("L")
 
 
 def _complete(sample: dict[str, Any]) -> dict[str, Any]:

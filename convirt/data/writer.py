@@ -88,8 +88,9 @@ class _ShardFile:
     def __init__(self, output: Path, name: str) -> None:
         self.final = output / name
         self.tmp = output / (name + ".tmp")
-        # A fixed mtime makes the tar bytes a function of the samples alone (byte-identical reruns).
-        self.writer = wds.TarWriter(str(self.tmp), mtime=0.0)
+        # A fixed mtime makes the tar bytes a function of the samples alone (byte-identical reruns);
+        # an integer one keeps members plain ustar (a float adds a 1 KB PAX header to each member).
+        self.writer = wds.TarWriter(str(self.tmp), mtime=0)
         self.samples = 0
         self.labels: Counter[str] = Counter()
 

@@ -85,6 +85,13 @@ def get_preprocess_cfg(name: str) -> dict[str, Any]:
     return {"size": size, **config.get("preprocess_cfg", {})}
 
 
+def image_statistics(model: Any) -> tuple[list[float], list[float]]:
+    """The per-channel ``(mean, std)`` a built model's image tower expects."""
+    config = open_clip.get_model_preprocess_cfg(model)
+    mean, std = config.get("mean", open_clip.OPENAI_DATASET_MEAN), config.get("std", open_clip.OPENAI_DATASET_STD)
+    return list(mean), list(std)
+
+
 def embed_dim_of(name: str) -> int:
     """The embedding dimension of a registry or ``open_clip:`` model (from its config)."""
     if name.startswith(OPEN_CLIP):

@@ -64,7 +64,8 @@ class ZeroShotEvaluation(L.Callback):
             for index, batch in enumerate(datamodule.eval_dataloader(self.split)):
                 if index >= self.max_batches:
                     break
-                features.append(model.encode_image(batch["image"].to(pl_module.device), normalize=True).float())
+                images = pl_module.prepare_images(batch["image"].to(pl_module.device))  # type: ignore[operator]
+                features.append(model.encode_image(images, normalize=True).float())
                 metas.extend(batch["meta"])
             if not features:
                 return {}

@@ -95,8 +95,10 @@ class ShardDataModule(L.LightningDataModule):
         hp: Any = self.hparams
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Compact batches (8-bit, one channel): the module normalises them on its device.
         transform = image_transform_for(self.preprocess, train=train, size=hp.image_size,
-                                        horizontal_flip=hp.horizontal_flip, blur_probability=hp.blur_probability)
+                                        horizontal_flip=hp.horizontal_flip, blur_probability=hp.blur_probability,
+                                        compact=True)
         urls = self._urls(split)
         split_by_rank = train and not hp.resampled and world_size > 1 and len(urls) >= world_size
         workers = hp.num_workers
@@ -108,14 +110,15 @@ class ShardDataModule(L.LightningDataModule):
         if not train:
             # Evaluation runs the whole split on every rank, so that no rank is left without batches.
             dataset = build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
-                                    seed=hp.seed + rank, strict=hp.strict)
+                                    seed=hp.seed + rank, strict=hp.strict, decode_size=self._decode_size())
             return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)))
 
         def make_epoch(seed: int, skip_samples: int) -> Any:
             # Training splits shards between ranks when there are enough (or resamples them).
             return build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
                                  train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
-                                 seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict)
+                                 seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict,
+                                 decode_size=self._decode_size())
 
         samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
@@ -125,6 +128,12 @@ class ShardDataModule(L.LightningDataModule):
         stream = EpochStream(make_epoch, per_worker, hp.batch_size, seed=hp.seed + rank, start_epoch=start_epoch,
                              skip_batches=skip, workers=workers)
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+    def _decode_size(self) -> int:
+        """The model's input side: JPEGs need not be decoded at more than that."""
+        hp: Any = self.hparams
+        configured = self.preprocess["size"]
+        return int(hp.image_size or (configured if isinstance(configured, int) else configured[0]))
 
     def _urls(self, split: str) -> list[str]:
         hp: Any = self.hparams

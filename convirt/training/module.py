@@ -9,8 +9,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from convirt.data.transforms import normalize_images
 from convirt.losses import create_loss
-from convirt.models import create_model
+from convirt.models import create_model, image_statistics
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 from convirt.models.freeze import lock_tower, locked_trunk
@@ -201,6 +202,19 @@ class ContrastiveModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The model boundary of compact batches: 8-bit ``(B, 1, H, W)`` -> the tower's normalised
+        ``(B, C, H, W)``, on the batch's device. Float images pass unchanged."""
+        if images.dtype != torch.uint8:
+            return images
+        mean, std = image_statistics(self.model)
+        return normalize_images(images, mean, std)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+            batch["image"] = self.prepare_images(batch["image"])
+        return batch
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Random state of this process (dropout), so that a resumed run continues the same stream.
