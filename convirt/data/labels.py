@@ -32,6 +32,23 @@ def open_table(path: Path) -> io.TextIOBase:
     return open(path, newline="", encoding="utf-8")  # type: ignore[return-value]
 
 
+def check_table(path: Path, required: tuple[str, ...], what: str) -> Path:
+    """``path``, once it is known to exist and to have the ``required`` columns.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: Columns are missing; the message names ``what`` the table should be and lists
+            the columns found.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    columns = _header(path)
+    if missing := [c for c in required if c not in columns]:
+        raise ValueError(f"{path}: not the {what}: columns {missing} not found; columns: "
+                         f"{', '.join(columns) or '(none)'}")
+    return path
+
+
 def _header(path: Path) -> list[str]:
     with open_table(path) as handle:
         return next(csv.reader(handle), [])  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from convirt.data.labels import open_table
+from convirt.data.labels import check_table, open_table
 from convirt.data.reports import COMPARISON, FINDINGS, HISTORY, IMPRESSION, OTHER, TECHNIQUE, clean_sections
 from convirt.data.schema import Row
 from convirt.data.sources.csv import key_from_path
@@ -35,14 +35,7 @@ def read_chexpert_plus_rows(path: str | os.PathLike[str], images: str | os.PathL
         FileNotFoundError: The CSV does not exist.
         ValueError: It lacks the CheXpert Plus columns (the message lists those found).
     """
-    table = Path(path)
-    if not table.is_file():
-        raise FileNotFoundError(f"CheXpert Plus CSV not found: {table}")
-    with open_table(table) as handle:
-        columns = next(csv.reader(handle), [])  # type: ignore[arg-type]
-    if missing := [c for c in _REQUIRED if c not in columns]:
-        raise ValueError(f"{table}: not the CheXpert Plus CSV: columns {missing} not found; columns: "
-                         f"{', '.join(columns) or '(none)'}")
+    table = check_table(Path(path), _REQUIRED, "CheXpert Plus CSV")
     return _rows(table, Path(images) if images else table.parent)
 
 

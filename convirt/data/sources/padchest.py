@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from convirt.data.labels import open_table
+from convirt.data.labels import check_table, open_table
 from convirt.data.schema import NO_FINDING, Row
 from convirt.data.sources.csv import key_from_path
 
@@ -47,14 +47,7 @@ def read_padchest_rows(path: str | os.PathLike[str], images: str | os.PathLike[s
         FileNotFoundError: The CSV does not exist.
         ValueError: It lacks PadChest's columns (the message lists those found).
     """
-    table = Path(path)
-    if not table.is_file():
-        raise FileNotFoundError(f"PadChest label CSV not found: {table}")
-    with open_table(table) as handle:
-        columns = next(csv.reader(handle), [])  # type: ignore[arg-type]
-    if missing := [c for c in _REQUIRED if c not in columns]:
-        raise ValueError(f"{table}: not the PadChest label CSV: columns {missing} not found; columns: "
-                         f"{', '.join(columns) or '(none)'}")
+    table = check_table(Path(path), _REQUIRED, "PadChest label CSV")
     return _rows(table, Path(images) if images else table.parent)
 
 
