@@ -23,7 +23,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	rm -rf $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings $(DEMO)/index
+	rm -rf $(DEMO)/shards $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings $(DEMO)/index
 	$(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
 	$(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 --shard-size 500 \
 		--test-fraction 0.2 --workers 2

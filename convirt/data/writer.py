@@ -241,6 +241,9 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).is_file():
         done = read_manifest(out)
+        if "config" not in done:
+            raise ValueError(f"{out} holds shards written by an older convirt ({done.get('format')}); write to a "
+                             f"new --output folder, or delete this one to convert again")
         if done.get("config") != config:
             raise ValueError(_other_config(out, done.get("config") or {}, config))
         logger.info("%s is already complete", out)

@@ -76,6 +76,8 @@ class ShardDataModule(L.LightningDataModule):
         # The training stream resumes mid-epoch by itself (see EpochStream); Lightning, which
         # only knows stateful data loaders, would warn otherwise.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        # The module normalises compact batches in its on_after_batch_transfer, by design.
+        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
         hp: Any = self.hparams
         if is_shard_folder(hp.shards):
             self.manifest = require_images(hp.shards)

@@ -99,33 +99,40 @@ def test_jsonl_reader_with_renamed_columns_and_non_utf8_text(tmp_path):
         list(read_rows("jsonl", str(tmp_path / "bad.jsonl")))
 
 
+def _convirt(*args: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", *args], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @requires_shared_data("openi-reports", "NLMCXR_reports.tgz")
 @pytest.mark.shared_data
 def test_real_openi_reports_all_parse_with_counts_by_section(tmp_path):
     archive = SHARED_DATA / "openi-reports" / "NLMCXR_reports.tgz"
     rows = list(read_rows("openi", str(archive)))
     assert len(rows) == 3955 and not [r for r in rows if r.problem]
-    manifest = write_shards(lambda: read_rows("openi", str(archive)), tmp_path / "out", text_only=True,
-                            source="openi", progress=False)
-    assert manifest["rows_read"] == 3955
+    _convirt("shards", "--source", "openi", "--input", str(archive), "--output", str(tmp_path / "out"))
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["rows_read"] == 3955 and manifest["text_only"]
     assert manifest["sections"] == {"comparison": 2513, "findings": 3425, "impression": 3921, "indication": 3662}
     assert manifest["dropped"] == {"empty_report": 28}
     assert manifest["samples"] == 3927
     assert sum(s["samples"] for s in manifest["splits"].values()) == 3927
     assert not any("XXXX" in line for line in (tmp_path / "out" / MANIFEST).read_text().splitlines())
+    findings = write_shards(lambda: read_rows("openi", str(archive)), tmp_path / "findings", text_only=True,
+                            source="openi", text="findings", progress=False)
+    assert findings["samples"] == 3425 and findings["dropped"] == {"empty_report": 28, "no_findings_section": 502}
 
 
 @requires_shared_data("covid-pairs", "pairs.csv")
 @pytest.mark.shared_data
 def test_real_covid_pairs_csv_converts_with_default_flags(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "shards"
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "shards", "--source", "csv", "--input",
-                             str(SHARED_DATA / "covid-pairs" / "pairs.csv"), "--output", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+    _convirt("shards", "--source", "csv", "--input", str(SHARED_DATA / "covid-pairs" / "pairs.csv"), "--output",
+             str(out))
     manifest = read_manifest(out)
     assert manifest["rows_read"] == 529 and manifest["samples"] == 529 and manifest["dropped"] == {}
     assert {s: v["samples"] for s, v in manifest["splits"].items()} == {"train": 407, "val": 35, "test": 87}
