@@ -2,13 +2,15 @@
 
 webdataset opens local paths, ``pipe:CMD`` (``pipe:aws s3 cp s3://b/x.tar -``), http(s) and
 ``gs://`` (through ``gsutil``) itself. This module adds fsspec for the object stores webdataset
-has no opener for (``s3://``, ``gcs://``, ``az://``, ``abfs://``, and ``memory://`` for tests); the
-filesystem package (``s3fs``, ``gcsfs``, ``adlfs``) is the user's to install.
+has no opener for (``s3://``, ``gcs://``, ``az://``, ``abfs://``, and ``memory://`` for tests), and
+for ``gs://`` when ``gcsfs`` is installed; the filesystem package (``s3fs``, ``gcsfs``,
+``adlfs``) is the user's to install.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import IO, Any
 from urllib.parse import urlparse
 
@@ -39,9 +41,15 @@ def open_with_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) 
 
 
 def register_fsspec(schemes: tuple[str, ...] = FSSPEC_SCHEMES) -> None:
-    """Let webdataset open ``schemes`` through fsspec (done when this module is imported)."""
+    """Let webdataset open ``schemes`` through fsspec (done when this module is imported).
+
+    ``gs://`` goes through fsspec too when ``gcsfs`` is installed; otherwise webdataset's
+    ``gsutil`` opener keeps it.
+    """
     for scheme in schemes:
         _gopen.gopen_schemes[scheme] = open_with_fsspec
+    if importlib.util.find_spec("gcsfs") is not None:
+        _gopen.gopen_schemes["gs"] = open_with_fsspec
 
 
 def expand_shard_urls(pattern: str) -> list[str]:

@@ -46,12 +46,22 @@ def test_images_are_stored_gray_with_short_side_resized(tmp_path):
 
 def test_patients_never_cross_splits(tmp_path):
     rows = _rows(tmp_path, 40)
-    write_shards(rows, tmp_path / "out", shard_size=100, val_fraction=0.3, test_fraction=0.3, progress=False)
-    splits = {row.patient_id: assign_split(row.patient_id, 0.3, 0.3) for row in rows}
+    for i, row in enumerate(rows):  # distinct pixels, so that no image is an exact duplicate
+        Image.new("L", (40, 30 + i), color=i * 5).save(row.image_path)
+    write_shards(rows, tmp_path / "out", shard_size=7, val_fraction=0.3, test_fraction=0.3, progress=False)
     manifest = read_manifest(tmp_path / "out")
     assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 40
-    for i in range(0, 40, 2):  # two images per patient
-        assert splits[f"p{i // 2}"] == assign_split(f"p{i // 2}", 0.3, 0.3)
+    patients: dict[str, set[str]] = {}
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            with tarfile.open(tmp_path / "out" / shard["name"]) as tar:
+                for name in tar.getnames():
+                    if name.endswith(".json"):
+                        patients.setdefault(split, set()).add(json.loads(tar.extractfile(name).read())["patient_id"])
+    assert len(patients) == 3  # every split is used ...
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                or patients["val"] & patients["test"])  # ... and no patient is in two
+    assert all(assign_split(p, 0.3, 0.3) == split for split, ps in patients.items() for p in ps)
 
 
 def test_bad_rows_are_counted_by_reason_or_fatal_when_strict(tmp_path):
