@@ -57,8 +57,9 @@ def read_rows(source: str, path: str, **options: Any) -> Iterator[Row]:
     given = {name: value for name, value in options.items() if value not in (None, {}, "")}
     unknown = sorted(set(given) - accepted)
     if unknown:
-        raise ValueError(f"source {source!r} does not take {', '.join('--' + u for u in unknown)}"
-                         f" (it takes: {', '.join('--' + a for a in sorted(accepted)) or 'no options'})")
+        flag = {"columns": "--column", "images": "--images", "uncertain": "--uncertain"}
+        raise ValueError(f"source {source!r} does not take {', '.join(flag.get(u, u) for u in unknown)}"
+                         f" (it takes: {', '.join(flag.get(a, a) for a in sorted(accepted)) or 'no options'})")
     return reader(path, **given)
 
 
