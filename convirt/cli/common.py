@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
                  skip_keys: set[str] | None = None, where: dict[str, str] | None = None,
                  num_workers: int = 0, split_by_rank: bool = False,
-                 table: argparse.Namespace | None = None) -> Iterable[dict[str, Any]]:
+                 table: argparse.Namespace | None = None, texts_only: bool = False) -> Iterable[dict[str, Any]]:
     """Batches of a shard split, a CSV or an image folder, preprocessed as the model expects,
-    each sample once and in order."""
+    each sample once and in order (of shards, the reports only with ``texts_only``)."""
     from convirt.data.inputs import build_input_batches
     from convirt.data.transforms import clean_report, image_transform_for
     from convirt.models.factory import get_preprocess_cfg
@@ -27,7 +27,8 @@ def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
     return build_input_batches(data, transform, loaded.tokenizer, batch_size, split=split, text_transform=clean_report,
                                where=where, skip_keys=skip_keys, num_workers=num_workers,
                                split_by_rank=split_by_rank, label_format=getattr(table, "format", "auto"),
-                               images=getattr(table, "images", None), uncertain=getattr(table, "uncertain", "zeros"))
+                               images=getattr(table, "images", None), uncertain=getattr(table, "uncertain", "zeros"),
+                               texts_only=texts_only)
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,7 +105,7 @@ def run_embed(args: argparse.Namespace) -> None:
     done = embedded_keys(out)
     batches = eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done,
                            where=parse_where(args.where), num_workers=args.workers,
-                           split_by_rank=args.devices not in ("1", 1))
+                           split_by_rank=args.devices not in ("1", 1), texts_only=bool(args.texts))
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     predict_features(loaded.model, batches,
                      partial(PartWriter, out, chunk_size=args.chunk_size, dtype=args.dtype),

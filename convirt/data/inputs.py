@@ -133,8 +133,12 @@ def build_input_batches(
     label_format: str = "auto",
     images: str | None = None,
     uncertain: str = "zeros",
+    texts_only: bool = False,
 ) -> Iterable[dict[str, Any]]:
     """Batch dicts (as :func:`convirt.data.stream.build_batches` makes them) of any input, in order.
+
+    With ``texts_only``, shard batches hold the reports without images (images are not decoded,
+    and text-only shards, such as Open-i converted without its PNGs, can be read).
 
     Args:
         path: A shard folder (then ``split`` picks the split), a CSV file or an image folder.
@@ -157,10 +161,11 @@ def build_input_batches(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if is_shard_folder(path):
-        require_images(path)
+        if not texts_only:
+            require_images(path)
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
-        dataset = build_batches(shard_urls(str(path), split), image_transform, tokenizer, batch_size,
-                                text_transform=text_transform, skip_keys=skip_keys, keep=keep,
+        dataset = build_batches(shard_urls(str(path), split), None if texts_only else image_transform, tokenizer,
+                                batch_size, text_transform=text_transform, skip_keys=skip_keys, keep=keep,
                                 split_by_rank=split_by_rank)
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
     rows = read_image_rows(path, where, label_format, images, uncertain)

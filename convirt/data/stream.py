@@ -75,11 +75,12 @@ class SkipCounter:
 
 def collate_samples(samples: Sequence[Sample], tokenizer: Callable[..., torch.Tensor],
                     pad_id: int | None, skipped: SkipCounter | None = None) -> dict[str, Any]:
-    """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict."""
+    """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict (no ``image``
+    when the samples have none)."""
     keys, images, texts, metas, groups = zip(*samples)
     return {
         "key": list(keys),
-        "image": torch.stack(list(images)),
+        **({"image": torch.stack(list(images))} if images[0] is not None else {}),
         "text": trim_padding(tokenizer(list(texts)), pad_id),
         "raw_text": list(texts),
         "meta": list(metas),
@@ -94,7 +95,7 @@ class _Pipeline(wds.DataPipeline, wds.FluidInterface):  # type: ignore[misc]
 
 def build_batches(
     urls: Sequence[str],
-    image_transform: Callable[[Image.Image], torch.Tensor],
+    image_transform: Callable[[Image.Image], torch.Tensor] | None,
     tokenizer: Callable[..., torch.Tensor],
     batch_size: int,
     text_transform: Callable[[str], str] | None = None,
@@ -124,9 +125,10 @@ def build_batches(
     any number of ranks and workers. Samples whose key is in ``skip_keys`` are dropped before
     decoding (resuming); with ``keep``, only samples whose metadata dict it accepts are kept. A
     corrupt shard or sample is skipped and counted in the batches' ``skipped`` field, unless
-    ``strict``. With ``decode_size``, JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8)
-    that keeps both sides at least that many pixels: a 512 px image bound for a 224 px model
-    input decodes at 256 px, in a third of the time.
+    ``strict``. With ``image_transform=None`` the batches hold texts only (no ``image``): images
+    are not decoded, and text-only shards can be read. With ``decode_size``, JPEGs are decoded at
+    the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that many pixels: a 512
+    px image bound for a 224 px model input decodes at 256 px, in a third of the time.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -139,6 +141,8 @@ def build_batches(
     def to_sample(sample: dict[str, Any]) -> Sample:
         meta = sample.get(META) or {}
         report = sample[TEXT]
+        if image_transform is None:
+            return sample[KEY], None, text_of(report, meta), meta, text_group(report)  # type: ignore[return-value]
         if not train:
             return sample[KEY], image_transform(sample[IMAGE]), text_of(report, meta), meta, text_group(report)
         sample_seed = zlib.crc32(f"{seed}:{sample[KEY]}".encode())
@@ -178,7 +182,10 @@ def build_batches(
         dataset = dataset.compose(lambda source: itertools.islice(source, skip_samples, None))
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
-    dataset = dataset.map(_complete, handler=skipped)  # a truncated shard ends in a partial sample
+    if image_transform is None:
+        dataset = dataset.map(_text_only, handler=skipped)
+    else:
+        dataset = dataset.map(_complete, handler=skipped)  # a truncated shard ends in a partial sample
     dataset = dataset.decode(partial(decode_grayscale, size=decode_size), handler=skipped)
     if keep is not None:
         dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
@@ -209,6 +216,13 @@ def _complete(sample: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: it has {fields}; "
                          f"image-text batches need {IMAGE} and {TEXT}")
     return sample
+
+
+def _text_only(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample without its image (left undecoded), if it has a text; else an error for the handler."""
+    if TEXT not in sample:
+        raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: no {TEXT}")
+    return {field: value for field, value in sample.items() if field != IMAGE}
 
 
 def _all_shards(urls: Any) -> Any:

@@ -89,3 +89,21 @@ def test_query_can_leave_out_the_query_patient(tiny_checkpoint, labels_csv, tmp_
     assert plain[0]["key"] == query["key"] and plain[0]["score"] == pytest.approx(1.0, abs=1e-4)
     others = hits("--exclude-same-patient")
     assert len(others) == 4 and all(hit["patient_id"] != query["patient_id"] for hit in others)
+
+
+def test_text_only_shards_embed_their_reports_and_refuse_images(tiny_checkpoint, tmp_path):
+    from convirt.data.schema import Row
+    from convirt.data.writer import write_shards
+
+    rows = [Row(key=f"r{i}", image_path="", text=f"FINDINGS: Finding number {i}. IMPRESSION: Normal {i}.",
+                patient_id=f"p{i}") for i in range(7)]
+    shards = tmp_path / "shards"
+    write_shards(rows, shards, text_only=True, val_fraction=0, test_fraction=0, progress=False)
+    out = tmp_path / "txt"
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "train", "--texts",
+                 "--batch-size", "3", "--output", str(out)]) == 0
+    vectors, meta = _by_key(out)
+    assert vectors.shape == (7, 32) and [m["key"] for m in meta] == [f"r{i}" for i in range(7)]
+    assert meta[0]["text"] == "Finding number 0. Normal 0."
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "train",
+                 "--output", str(tmp_path / "img")]) == 2
