@@ -132,11 +132,14 @@ class _Conversion:
         self.sections: Counter[str] = Counter()
         self.hashes: list[str] = []
         self.drops: list[str] = []
+        self._on_disk = {HASHES: 0, DROPS: 0}  # lines of each list already in its file
 
     def load(self) -> bool:
-        """Restore from the journal; False when there is none."""
+        """Restore from the journal; False when there is none (then old line files are cleared)."""
         path = self.out / JOURNAL
         if not path.is_file():
+            for name in (HASHES, DROPS):
+                (self.out / name).unlink(missing_ok=True)
             return False
         state = json.loads(path.read_text(encoding="utf-8"))
         if state["config"] != self.config:
@@ -147,12 +150,18 @@ class _Conversion:
         self.dropped, self.sections = Counter(state["dropped"]), Counter(state["sections"])
         self.hashes = _read_lines(self.out / HASHES)[: state["hashes"]]
         self.drops = _read_lines(self.out / DROPS)[: state["drops"]]
+        for name, lines in ((HASHES, self.hashes), (DROPS, self.drops)):  # cut what the crash left beyond
+            _write_lines(self.out / name, lines)
+            self._on_disk[name] = len(lines)
         return True
 
     def save(self) -> None:
-        """Record progress: hashes and drops first, then the journal that says how many are valid."""
-        _write_lines(self.out / HASHES, self.hashes)
-        _write_lines(self.out / DROPS, self.drops)
+        """Record progress: new hashes and drops first (appended), then the journal that says how
+        many lines of them are valid."""
+        for name, lines in ((HASHES, self.hashes), (DROPS, self.drops)):
+            with open(self.out / name, "a", encoding="utf-8") as handle:
+                handle.writelines(line + "\n" for line in lines[self._on_disk[name]:])
+            self._on_disk[name] = len(lines)
         _atomic_json(self.out / JOURNAL, {
             "config": self.config, "split_index": self.split_index, "position": self.position,
             "rows_read": self.rows_read, "total_rows": self.total_rows, "shards": self.shards,
