@@ -32,10 +32,7 @@ class TrainImageTransform:
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], horizontal_flip: bool = False,
                  blur_probability: float = 0.2, compact: bool = False) -> None:
         self.size, self.horizontal_flip, self.blur_probability = size, horizontal_flip, blur_probability
-        self.compact = compact
-        # (level - 255 * mean) / (255 * std) normalises 8-bit levels; broadcasting makes the channels.
-        self.offset = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1) * 255.0
-        self.scale = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1) * 255.0
+        self.compact, self.mean, self.std = compact, list(mean), list(std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if image.mode != "L":
@@ -70,9 +67,7 @@ class TrainImageTransform:
         levels = np.clip(np.arange(256, dtype=np.float32) * brightness, 0, 255)
         table = np.clip((levels - mean) * contrast + mean, 0, 255).round().astype(np.uint8)
         tensor = torch.from_numpy(np.take(table, pixels)).unsqueeze(0)
-        if self.compact:
-            return tensor
-        return (tensor.float() - self.offset).div_(self.scale)
+        return tensor if self.compact else normalize_images(tensor, self.mean, self.std)
 
 
 def _crop_box(size: tuple[int, int], rng: random.Random, scale: tuple[float, float] = (0.7, 1.0),
@@ -91,15 +86,15 @@ def _crop_box(size: tuple[int, int], rng: random.Random, scale: tuple[float, flo
     return (width - side) / 2, (height - side) / 2, side, side
 
 
-def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+                     std: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """8-bit grayscale ``(..., 1, H, W)`` -> normalised float ``(..., C, H, W)``, one channel per
     entry of ``mean`` / ``std`` (the model boundary of compact batches). Float input is returned as is.
     """
     if images.dtype != torch.uint8:
         return images
-    shape = (-1, 1, 1)
-    offset = torch.tensor(list(mean), dtype=torch.float32, device=images.device).view(shape) * 255.0
-    scale = torch.tensor(list(std), dtype=torch.float32, device=images.device).view(shape) * 255.0
+    offset = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(-1, 1, 1) * 255.0
+    scale = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(-1, 1, 1) * 255.0
     return (images.float() - offset) / scale
 
 
@@ -128,14 +123,18 @@ def build_image_transform(
     return pipeline  # type: ignore[no-any-return]
 
 
+def image_side(preprocess: dict[str, Any], size: int | None = None) -> int:
+    """The square input side of a model's preprocessing config, unless ``size`` overrides it."""
+    configured = preprocess["size"]
+    return int(size or (configured if isinstance(configured, int) else configured[0]))
+
+
 def image_transform_for(
     preprocess: dict[str, Any], train: bool, size: int | None = None, horizontal_flip: bool = False,
     blur_probability: float = 0.2, compact: bool = False,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The image transform of a model's preprocessing config (``size``, ``mean``, ``std``)."""
-    configured = preprocess["size"]
-    side = size or int(configured if isinstance(configured, int) else configured[0])
-    return build_image_transform(side, preprocess["mean"], preprocess["std"], train=train,
+    return build_image_transform(image_side(preprocess, size), preprocess["mean"], preprocess["std"], train=train,
                                  horizontal_flip=horizontal_flip, blur_probability=blur_probability, compact=compact)
 
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from convirt.data.inputs import is_shard_folder
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
-from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_transform_for
+from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_side, image_transform_for
 from convirt.data.urls import expand_shard_urls
 from convirt.data.writer import require_images, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
@@ -133,9 +133,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def _decode_size(self) -> int:
         """The model's input side: JPEGs need not be decoded at more than that."""
-        hp: Any = self.hparams
-        configured = self.preprocess["size"]
-        return int(hp.image_size or (configured if isinstance(configured, int) else configured[0]))
+        return image_side(self.preprocess, self.hparams["image_size"])
 
     def _urls(self, split: str) -> list[str]:
         hp: Any = self.hparams

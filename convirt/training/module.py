@@ -57,6 +57,9 @@ class ContrastiveModule(L.LightningModule):
             the full global matrix on every rank (``clip`` loss).
     """
 
+    image_mean: torch.Tensor  # the image tower's normalisation, registered as buffers in __init__
+    image_std: torch.Tensor
+
     def __init__(
         self,
         model_name: str = "demo-effnet-minilm",
@@ -80,6 +83,10 @@ class ContrastiveModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
+        # The tower's normalisation, kept on the module's device for compact batches (not saved).
+        mean, std = image_statistics(self.model)
+        self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
         self.locked = [tower for tower, lock in (("image", lock_image_tower), ("text", lock_text_tower)) if lock]
@@ -206,10 +213,7 @@ class ContrastiveModule(L.LightningModule):
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
         """The model boundary of compact batches: 8-bit ``(B, 1, H, W)`` -> the tower's normalised
         ``(B, C, H, W)``, on the batch's device. Float images pass unchanged."""
-        if images.dtype != torch.uint8:
-            return images
-        mean, std = image_statistics(self.model)
-        return normalize_images(images, mean, std)
+        return normalize_images(images, self.image_mean, self.image_std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
