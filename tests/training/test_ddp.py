@@ -9,6 +9,16 @@ import yaml
 from tests.conftest import TINY_MODEL
 
 
+def _fit(config: dict, tmp_path) -> None:
+    """`convirt fit` on ``config`` in a subprocess (DDP launches its second rank from it)."""
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(path)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_fit_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
     config = {
         "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 3, "logger": False,
@@ -19,12 +29,7 @@ def test_fit_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
         "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model},
         "data": {"shards": str(phantom_shards), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
     }
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(path)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _fit(config, tmp_path)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
 
@@ -49,12 +54,7 @@ def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_wo
         "data": {"shards": str(shards), "batch_size": 4, "num_workers": 2, "shuffle_buffer": 8, "resampled": True,
                  "samples_per_epoch": 32},
     }
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(path)],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _fit(config, tmp_path)
     records = [json.loads(line) for line in counts.read_text().splitlines()]
     assert sorted((r["epoch"], r["rank"]) for r in records) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # 32 samples per epoch, batch 4, 2 ranks: 4 batches on each rank, every epoch.
