@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -15,3 +16,13 @@ def write_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def shared_data_parser(doc: str, work: Path) -> argparse.ArgumentParser:
+    """The options of a benchmark on ../shared/data: ``--shared``, ``--work``, ``--output``."""
+    root = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--shared", default=str(root.parent / "shared" / "data"))
+    parser.add_argument("--work", default=str(work))
+    parser.add_argument("--output", default=str(root / "BENCHMARKS.md"))
+    return parser

@@ -11,6 +11,7 @@ from typing import NoReturn
 from convirt import __version__
 
 _LIGHTNING = ("fit", "validate", "test")
+_TEXT_PRETRAINING = "pretrain-text"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,11 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{phantom,shards,fit,validate,test,zeroshot,probe,embed,index,export,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{phantom,shards,fit,validate,test,"
+                                "pretrain-text,zeroshot,probe,embed,index,export,report}")
     data.add_parsers(sub)
     for name in _LIGHTNING:
         sub.add_parser(name, help=f"{name} with LightningCLI (`convirt {name} --help`)", add_help=False)
+    sub.add_parser(_TEXT_PRETRAINING, add_help=False, help="adapt a model's text tower to reports (section "
+                   "matching on shards, no images; LightningCLI, `convirt pretrain-text --help`)")
     zeroshot.add_parsers(sub)
     retrieval.add_parsers(sub)
     export.add_parsers(sub)
@@ -49,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             from convirt.training.cli import run_lightning_cli
 
             run_lightning_cli(argv)
+            return 0
+        if argv and argv[0] == _TEXT_PRETRAINING:
+            from convirt.training.cli import run_lightning_cli
+
+            run_lightning_cli(["fit", *argv[1:]], text_pretraining=True)
             return 0
         args = build_parser().parse_args(argv)
         args.run(args)

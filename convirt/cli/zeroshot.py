@@ -46,6 +46,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="shares of each fold's training labels")
     probe.add_argument("--probes", nargs="+", default=["linear", "knn"], choices=["linear", "knn"])
     probe.add_argument("--folds", type=int, default=5)
+    probe.add_argument("--features", default="trunk", choices=["trunk", "embedding"],
+                       help="image features probed: the image trunk's pooled output, projection head removed (the "
+                            "ConVIRT / GLoRIA protocol; default), or the joint embedding")
     probe.add_argument("-k", type=int, default=10, help="neighbours of the kNN probe")
     probe.add_argument("--bootstrap", type=int, default=1000)
     probe.add_argument("--seed", type=int, default=0)
@@ -58,12 +61,14 @@ def run_probe(args: argparse.Namespace) -> None:
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
     from convirt.models import load_checkpoint
+    from convirt.models.features import TrunkEncoder
     from convirt.zeroshot.probe import run_probes
 
     loaded = load_checkpoint(args.checkpoint)
     where = parse_where(args.where)
-    embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
-                                                            table=args))
+    encoder = TrunkEncoder(loaded.model) if args.features == "trunk" else loaded.model
+    embedded = embed_batches(encoder, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
+                                                   table=args))
     labels = aligned_labels(embedded.meta, list(args.labels), args.labels)
     if (labels < 0).any():
         raise ValueError("probes need every label decided: use --uncertain zeros or ones, not ignore")
@@ -72,9 +77,11 @@ def run_probe(args: argparse.Namespace) -> None:
                          args.k, args.seed, args.bootstrap)
     result = {"data": args.data, "split": args.split, "where": where, "checkpoint": str(args.checkpoint),
               "samples": len(labels), "patients": len(set(groups)), "folds": args.folds, "seed": args.seed,
+              "features": args.features, "dim": int(embedded.embeddings.shape[1]),
               "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs]}
     write_json(Path(args.output) / "metrics.json", result)
-    print(f"{len(labels)} images, {len(set(groups))} patients, {args.folds} patient-grouped folds; AUROC [95% CI]")
+    print(f"{len(labels)} images, {len(set(groups))} patients, {args.folds} patient-grouped folds, "
+          f"{args.features} features ({embedded.embeddings.shape[1]}-d); AUROC [95% CI]")
     print(f"{'probe':<8} {'labels':>7} " + " ".join(f"{name:>22}" for name in args.labels))
     for output in outputs:
         cells = " ".join(f"{_with_ci(output.metrics['findings'][name], 'auroc'):>22}" for name in args.labels)

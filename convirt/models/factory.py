@@ -104,6 +104,7 @@ def create_model(
     pretrained: bool = True,
     text_model_path: str | None = None,
     image_weights_path: str | None = None,
+    pretrained_image: bool | None = None,
 ) -> nn.Module:
     """Create a dual encoder with ``encode_image`` / ``encode_text`` and its own ``logit_scale``.
 
@@ -115,6 +116,8 @@ def create_model(
         pretrained: Load pretrained tower weights (ignored for ``hf-hub:`` / ``local-dir:``).
         text_model_path: Local Hugging Face model folder that replaces the config's text model.
         image_weights_path: Local state-dict file for the image tower.
+        pretrained_image: Load the image tower's weights (default: ``pretrained``); ``False``
+            with ``pretrained`` loads the text tower's only (text-only training).
 
     Raises:
         ValueError: Unknown name.
@@ -154,7 +157,7 @@ def create_model(
     except (OSError, RuntimeError) as error:
         source = text_cfg.get("hf_model_name", name)
         raise PretrainedUnavailableError(f"{offline_hint(source)} ({error})") from error
-    if pretrained and timm_name:
+    if (pretrained if pretrained_image is None else pretrained_image) and timm_name:
         image_weights = image_weights_path or resolve_image_weights(timm_name)
         if image_weights is not None:
             load_state_dict_by_position(model.visual.trunk, image_weights)

@@ -29,18 +29,25 @@ def default_logger() -> dict[str, object]:
     return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "artifacts/logs"}}
 
 
-def run_lightning_cli(args: list[str]) -> None:
+def run_lightning_cli(args: list[str], text_pretraining: bool = False) -> None:
     """Run ``fit``/``validate``/``test`` with ``args`` (e.g. ``["fit", "--config", "x.yaml"]``).
+
+    With ``text_pretraining``, the module and data are report section matching
+    (:mod:`convirt.training.text_pretrain`) instead of image-text pairs.
 
     Raises:
         argparse.ArgumentError: A bad config key or value (not printed as a usage dump).
     """
+    from convirt.training.text_pretrain import SectionMatchingModule, SectionPairsDataModule
+
+    module, data = (SectionMatchingModule, SectionPairsDataModule) if text_pretraining else \
+        (ContrastiveModule, ShardDataModule)
     with warnings.catch_warnings():
         # We pass `args` on purpose; sys.argv holds the same words.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
         ConvirtLightningCLI(
-            ContrastiveModule,
-            ShardDataModule,
+            module,
+            data,
             args=args,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"logger": default_logger()},

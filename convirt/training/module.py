@@ -254,17 +254,23 @@ class ContrastiveModule(L.LightningModule):
         param_groups = parameter_groups(self.model, hp.learning_rate, hp.tower_learning_rate or hp.learning_rate,
                                         hp.weight_decay)
         optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.98), eps=1e-6)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(hp.warmup_steps, total // 2)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` (at most half the run), then cosine decay to 0."""
+    total = max(1, total_steps)
+    warmup = min(warmup_steps, total // 2)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def parameter_groups(model: nn.Module, learning_rate: float, tower_learning_rate: float, weight_decay: float

@@ -2,7 +2,9 @@
 
 The protocol of ConVIRT, GLoRIA and CXR-CLIP tables, on whatever labelled set is at hand: folds
 grouped by patient (no patient in both the training and the test part), and in each fold the
-classifier sees a seeded, stratified fraction (1%, 10%, 100%) of the training part. The
+classifier sees a seeded, stratified fraction (1%, 10%, 100%) of the training part. The linear
+probe standardises the features and picks its regularisation by a patient-grouped inner
+cross-validation on that training part (as CLIP's probes swept C on validation data). The
 out-of-fold probabilities of all folds are pooled and scored with the zero-shot metrics.
 Arrays in: the caller embeds the images.
 """
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from convirt.zeroshot.metrics import NAN, evaluate_findings
 
@@ -52,12 +56,31 @@ def _subsample(labels: np.ndarray, fraction: float, rng: np.random.Generator) ->
     return np.sort(np.concatenate(keep))
 
 
-def _fit_predict(probe: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int, seed: int
-                 ) -> np.ndarray:
+# Inverse regularisation strengths the linear probe chooses from (CLIP's probes swept C the same way).
+C_GRID = np.logspace(-4, 2, 7)
+INNER_FOLDS = 3
+
+
+def _linear_probe(train_y: np.ndarray, train_groups: np.ndarray, seed: int) -> Any:
+    """Standardised features, then logistic regression whose C is picked by patient-grouped inner
+    cross-validation (AUROC) on the training part alone; fixed C=1 where that part is too small."""
+    smallest = min(np.bincount(train_y, minlength=2))
+    if smallest < INNER_FOLDS or len(set(train_groups)) < 2 * INNER_FOLDS:
+        classifier: Any = LogisticRegression(C=1.0, max_iter=5000, random_state=seed)
+    else:
+        inner = StratifiedGroupKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=seed)
+        splits = list(inner.split(np.zeros(len(train_y)), train_y, train_groups))
+        classifier = LogisticRegressionCV(Cs=C_GRID, cv=splits, scoring="roc_auc", max_iter=5000, l1_ratios=(0.0,),
+                                          use_legacy_attributes=False, random_state=seed)
+    return make_pipeline(StandardScaler(), classifier)
+
+
+def _fit_predict(probe: str, train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray,
+                 test_x: np.ndarray, k: int, seed: int) -> np.ndarray:
     if len(np.unique(train_y)) < 2:
         return np.full(len(test_x), NAN)
     if probe == "linear":
-        model: Any = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+        model: Any = _linear_probe(train_y, train_groups, seed)
     else:
         model = KNeighborsClassifier(n_neighbors=min(k, len(train_y)), weights="distance", metric="cosine")
     model.fit(train_x, train_y)
@@ -105,6 +128,7 @@ def run_probes(
         raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
     if len(set(groups)) < folds:
         raise ValueError(f"{len(set(groups))} patients, fewer than {folds} folds")
+    group_array = np.asarray([str(g) for g in groups])
     outputs = []
     for probe in probes:
         for fraction in fractions:
@@ -116,7 +140,7 @@ def run_probes(
                 for train, test in splitter.split(embeddings, y, groups):
                     chosen = train[_subsample(y[train], fraction, rng)]
                     probabilities[test, column] = _fit_predict(probe, embeddings[chosen], y[chosen],
-                                                               embeddings[test], k, seed)
+                                                               group_array[chosen], embeddings[test], k, seed)
             scored = np.nan_to_num(probabilities, nan=0.5)  # an unfittable fold scores as chance
             outputs.append(ProbeOutput(probe, float(fraction), probabilities,
                                        evaluate_findings(labels, scored, names, bootstrap=bootstrap, seed=seed)))

@@ -7,7 +7,7 @@ from convirt.zeroshot.probe import _subsample, run_probes
 def _blobs(n=120, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, size=(n, 1))
-    embeddings = rng.normal(size=(n, 8)) + 1.5 * labels * np.eye(8)[0]
+    embeddings = rng.normal(size=(n, 8)) + 2.5 * labels * np.eye(8)[0]
     groups = [f"p{i // 2}" for i in range(n)]  # two images per patient
     return embeddings, labels, groups
 
@@ -41,3 +41,18 @@ def test_probe_input_errors():
         run_probes(embeddings, labels, groups, ["A"], fractions=[0])
     with pytest.raises(ValueError, match="3 patients, fewer than 5 folds"):
         run_probes(embeddings, labels, ["a", "b", "c"] * 6 + ["a", "b"], ["A"])
+
+
+def test_linear_probe_standardises_and_picks_c_on_the_training_part_only():
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    from convirt.zeroshot.probe import C_GRID, _linear_probe
+
+    embeddings, labels, groups = _blobs(120)
+    y = labels[:, 0]
+    chosen = _linear_probe(y, np.array(groups), seed=0).fit(embeddings * 1e-3, y)  # tiny scale: standardised away
+    assert isinstance(chosen[-1], LogisticRegressionCV) and float(np.ravel(chosen[-1].C_)[0]) in C_GRID
+    assert chosen.predict_proba(embeddings * 1e-3)[:, 1][y == 1].mean() > 0.6
+    # Too few of a class for an inner cross-validation: a fixed C.
+    few = _linear_probe(np.array([0] * 20 + [1] * 2), np.array([f"p{i}" for i in range(22)]), seed=0)
+    assert isinstance(few[-1], LogisticRegression) and not isinstance(few[-1], LogisticRegressionCV)
