@@ -63,3 +63,15 @@ def score_reports(encoder: Any, tokenizer: Any, findings: list[str], impressions
             result[method.value] = float(roc_auc_score(y[keep], scores))
     result["positives"], result["negatives"] = int((y == 1).sum()), int((y == 0).sum())
     return result
+
+
+def openi_stand_in(checkpoint: Path, reports: tuple[list[str], list[str], list[int]], out: Path) -> dict:
+    """The stand-in scored in a checkpoint's joint space (cached in ``out/openi_text.json``)."""
+    path = out / "openi_text.json"
+    if not path.is_file():
+        from convirt.models import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(score_reports(loaded.model, loaded.tokenizer, *reports)), encoding="utf-8")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -3,12 +3,12 @@
 Variants of `configs/covid_pairs.yaml` are trained once each (seed 0) with a checkpoint per epoch:
 the general MiniLM text tower, with the image tower locked (LiT), with one sentence per report as
 the training text (ConVIRT's text sampling), and the text tower pretrained on Open-i reports
-(`benchmarks/text_pretraining.py`), trained or locked. Chosen epochs are scored by image<->text
-recall@5/10 on the covid-pairs test split (87 images of patients never trained on; a report
-identical to the image's own counts as a hit, since cases reuse one description for several
-images; chance R@5 is about 0.06), and by the Open-i stand-in of `_openi_text.py` (held-out
-report texts scored in the joint space: does the text side still separate airspace disease from
-normal after training on the pairs?).
+(`benchmarks/text_pretraining.py`), trained or locked, alone or with the image trunk locked too.
+Chosen epochs are scored by image<->text recall@5/10 on the covid-pairs test split (87 images of
+patients never trained on; a report identical to the image's own counts as a hit, since cases reuse
+one description for several images; chance R@5 is about 0.06), and by the Open-i stand-in of
+`_openi_text.py` (held-out report texts scored in the joint space: does the text side still separate
+airspace disease from normal after training on the pairs?).
 
 Writes the ``heldout-recipes`` section of BENCHMARKS.md. `python benchmarks/heldout_recipes.py`
 (about 25 minutes on 2 CPU cores; runs already on disk under artifacts/heldout-recipes are reused).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 from _markdown import shared_data_parser, write_section
-from _openi_text import read_test_reports, score_reports
+from _openi_text import openi_stand_in, read_test_reports
 from text_pretraining import ensure_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "one sentence per report": ("sentence", {**_GENERAL, "data.text_sampling": "sentence"}),
     "report-pretrained text tower": ("openi-text", _REPORTS),
     "report-pretrained text tower, locked": ("openi-text-locked", {**_REPORTS, "model.lock_text_tower": True}),
+    "report-pretrained text tower, both trunks locked": ("openi-text-both-locked", {
+        **_REPORTS, "model.lock_text_tower": True, "model.lock_image_tower": True}),
 }
 EPOCHS = (3, 6, 10, 15, 20, 30)
 
@@ -85,18 +87,6 @@ def heldout(checkpoint: Path, shards: Path, out: Path) -> dict:
         convirt("index", "eval", "--index", str(out / "index"), "-k", "5", "--texts", str(out / "txt"), "--output",
                 str(metrics))
     return json.loads(metrics.read_text(encoding="utf-8"))
-
-
-def openi_stand_in(checkpoint: Path, reports: tuple[list[str], list[str], list[int]], out: Path) -> dict:
-    """The held-out Open-i zero-shot stand-in (see benchmarks/_openi_text.py) in the model's joint space."""
-    path = out / "openi_text.json"
-    if not path.is_file():
-        from convirt.models import load_checkpoint
-
-        loaded = load_checkpoint(checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(score_reports(loaded.model, loaded.tokenizer, *reports)), encoding="utf-8")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def main() -> None:

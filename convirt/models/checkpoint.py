@@ -26,14 +26,17 @@ class LoadedModel:
     embed_dim: int
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_model_path: str | None = None
+                    ) -> LoadedModel:
     """Load a ``convirt fit`` checkpoint into a model in eval mode.
 
     The model is rebuilt from the registry name stored in the checkpoint's hyper-parameters
-    (without downloading pretrained weights) and its trained weights are loaded, strict.
+    (without downloading pretrained weights) and its trained weights are loaded, strict. A
+    model trained with a local text-model folder needs that folder's config and tokenizer
+    (not its weights): ``text_model_path`` replaces the stored path, e.g. after a move.
 
     Raises:
-        FileNotFoundError: No file at ``path``.
+        FileNotFoundError: No file at ``path``, or the checkpoint's text-model folder is gone.
         ValueError: The file is not a convirt checkpoint.
     """
     path = Path(path)
@@ -47,7 +50,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
     if "model_name" not in hparams or "state_dict" not in state:
         raise ValueError(f"{path} is not a convirt checkpoint (no model_name hyper-parameter or state_dict)")
-    text_model_path = hparams.get("text_model_path")
+    stored = hparams.get("text_model_path")
+    text_model_path = text_model_path or stored
+    if text_model_path and text_model_path == stored and _looks_local(stored) and not Path(stored).is_dir():
+        raise FileNotFoundError(
+            f"{path} was trained with the local text model {stored}, which is not there (from {Path.cwd()}): pass "
+            "its folder as text_model_path (load_checkpoint), or share models as `convirt export` folders")
     model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
     weights = {k[len(MODEL_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     model.load_state_dict(weights, strict=True)
@@ -60,3 +68,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         checkpoint=str(path),
         embed_dim=embed_dim_of(hparams["model_name"]),
     )
+
+
+def _looks_local(name: str) -> bool:
+    """A folder path rather than a hub name (``org/model``): absolute, relative with ``./``, or deeper."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import lightning as L
@@ -82,6 +83,9 @@ class ContrastiveModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if text_model_path and os.path.isdir(text_model_path):
+            # Absolute in the checkpoint, so that every command finds the folder from any directory.
+            self.hparams["text_model_path"] = os.path.abspath(text_model_path)
         self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         # The tower's normalisation, kept on the module's device for compact batches (not saved).
         mean, std = image_statistics(self.model)
@@ -337,8 +341,6 @@ def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True,
     The baselines of an evaluation: the pretrained towers as shipped (``pretrained=True``) or a
     random initialisation (``pretrained=False``, seeded).
     """
-    import os
-
     torch.manual_seed(seed)
     module = ContrastiveModule(model_name=model_name, pretrained=pretrained, text_model_path=text_model_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

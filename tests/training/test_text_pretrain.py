@@ -57,3 +57,24 @@ def test_pretrain_text_refuses_image_only_reports(tmp_path, phantom_shards):
     data = SectionPairsDataModule(str(phantom_shards), model_name=TINY_MODEL, second="history")
     with pytest.raises(ValueError, match="has both a findings and an history section"):
         data.setup("fit")
+
+
+def test_a_checkpoint_finds_its_text_model_folder_from_anywhere(tiny_text_model, tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from convirt.models import load_checkpoint
+    from convirt.training import save_initial_checkpoint
+
+    copy = tmp_path / "texts" / "model"
+    shutil.copytree(tiny_text_model, copy)
+    monkeypatch.chdir(tmp_path)
+    checkpoint = save_initial_checkpoint(str(tmp_path / "a.ckpt"), TINY_MODEL, pretrained=False,
+                                         text_model_path="texts/model")  # relative, as in a recipe
+    monkeypatch.chdir(Path(tiny_text_model).parent)
+    assert load_checkpoint(checkpoint).text_model_path == str(copy)
+
+    shutil.rmtree(copy)
+    with pytest.raises(FileNotFoundError, match=f"trained with the local text model {copy}, which is not there"):
+        load_checkpoint(checkpoint)
+    assert load_checkpoint(checkpoint, text_model_path=tiny_text_model).text_model_path == tiny_text_model
