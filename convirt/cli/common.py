@@ -31,6 +31,22 @@ def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
                                texts_only=texts_only)
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True,
+                             help: str = "checkpoint of `convirt fit`") -> None:
+    """``--checkpoint`` and ``--text-model``: the model a command loads."""
+    parser.add_argument("--checkpoint", required=required, help=help)
+    parser.add_argument("--text-model", metavar="DIR",
+                        help="the local text-model folder the checkpoint was trained with, where it has moved "
+                             "(config and tokenizer are read from it; the weights come from the checkpoint)")
+
+
+def load_model(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedModel:
+    """The checkpoint named by ``--checkpoint`` (or ``checkpoint``), with ``--text-model`` if given."""
+    from convirt.models import load_checkpoint
+
+    return load_checkpoint(checkpoint or args.checkpoint, text_model_path=getattr(args, "text_model", None))
+
+
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--split``, ``--where`` and ``--batch-size``: what to read, for any command that reads images."""
     parser.add_argument("--data", required=True, help="shard folder, CSV (image[,text,labels,patient_id,...]) "

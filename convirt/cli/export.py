@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from convirt.cli.common import add_checkpoint_arguments
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="write a checkpoint as an open_clip folder (load with local-dir:)")
-    parser.add_argument("--checkpoint", required=True)
+    add_checkpoint_arguments(parser)
     parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    from convirt.cli.common import model_fingerprint
-    from convirt.models import load_checkpoint
+    from convirt.cli.common import load_model, model_fingerprint
     from convirt.models.export import export_open_clip
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_model(args)
     if loaded.model_name.startswith(("hf-hub:", "local-dir:", "open_clip:")):
         raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
     folder = export_open_clip(loaded.model, loaded.model_name, loaded.tokenizer, args.output,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convirt.cli.common import add_input_arguments
+from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, load_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,7 +19,7 @@ INFO = "info.json"
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser("embed", help="embed the images (or report texts) of shards, a CSV or an image folder")
-    embed.add_argument("--checkpoint", required=True)
+    add_checkpoint_arguments(embed)
     add_input_arguments(embed)
     embed.add_argument("--output", required=True)
     embed.add_argument("--texts", action="store_true", help="embed the report texts instead of the images")
@@ -48,7 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", help="image file to search with")
     what.add_argument("--text", help="report text to search with (text -> image)")
-    query.add_argument("--checkpoint", help="model that embeds the query (default: the one the index was built with)")
+    add_checkpoint_arguments(query, required=False,
+                             help="model that embeds the query (default: the one the index was built with)")
     query.add_argument("-k", type=int, default=5)
     query.add_argument("--exclude-same-patient", action="store_true",
                        help="leave out the query patient's indexed images (patient from --patient, or from the "
@@ -86,11 +87,10 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.cli.common import eval_batches, model_fingerprint, write_json
     from convirt.data.inputs import parse_where
     from convirt.embeddings.store import PartWriter, completed_parts, embedded_keys
-    from convirt.models import load_checkpoint
     from convirt.retrieval import check_fingerprint
     from convirt.training.predict import predict_features
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_model(args)
     out = Path(args.output)
     modality = "text" if args.texts else "image"
     fingerprint = {**model_fingerprint(loaded), "modality": modality}
@@ -157,14 +157,14 @@ def run_query(args: argparse.Namespace) -> None:
     from convirt.cli.common import model_fingerprint
     from convirt.data.images import load_grayscale
     from convirt.data.transforms import image_transform_for
-    from convirt.models import get_preprocess_cfg, load_checkpoint
+    from convirt.models import get_preprocess_cfg
     from convirt.retrieval import check_fingerprint, search
 
     index, info, metadata = _read_index(args.index, mmap=args.mmap)
     checkpoint = args.checkpoint or info.fingerprint.get("checkpoint")
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_model(args, checkpoint)
     check_fingerprint(info.fingerprint, model_fingerprint(loaded))
     with torch.no_grad():
         if args.image:

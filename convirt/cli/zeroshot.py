@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convirt.cli.common import add_input_arguments
+from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, load_model
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("zeroshot", help="zero-shot diagnosis with descriptor prompts, scored on labels")
-    parser.add_argument("--checkpoint", required=True)
+    add_checkpoint_arguments(parser)
     parser.add_argument("--descriptors", default="phantom", help="shipped set name or YAML path")
     add_input_arguments(parser)
     parser.add_argument("--labels", nargs="+", metavar="NAME",
@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     probe = sub.add_parser("probe", help="linear and kNN probes on frozen image embeddings (1/10/100%% labels, "
                                          "patient-grouped folds)")
-    probe.add_argument("--checkpoint", required=True)
+    add_checkpoint_arguments(probe)
     add_input_arguments(probe)
     probe.add_argument("--labels", nargs="+", required=True, metavar="NAME", help="label names to probe")
     probe.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0],
@@ -60,11 +60,10 @@ def run_probe(args: argparse.Namespace) -> None:
     from convirt.cli.common import eval_batches, write_json
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
-    from convirt.models import load_checkpoint
     from convirt.models.features import TrunkEncoder
     from convirt.zeroshot.probe import run_probes
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_model(args)
     where = parse_where(args.where)
     encoder = TrunkEncoder(loaded.model) if args.features == "trunk" else loaded.model
     embedded = embed_batches(encoder, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
@@ -121,13 +120,12 @@ def run(args: argparse.Namespace) -> None:
     from convirt.cli.common import eval_batches, write_json
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
-    from convirt.models import load_checkpoint
     from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
     from convirt.zeroshot.metrics import evaluate_findings, youden_threshold
     from convirt.zeroshot.plots import plot_roc
 
     descriptors = load_descriptors(args.descriptors)
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_model(args)
     where = parse_where(args.where)
     embedded = embed_batches(loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where,
                                                             table=args))

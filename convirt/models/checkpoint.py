@@ -55,7 +55,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_m
     if text_model_path and text_model_path == stored and _looks_local(stored) and not Path(stored).is_dir():
         raise FileNotFoundError(
             f"{path} was trained with the local text model {stored}, which is not there (from {Path.cwd()}): pass "
-            "its folder as text_model_path (load_checkpoint), or share models as `convirt export` folders")
+            "its folder (`--text-model DIR` of the commands, text_model_path= of load_checkpoint), or share models as "
+            "`convirt export` folders")
     model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
     weights = {k[len(MODEL_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     model.load_state_dict(weights, strict=True)

@@ -54,3 +54,23 @@ def test_threshold_from_the_validation_split_and_figures(tiny_checkpoint, phanto
     assert finding["threshold_source"] == "youden on split val"
     assert len(list((out / "figures").glob("*-observations.png"))) == 2
     assert len(list((out / "figures").glob("*-saliency.png"))) == 2
+
+
+def test_a_moved_text_model_folder_is_named_and_replaced_with_text_model(tiny_text_model, labels_csv, tmp_path,
+                                                                         capsys):
+    import shutil
+
+    from convirt.training import save_initial_checkpoint
+
+    copy = tmp_path / "texts" / "model"
+    shutil.copytree(tiny_text_model, copy)
+    checkpoint = save_initial_checkpoint(str(tmp_path / "a.ckpt"), "test-tiny", pretrained=False,
+                                         text_model_path=str(copy))
+    shutil.rmtree(copy)
+    common = ["probe", "--checkpoint", checkpoint, "--data", str(labels_csv), "--labels", "Edema", "--fractions",
+              "1", "--probes", "knn", "--folds", "3", "--bootstrap", "10", "--output", str(tmp_path / "probe")]
+    assert main(common) == 2
+    error = capsys.readouterr().err
+    assert f"trained with the local text model {copy}, which is not there" in error and "--text-model DIR" in error
+    assert main([*common, "--text-model", tiny_text_model]) == 0
+    assert (tmp_path / "probe" / "metrics.json").is_file()
