@@ -9,12 +9,12 @@ import yaml
 from tests.conftest import TINY_MODEL
 
 
-def _fit(config: dict, tmp_path) -> None:
-    """`convirt fit` on ``config`` in a subprocess (DDP launches its second rank from it)."""
+def _fit(config: dict, tmp_path, command: str = "fit") -> None:
+    """`convirt fit` (or ``command``) on ``config`` in a subprocess (DDP launches its second rank from it)."""
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "fit", "--config", str(path)],
+    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", command, "--config", str(path)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -62,3 +62,15 @@ def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_wo
     by_epoch = {(r["epoch"], r["rank"]): r["keys"] for r in records}
     assert by_epoch[(0, 0)] != by_epoch[(0, 1)]  # ranks draw differently
     assert by_epoch[(0, 0)] != by_epoch[(1, 0)]  # and epochs too
+
+
+def test_pretrain_text_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
+    output = tmp_path / "text-model"
+    config = {
+        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 3, "logger": False,
+                    "enable_progress_bar": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path)},
+        "model": {"model_name": TINY_MODEL, "text_model_path": tiny_text_model, "output": str(output)},
+        "data": {"shards": str(phantom_shards), "batch_size": 4},
+    }
+    _fit(config, tmp_path, command="pretrain-text")
+    assert (output / "config.json").is_file()  # written once, by rank 0
