@@ -11,7 +11,7 @@ one description for several images; chance R@5 is about 0.06), and by the Open-i
 airspace disease from normal after training on the pairs?).
 
 Writes the ``heldout-recipes`` section of BENCHMARKS.md. `python benchmarks/heldout_recipes.py`
-(about 25 minutes on 2 CPU cores; runs already on disk under artifacts/heldout-recipes are reused).
+(about 45 minutes on 2 CPU cores; runs already on disk under artifacts/heldout-recipes are reused).
 """
 
 from __future__ import annotations
