@@ -12,6 +12,7 @@ Hugging Face folder to use as ``model.text_model_path`` in ``convirt fit``.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -31,6 +32,8 @@ from convirt.models import create_model, create_tokenizer
 from convirt.models.features import text_trunk_features
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 from convirt.training.module import parameter_groups, retrieval_recalls, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 class _Pairs(Dataset[tuple[str, str]]):
@@ -69,9 +72,14 @@ class SectionPairsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp: Any = self.hparams
         self.tokenizer = create_tokenizer(hp.model_name, hp.text_model_path)
-        for split in ("train", "val"):
-            if split not in self.pairs:
-                self.pairs[split] = read_section_pairs(hp.shards, split, hp.first, hp.second)
+        if "train" not in self.pairs:
+            self.pairs["train"] = read_section_pairs(hp.shards, "train", hp.first, hp.second)
+        if "val" not in self.pairs:
+            try:
+                self.pairs["val"] = read_section_pairs(hp.shards, "val", hp.first, hp.second)
+            except ValueError as error:  # no validation reports: train without validation
+                log.warning("no validation pairs (%s); training without validation", error)
+                self.pairs["val"] = []
 
     def _collate(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         return {"first": self.tokenizer([p[0] for p in pairs]), "second": self.tokenizer([p[1] for p in pairs])}
@@ -83,8 +91,10 @@ class SectionPairsDataModule(L.LightningDataModule):
                           drop_last=len(self.pairs["train"]) > hp.batch_size, num_workers=hp.num_workers,
                           collate_fn=self._collate)
 
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> Any:
         hp: Any = self.hparams
+        if not self.pairs["val"]:
+            return []
         return DataLoader(_Pairs(self.pairs["val"], swap=False), batch_size=hp.batch_size,
                           num_workers=hp.num_workers, collate_fn=self._collate)
 

@@ -78,3 +78,23 @@ def test_a_checkpoint_finds_its_text_model_folder_from_anywhere(tiny_text_model,
     with pytest.raises(FileNotFoundError, match=f"trained with the local text model {copy}, which is not there"):
         load_checkpoint(checkpoint)
     assert load_checkpoint(checkpoint, text_model_path=tiny_text_model).text_model_path == tiny_text_model
+
+
+def test_pretrain_text_without_validation_reports(phantom_csv, tiny_text_model, tmp_path):
+    import lightning as L
+
+    from convirt.data.sources import read_rows
+    from convirt.data.writer import write_shards
+    from convirt.training.text_pretrain import SectionMatchingModule, SectionPairsDataModule
+
+    shards = tmp_path / "shards"
+    write_shards(read_rows("csv", str(phantom_csv)), shards, image_size=64, val_fraction=0, test_fraction=0.2,
+                 progress=False)
+    data = SectionPairsDataModule(str(shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                                  batch_size=8)
+    module = SectionMatchingModule(TINY_MODEL, text_model_path=tiny_text_model, output=str(tmp_path / "out"),
+                                   warmup_steps=1)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2 and (tmp_path / "out" / "config.json").is_file()
