@@ -9,7 +9,6 @@ reports indexed normal. Fixed before measuring.
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,16 @@ NEGATIVE = "No Finding"
 
 def read_test_reports(shards: Path) -> tuple[list[str], list[str], list[int]]:
     """Findings, impressions and labels (1 airspace disease, 0 normal, -1 neither) of the test split."""
-    from convirt.data.writer import shard_urls
+    from convirt.data.section_pairs import iter_split_metadata
 
     findings, impressions, labels = [], [], []
-    for url in shard_urls(shards, "test"):
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.name.endswith(".json") and (handle := tar.extractfile(member)):
-                    meta = json.loads(handle.read())
-                    sections = meta.get("sections") or {}
-                    if sections.get("findings") and sections.get("impression"):
-                        terms = {label.split("/")[0] for label in meta.get("labels", [])}
-                        findings.append(sections["findings"])
-                        impressions.append(sections["impression"])
-                        labels.append(1 if terms & POSITIVE else 0 if terms == {NEGATIVE} else -1)
+    for meta in iter_split_metadata(shards, "test"):
+        sections = meta.get("sections") or {}
+        if sections.get("findings") and sections.get("impression"):
+            terms = {label.split("/")[0] for label in meta.get("labels", [])}
+            findings.append(sections["findings"])
+            impressions.append(sections["impression"])
+            labels.append(1 if terms & POSITIVE else 0 if terms == {NEGATIVE} else -1)
     return findings, impressions, labels
 
 

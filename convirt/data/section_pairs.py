@@ -12,11 +12,27 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from convirt.data.reports import FINDINGS, IMPRESSION, SECTIONS
 from convirt.data.schema import META
 from convirt.data.writer import shard_urls
+
+
+def iter_split_metadata(shards: str | os.PathLike[str], split: str) -> Iterator[dict[str, Any]]:
+    """The metadata dict (``json``) of every sample of a split of a local shard folder, in shard order.
+
+    Raises:
+        ValueError: An unknown or empty split.
+    """
+    for url in shard_urls(shards, split):
+        # Local shard folders only (the manifest's paths): tarfile reads them without a pipeline.
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.name.endswith(f".{META}") and (handle := tar.extractfile(member)) is not None:
+                    yield json.loads(handle.read())
 
 
 def read_section_pairs(shards: str | os.PathLike[str], split: str, first: str = FINDINGS,
@@ -38,22 +54,16 @@ def read_section_pairs(shards: str | os.PathLike[str], split: str, first: str = 
     seen: set[tuple[str, str]] = set()
     counts = {first: 0, second: 0}
     reports = 0
-    for url in shard_urls(shards, split):
-        # Local shard folders only (the manifest's paths): tarfile reads them without a pipeline.
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if not member.name.endswith(f".{META}"):
-                    continue
-                handle = tar.extractfile(member)
-                sections = json.loads(handle.read()).get("sections") or {} if handle else {}
-                reports += 1
-                texts = tuple(str(sections.get(name) or "").strip() for name in (first, second))
-                for name, text in zip((first, second), texts):
-                    counts[name] += bool(text)
-                pair = (texts[0], texts[1])
-                if all(pair) and pair not in seen:
-                    seen.add(pair)
-                    pairs.append(pair)
+    for meta in iter_split_metadata(shards, split):
+        sections = meta.get("sections") or {}
+        reports += 1
+        texts = tuple(str(sections.get(name) or "").strip() for name in (first, second))
+        for name, text in zip((first, second), texts):
+            counts[name] += bool(text)
+        pair = (texts[0], texts[1])
+        if all(pair) and pair not in seen:
+            seen.add(pair)
+            pairs.append(pair)
     if not pairs:
         raise ValueError(f"no report of split {split!r} in {Path(shards)} has both a {first} and an {second} "
                          f"section ({reports} reports: {counts[first]} with {first}, {counts[second]} with {second})")
