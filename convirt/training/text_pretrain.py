@@ -181,9 +181,7 @@ class SectionMatchingModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
-            datamodule: Any = getattr(self.trainer, "datamodule", None)
-            tokenizer = getattr(datamodule, "tokenizer", None) or create_tokenizer(
-                self.hparams["model_name"], self.hparams["text_model_path"])
+            tokenizer = create_tokenizer(self.hparams["model_name"], self.hparams["text_model_path"])
             save_text_model(self.text, tokenizer, self.hparams["output"])
 
 
