@@ -33,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="mimic-cxr: CheXpert -1 labels as negative (default), positive, or left out")
     shards.add_argument("--text", default="auto", choices=[mode.value for mode in TextMode],
                         help="report text kept: auto (findings+impression, else the free text), findings, "
-                             "impression, both, longest")
+                             "impression, both, longest, imaging (findings+impression, else the free text's "
+                             "sentences about the radiograph: for case notes)")
     shards.add_argument("--image-size", type=int, default=512, help="short side of stored images")
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     shards.add_argument("--val-fraction", type=float, default=0.05)

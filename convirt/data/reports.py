@@ -51,6 +51,20 @@ _WHITESPACE = re.compile(r"\s+")
 _XRAY = re.compile(r"\b(x)-XXXX\b", re.IGNORECASE)
 _DEID = re.compile(r"\bX{2,}\b|_{3,}")
 _EMPTY_SENTENCE = re.compile(r"(?:^|(?<=[.!?]))\s*[,;:]?\s*[.!?]")
+_SECTION_HEADER = re.compile(r"\b[A-Z][A-Z ]{2,}:\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Words by which a sentence of a free-text case note speaks of the radiograph rather than of the
+# patient's story (symptoms, history, laboratory values, treatment). Hand-written from chest
+# radiology vocabulary; a sentence with none of them is left out in ``imaging`` mode.
+_IMAGING_TERMS = re.compile(
+    r"\b(?:radiograph\w*|radiolog\w*|x-?rays?|cxr|chest film|imaging|opaci\w*|consolidat\w*|infiltra\w*|"
+    r"ground[- ]glass|ggos?|effusions?|pneumothora\w*|atelecta\w*|cardiomegaly|cardiothoracic|"
+    r"cardiomediastin\w*|mediastin\w*|hil(?:um|a|ar)|perihilar|lungs?|lobes?|lobar|zones?|pleura\w*|"
+    r"air-?space|interstiti\w*|reticul\w*|nodul\w*|nodes?|mass(?:es)?|cavit\w*|bronchogram\w*|"
+    r"costophrenic|\w*diaphragm\w*|heart|cardiac|pulmonary|parenchym\w*|bilateral\w*|basal|bases|apical|"
+    r"apex|thorax|thoracic|edema|oedema|emphysema\w*|fibro\w*|markings|shadow\w*|haz[ey]\w*|densit\w*|"
+    r"lucen\w*|silhouett\w*|tubes?|catheters?)\b",
+    re.IGNORECASE)
 
 
 class TextMode(str, Enum):
@@ -60,7 +74,9 @@ class TextMode(str, Enum):
     indication, history, comparison and technique sections. ``both``: findings and impression
     (reports with neither are dropped). ``findings`` / ``impression``: that section only.
     ``longest``: the longest of findings and impression, else the longest section, else the
-    whole text: keeps every non-empty report.
+    whole text: keeps every non-empty report. ``imaging``: findings and impression where either
+    exists; otherwise the sentences of the free text that speak of the radiograph (case notes,
+    whose history, laboratory values and treatment no image shows); a report with none is dropped.
     """
 
     AUTO = "auto"
@@ -68,6 +84,7 @@ class TextMode(str, Enum):
     IMPRESSION = "impression"
     BOTH = "both"
     LONGEST = "longest"
+    IMAGING = "imaging"
 
 
 def parse_text_mode(value: str | TextMode) -> TextMode:
@@ -91,6 +108,17 @@ def clean_deidentified(text: str) -> str:
     text = re.sub(r"\s+([.,;:])", r"\1", text)
     text = _EMPTY_SENTENCE.sub("", text).strip()
     return "" if not re.search(r"[A-Za-z0-9]", text) else text
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split a report into sentences, with section headers (``FINDINGS:``) removed."""
+    text = _SECTION_HEADER.sub(" ", text)
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def imaging_sentences(text: str) -> str:
+    """The sentences of a free-text note that name something a chest radiograph shows, in order."""
+    return " ".join(s for s in split_sentences(text) if _IMAGING_TERMS.search(s))
 
 
 def section_of(header: str, line_start: bool = True) -> str | None:
@@ -158,6 +186,8 @@ def select_text(sections: Mapping[str, str], mode: TextMode | str = TextMode.AUT
     both = " ".join(part for part in (findings, impression) if part)
     if mode is TextMode.BOTH:
         return both
+    if mode is TextMode.IMAGING:
+        return both or imaging_sentences(sections.get(OTHER, ""))
     if mode is TextMode.AUTO:
         if both:
             return both
@@ -176,4 +206,5 @@ def drop_reason(mode: TextMode | str) -> str:
         TextMode.BOTH: "no_findings_or_impression",
         TextMode.AUTO: "no_findings_or_impression",
         TextMode.LONGEST: "empty_report",
+        TextMode.IMAGING: "no_imaging_sentences",
     }[mode]

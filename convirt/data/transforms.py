@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,8 +12,7 @@ import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
-_SECTION_HEADER = re.compile(r"\b[A-Z][A-Z ]{2,}:\s*")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+from convirt.data.reports import split_sentences
 
 
 class TrainImageTransform:
@@ -136,12 +134,6 @@ def image_transform_for(
     """The image transform of a model's preprocessing config (``size``, ``mean``, ``std``)."""
     return build_image_transform(image_side(preprocess, size), preprocess["mean"], preprocess["std"], train=train,
                                  horizontal_flip=horizontal_flip, blur_probability=blur_probability, compact=compact)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split a report into sentences, with section headers (``FINDINGS:``) removed."""
-    text = _SECTION_HEADER.sub(" ", text)
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
 TEXT_SAMPLING = ("sentences", "sentence", "section", "whole")

@@ -93,3 +93,19 @@ def test_bad_names_are_rejected_with_the_known_ones():
         parse_text_mode("finding")
     with pytest.raises(ValueError, match="unknown report section 'result'"):
         clean_sections({"result": "x"})
+
+
+def test_imaging_mode_keeps_the_sentences_about_the_radiograph_of_a_case_note():
+    note = ("A 54-year-old man presented with fever and cough. Oxygen saturation was 88%. "
+            "Chest X-ray showed bilateral patchy opacities in the lower zones. He was treated with oxygen. "
+            "The radiograph obtained 5 days later was normal.")
+    sections = parse_sections(note)
+    assert select_text(sections, "imaging") == ("Chest X-ray showed bilateral patchy opacities in the lower zones. "
+                                                "The radiograph obtained 5 days later was normal.")
+
+
+def test_imaging_mode_prefers_findings_and_impression_and_drops_a_note_without_imaging():
+    sections = parse_sections("Presentation: fever. Imaging Notes: Patchy opacities. Discussion: typical of COVID-19.")
+    assert select_text(sections, "imaging") == "Patchy opacities."
+    assert select_text(parse_sections("Fever and cough for three days. Swab positive."), "imaging") == ""
+    assert drop_reason("imaging") == "no_imaging_sentences"

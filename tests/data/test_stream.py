@@ -1,7 +1,8 @@
 import torch
 
+from convirt.data.reports import split_sentences
 from convirt.data.stream import batches_per_worker, build_batches
-from convirt.data.transforms import SentenceSampler, build_image_transform, clean_report, split_sentences
+from convirt.data.transforms import SentenceSampler, build_image_transform, clean_report
 from convirt.data.writer import shard_urls
 
 
