@@ -59,6 +59,7 @@ bench: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/train_throughput.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/text_pretraining.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/heldout_recipes.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/dev_recipes.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/real_data.py --seeds 0 1 2 \
 		--output BENCHMARKS.md
 

@@ -26,11 +26,16 @@ from pathlib import Path
 import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from dev_recipes import VARIANTS as DEV_VARIANTS
 from text_pretraining import ensure_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "real-data"
 NIH = "source=nih-chestxray14"
+# Evaluated beside the shipped recipe: the variant of benchmarks/dev_recipes.py with the best Xplainer
+# descriptor AUROC on the Kermany development set (3 seeds), named before any NIH run of it.
+LIT = "trained, image trunk locked (LiT, general text tower)"
+_LIT_OVERRIDES = next(overrides for folder, _, overrides in DEV_VARIANTS.values() if folder == "lit")
 
 
 def convirt(*args: str) -> None:
@@ -42,9 +47,13 @@ def convirt(*args: str) -> None:
         raise SystemExit(f"failed ({result.returncode}): convirt {' '.join(args)}")
 
 
-def train(seed: int, work: Path, shards: Path, shared: Path) -> Path:
-    """`convirt fit` on covid-pairs with one seed (skipped when its checkpoint exists)."""
-    run = work / f"seed-{seed}"
+def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed",
+          overrides: dict[str, object] | None = None) -> Path:
+    """`convirt fit` on covid-pairs with one seed (skipped when its checkpoint exists).
+
+    ``overrides`` (``section.key: value``) change the shipped recipe, in the run folder ``folder-SEED``.
+    """
+    run = work / f"{folder}-{seed}"
     checkpoint = run / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         return checkpoint
@@ -57,6 +66,9 @@ def train(seed: int, work: Path, shards: Path, shared: Path) -> Path:
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
     config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
     config["data"]["shards"] = str(shards)
+    for key, value in (overrides or {}).items():
+        section, field = key.split(".")
+        config[section][field] = value
     path = run / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -145,20 +157,21 @@ def main() -> None:
         convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
 
     checkpoints: dict[str, list[tuple[Path, Path]]] = {"random init": [], "pretrained towers, untrained": [],
-                                                       "trained on covid-pairs": []}
+                                                       "trained on covid-pairs": [], LIT: []}
     for seed in args.seeds:
         checkpoints["random init"].append((baseline(work, False, seed), work / f"eval-random-{seed}"))
         checkpoints["trained on covid-pairs"].append((train(seed, work, shards, shared),
                                                        work / f"eval-trained-{seed}"))
+        checkpoints[LIT].append((train(seed, work, shards, shared, "lit", _LIT_OVERRIDES), work / f"eval-lit-{seed}"))
     checkpoints["pretrained towers, untrained"].append((baseline(work, True), work / "eval-untrained"))
     results = {name: [retrieval(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     zero = {name: [zeroshot(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     probes = {name: [probe(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
 
-    trained_at = sorted({(work / f"seed-{seed}" / "commit.txt").read_text().strip()
-                         for seed in args.seeds if (work / f"seed-{seed}" / "commit.txt").is_file()})
-    minutes = [float((work / f"seed-{seed}" / "train_seconds.txt").read_text()) / 60 for seed in args.seeds
-               if (work / f"seed-{seed}" / "train_seconds.txt").is_file()]
+    runs = [work / f"{folder}-{seed}" for folder in ("seed", "lit") for seed in args.seeds]
+    trained_at = sorted({(run / "commit.txt").read_text().strip() for run in runs if (run / "commit.txt").is_file()})
+    minutes = [float((run / "train_seconds.txt").read_text()) / 60 for run in runs
+               if (run / "train_seconds.txt").is_file()]
     lines = [
         "## Real data: image-to-image search on NIH ChestX-ray14 (cxr-eval)",
         "",
@@ -166,12 +179,15 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}. Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
         "(10 epochs on the 407 training images of ../shared/data/covid-pairs; the text tower is MiniLM pretrained "
         "on the Open-i reports by `convirt pretrain-text --config configs/openi_text.yaml` and locked, so only its "
-        "projection head trains). Evaluation: the 476 NIH images of "
-        "../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact (Flat) index, "
-        "label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
+        f"projection head trains). Beside it, \"{LIT}\": the recipe with the image trunk locked and the general "
+        "MiniLM text tower trained, the best candidate for Xplainer descriptors on the Kermany development set "
+        "(`benchmarks/dev_recipes.py`, mean of 3 seeds), named before it was run on these images. Evaluation: "
+        "the 476 NIH images of ../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact "
+        "(Flat) index, label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
         "Mean ± standard deviation over seeds where there are several. "
         f"Checkpoints trained with the code of commit(s) {', '.join(trained_at) or 'unknown'}, "
-        f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine; evaluated at commit {_commit()}.",
+        f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine (recipe, then LiT); "
+        f"evaluated at commit {_commit()}.",
         "",
         "| model | seeds | precision@5 | mAP@5 | kNN (10) AUROC, Pneumonia |",
         "|---|---:|---:|---:|---:|",

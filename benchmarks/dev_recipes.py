@@ -1,0 +1,148 @@
+"""Recipe candidates across seeds on a development set of real radiographs that is not the evaluation set.
+
+The held-out split of covid-pairs (`heldout_recipes.py`) has 3 normal images, so it cannot say
+whether a recipe separates pneumonia from normal images. The Kermany pediatric part of cxr-eval
+can: 618 images (387 pneumonia, 231 normal) from another hospital, country and age group than
+the NIH part on which the real-data result is reported (`real_data.py`), no patient shared with
+either set. It is used here as a development set, and only for choosing between recipes; NIH
+images are not read.
+
+Each variant of `configs/covid_pairs.yaml` is trained for its 10 epochs with seeds 0, 1 and 2, and
+scored by `convirt zeroshot --descriptors pneumonia` on the Kermany images (the three methods,
+AUROC), by image<->text recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by
+the Open-i text stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
+`python benchmarks/dev_recipes.py` (about 40 minutes on 2 CPU cores; runs on disk are reused).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+from _markdown import shared_data_parser, write_section
+from _openi_text import openi_stand_in, read_test_reports
+from heldout_recipes import convirt, heldout
+from text_pretraining import ensure_text_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "dev-recipes"
+KERMANY = "source=kermany-pediatric-pneumonia-test (224px)"
+SEEDS = (0, 1, 2)
+_GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
+            "model.text_dropout": False}
+# name: (folder, shard text mode, overrides of configs/covid_pairs.yaml)
+VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
+    "report-pretrained text tower locked, image tower trained (the recipe)": ("recipe", "auto", {}),
+    "the recipe on the notes' imaging sentences (`--text imaging`)": ("imaging", "imaging", {}),
+    "report-pretrained text tower locked, image trunk locked": (
+        "both-locked", "auto", {"model.lock_image_tower": True}),
+    "general text tower trained, image trunk locked (LiT)": (
+        "lit", "auto", {**_GENERAL, "model.lock_image_tower": True}),
+}
+METHODS = ("descriptors", "names", "ensemble")
+
+
+def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Path:
+    """`convirt fit` of one variant and seed (skipped when its checkpoint exists)."""
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    if checkpoint.is_file():
+        return checkpoint
+    config = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
+    config["seed_everything"] = seed
+    config["trainer"]["default_root_dir"] = str(run / "fit")
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    config["data"]["shards"] = str(shards)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    convirt("fit", "--config", str(run / "config.yaml"))
+    return checkpoint
+
+
+def kermany(checkpoint: Path, labels: Path, out: Path) -> dict[str, float]:
+    """Zero-shot AUROC of each scoring method on the Kermany images."""
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        convirt("zeroshot", "--checkpoint", str(checkpoint), "--descriptors", "pneumonia", "--data", str(labels),
+                "--where", KERMANY, "--labels", "Pneumonia", "--bootstrap", "200", "--output", str(out))
+    result = json.loads(metrics.read_text(encoding="utf-8"))
+    return {method: result[method]["findings"]["Pneumonia"]["auroc"] for method in METHODS}
+
+
+def _baseline(work: Path, pretrained: bool) -> Path:
+    """The demo model before training: pretrained towers, or a random initialisation (seed 0)."""
+    from convirt.training import save_initial_checkpoint
+
+    checkpoint = work / ("untrained.ckpt" if pretrained else "random-0.ckpt")
+    if not checkpoint.is_file():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_initial_checkpoint(str(checkpoint), "demo-effnet-minilm", pretrained=pretrained, seed=0)
+    return checkpoint
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (" + \
+        ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def main() -> None:
+    parser = shared_data_parser(__doc__, ROOT / "artifacts" / "dev-recipes")
+    args = parser.parse_args()
+    shared, work = Path(args.shared), Path(args.work)
+    pairs, labels = shared / "covid-pairs" / "pairs.csv", shared / "cxr-eval" / "labels.csv"
+    if not pairs.is_file() or not labels.is_file():
+        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+        return
+    text_model = ROOT / yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text())["model"]["text_model_path"]
+    openi_shards, _ = ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz", text_model.parent)
+    reports = read_test_reports(openi_shards)
+    scale = {name: " / ".join(f"{v:.3f}" for v in kermany(_baseline(work, pretrained), labels,
+                                                           work / f"{name}-kermany").values())
+             for name, pretrained in (("untrained", True), ("random", False))}
+    lines = [
+        "## Real data: recipe candidates on a development set (Kermany pediatric images)",
+        "",
+        f"`python benchmarks/dev_recipes.py` on {platform.machine()}, {time.strftime('%Y-%m-%d')}: variants of "
+        "`configs/covid_pairs.yaml` (10 epochs on covid-pairs), seeds 0, 1, 2. Zero-shot AUROC of `convirt zeroshot "
+        "--descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 pneumonia, 231 normal; "
+        "another hospital and age group, used only to choose between recipes; the NIH images are not read). "
+        "Mean ± sd over seeds, then each seed. Mean R: image<->text recall on the covid-pairs test split (its own "
+        "shards: 87 images, 78 with `--text imaging`). Open-i pair: the held-out Open-i stand-in of "
+        "`_openi_text.py` (text side). For scale: on these images the untrained pretrained towers give "
+        f"descriptors / pair / ensemble {scale['untrained']}, a random initialisation (seed 0) {scale['random']}.",
+        "",
+        "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
+        "mean R (covid-pairs test) | Open-i stand-in, pair |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for name, (folder, text, overrides) in VARIANTS.items():
+        shards = work / f"shards-{text}"
+        if not (shards / "manifest.json").is_file():
+            convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256",
+                    "--text", text)
+        zero: dict[str, list[float]] = {method: [] for method in METHODS}
+        recall, stand_in = [], []
+        for seed in SEEDS:
+            run = work / f"{folder}-s{seed}"
+            checkpoint = fit(run, shards, overrides, seed)
+            for method, value in kermany(checkpoint, labels, run / "kermany").items():
+                zero[method].append(value)
+            pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
+            recall.append(statistics.mean(pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text",
+                                          "text_to_image") for k in (5, 10)))
+            stand_in.append(openi_stand_in(checkpoint, reports, run / "openi")["names"])
+        lines.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
+                     + f" | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+    write_section(Path(args.output), SECTION, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
