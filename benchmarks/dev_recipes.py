@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from _recipe import write_recipe
 from heldout_recipes import convirt, heldout
 from text_pretraining import ensure_text_model
 
@@ -51,18 +52,7 @@ def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Pat
     checkpoint = run / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         return checkpoint
-    config = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
-    config["seed_everything"] = seed
-    config["trainer"]["default_root_dir"] = str(run / "fit")
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
-    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
-    config["data"]["shards"] = str(shards)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    convirt("fit", "--config", str(run / "config.yaml"))
+    convirt("fit", "--config", str(write_recipe(run, shards, seed, overrides)))
     return checkpoint
 
 

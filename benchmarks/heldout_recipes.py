@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from _recipe import write_recipe
 from text_pretraining import ensure_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,20 +58,9 @@ def fit(run: Path, shards: Path, overrides: dict[str, object]) -> None:
     """Train a variant for 30 epochs, keeping every epoch's checkpoint (skipped when done)."""
     if (run / "done").is_file():
         return
-    config = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
-    config["trainer"]["max_epochs"] = max(EPOCHS)
-    config["trainer"]["default_root_dir"] = str(run / "fit")
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
-    config["trainer"]["callbacks"][0]["init_args"].update(dirpath=str(run / "checkpoints"), save_top_k=-1,
-                                                          every_n_epochs=1)
-    config["data"]["shards"] = str(shards)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    path = write_recipe(run, shards, 0, {"trainer.max_epochs": max(EPOCHS), **overrides}, every_epoch=True)
     start = time.perf_counter()
-    convirt("fit", "--config", str(run / "config.yaml"))
+    convirt("fit", "--config", str(path))
     (run / "done").write_text(f"{time.perf_counter() - start:.0f}\n")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from _recipe import write_recipe
 from dev_recipes import VARIANTS as DEV_VARIANTS
 from text_pretraining import ensure_text_model
 
@@ -57,21 +58,11 @@ def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed
     checkpoint = run / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         return checkpoint
-    config = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
-    if text_model := config["model"].get("text_model_path"):
+    text_model = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text())["model"].get("text_model_path")
+    if text_model:
         # The recipe's text tower: MiniLM pretrained on the Open-i reports (made once, shared by the seeds).
         ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz", (ROOT / text_model).parent)
-    config["seed_everything"] = seed
-    config["trainer"]["default_root_dir"] = str(run / "fit")
-    config["trainer"]["logger"]["init_args"]["save_dir"] = str(run / "fit")
-    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
-    config["data"]["shards"] = str(shards)
-    for key, value in (overrides or {}).items():
-        section, field = key.split(".")
-        config[section][field] = value
-    path = run / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path = write_recipe(run, shards, seed, overrides)
     start = time.perf_counter()
     (run / "commit.txt").write_text(_commit() + "\n")
     convirt("fit", "--config", str(path))
