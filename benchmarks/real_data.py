@@ -229,6 +229,14 @@ def main() -> None:
             + ": the prompts separate the two in text, so near-chance image scores point to the image side, "
             "which these pairs (11 of 529 images labelled No Finding) give no normal studies to learn from.",
         ]
+    if checkpoints[LIT]:
+        lines += [
+            "",
+            f"The \"{LIT}\" row is there because it was the best candidate for the Xplainer descriptors on the "
+            "Kermany pediatric development set (\"dev-recipes\" section below): that ranking did not carry over to "
+            "these adult images, where it is as near chance as the recipe. Its probes equal the untrained ones "
+            "because its image trunk is the untrained one.",
+        ]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 
