@@ -9,9 +9,10 @@ images are not read.
 
 Each variant of `configs/covid_pairs.yaml` is trained for its 10 epochs with seeds 0, 1 and 2, and
 scored by `convirt zeroshot --descriptors pneumonia` on the Kermany images (the three methods,
-AUROC), by image<->text recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by
-the Open-i text stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
-`python benchmarks/dev_recipes.py` (about 40 minutes on 2 CPU cores; runs on disk are reused).
+AUROC), by a patient-grouped 5-fold linear probe on their image-trunk features, by image<->text
+recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by the Open-i text
+stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
+`python benchmarks/dev_recipes.py` (about 60 minutes on 2 CPU cores; runs on disk are reused).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
         "both-locked", "auto", {"model.lock_image_tower": True}),
     "general text tower trained, image trunk locked (LiT)": (
         "lit", "auto", {**_GENERAL, "model.lock_image_tower": True}),
+    "the recipe with the image trunk's batch-norm statistics kept (`model.freeze_image_norm`)": (
+        "norm-frozen", "auto", {"model.freeze_image_norm": True}),
 }
 METHODS = ("descriptors", "names", "ensemble")
 
@@ -64,6 +67,15 @@ def kermany(checkpoint: Path, labels: Path, out: Path) -> dict[str, float]:
                 "--where", KERMANY, "--labels", "Pneumonia", "--bootstrap", "200", "--output", str(out))
     result = json.loads(metrics.read_text(encoding="utf-8"))
     return {method: result[method]["findings"]["Pneumonia"]["auroc"] for method in METHODS}
+
+
+def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
+    """Pooled out-of-fold AUROC of the linear probe on the image-trunk features of the Kermany images."""
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        convirt("probe", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", KERMANY, "--labels",
+                "Pneumonia", "--fractions", "1", "--probes", "linear", "--bootstrap", "100", "--output", str(out))
+    return json.loads(metrics.read_text(encoding="utf-8"))["probes"][0]["findings"]["Pneumonia"]["auroc"]
 
 
 def _baseline(work: Path, pretrained: bool) -> Path:
@@ -93,9 +105,11 @@ def main() -> None:
     text_model = ROOT / yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text())["model"]["text_model_path"]
     openi_shards, _ = ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz", text_model.parent)
     reports = read_test_reports(openi_shards)
-    scale = {name: " / ".join(f"{v:.3f}" for v in kermany(_baseline(work, pretrained), labels,
-                                                           work / f"{name}-kermany").values())
-             for name, pretrained in (("untrained", True), ("random", False))}
+    scale = {}
+    for name, pretrained in (("untrained", True), ("random", False)):
+        checkpoint = _baseline(work, pretrained)
+        zero = " / ".join(f"{v:.3f}" for v in kermany(checkpoint, labels, work / f"{name}-kermany").values())
+        scale[name] = f"{zero}, linear probe {kermany_probe(checkpoint, labels, work / f'{name}-probe'):.3f}"
     lines = [
         "## Real data: recipe candidates on a development set (Kermany pediatric images)",
         "",
@@ -103,14 +117,16 @@ def main() -> None:
         "`configs/covid_pairs.yaml` (10 epochs on covid-pairs), seeds 0, 1, 2. Zero-shot AUROC of `convirt zeroshot "
         "--descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 pneumonia, 231 normal; "
         "another hospital and age group, used only to choose between recipes; the NIH images are not read). "
-        "Mean ± sd over seeds, then each seed. Mean R: image<->text recall on the covid-pairs test split (its own "
-        "shards: 87 images, 78 with `--text imaging`). Open-i pair: the held-out Open-i stand-in of "
-        "`_openi_text.py` (text side). For scale: on these images the untrained pretrained towers give "
-        f"descriptors / pair / ensemble {scale['untrained']}, a random initialisation (seed 0) {scale['random']}.",
+        "Mean ± sd over seeds, then each seed. Linear probe: `convirt probe --fractions 1 --probes linear` on the "
+        "same images (image-trunk features, 5 patient-grouped folds). Mean R: image<->text recall on the "
+        "covid-pairs test split (its own shards: 87 images, 78 with `--text imaging`). Open-i pair: the "
+        "held-out Open-i stand-in of `_openi_text.py` (text side). For scale: on these images the untrained "
+        f"pretrained towers give zero-shot descriptors / pair / ensemble {scale['untrained']}, a random "
+        f"initialisation (seed 0) {scale['random']}.",
         "",
         "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
-        "mean R (covid-pairs test) | Open-i stand-in, pair |",
-        "|---|---|---|---|---:|---:|",
+        "Kermany linear probe (trunk) | mean R (covid-pairs test) | Open-i stand-in, pair |",
+        "|---|---|---|---|---|---:|---:|",
     ]
     for name, (folder, text, overrides) in VARIANTS.items():
         shards = work / f"shards-{text}"
@@ -118,7 +134,7 @@ def main() -> None:
             convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256",
                     "--text", text)
         zero: dict[str, list[float]] = {method: [] for method in METHODS}
-        recall, stand_in = [], []
+        recall, stand_in, probe = [], [], []
         for seed in SEEDS:
             run = work / f"{folder}-s{seed}"
             checkpoint = fit(run, shards, overrides, seed)
@@ -128,8 +144,9 @@ def main() -> None:
             recall.append(statistics.mean(pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text",
                                           "text_to_image") for k in (5, 10)))
             stand_in.append(openi_stand_in(checkpoint, reports, run / "openi")["names"])
+            probe.append(kermany_probe(checkpoint, labels, run / "probe"))
         lines.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
-                     + f" | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+                     + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 

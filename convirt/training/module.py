@@ -56,6 +56,10 @@ class ContrastiveModule(L.LightningModule):
         local_loss: With several ranks, compute each rank's rows of the loss against the
             gathered features (less memory; same gradients once DDP averages them) instead of
             the full global matrix on every rank (``clip`` loss).
+        freeze_image_norm: Run the image trunk's batch-norm layers in eval mode: they keep the
+            pretrained running statistics, which a small or unlike training set would otherwise
+            replace (frozen groups included); their scale and shift still train where the
+            group does.
     """
 
     image_mean: torch.Tensor  # the image tower's normalisation, registered as buffers in __init__
@@ -80,6 +84,7 @@ class ContrastiveModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         text_dropout: bool = True,
         local_loss: bool = False,
+        freeze_image_norm: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -248,6 +253,10 @@ class ContrastiveModule(L.LightningModule):
             locked_trunk(self.model, tower).eval()
         if not self.hparams["text_dropout"] and "text" not in self.locked:
             locked_trunk(self.model, "text").eval()
+        if self.hparams.get("freeze_image_norm"):
+            for module in locked_trunk(self.model, "image").modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():

@@ -67,3 +67,36 @@ def test_locked_trunk_trains_in_eval_mode_and_checkpointing_runs(phantom_shards,
     quiet = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, text_dropout=False)
     quiet.on_fit_start()
     assert not quiet.model.text.transformer.training and quiet.model.visual.trunk.training
+
+
+def test_freeze_image_norm_keeps_the_pretrained_statistics_while_the_trunk_trains(phantom_shards, tiny_text_model,
+                                                                                  tmp_path):
+    import lightning as L
+    import torch
+
+    from convirt.training import ContrastiveModule, ShardDataModule
+    from tests.conftest import TINY_MODEL
+
+    def norms(module: ContrastiveModule) -> dict[str, torch.Tensor]:
+        return {name: tensor.detach().clone() for name, tensor in module.model.visual.trunk.state_dict().items()
+                if name.endswith(("running_mean", "running_var"))}
+
+    def fit(freeze: bool) -> tuple[dict[str, torch.Tensor], ContrastiveModule]:
+        torch.manual_seed(0)
+        module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1,
+                                   freeze_image_norm=freeze, learning_rate=1e-2)
+        before = norms(module)
+        weights = {n: p.detach().clone() for n, p in module.model.visual.trunk.named_parameters()}
+        data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                               batch_size=8, num_workers=0, shuffle_buffer=16)
+        L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                  enable_checkpointing=False, default_root_dir=tmp_path, limit_val_batches=0
+                  ).fit(module, datamodule=data)
+        assert any(not torch.equal(p, weights[n]) for n, p in module.model.visual.trunk.named_parameters())
+        return before, module
+
+    before, module = fit(freeze=True)
+    assert before and all(torch.equal(value, norms(module)[name]) for name, value in before.items())
+    assert module.model.visual.trunk.training  # only the norm layers are in eval mode
+    before, module = fit(freeze=False)
+    assert any(not torch.equal(value, norms(module)[name]) for name, value in before.items())
