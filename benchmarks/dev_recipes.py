@@ -37,14 +37,16 @@ SEEDS = (0, 1, 2)
 _GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
             "model.text_dropout": False}
 # name: (folder, shard text mode, overrides of configs/covid_pairs.yaml)
+_UPDATED_NORM = {"model.freeze_image_norm": False}  # how the recipe trained before these runs chose otherwise
 VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
-    "report-pretrained text tower locked, image tower trained (the recipe)": ("recipe", "auto", {}),
-    "the recipe on the notes' imaging sentences (`--text imaging`)": ("imaging", "imaging", {}),
+    "report-pretrained text tower locked, image tower trained (the previous recipe)": (
+        "recipe", "auto", _UPDATED_NORM),
+    "the previous recipe on the notes' imaging sentences (`--text imaging`)": ("imaging", "imaging", _UPDATED_NORM),
     "report-pretrained text tower locked, image trunk locked": (
         "both-locked", "auto", {"model.lock_image_tower": True}),
     "general text tower trained, image trunk locked (LiT)": (
         "lit", "auto", {**_GENERAL, "model.lock_image_tower": True}),
-    "the recipe with the image trunk's batch-norm statistics kept (`model.freeze_image_norm`)": (
+    "the previous recipe with the image trunk's batch-norm statistics kept (`model.freeze_image_norm`: the recipe)": (
         "norm-frozen", "auto", {"model.freeze_image_norm": True}),
 }
 METHODS = ("descriptors", "names", "ensemble")

@@ -31,9 +31,9 @@ from text_pretraining import ensure_text_model
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "heldout-recipes"
 OPENI_TEXT = ROOT / "artifacts" / "openi-text"
-# The text-tower settings each variant trains with, whatever configs/covid_pairs.yaml now says.
+# The text-tower (and batch-norm) settings each variant trains with, whatever configs/covid_pairs.yaml now says.
 _GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
-            "model.text_dropout": False}
+            "model.text_dropout": False, "model.freeze_image_norm": False}
 _REPORTS = {**_GENERAL, "model.text_model_path": str(OPENI_TEXT / "model")}
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "general text tower (MiniLM as shipped)": ("shipped", _GENERAL),

@@ -36,6 +36,8 @@ NIH = "source=nih-chestxray14"
 # Evaluated beside the shipped recipe: the variant of benchmarks/dev_recipes.py with the best Xplainer
 # descriptor AUROC on the Kermany development set (3 seeds), named before any NIH run of it.
 LIT = "trained, image trunk locked (LiT, general text tower)"
+# The recipe before the Kermany development set chose to keep the batch-norm statistics.
+PREVIOUS = "trained, batch-norm statistics updated (the previous recipe)"
 _LIT_OVERRIDES = next(overrides for folder, _, overrides in DEV_VARIANTS.values() if folder == "lit")
 
 
@@ -148,18 +150,20 @@ def main() -> None:
         convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
 
     checkpoints: dict[str, list[tuple[Path, Path]]] = {"random init": [], "pretrained towers, untrained": [],
-                                                       "trained on covid-pairs": [], LIT: []}
+                                                       "trained on covid-pairs": [], PREVIOUS: [], LIT: []}
     for seed in args.seeds:
         checkpoints["random init"].append((baseline(work, False, seed), work / f"eval-random-{seed}"))
         checkpoints["trained on covid-pairs"].append((train(seed, work, shards, shared),
                                                        work / f"eval-trained-{seed}"))
+        checkpoints[PREVIOUS].append((train(seed, work, shards, shared, "prev", {"model.freeze_image_norm": False}),
+                                      work / f"eval-prev-{seed}"))
         checkpoints[LIT].append((train(seed, work, shards, shared, "lit", _LIT_OVERRIDES), work / f"eval-lit-{seed}"))
     checkpoints["pretrained towers, untrained"].append((baseline(work, True), work / "eval-untrained"))
     results = {name: [retrieval(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     zero = {name: [zeroshot(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     probes = {name: [probe(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
 
-    runs = [work / f"{folder}-{seed}" for folder in ("seed", "lit") for seed in args.seeds]
+    runs = [work / f"{folder}-{seed}" for folder in ("seed", "prev", "lit") for seed in args.seeds]
     trained_at = sorted({(run / "commit.txt").read_text().strip() for run in runs if (run / "commit.txt").is_file()})
     minutes = [float((run / "train_seconds.txt").read_text()) / 60 for run in runs
                if (run / "train_seconds.txt").is_file()]
@@ -170,14 +174,17 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}. Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
         "(10 epochs on the 407 training images of ../shared/data/covid-pairs; the text tower is MiniLM pretrained "
         "on the Open-i reports by `convirt pretrain-text --config configs/openi_text.yaml` and locked, so only its "
-        f"projection head trains). Beside it, \"{LIT}\": the recipe with the image trunk locked and the general "
+        "projection head trains; the image trunk's batch-norm layers keep their pretrained statistics). Beside it, "
+        f"\"{PREVIOUS}\": the same with the batch-norm statistics updated in training, as the recipe was until the "
+        "Kermany development set chose otherwise (`benchmarks/dev_recipes.py`), and "
+        f"\"{LIT}\": the recipe with the image trunk locked and the general "
         "MiniLM text tower trained, the best candidate for Xplainer descriptors on the Kermany development set "
         "(`benchmarks/dev_recipes.py`, mean of 3 seeds), named before it was run on these images. Evaluation: "
         "the 476 NIH images of ../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact "
         "(Flat) index, label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
         "Mean ± standard deviation over seeds where there are several. "
         f"Checkpoints trained with the code of commit(s) {', '.join(trained_at) or 'unknown'}, "
-        f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine (recipe, then LiT); "
+        f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine (recipe, previous recipe, LiT); "
         f"evaluated at commit {_commit()}.",
         "",
         "| model | seeds | precision@5 | mAP@5 | kNN (10) AUROC, Pneumonia |",
