@@ -227,21 +227,21 @@ def main() -> None:
         text_side = [openi_stand_in(c, reports, out) for c, out in checkpoints["trained on covid-pairs"]]
         lines += [
             "",
-            "Where it fails is not the text side: the trained checkpoints' text tower, scored on held-out Open-i "
+            "The text side is not what limits it: the trained checkpoints' text tower, scored on held-out Open-i "
             "reports in the same joint space (findings texts indexed airspace disease vs normal, "
             "`benchmarks/_openi_text.py`), "
             "gives AUROC " + ", ".join(
                 f"{method} {_mean([t[key] for t in text_side])}"
                 for method, key in (("descriptors", "descriptors"), ("pair", "names"), ("ensemble", "ensemble")))
-            + ": the prompts separate the two in text, so near-chance image scores point to the image side, "
-            "which these pairs (11 of 529 images labelled No Finding) give no normal studies to learn from.",
+            + ": the prompts separate the two in text far better than on the images, and these pairs (11 of 529 "
+            "images labelled No Finding) hold almost no normal studies for the image side to learn from.",
         ]
     if checkpoints[LIT]:
         lines += [
             "",
             f"The \"{LIT}\" row is there because it was the best candidate for the Xplainer descriptors on the "
             "Kermany pediatric development set (\"dev-recipes\" section below): that ranking did not carry over to "
-            "these adult images, where it is as near chance as the recipe. Its probes equal the untrained ones "
+            "these adult images, where it stays near chance. Its probes equal the untrained ones "
             "because its image trunk is the untrained one.",
         ]
     write_section(Path(args.output), SECTION, "\n".join(lines))
