@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
         "lit", "auto", {**_GENERAL, "model.lock_image_tower": True}),
     "the previous recipe with the image trunk's batch-norm statistics kept (`model.freeze_image_norm`: the recipe)": (
         "norm-frozen", "auto", {"model.freeze_image_norm": True}),
+    "the recipe with the whole image trunk trained (`freeze_image_groups: 0`)": (
+        "norm-frozen-all", "auto", {"model.freeze_image_norm": True, "model.freeze_image_groups": 0}),
+    "the recipe for 20 epochs": ("norm-frozen-20", "auto", {"model.freeze_image_norm": True, "trainer.max_epochs": 20}),
 }
 METHODS = ("descriptors", "names", "ensemble")
 
