@@ -54,6 +54,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
         "norm-frozen-all", "auto", {**_KEPT, "model.freeze_image_groups": 0}),
     "the same (statistics kept) for 20 epochs: the recipe": (
         "norm-frozen-20", "auto", {**_KEPT, "trainer.max_epochs": 20}),
+    "the same for 30 epochs": ("norm-frozen-30", "auto", {**_KEPT, "trainer.max_epochs": 30}),
 }
 METHODS = ("descriptors", "names", "ensemble")
 
