@@ -38,3 +38,33 @@ def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, ob
     path = run / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+def baseline_checkpoint(work: Path, pretrained: bool, seed: int = 0) -> Path:
+    """A checkpoint of the demo model before training: pretrained towers, or random weights of ``seed``."""
+    from convirt.training import save_initial_checkpoint
+
+    path = work / ("untrained.ckpt" if pretrained else f"random-{seed}.ckpt")
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_initial_checkpoint(str(path), "demo-effnet-minilm", pretrained=pretrained, seed=seed)
+    return path
+
+
+def real_data_inputs(shared: Path) -> tuple[Path, Path] | None:
+    """covid-pairs' ``pairs.csv`` and cxr-eval's ``labels.csv``, or ``None`` (said) when they are absent."""
+    pairs, labels = shared / "covid-pairs" / "pairs.csv", shared / "cxr-eval" / "labels.csv"
+    if not pairs.is_file() or not labels.is_file():
+        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+        return None
+    return pairs, labels
+
+
+def ensure_recipe_text_model(shared: Path) -> Path:
+    """The Open-i text-only shards, with the recipe's report-pretrained text tower made beside them if missing."""
+    from text_pretraining import ensure_text_model
+
+    recipe = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
+    shards, _ = ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz",
+                                  (ROOT / recipe["model"]["text_model_path"]).parent)
+    return shards

@@ -7,8 +7,8 @@ the NIH part on which the real-data result is reported (`real_data.py`), no pati
 either set. It is used here as a development set, and only for choosing between recipes; NIH
 images are not read.
 
-Each variant of `configs/covid_pairs.yaml` is trained for its 10 epochs with seeds 0, 1 and 2, and
-scored by `convirt zeroshot --descriptors pneumonia` on the Kermany images (the three methods,
+Each variant of `configs/covid_pairs.yaml` (10 epochs unless it says otherwise) is trained with seeds
+0, 1 and 2, and scored by `convirt zeroshot --descriptors pneumonia` on the Kermany images (the three methods,
 AUROC), by a patient-grouped 5-fold linear probe on their image-trunk features, by image<->text
 recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by the Open-i text
 stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
@@ -23,12 +23,10 @@ import statistics
 import time
 from pathlib import Path
 
-import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
-from _recipe import write_recipe
+from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
 from heldout_recipes import convirt, heldout
-from text_pretraining import ensure_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "dev-recipes"
@@ -36,10 +34,10 @@ KERMANY = "source=kermany-pediatric-pneumonia-test (224px)"
 SEEDS = (0, 1, 2)
 _GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
             "model.text_dropout": False}
-# name: (folder, shard text mode, overrides of configs/covid_pairs.yaml)
 # How each variant trained, whatever configs/covid_pairs.yaml now says (it took norms kept and 20 epochs from here).
 _PREVIOUS = {"model.freeze_image_norm": False, "trainer.max_epochs": 10}
 _KEPT = {"model.freeze_image_norm": True, "trainer.max_epochs": 10}
+# name: (folder, shard text mode, overrides of configs/covid_pairs.yaml)
 VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
     "report-pretrained text tower locked, image tower trained, 10 epochs (the first recipe)": (
         "recipe", "auto", _PREVIOUS),
@@ -87,17 +85,6 @@ def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
     return json.loads(metrics.read_text(encoding="utf-8"))["probes"][0]["findings"]["Pneumonia"]["auroc"]
 
 
-def _baseline(work: Path, pretrained: bool) -> Path:
-    """The demo model before training: pretrained towers, or a random initialisation (seed 0)."""
-    from convirt.training import save_initial_checkpoint
-
-    checkpoint = work / ("untrained.ckpt" if pretrained else "random-0.ckpt")
-    if not checkpoint.is_file():
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        save_initial_checkpoint(str(checkpoint), "demo-effnet-minilm", pretrained=pretrained, seed=0)
-    return checkpoint
-
-
 def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (" + \
         ", ".join(f"{v:.3f}" for v in values) + ")"
@@ -107,33 +94,30 @@ def main() -> None:
     parser = shared_data_parser(__doc__, ROOT / "artifacts" / "dev-recipes")
     args = parser.parse_args()
     shared, work = Path(args.shared), Path(args.work)
-    pairs, labels = shared / "covid-pairs" / "pairs.csv", shared / "cxr-eval" / "labels.csv"
-    if not pairs.is_file() or not labels.is_file():
-        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+    if (inputs := real_data_inputs(shared)) is None:
         return
-    text_model = ROOT / yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text())["model"]["text_model_path"]
-    openi_shards, _ = ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz", text_model.parent)
-    reports = read_test_reports(openi_shards)
+    pairs, labels = inputs
+    reports = read_test_reports(ensure_recipe_text_model(shared))
     scale = {}
     for name, pretrained in (("untrained", True), ("random", False)):
-        checkpoint = _baseline(work, pretrained)
+        checkpoint = baseline_checkpoint(work, pretrained)
         zero = " / ".join(f"{v:.3f}" for v in kermany(checkpoint, labels, work / f"{name}-kermany").values())
         scale[name] = f"{zero}, linear probe {kermany_probe(checkpoint, labels, work / f'{name}-probe'):.3f}"
     lines = [
         "## Real data: recipe candidates on a development set (Kermany pediatric images)",
         "",
         f"`python benchmarks/dev_recipes.py` on {platform.machine()}, {time.strftime('%Y-%m-%d')}: variants of "
-        "`configs/covid_pairs.yaml` (10 epochs on covid-pairs), seeds 0, 1, 2. Zero-shot AUROC of `convirt zeroshot "
-        "--descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 pneumonia, 231 normal; "
-        "another hospital and age group, used only to choose between recipes; the NIH images are not read). "
-        "Mean ± sd over seeds, then each seed. Linear probe: `convirt probe --fractions 1 --probes linear` on the "
-        "same images (image-trunk features, 5 patient-grouped folds). Mean R: image<->text recall on the "
-        "covid-pairs test split (its own shards: 87 images, 78 with `--text imaging`). Open-i pair: the "
-        "held-out Open-i stand-in of `_openi_text.py` (text side). For scale: on these images the untrained "
+        "`configs/covid_pairs.yaml` trained on covid-pairs (10 epochs unless named), seeds 0, 1, 2. Zero-shot "
+        "AUROC of `convirt zeroshot --descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 "
+        "pneumonia, 231 normal; another hospital and age group, used only to choose between recipes; the NIH "
+        "images are not read). Mean ± sd over seeds, then each seed. Linear probe: `convirt probe --fractions 1 "
+        "--probes linear` on the same images (image-trunk features, 5 patient-grouped folds). Mean R: image<->text "
+        "recall on the covid-pairs test split (its own shards: 87 images, 78 with `--text imaging`). Open-i pair: "
+        "the held-out Open-i stand-in of `_openi_text.py` (text side). For scale: on these images the untrained "
         f"pretrained towers give zero-shot descriptors / pair / ensemble {scale['untrained']}, a random "
-        f"initialisation (seed 0) {scale['random']}. Chosen here, in this order: keep the image trunk's "
-        "batch-norm statistics (updating them costs the trunk's probe; zero-shot within seed noise), then 20 "
-        "epochs (a higher mean of the three zero-shot AUROCs and a higher held-out recall than 10).",
+        f"initialisation (seed 0) {scale['random']}. Chosen here, in this order: keep the image trunk's batch-norm "
+        "statistics (updating them costs the trunk's probe; zero-shot within seed noise), then 20 epochs (a higher "
+        "mean of the three zero-shot AUROCs and a higher held-out recall than 10).",
         "",
         "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
         "Kermany linear probe (trunk) | mean R (covid-pairs test) | Open-i stand-in, pair |",

@@ -23,12 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
-from _recipe import write_recipe
+from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
 from dev_recipes import VARIANTS as DEV_VARIANTS
-from text_pretraining import ensure_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "real-data"
@@ -64,10 +62,7 @@ def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed
     checkpoint = run / "checkpoints" / "last.ckpt"
     if checkpoint.is_file():
         return checkpoint
-    text_model = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text())["model"].get("text_model_path")
-    if text_model:
-        # The recipe's text tower: MiniLM pretrained on the Open-i reports (made once, shared by the seeds).
-        ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz", (ROOT / text_model).parent)
+    ensure_recipe_text_model(shared)  # made once, shared by the seeds
     path = write_recipe(run, shards, seed, overrides)
     start = time.perf_counter()
     (run / "commit.txt").write_text(_commit() + "\n")
@@ -79,16 +74,6 @@ def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed
 def _commit() -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return result.stdout.strip() or "unknown"
-
-
-def baseline(work: Path, pretrained: bool, seed: int = 0) -> Path:
-    """A checkpoint of the demo model before training (pretrained towers, or random weights)."""
-    from convirt.training import save_initial_checkpoint
-
-    path = work / ("untrained.ckpt" if pretrained else f"random-{seed}.ckpt")
-    if not path.is_file():
-        save_initial_checkpoint(str(path), "demo-effnet-minilm", pretrained=pretrained, seed=seed)
-    return path
 
 
 def retrieval(checkpoint: Path, labels: Path, out: Path) -> dict:
@@ -145,10 +130,9 @@ def main() -> None:
     args = parser.parse_args()
 
     shared, work = Path(args.shared), Path(args.work)
-    pairs, labels = shared / "covid-pairs" / "pairs.csv", shared / "cxr-eval" / "labels.csv"
-    if not pairs.is_file() or not labels.is_file():
-        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+    if (inputs := real_data_inputs(shared)) is None:
         return
+    pairs, labels = inputs
     shards = work / "covid-pairs-shards"
     if not (shards / "manifest.json").is_file():
         convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
@@ -156,13 +140,13 @@ def main() -> None:
     checkpoints: dict[str, list[tuple[Path, Path]]] = {"random init": [], "pretrained towers, untrained": [],
                                                        "trained on covid-pairs": [], **{name: [] for name in OTHERS}}
     for seed in args.seeds:
-        checkpoints["random init"].append((baseline(work, False, seed), work / f"eval-random-{seed}"))
+        checkpoints["random init"].append((baseline_checkpoint(work, False, seed), work / f"eval-random-{seed}"))
         checkpoints["trained on covid-pairs"].append((train(seed, work, shards, shared),
                                                        work / f"eval-trained-{seed}"))
         for name, (folder, overrides) in OTHERS.items():
             checkpoints[name].append((train(seed, work, shards, shared, folder, overrides),
                                       work / f"eval-{folder}-{seed}"))
-    checkpoints["pretrained towers, untrained"].append((baseline(work, True), work / "eval-untrained"))
+    checkpoints["pretrained towers, untrained"].append((baseline_checkpoint(work, True), work / "eval-untrained"))
     results = {name: [retrieval(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     zero = {name: [zeroshot(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     probes = {name: [probe(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
@@ -223,10 +207,8 @@ def main() -> None:
         cells += [_with_ci([probe_auroc(p, kind, fraction) for p in probes[name]])
                   for kind, fraction in (("linear", 1.0), ("linear", 0.1), ("knn", 1.0))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    openi = shared / "openi-reports" / "NLMCXR_reports.tgz"
-    if openi.is_file():
-        openi_shards, _ = ensure_text_model(openi, ROOT / "artifacts" / "openi-text")
-        reports = read_test_reports(openi_shards)
+    if (shared / "openi-reports" / "NLMCXR_reports.tgz").is_file():
+        reports = read_test_reports(ensure_recipe_text_model(shared))
         text_side = [openi_stand_in(c, reports, out) for c, out in checkpoints["trained on covid-pairs"]]
         lines += [
             "",

@@ -253,9 +253,9 @@ class ContrastiveModule(L.LightningModule):
             locked_trunk(self.model, tower).eval()
         if not self.hparams["text_dropout"] and "text" not in self.locked:
             locked_trunk(self.model, "text").eval()
-        if self.hparams.get("freeze_image_norm"):
+        if self.hparams["freeze_image_norm"]:
             for module in locked_trunk(self.model, "image").modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
