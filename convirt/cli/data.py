@@ -35,6 +35,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="report text kept: auto (findings+impression, else the free text), findings, "
                              "impression, both, longest, imaging (findings+impression, else the free text's "
                              "sentences about the radiograph: for case notes)")
+    shards.add_argument("--views", type=lambda text: text.split(","), metavar="VIEW[,VIEW...]",
+                        help="keep only these projections, e.g. PA,AP, or 'frontal' for every frontal view "
+                             "(rows of other views or none are dropped and counted)")
     shards.add_argument("--image-size", type=int, default=512, help="short side of stored images")
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     shards.add_argument("--val-fraction", type=float, default=0.05)
@@ -74,7 +77,7 @@ def run_shards(args: argparse.Namespace) -> None:
         shard_size=args.shard_size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, workers=args.workers, strict=args.strict, command=shlex.join(["convirt", *sys.argv[1:]]),
         text=args.text, text_only=is_text_only(args.source, options), drop_duplicates=not args.keep_duplicates,
-        source=args.source,
+        source=args.source, views=args.views,
     )
     counts = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
     dropped = ", ".join(f"{reason} {n}" for reason, n in manifest["dropped"].items()) or "none"

@@ -25,6 +25,7 @@ import webdataset as wds
 from convirt.data.images import encode_jpeg, load_grayscale
 from convirt.data.reports import TextMode, drop_reason, parse_sections, parse_text_mode, select_text
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
+from convirt.data.views import parse_views, view_kept
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ def write_shards(
     text_only: bool = False,
     drop_duplicates: bool = True,
     source: str = "",
+    views: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Write rows into ``{train,val,test}-NNNNNN.tar`` shards and ``manifest.json``.
 
@@ -228,6 +230,9 @@ def write_shards(
         text_only: Write reports without images (archives distributed without their images).
         drop_duplicates: Drop images whose stored pixels equal an earlier image's.
         source: Name of the archive reader, recorded in the manifest.
+        views: Keep only rows of these projections (names, or the group ``frontal``; see
+            :mod:`convirt.data.views`); other rows are dropped as ``view_excluded``, rows without a
+            view as ``view_unknown``. ``None`` keeps every view.
 
     Returns:
         The manifest (also written to ``output/manifest.json``).
@@ -246,6 +251,8 @@ def write_shards(
     config = {"source": source, "image_size": image_size, "shard_size": shard_size, "val_fraction": val_fraction,
               "test_fraction": test_fraction, "seed": seed, "text": mode.value, "text_only": text_only,
               "drop_duplicates": drop_duplicates, "strict": strict}
+    if views is not None:  # only when set, so that folders written before the option stay valid
+        config["views"] = sorted(parse_views(views))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).is_file():
@@ -286,6 +293,7 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
     rows = itertools.islice(iter(source), state.position, None)
     bar = tqdm(total=total, initial=state.position, desc=f"{split} shards", unit="row", disable=not progress)
     seen = set(state.hashes)
+    keep_views = frozenset(config["views"]) if "views" in config else None
     logged: Counter[str] = Counter(dict(state.dropped))
 
     def drop(row: Row, reason: str) -> None:
@@ -319,6 +327,8 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
             state.sections.update(sections.keys())
             if row.problem:
                 drop(row, row.problem)
+            elif keep_views is not None and not view_kept(row.view, keep_views):
+                drop(row, "view_excluded" if row.view.strip() else "view_unknown")
             elif not sections and not row.text.strip():
                 drop(row, "empty_report")
             elif not (chosen := select_text(sections, mode)):
