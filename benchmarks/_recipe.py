@@ -17,7 +17,8 @@ def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, ob
         run: The run folder (``fit/`` logs, ``checkpoints/``).
         shards: The covid-pairs shard folder.
         seed: ``seed_everything``.
-        overrides: ``section.key: value`` changes of the recipe (``"trainer.max_epochs": 30``).
+        overrides: ``section.key: value`` changes of the recipe (``"trainer.max_epochs": 30``);
+            ``"trainer.callbacks"`` adds its list after the recipe's checkpoint callback.
         every_epoch: Keep a checkpoint of every epoch, not only the last.
 
     Returns:
@@ -33,7 +34,10 @@ def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, ob
     config["data"]["shards"] = str(shards)
     for key, value in (overrides or {}).items():
         section, field = key.split(".")
-        config[section][field] = value
+        if key == "trainer.callbacks":
+            config[section][field] = [*config[section][field], *value]  # type: ignore[misc]
+        else:
+            config[section][field] = value
     run.mkdir(parents=True, exist_ok=True)
     path = run / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
