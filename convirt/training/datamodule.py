@@ -9,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from convirt.data.inputs import is_shard_folder
+from convirt.data.negatives import add_negatives, read_negative_texts
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_side, image_transform_for
 from convirt.data.urls import expand_shard_urls
@@ -46,6 +47,11 @@ class ShardDataModule(L.LightningDataModule):
         horizontal_flip: Flip training images (off: reports name sides).
         blur_probability: Chance of a Gaussian blur per training image.
         strict: Fail on a corrupt sample instead of skipping and counting it.
+        negative_texts: A shard folder (text-only shards serve) whose training-split reports are
+            drawn as extra negatives of every training image (``clip`` loss; see
+            :mod:`convirt.data.negatives`): normal reports where the pairs hold few normal studies.
+        negative_labels: Draw only reports with one of these labels (``["No Finding"]``).
+        negatives_per_batch: Reports drawn per training batch.
     """
 
     def __init__(
@@ -66,6 +72,9 @@ class ShardDataModule(L.LightningDataModule):
         horizontal_flip: bool = False,
         blur_probability: float = 0.2,
         strict: bool = False,
+        negative_texts: str | None = None,
+        negative_labels: list[str] | None = None,
+        negatives_per_batch: int = 64,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,6 +101,9 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"unknown data.text_sampling {hp.text_sampling!r}; known: {', '.join(TEXT_SAMPLING)}")
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
         self.preprocess = get_preprocess_cfg(hp.model_name)
+        self.negative_pool = read_negative_texts(hp.negative_texts, hp.negative_labels) if hp.negative_texts else []
+        if self.negative_pool and hp.negatives_per_batch <= 0:
+            raise ValueError(f"data.negatives_per_batch must be positive, got {hp.negatives_per_batch}")
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp: Any = self.hparams
@@ -115,12 +127,18 @@ class ShardDataModule(L.LightningDataModule):
                                     seed=hp.seed + rank, strict=hp.strict, decode_size=self._decode_size())
             return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)))
 
+        pool, tokenizer = self.negative_pool, self.tokenizer
+
         def make_epoch(seed: int, skip_samples: int) -> Any:
             # Training splits shards between ranks when there are enough (or resamples them).
-            return build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
-                                 train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
-                                 seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict,
-                                 decode_size=self._decode_size())
+            batches = build_batches(urls, transform, tokenizer, hp.batch_size, text_transform=text_transform,
+                                    train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
+                                    seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict,
+                                    decode_size=self._decode_size())
+            if not pool:
+                return batches
+            # Seeded by the epoch's seed and position: a resumed epoch draws its own negatives again.
+            return add_negatives(batches, pool, tokenizer, hp.negatives_per_batch, seed * 1_000_003 + skip_samples)
 
         samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)

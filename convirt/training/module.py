@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from convirt.data.transforms import normalize_images
-from convirt.losses import create_loss
+from convirt.losses import TextNegativesClipLoss, create_loss
 from convirt.models import create_model, image_statistics
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
@@ -109,12 +109,15 @@ class ContrastiveModule(L.LightningModule):
             raise ValueError(f"repeated_reports_as_positives needs loss 'convirt', got {loss!r}")
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
+        self.negatives_loss_fn: nn.Module | None = None
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size,
                                    local_loss=bool(self.hparams["local_loss"]))
+        # Used for batches that carry text-only negatives (the DataModule's data.negative_texts).
+        self.negatives_loss_fn = TextNegativesClipLoss(rank=self.global_rank, world_size=self.trainer.world_size)
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised features ``(B, D)`` of images ``(B, 3, H, W)`` and token ids ``(B, L)``."""
@@ -123,6 +126,14 @@ class ContrastiveModule(L.LightningModule):
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, batch: dict[str, Any]
               ) -> torch.Tensor:
         assert self.loss_fn is not None
+        if "negative_text" in batch:
+            if self.loss_name != "clip":
+                raise ValueError(f"text-only negatives (data.negative_texts) need model.loss 'clip', "
+                                 f"got {self.loss_name!r}")
+            assert self.negatives_loss_fn is not None
+            negatives = self.model.encode_text(batch["negative_text"], normalize=True)
+            return self.negatives_loss_fn(  # type: ignore[no-any-return]
+                image_features, text_features, self.model.logit_scale.exp(), negatives)
         if self.loss_name == "siglip":
             loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp(), self.model.logit_bias)
         elif self.loss_name == "convirt":

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from convirt.losses import create_loss
+from convirt.losses import TextNegativesClipLoss, create_loss
 
 WORLD = 2
 BATCH = 8  # global
@@ -31,19 +31,23 @@ def _loss_and_grads(name, rank, world_size, rows):
     image_features = F.normalize(image_tower(images[rows]), dim=1)
     text_features = F.normalize(text_tower(texts[rows]), dim=1)
     local = name == "clip-local"  # each rank's rows against the gathered columns
-    loss_fn = create_loss("clip" if local else name, rank=rank, world_size=world_size, local_loss=local)
-    if name in ("clip", "clip-local"):
+    if name == "clip-negatives":  # the same text-only negatives on every rank
+        negatives = F.normalize(text_tower(torch.randn(3, 7, generator=torch.Generator().manual_seed(1))), dim=1)
+        loss = TextNegativesClipLoss(rank=rank, world_size=world_size)(image_features, text_features, scale.exp(),
+                                                                          negatives)
+    elif name in ("clip", "clip-local"):
+        loss_fn = create_loss("clip" if local else name, rank=rank, world_size=world_size, local_loss=local)
         loss = loss_fn(image_features, text_features, scale.exp())
     elif name == "siglip":
-        loss = loss_fn(image_features, text_features, scale.exp(), bias)
+        loss = create_loss(name, rank=rank, world_size=world_size)(image_features, text_features, scale.exp(), bias)
     else:
-        loss = loss_fn(image_features, text_features, None, groups[rows])
+        loss = create_loss(name, rank=rank, world_size=world_size)(image_features, text_features, None, groups[rows])
     loss.backward()
     params = [*image_tower.parameters(), *text_tower.parameters(), scale, bias]
     return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
-LOSSES = ("clip", "clip-local", "siglip", "convirt")
+LOSSES = ("clip", "clip-local", "siglip", "convirt", "clip-negatives")
 
 
 def _worker(rank, port, out):

@@ -115,3 +115,27 @@ def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(ph
     assert trainer.global_step == 3
     assert trainer.callback_metrics["train/skipped_samples"] == 0
     assert "val/loss" in trainer.callback_metrics
+
+
+def test_text_only_negatives_join_training_batches(phantom_shards, tiny_text_model, tmp_path):
+    import pytest
+
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=0, shuffle_buffer=16, negative_texts=str(phantom_shards),
+                           negative_labels=["No Finding"], negatives_per_batch=5)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["negative_text"].shape[0] == 5 and batch["negative_text"].dtype == batch["text"].dtype
+    assert "negative_text" not in next(iter(data.val_dataloader()))
+    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        limit_val_batches=1)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 2
+    siglip = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, loss="siglip")
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                        limit_val_batches=0)
+    with pytest.raises(ValueError, match="need model.loss 'clip'"):
+        trainer.fit(siglip, datamodule=data)
