@@ -26,7 +26,7 @@ from pathlib import Path
 from _markdown import shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
-from heldout_recipes import convirt, heldout
+from heldout_recipes import OPENI_TEXT, convirt, heldout
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "dev-recipes"
@@ -40,7 +40,7 @@ _KEPT = {"model.freeze_image_norm": True, "trainer.max_epochs": 10}
 # Lightning's own weight averaging: every checkpoint holds the average (half-life ~70 of the ~260 steps).
 _EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.99}}
 # Open-i's training reports indexed normal, drawn as extra negatives of every image (the recipe's text shards).
-_NEGATIVES = {"data.negative_texts": str(ROOT / "artifacts" / "openi-text" / "shards"),
+_NEGATIVES = {"data.negative_texts": str(OPENI_TEXT / "shards"),
               "data.negative_labels": ["No Finding"], "data.negatives_per_batch": 64}
 # The covid-pairs shard folders the variants train on (shards-NAME): `convirt shards` options beyond the recipe's.
 SHARDS = {"auto": ["--text", "auto"], "imaging": ["--text", "imaging"], "frontal": ["--views", "frontal"]}

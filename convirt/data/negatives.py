@@ -39,8 +39,9 @@ def read_negative_texts(shards: str | os.PathLike[str], labels: Sequence[str] | 
     seen: set[str] = set()
     counts: Counter[str] = Counter()
     for meta in iter_split_metadata(shards, split):
-        counts.update(meta.get("labels") or [])
-        if wanted is not None and not wanted & set(meta.get("labels") or []):
+        labels_of = meta.get("labels") or []
+        counts.update(labels_of)
+        if wanted is not None and not wanted.intersection(labels_of):
             continue
         text = clean_report(select_text(meta.get("sections") or {}, TextMode.AUTO))
         if text and text not in seen:
