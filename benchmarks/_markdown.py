@@ -18,6 +18,29 @@ def write_section(path: Path, name: str, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def machine_line(precision: str | None = None) -> str:
+    """The machine a benchmark ran on, for its section: CPU model, torch's kernel capability, whether
+    bf16 is native there, cores and threads, torch, and the precision the measured runs used."""
+    import torch
+
+    from convirt._hardware import cpu_info
+
+    cpu = cpu_info()
+    line = f"Machine: {cpu.describe()}, torch {torch.__version__} with {torch.get_num_threads()} threads"
+    return line + (f"; precision {precision}" if precision else "")
+
+
+def trained_precisions(checkpoints: list[Path]) -> str:
+    """The precisions ``checkpoints`` were trained with, as they recorded it, with counts (a
+    checkpoint from before convirt recorded it, or one a cache reused, may come from another run)."""
+    from collections import Counter
+
+    from convirt.models.checkpoint import read_run
+
+    counts = Counter(read_run(path).get("precision", "not recorded") for path in checkpoints)
+    return ", ".join(f"{name} ({count} checkpoint{'s' if count > 1 else ''})" for name, count in sorted(counts.items()))
+
+
 def shared_data_parser(doc: str, work: Path) -> argparse.ArgumentParser:
     """The options of a benchmark on ../shared/data: ``--shared``, ``--work``, ``--output``."""
     root = Path(__file__).resolve().parents[1]

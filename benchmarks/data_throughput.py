@@ -20,7 +20,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _markdown import write_section
+from _markdown import machine_line, write_section
 from PIL import Image
 
 SECTION = "data-throughput"
@@ -211,7 +210,7 @@ def main() -> None:
     flat = peaks[10]["peak_mb"] / peaks[1]["peak_mb"]
     body = f"""## Data loading (`python benchmarks/data_throughput.py`)
 
-{platform.processor() or platform.machine()}, {os.cpu_count()} cores. {images} JPEGs ({kind}), stored by
+{machine_line()}. {images} JPEGs ({kind}), stored by
 `convirt shards` at short side 512, 100 per shard; model `{MODEL}` (224 px input).
 
 | measure | value |

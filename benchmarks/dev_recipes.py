@@ -18,12 +18,11 @@ stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-from _markdown import shared_data_parser, write_section
+from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
 from heldout_recipes import OPENI_TEXT, convirt, heldout
@@ -119,10 +118,11 @@ def main() -> None:
         checkpoint = baseline_checkpoint(work, pretrained)
         zero = " / ".join(f"{v:.3f}" for v in kermany(checkpoint, labels, work / f"{name}-kermany").values())
         scale[name] = f"{zero}, linear probe {kermany_probe(checkpoint, labels, work / f'{name}-probe'):.3f}"
+    trained: list[Path] = []  # the checkpoints evaluated, for the precision they recorded
     lines = [
         "## Real data: recipe candidates on a development set (Kermany pediatric images)",
         "",
-        f"`python benchmarks/dev_recipes.py` on {platform.machine()}, {time.strftime('%Y-%m-%d')}: variants of "
+        f"`python benchmarks/dev_recipes.py` on {time.strftime('%Y-%m-%d')}: variants of "
         "`configs/covid_pairs.yaml` trained on covid-pairs (10 epochs unless named), seeds 0, 1, 2. Zero-shot "
         "AUROC of `convirt zeroshot --descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 "
         "pneumonia, 231 normal; another hospital and age group, used only to choose between recipes; the NIH "
@@ -154,6 +154,7 @@ def main() -> None:
         for seed in SEEDS:
             run = work / f"{folder}-s{seed}"
             checkpoint = fit(run, shards, overrides, seed)
+            trained.append(checkpoint)
             for method, value in kermany(checkpoint, labels, run / "kermany").items():
                 zero[method].append(value)
             pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
@@ -163,6 +164,7 @@ def main() -> None:
             probe.append(kermany_probe(checkpoint, labels, run / "probe"))
         lines.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
                      + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+    lines += ["", f"{machine_line()}; trained with precision {trained_precisions(trained)}."]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 

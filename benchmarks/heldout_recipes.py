@@ -17,13 +17,12 @@ Writes the ``heldout-recipes`` section of BENCHMARKS.md. `python benchmarks/held
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _markdown import shared_data_parser, write_section
+from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import write_recipe
 from text_pretraining import ensure_text_model
@@ -90,10 +89,11 @@ def main() -> None:
         convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
     openi_shards, _ = ensure_text_model(Path(args.shared) / "openi-reports" / "NLMCXR_reports.tgz", OPENI_TEXT)
     reports = read_test_reports(openi_shards)
+    trained: list[Path] = []  # the checkpoints evaluated, for the precision they recorded
     lines = [
         "## Real data: recipe choice on a split held out of covid-pairs",
         "",
-        f"`python benchmarks/heldout_recipes.py` on {platform.machine()}, {time.strftime('%Y-%m-%d')}: "
+        f"`python benchmarks/heldout_recipes.py` on {time.strftime('%Y-%m-%d')}: "
         "variants of `configs/covid_pairs.yaml`, seed 0, scored by image<->text recall on the covid-pairs test "
         "split (87 images, patients never trained on; chance R@5 ~0.06, R@10 ~0.11). The cxr-eval set is not "
         "used for this choice. Mean R = mean of the four recalls. Open-i stand-in: the held-out Open-i findings "
@@ -110,6 +110,7 @@ def main() -> None:
         seconds = (run / "done").read_text().strip()
         for epochs in EPOCHS:
             checkpoint = run / "checkpoints" / f"epochepoch={epochs - 1}.ckpt"
+            trained.append(checkpoint)
             recall = heldout(checkpoint, shards, run / f"eval-{epochs}")["image_text"]
             stand_in = openi_stand_in(checkpoint, reports, run / f"eval-{epochs}")
             values = [recall["image_to_text"]["recall_at_5"], recall["image_to_text"]["recall_at_10"],
@@ -117,6 +118,7 @@ def main() -> None:
             lines.append(f"| {name} | {epochs} | " + " | ".join(f"{v:.3f}" for v in values)
                          + f" | {sum(values) / 4:.3f} | {stand_in['descriptors']:.3f} | {stand_in['names']:.3f} | "
                          f"{seconds} |")
+    lines += ["", f"{machine_line()}; trained with precision {trained_precisions(trained)}."]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 

@@ -16,14 +16,13 @@ probe` (patient-grouped 5-fold linear and kNN probes) on the same images for eve
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _markdown import shared_data_parser, write_section
+from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
 from dev_recipes import VARIANTS as DEV_VARIANTS
@@ -155,11 +154,13 @@ def main() -> None:
     trained_at = sorted({(run / "commit.txt").read_text().strip() for run in runs if (run / "commit.txt").is_file()})
     minutes = [float((run / "train_seconds.txt").read_text()) / 60 for run in runs
                if (run / "train_seconds.txt").is_file()]
+    trained = [checkpoint for runs in checkpoints.values() for checkpoint, _ in runs]
+    machine = f"{machine_line()}; trained with precision {trained_precisions(trained)}"
     lines = [
         "## Real data: image-to-image search on NIH ChestX-ray14 (cxr-eval)",
         "",
-        f"`python benchmarks/real_data.py --seeds {' '.join(map(str, args.seeds))}` on {platform.machine()}, "
-        f"{time.strftime('%Y-%m-%d')}. Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
+        f"`python benchmarks/real_data.py --seeds {' '.join(map(str, args.seeds))}` on "
+        f"{time.strftime('%Y-%m-%d')} ({machine}). Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
         "(20 epochs on the 407 training images of ../shared/data/covid-pairs; the text tower is MiniLM pretrained "
         "on the Open-i reports by `convirt pretrain-text --config configs/openi_text.yaml` and locked, so only its "
         "projection head trains; the image trunk's batch-norm layers keep their pretrained statistics). Beside it, "

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
-from _markdown import write_section
+from _markdown import machine_line, write_section
 
 from convirt.retrieval import build_index, save_index, search
 from convirt.retrieval.index import set_search_params
@@ -105,8 +104,9 @@ def main() -> None:
     lines = [
         "## Retrieval",
         "",
-        f"`python benchmarks/retrieval.py --n {args.n}` on {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"faiss {faiss.__version__}, {time.strftime('%Y-%m-%d')}: {args.n:,} x {args.dim} clustered unit vectors "
+        f"`python benchmarks/retrieval.py --n {args.n}` on "
+        f"{time.strftime('%Y-%m-%d')}, faiss {faiss.__version__} ({machine_line()}): {args.n:,} x {args.dim} "
+        "clustered unit vectors "
         f"(1,000 centres), {args.queries:,} queries, k = 10. Exact search (IndexFlatIP): {exact_qps:,.0f} queries/s.",
         "Memory is the growth of resident memory while building (the input array itself excluded).",
         "",

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _markdown import write_section
+from _markdown import machine_line, write_section
+
+from convirt._hardware import choose_precision
 
 
 def _rate(count: int, seconds: float) -> str:
@@ -53,18 +54,25 @@ def bench_stream(tmp: Path) -> tuple[str, str, str]:
     return "streaming + train augmentation (160 px, 1 process)", _rate(n, time.perf_counter() - start), "samples/s"
 
 
-def bench_train_step(frozen: bool, bf16: bool) -> tuple[str, str, str]:
+def bench_train_step(frozen: bool, bf16: bool, channels_last: bool = False) -> tuple[str, str, str]:
+    """One setting of the demo model's training step on random inputs: median of the last 3 of 5 steps."""
     from convirt.losses import create_loss
     from convirt.models import create_model
     from convirt.models.freeze import freeze_image_groups, freeze_text_layers
+    from convirt.models.memory_format import channels_last_images, to_channels_last
 
+    torch.manual_seed(0)
     model = create_model("demo-effnet-minilm", pretrained=True).train()
     if frozen:
         freeze_image_groups(model, 3)
         freeze_text_layers(model, 3)
+    if channels_last:
+        to_channels_last(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     loss_fn = create_loss("clip")
     images, texts = torch.randn(32, 3, 160, 160), torch.randint(1000, 2000, (32, 40))
+    if channels_last:
+        images = channels_last_images(images)
     timings = []
     for _ in range(5):
         start = time.perf_counter()
@@ -75,7 +83,11 @@ def bench_train_step(frozen: bool, bf16: bool) -> tuple[str, str, str]:
         optimizer.step()
         optimizer.zero_grad()
         timings.append(time.perf_counter() - start)
-    what = "demo config: early layers frozen, bf16-mixed" if frozen and bf16 else "all layers, fp32"
+    what = ", ".join([
+        "early layers frozen (demo)" if frozen else "all layers",
+        "bf16 autocast" if bf16 else "fp32",
+        *(["channels-last"] if channels_last else []),
+    ])
     return (f"train step, demo-effnet-minilm, batch 32, 160 px, 40 tokens, {what}",
             _rate(32, float(np.median(timings[2:]))), "samples/s")
 
@@ -116,12 +128,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         rows = [bench_phantom(tmp), bench_shards(tmp), bench_stream(tmp), bench_train_step(False, False),
-                bench_train_step(True, True), *bench_faiss()]
+                bench_train_step(True, False), bench_train_step(True, True), bench_train_step(True, False, True),
+                bench_train_step(True, True, True), *bench_faiss()]
     lines = [
         "## Pipeline stages",
         "",
-        f"Measured by `make bench` (`benchmarks/run.py`) on {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, on {time.strftime('%Y-%m-%d')}.",
+        f"Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}. {machine_line()}. "
+        f"Precision as named in each row; `convirt fit` would choose {choose_precision('cpu').precision} here.",
         "",
         "| stage | rate | unit |",
         "|---|---:|---|",

@@ -19,15 +19,16 @@ Writes the ``text-pretraining`` section of BENCHMARKS.md. `python benchmarks/tex
 from __future__ import annotations
 
 import math
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from _markdown import shared_data_parser, write_section
+from _markdown import machine_line, shared_data_parser, write_section
 from _openi_text import read_test_reports, score_reports
+
+from convirt._hardware import choose_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "text-pretraining"
@@ -65,6 +66,8 @@ def ensure_text_model(reports: Path, work: Path) -> tuple[Path, Path]:
                 "--data.shards", str(shards), "--model.output", str(model),
                 "--trainer.default_root_dir", str(work / "fit"))
         (work / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+        # What the run trained with: a text-model folder does not record it (the log's choice, see README).
+        (work / "train_machine.txt").write_text(machine_line(choose_precision().precision) + "\n")
     return shards, model
 
 
@@ -81,11 +84,14 @@ def main() -> None:
             "after section matching on Open-i train": measure(str(model), findings, impressions, labels)}
     seconds = (work / "train_seconds.txt").read_text().strip() if (work / "train_seconds.txt").is_file() else "?"
     first = next(iter(rows.values()))
+    trained_on = work / "train_machine.txt"
+    machine = f"evaluated on: {machine_line()}; trained on: " + (
+        trained_on.read_text().strip() if trained_on.is_file() else "not recorded (made before 2026-12-02)")
     lines = [
         "## Report pretraining of the text tower (Open-i, held-out reports)",
         "",
-        f"`python benchmarks/text_pretraining.py` on {platform.machine()}, {time.strftime('%Y-%m-%d')}. "
-        f"`convirt pretrain-text --config configs/openi_text.yaml` ({seconds} s on this machine): section matching "
+        f"`python benchmarks/text_pretraining.py` on {time.strftime('%Y-%m-%d')} ({machine}). "
+        f"`convirt pretrain-text --config configs/openi_text.yaml` ({seconds} s where it trained): section matching "
         "(findings <-> impression of one report, in-batch negatives) on the Open-i training split, text trunk of "
         f"`demo-effnet-minilm` under its mean pooler. Measured on the {len(findings)} Open-i test reports with both "
         "sections (never trained on): findings -> impression recall, and a text-only stand-in for zero-shot "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from _markdown import write_section
+from _markdown import machine_line, write_section
 
 SECTION = "train-throughput"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -178,8 +177,8 @@ def main() -> None:
     lines = [
         "## Training step: Lightning overhead and GradCache memory",
         "",
-        f"`python benchmarks/train_throughput.py` on {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Model `{args.model}` (pretrained towers, the demo's "
+        f"`python benchmarks/train_throughput.py` on "
+        f"{time.strftime('%Y-%m-%d')} ({machine_line('32-true')}). Model `{args.model}` (pretrained towers, the demo's "
         "frozen early layers, CLIP loss, AdamW, clipping at 1.0, fp32), random 3-channel images and "
         f"tokenised phantom-like reports made once in memory; median of {args.steps} steps after "
         f"{args.warmup} warm-up steps.",

@@ -83,3 +83,14 @@ def labels_csv(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> P
             image = str(Path(phantom_csv.parent, row["image"]).resolve())
             writer.writerow([image, row["labels"], row["patient_id"], "even" if i % 2 == 0 else "odd"])
     return out
+
+
+def shaded_image(size: tuple[int, int], shade: int):
+    """A grayscale PIL image of ``size`` around level ``shade``: a faint ramp, since the shard
+    writer drops images of one value everywhere as ``constant_image``."""
+    import numpy as np
+    from PIL import Image
+
+    width, height = size
+    ramp = np.tile(np.arange(width, dtype=np.int64) % 9, (height, 1))
+    return Image.fromarray(np.clip(ramp + int(shade), 0, 255).astype(np.uint8), mode="L")

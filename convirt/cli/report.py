@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from convirt._hardware import cpu_info
 from convirt.cli.common import write_json
 
 
@@ -13,6 +14,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="merge zero-shot and retrieval metrics into one table and JSON")
     parser.add_argument("--zeroshot", required=True, help="metrics.json of `convirt zeroshot`")
     parser.add_argument("--retrieval", required=True, help="JSON of `convirt index eval --output`")
+    parser.add_argument("--checkpoint", help="the evaluated checkpoint: its training precision and machine are "
+                                             "recorded too")
+    parser.add_argument("--timings", help="stage wall times, one 'stage<TAB>seconds' line each (the demo writes one)")
     parser.add_argument("--output", required=True, help="metrics.json to write")
     parser.set_defaults(run=run)
 
@@ -21,6 +25,19 @@ def _load(path: str) -> dict:
     if not Path(path).is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _read_timings(path: str) -> dict[str, float]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"timings file not found: {path}")
+    stages: dict[str, float] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        name, _, seconds = line.rpartition("\t")
+        try:
+            stages[name] = stages.get(name, 0.0) + float(seconds)
+        except ValueError:
+            raise ValueError(f"{path}:{number}: expected 'stage<TAB>seconds', got {line!r}") from None
+    return stages
 
 
 def run(args: argparse.Namespace) -> None:
@@ -35,7 +52,14 @@ def run(args: argparse.Namespace) -> None:
             "positives": zeroshot["positives"],
         },
         "retrieval": retrieval,
+        "machine": cpu_info().as_dict(),
     }
+    if args.checkpoint:
+        from convirt.models.checkpoint import read_run
+
+        metrics["training"] = read_run(args.checkpoint)
+    if args.timings:
+        metrics["stage_seconds"] = _read_timings(args.timings)
     write_json(args.output, metrics)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
     print("\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
@@ -52,4 +76,11 @@ def run(args: argparse.Namespace) -> None:
         if isinstance(values, dict):
             cells = "  ".join(f"R@{name.rsplit('_', 1)[1]} {fmt(v)}" for name, v in values.items())
             print(f"{direction.replace('_', ' ')}: {cells}")
+    training = metrics.get("training") or {}
+    machine = metrics["machine"]
+    print(f"\nmachine: {machine['model']} (capability {machine['capability']}, native bf16: "
+          f"{'yes' if machine['native_bf16'] else 'no'}); trained with precision {training.get('precision', 'n/a')}")
+    if "stage_seconds" in metrics:
+        stages = metrics["stage_seconds"]
+        print("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items()))
     print(f"\nwrote {args.output}")

@@ -27,7 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     embed.add_argument("--devices", default="1", help="processes (DDP ranks; each writes its own parts)")
     embed.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
-    embed.add_argument("--precision", default=None, help="e.g. bf16-mixed on GPUs (default: full precision)")
+    embed.add_argument("--precision", default=None,
+                       help="Lightning precision (default: chosen for the device: bf16-mixed where bf16 is native, "
+                            "16-mixed on older CUDA cards, else 32-true)")
     embed.add_argument("--workers", type=int, default=0, help="data-loading processes per rank")
     embed.set_defaults(run=run_embed)
 

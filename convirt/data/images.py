@@ -3,14 +3,28 @@ short side resized."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# libjpeg's largest side, as PIL enforces it: a stored image may not be longer.
+JPEG_MAX_SIDE = 65_500
+
+
+class RefusedImageError(ValueError):
+    """A readable image that convirt does not convert, for the reason named by ``reason`` (the
+    count's name in a shard manifest: ``refused_image``, ``image_too_small``, ``image_too_elongated``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def is_dicom(path: str | os.PathLike[str]) -> bool:
@@ -30,7 +44,7 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
     (bright = air) is inverted so that bone is bright, as in every other image.
 
     Raises:
-        ValueError: Multi-frame or colour DICOM (refused by name: export one frame first).
+        RefusedImageError: Multi-frame or colour DICOM (refused by name: export one frame first).
         OSError: The pixel data cannot be decoded (a compressed transfer syntax without its
             decoder installed, or a damaged file).
     """
@@ -44,12 +58,14 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
         raise OSError(f"not a DICOM file: {error}") from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ValueError(f"multi-frame DICOM ({frames} frames) is not a radiograph convirt converts; "
-                         f"export the frame you want as a single-frame file")
+        raise RefusedImageError("refused_image", f"multi-frame DICOM ({frames} frames) is not a radiograph convirt "
+                                                 "converts; export the frame you want as a single-frame file")
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
-        raise ValueError(f"colour DICOM ({ds.get('PhotometricInterpretation', '?')}) is not a radiograph")
+        raise RefusedImageError("refused_image", f"colour DICOM ({ds.get('PhotometricInterpretation', '?')}) is "
+                                                 "not a radiograph")
     try:
-        pixels = ds.pixel_array
+        with _quiet("pydicom"):  # its decoders log a traceback before raising; the error says it in one line
+            pixels = ds.pixel_array
     except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise OSError(f"cannot decode DICOM pixel data ({getattr(syntax, 'name', syntax)}): {error}; for "
@@ -70,23 +86,44 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
     return Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L")
 
 
-def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None) -> Image.Image:
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence logger ``name`` for the duration."""
+    log = logging.getLogger(name)
+    before, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = before
+
+
+def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None, min_side: int = 0) -> Image.Image:
     """Read an image file as 8-bit grayscale, with its short side resized to ``short_side``.
 
     Aspect ratio is kept. JPEG ``draft`` mode decodes at a reduced scale when the target is
     much smaller than the file, which makes decoding several times faster. 16-bit images are
     stretched to the full 8-bit range; DICOM goes through :func:`load_dicom`.
 
+    Args:
+        path: The image file.
+        short_side: Resize the short side to this many pixels (``None``: keep the size).
+        min_side: Refuse an image whose short side, as stored in the file, is smaller.
+
     Raises:
         FileNotFoundError: No file at ``path``.
         OSError: The file is not a readable image (truncated, damaged, unknown format).
-        ValueError: A DICOM that is refused by name (multi-frame, colour).
+        RefusedImageError: A DICOM refused by name (multi-frame, colour), an image smaller than
+            ``min_side``, or one whose resized long side would pass :data:`JPEG_MAX_SIDE`.
     """
     image: Image.Image
     if is_dicom(path):
         image = load_dicom(path)
+        _check_side(image.size, min_side)
         return resize_short_side(image, short_side) if short_side else image
     with Image.open(path) as source:
+        _check_side(source.size, min_side)
+        if short_side:
+            _target_size(source.size, short_side)  # refuse before decoding what cannot be stored
         if short_side and source.format == "JPEG":
             source.draft("L", (short_side, short_side))
         source.load()
@@ -102,14 +139,38 @@ def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None) 
     return image
 
 
-def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
-    """Resize so that the shorter side is ``short_side`` pixels, keeping the aspect ratio."""
-    width, height = image.size
+def _check_side(size: tuple[int, int], min_side: int) -> None:
+    if min(size) < min_side:
+        raise RefusedImageError("image_too_small", f"{size[0]}x{size[1]} px: its short side is below {min_side} px")
+
+
+def _target_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """``size`` with its short side scaled to ``short_side``.
+
+    Raises:
+        RefusedImageError: The long side would pass :data:`JPEG_MAX_SIDE` (``image_too_elongated``):
+            checked before resizing, which would otherwise allocate the whole strip.
+    """
+    width, height = size
     scale = short_side / min(width, height)
-    if scale == 1.0:
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if max(target) > JPEG_MAX_SIDE:
+        raise RefusedImageError("image_too_elongated", f"{width}x{height} px: its short side at {short_side} px "
+                                f"makes the long side {max(target)} px, past JPEG's {JPEG_MAX_SIDE}")
+    return target
+
+
+def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
+    """Resize so that the shorter side is ``short_side`` pixels, keeping the aspect ratio.
+
+    Raises:
+        RefusedImageError: The long side would pass :data:`JPEG_MAX_SIDE`.
+    """
+    size = _target_size(image.size, short_side)
+    if size == image.size:
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    upscale = size[0] > image.size[0]
+    return image.resize(size, Image.Resampling.BICUBIC if upscale else Image.Resampling.LANCZOS)
 
 
 def encode_jpeg(image: Image.Image, quality: int = 92) -> bytes:

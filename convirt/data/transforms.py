@@ -96,9 +96,31 @@ def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     return (images.float() - offset) / scale
 
 
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
+def _eval_resize(size: int, interpolation: str, resize_mode: str, fill_color: int) -> list[Any]:
+    """The evaluation resize of open_clip's ``image_transform`` for a square ``size``: the same
+    steps, so that a model exported with its ``preprocess_cfg`` embeds an image as convirt does."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; known: {', '.join(INTERPOLATIONS)}")
+    mode = INTERPOLATIONS[interpolation]
+    if resize_mode == "shortest":
+        return [T.Resize(size, interpolation=mode), T.CenterCrop(size)]
+    if resize_mode == "squash":
+        return [T.Resize((size, size), interpolation=mode)]
+    if resize_mode == "longest":
+        from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+
+        return [ResizeKeepRatio(size, interpolation=mode, longest=1), CenterCropOrPad(size, fill=fill_color)]
+    raise ValueError(f"unknown resize_mode {resize_mode!r}; known: {', '.join(RESIZE_MODES)}")
+
+
 def build_image_transform(
     size: int, mean: Sequence[float], std: Sequence[float], train: bool, horizontal_flip: bool = False,
-    blur_probability: float = 0.2, compact: bool = False,
+    blur_probability: float = 0.2, compact: bool = False, interpolation: str = "bilinear",
+    resize_mode: str = "shortest", fill_color: int = 0,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Grayscale PIL image -> normalised ``(3, size, size)`` float tensor, or with ``compact`` the
     8-bit ``(1, size, size)`` image that :func:`normalize_images` turns into it at the model.
@@ -108,15 +130,17 @@ def build_image_transform(
 
     Training applies :class:`TrainImageTransform` (ConVIRT's augmentation). Horizontal flips
     are off by default: reports name sides ("left pleural effusion"), and a flip would make them
-    wrong. Evaluation resizes the short side and crops the centre. The image stays one channel
-    until the last step, where it is repeated to the three the model expects and normalised
-    with the model's own mean and std.
+    wrong. Evaluation resizes as open_clip's evaluation transform does with the same
+    ``interpolation`` / ``resize_mode`` (by default: the short side, bilinear, then the centre
+    crop). The image stays one channel until the last step, where it is repeated to the three the
+    model expects and normalised with the model's own mean and std.
     """
     if train:
         return TrainImageTransform(size, mean, std, horizontal_flip, blur_probability, compact)
+    resize = _eval_resize(size, interpolation, resize_mode, fill_color)
     if compact:
-        return T.Compose([T.Grayscale(1), T.Resize(size), T.CenterCrop(size), T.PILToTensor()])  # type: ignore
-    pipeline = T.Compose([T.Grayscale(1), T.Resize(size), T.CenterCrop(size), T.ToTensor(),
+        return T.Compose([T.Grayscale(1), *resize, T.PILToTensor()])  # type: ignore
+    pipeline = T.Compose([T.Grayscale(1), *resize, T.ToTensor(),
                           T.Lambda(lambda x: x.expand(3, -1, -1)), T.Normalize(mean, std)])
     return pipeline  # type: ignore[no-any-return]
 
@@ -131,9 +155,13 @@ def image_transform_for(
     preprocess: dict[str, Any], train: bool, size: int | None = None, horizontal_flip: bool = False,
     blur_probability: float = 0.2, compact: bool = False,
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """The image transform of a model's preprocessing config (``size``, ``mean``, ``std``)."""
+    """The image transform of a model's preprocessing config (``size``, ``mean``, ``std`` and, as
+    open_clip names them, ``interpolation``, ``resize_mode``, ``fill_color``)."""
     return build_image_transform(image_side(preprocess, size), preprocess["mean"], preprocess["std"], train=train,
-                                 horizontal_flip=horizontal_flip, blur_probability=blur_probability, compact=compact)
+                                 horizontal_flip=horizontal_flip, blur_probability=blur_probability, compact=compact,
+                                 interpolation=preprocess.get("interpolation", "bilinear"),
+                                 resize_mode=preprocess.get("resize_mode", "shortest"),
+                                 fill_color=int(preprocess.get("fill_color", 0)))
 
 
 TEXT_SAMPLING = ("sentences", "sentence", "section", "whole")

@@ -14,6 +14,8 @@ import itertools
 import json
 import logging
 import os
+import struct
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import ProcessPoolExecutor
@@ -21,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+from PIL import Image
 
-from convirt.data.images import encode_jpeg, load_grayscale
+from convirt.data.images import RefusedImageError, encode_jpeg, load_grayscale
 from convirt.data.reports import TextMode, drop_reason, parse_sections, parse_text_mode, select_text
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
 from convirt.data.views import parse_views, view_kept
@@ -47,24 +50,52 @@ def assign_split(patient_id: str, val_fraction: float, test_fraction: float, see
     return "train"
 
 
-def prepare_image(path: str, image_size: int) -> tuple[bytes | None, str | None, str | None]:
-    """Load, resize and encode one image: ``(jpeg, pixel digest, None)`` or ``(None, None, reason)``.
+# Errors of a damaged or unknown image file (PIL, zlib, struct and pydicom raise these); anything
+# else while preparing a row is counted as ``unexpected_error:<type>``, so that a bug in the code
+# is not mistaken for bad data.
+_UNREADABLE = (OSError, SyntaxError, EOFError, struct.error, zlib.error)
+# A chest radiograph report runs to a few thousand characters; a field past this is a broken export
+# (a file pasted into a cell), and would dominate memory and the tokenizer's time.
+MAX_REPORT_CHARS = 65_536
+# Smaller images hold no radiograph at any size anyone trains on (MedMNIST's are 28 px).
+MIN_IMAGE_SIDE = 16
+
+Prepared = tuple[bytes | None, str | None, str | None, str]
+
+
+def prepare_image(path: str, image_size: int, reraise: bool = False) -> Prepared:
+    """Load, resize and encode one image: ``(jpeg, pixel digest, None, "")``, or
+    ``(None, None, reason, detail)`` for an image that is skipped.
 
     The digest is the SHA-256 of the stored pixels: equal digests are exact duplicate images.
+    Reasons: ``missing_image``, ``unreadable_image``, ``refused_image`` (multi-frame or colour
+    DICOM), ``image_too_small``, ``image_too_elongated``, ``image_too_large`` (past PIL's
+    decompression-bomb limit), ``constant_image`` (one value everywhere), and
+    ``unexpected_error:<ExceptionType>`` for anything else (``detail`` holds its message), which
+    ``reraise`` raises instead (``--strict``: its traceback is kept behind the error).
     """
     if not path or not os.path.isfile(path):
-        return None, None, "missing_image"
+        return None, None, "missing_image", ""
     try:
-        image = load_grayscale(path, image_size)
-    except ValueError as error:  # a readable file the converter refuses by name (multi-frame DICOM)
-        return None, None, f"refused_image: {error}"
-    except (OSError, SyntaxError, EOFError, AttributeError, KeyError, IndexError, TypeError):
-        return None, None, "unreadable_image"
-    digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
-    return encode_jpeg(image), digest, None
+        image = load_grayscale(path, image_size, min_side=MIN_IMAGE_SIDE)
+        low, high = image.getextrema()  # type: ignore[misc]
+        if low == high:
+            return None, None, "constant_image", f"every pixel is {low}"
+        digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
+        return encode_jpeg(image), digest, None, ""
+    except RefusedImageError as error:  # a readable file the converter refuses by name
+        return None, None, error.reason, str(error)
+    except Image.DecompressionBombError as error:
+        return None, None, "image_too_large", str(error)
+    except _UNREADABLE as error:
+        return None, None, "unreadable_image", f"{type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
+        if reraise:
+            raise
+        return None, None, f"unexpected_error:{type(error).__name__}", str(error)
 
 
-def _prepare_star(arguments: tuple[str, int]) -> tuple[bytes | None, str | None, str | None]:
+def _prepare_star(arguments: tuple[str, int, bool]) -> Prepared:
     return prepare_image(*arguments)
 
 
@@ -296,16 +327,19 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
     keep_views = frozenset(config["views"]) if "views" in config else None
     logged: Counter[str] = Counter(dict(state.dropped))
 
-    def drop(row: Row, reason: str) -> None:
+    def drop(row: Row, reason: str, detail: str = "", cause: BaseException | None = None) -> None:
+        detail = " ".join(detail.split())  # one line, in the log and in dropped.jsonl
         if strict:
             where = row.image_path or row.key
-            raise ValueError(f"{reason.replace('_', ' ')}: {where} (row {row.key}); "
-                             f"rerun without --strict to skip and count such rows")
+            raise ValueError(f"{reason.replace('_', ' ')}{': ' + detail if detail else ''}: {where} (row {row.key}); "
+                             f"rerun without --strict to skip and count such rows") from cause
         state.dropped[reason] += 1
-        state.drops.append(json.dumps({"key": row.key, "path": row.image_path, "split": split, "reason": reason}))
+        record = {"key": row.key, "path": row.image_path, "split": split, "reason": reason}
+        state.drops.append(json.dumps({**record, "detail": detail} if detail else record))
         logged[reason] += 1
         if logged[reason] <= _LOGGED_PER_REASON:
-            logger.warning("skipping %s (%s): %s%s", row.key, row.image_path or "no image", reason,
+            logger.warning("skipping %s (%s): %s%s%s", row.key, row.image_path or "no image", reason,
+                           f" ({detail})" if detail else "",
                            "; further rows dropped for this reason are listed in dropped.jsonl"
                            if logged[reason] == _LOGGED_PER_REASON else "")
 
@@ -323,18 +357,15 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
             if row_split != split:
                 continue
             state.rows_read += 1
-            sections = row.sections or parse_sections(row.text)
-            state.sections.update(sections.keys())
-            if row.problem:
-                drop(row, row.problem)
-            elif keep_views is not None and not view_kept(row.view, keep_views):
-                drop(row, "view_excluded" if row.view.strip() else "view_unknown")
-            elif not sections and not row.text.strip():
-                drop(row, "empty_report")
-            elif not (chosen := select_text(sections, mode)):
-                drop(row, drop_reason(mode))
-            else:
-                found.append(dataclasses.replace(row, text=chosen, sections=sections))
+            try:
+                reason, kept = _check_row(row, keep_views, mode, state.sections)
+            except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
+                drop(row, f"unexpected_error:{type(error).__name__}", str(error), error)
+                continue
+            if reason:
+                drop(row, reason)
+            elif kept is not None:
+                found.append(kept)
         return found
 
     shard: _ShardFile | None = None
@@ -344,14 +375,26 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
         if not batch:
             break
         if config["text_only"]:
-            prepared: Iterable[tuple[bytes | None, str | None, str | None]] = [(None, None, None)] * len(batch)
+            prepared: Iterable[Prepared] = [(None, None, None, "")] * len(batch)
         else:
-            jobs = [(row.image_path, config["image_size"]) for row in batch]
+            jobs = [(row.image_path, config["image_size"], strict) for row in batch]
             prepared = pool.map(_prepare_star, jobs, chunksize=max(1, len(jobs) // (4 * workers))) if pool \
                 else map(_prepare_star, jobs)
-        for row, (jpeg, digest, reason) in zip(batch, prepared):
+        results = iter(prepared)
+        for row in batch:
+            try:
+                jpeg, digest, reason, detail = next(results)
+            except Exception as error:  # strict: an unexpected error that prepare_image re-raised (in order)
+                drop(row, f"unexpected_error:{type(error).__name__}", str(error), error)
+                raise
             if reason is not None:
-                drop(row, reason.split(":")[0] if not strict else reason)
+                drop(row, reason, detail)
+                continue
+            try:
+                sample: dict[str, Any] = {KEY: row.key, TEXT: row.text.encode("utf-8"),
+                                          META: json.dumps(row.metadata(), sort_keys=True).encode("utf-8")}
+            except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
+                drop(row, f"unexpected_error:{type(error).__name__}", str(error), error)
                 continue
             if digest is not None and config["drop_duplicates"]:
                 if digest in seen:
@@ -359,12 +402,10 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
                     continue
                 seen.add(digest)
                 state.hashes.append(digest)
-            if shard is None:
-                shard = _ShardFile(state.out, f"{split}-{len(state.shards[split]):06d}.tar")
-            sample: dict[str, Any] = {KEY: row.key, TEXT: row.text.encode("utf-8"),
-                                      META: json.dumps(row.metadata(), sort_keys=True).encode("utf-8")}
             if jpeg is not None:
                 sample[IMAGE] = jpeg
+            if shard is None:
+                shard = _ShardFile(state.out, f"{split}-{len(state.shards[split]):06d}.tar")
             shard.write(sample, row.labels)
         if shard is not None and shard.samples >= config["shard_size"]:
             state.shards[split].append(shard.close())
@@ -374,6 +415,25 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
         state.shards[split].append(shard.close())
     state.total_rows = state.position
     bar.close()
+
+
+def _check_row(row: Row, keep_views: frozenset[str] | None, mode: TextMode,
+               sections_seen: Counter[str]) -> tuple[str, Row | None]:
+    """Why a row's text or metadata makes it unusable (``""`` when it is usable), and the row with
+    its chosen text and sections."""
+    if len(row.text) > MAX_REPORT_CHARS:
+        return "report_too_long", None
+    sections = row.sections or parse_sections(row.text)
+    sections_seen.update(sections.keys())
+    if row.problem:
+        return row.problem, None
+    if keep_views is not None and not view_kept(row.view, keep_views):
+        return ("view_excluded" if row.view.strip() else "view_unknown"), None
+    if not sections and not row.text.strip():
+        return "empty_report", None
+    if not (chosen := select_text(sections, mode)):
+        return drop_reason(mode), None
+    return "", dataclasses.replace(row, text=chosen, sections=sections)
 
 
 def _finish(state: _Conversion, command: str) -> dict[str, Any]:

@@ -32,15 +32,19 @@ MODALITIES = ("image", "text")
 
 def encode_batch(model: Any, batch: dict[str, Any], device: str | torch.device = "cpu",
                  modality: str = "image") -> np.ndarray:
-    """Normalised ``(B, D)`` float32 features of one batch dict's images (or token ids)."""
+    """Normalised ``(B, D)`` float32 features of one batch dict's images (or token ids).
+
+    Normalised in float32 after the model, so that the vectors are unit length to float32
+    precision also when the model ran under bf16 / fp16 autocast.
+    """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
     with torch.no_grad():
         if modality == "image":
-            features = model.encode_image(batch["image"].to(device), normalize=True)
+            features = model.encode_image(batch["image"].to(device))
         else:
-            features = model.encode_text(batch["text"].to(device), normalize=True)
-    return features.float().cpu().numpy()
+            features = model.encode_text(batch["text"].to(device))
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
 
 
 def batch_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ class LoadedModel:
     text_model_path: str | None
     checkpoint: str
     embed_dim: int
+    # How it was trained, as ``convirt fit`` records it: precision, device, world size, CPU.
+    run: dict[str, Any] = field(default_factory=dict)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_model_path: str | None = None
@@ -68,7 +70,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_m
         text_model_path=text_model_path,
         checkpoint=str(path),
         embed_dim=embed_dim_of(hparams["model_name"]),
+        run=dict(state.get("convirt_run") or {}),
     )
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """How a ``convirt fit`` checkpoint was trained (precision, device, world size, CPU), without
+    building its model; ``{}`` for a checkpoint from before this was recorded.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(state.get("convirt_run") or {}) if isinstance(state, dict) else {}
 
 
 def _looks_local(name: str) -> bool:

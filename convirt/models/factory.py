@@ -70,19 +70,27 @@ def get_model_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(_MODEL_CONFIGS[name])
 
 
+# How convirt resizes for evaluation, stated in every registry model's preprocessing, so that an
+# exported folder tells open_clip the same (open_clip's own default is bicubic).
+EVAL_RESIZE = {"interpolation": "bilinear", "resize_mode": "shortest"}
+
+
 def get_preprocess_cfg(name: str) -> dict[str, Any]:
-    """Image preprocessing of a model: ``size``, ``mean``, ``std``."""
+    """Image preprocessing of a model, in open_clip's ``preprocess_cfg`` keys: ``size``, ``mean``,
+    ``std``, ``interpolation``, ``resize_mode`` (and ``fill_color`` where set)."""
     if name.startswith(OPEN_CLIP):
         arch, tag = _open_clip_name(name)
         vision = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {})
         tagged = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
         return {"size": vision.get("image_size", 224), "mean": tagged.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                "std": tagged.get("std", open_clip.OPENAI_DATASET_STD)}
+                "std": tagged.get("std", open_clip.OPENAI_DATASET_STD),
+                "interpolation": tagged.get("interpolation", "bicubic"),
+                "resize_mode": tagged.get("resize_mode", "shortest")}
     if name.startswith(_SCHEMAS):
         return dict(open_clip.get_model_preprocess_cfg(create_model(name)))
     config = get_model_config(name)
     size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
-    return {"size": size, **config.get("preprocess_cfg", {})}
+    return {"size": size, **EVAL_RESIZE, **config.get("preprocess_cfg", {})}
 
 
 def image_statistics(model: Any) -> tuple[list[float], list[float]]:

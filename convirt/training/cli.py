@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
+from convirt._hardware import choose_num_threads, choose_precision, resolve_device
 from convirt.training.datamodule import ShardDataModule
 from convirt.training.module import ContrastiveModule
 
@@ -16,6 +20,36 @@ class ConvirtLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name", "data.model_name")
         parser.link_arguments("model.text_model_path", "data.text_model_path")
+
+    def before_instantiate_classes(self) -> None:
+        """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
+        configure_hardware(self.config.get(str(self.subcommand), self.config))
+
+
+def configure_hardware(config: Any) -> None:
+    """Choose ``trainer.precision`` for the device when the config sets none (an explicit value
+    wins) and torch's intra-op threads beside the data-loader workers; log both with the reason.
+
+    Args:
+        config: The parsed config of one subcommand (``trainer``, ``data``, ...), changed in place,
+            so that the run's saved config records the precision it ran with.
+    """
+    trainer = config["trainer"]
+    accelerator = trainer.get("accelerator")
+    if trainer.get("precision") is None:
+        choice = choose_precision(accelerator if isinstance(accelerator, str) else "other")
+        trainer["precision"] = choice.precision
+        rank_zero_info(f"convirt: precision {choice.precision} ({choice.reason}; "
+                       "set --trainer.precision to choose another)")
+    else:
+        rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
+    data = config.get("data") or {}
+    workers = int(data.get("num_workers") or 0) if hasattr(data, "get") else 0
+    if resolve_device(accelerator if isinstance(accelerator, str) else "other") == "cpu":
+        threads = choose_num_threads(workers)
+        torch.set_num_threads(threads)
+        rank_zero_info(f"convirt: {threads} torch threads (every core this process may use) beside {workers} "
+                       "data-loader worker(s): decoding a batch costs far less than the model's step")
 
 
 def default_logger() -> dict[str, object]:

@@ -15,7 +15,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
+from convirt._hardware import choose_precision
 from convirt.embeddings.encode import MODALITIES, encode_batch
 
 
@@ -86,10 +88,16 @@ def predict_features(
         modality: ``image`` or ``text``.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         devices: Number of processes (DDP when more than one).
-        precision: Lightning precision, e.g. ``bf16-mixed`` on GPUs; default full precision.
+        precision: Lightning precision; ``None`` chooses for the device
+            (:func:`convirt._hardware.choose_precision`: bf16 where it is native, else fp16 on
+            CUDA, else fp32) and logs the choice.
         progress: Show a progress bar.
     """
     many = devices not in (1, "1")
+    if precision is None:
+        choice = choose_precision(accelerator)
+        precision = choice.precision
+        rank_zero_info(f"convirt: precision {precision} ({choice.reason}; --precision chooses another)")
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, strategy="ddp" if many else "auto",
         precision=precision,  # type: ignore[arg-type]

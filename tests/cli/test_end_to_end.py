@@ -40,6 +40,14 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert ckpt.is_file()
     assert (tmp_path / "fit" / "config.yaml").is_file()  # the resolved config is saved with the run
+    # The config names no precision: the one chosen for this CPU is used, saved with the run and in the checkpoint.
+    from convirt._hardware import choose_precision
+    from convirt.models.checkpoint import read_run
+
+    chosen = choose_precision("cpu").precision
+    assert yaml.safe_load((tmp_path / "fit" / "config.yaml").read_text())["trainer"]["precision"] == chosen
+    run = read_run(ckpt)
+    assert run["precision"] == chosen and run["cpu"]["capability"] and run["device"] == "cpu"
 
     assert main(["zeroshot", "--checkpoint", str(ckpt), "--descriptors", "phantom", "--data", str(shards),
                  "--output", str(tmp_path / "zs")]) == 0

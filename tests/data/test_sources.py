@@ -5,12 +5,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from convirt.data.schema import MANIFEST
 from convirt.data.sources import read_rows
 from convirt.data.writer import read_manifest, require_images, write_shards
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.conftest import SHARED_DATA, requires_shared_data, shaded_image
 
 OPENI_XML = """<?xml version="1.0" encoding="utf-8"?>
 <eCitation><uId id="CXR{n}"/><MedlineCitation><Article><Abstract>
@@ -42,7 +41,7 @@ def _openi(tmp_path: Path, images: bool = False) -> tuple[Path, Path]:
         png.mkdir()
         for n in range(1, 4):
             for view, shade in (("1001", 60), ("2001", 120)):
-                Image.new("L", (64, 48), shade + n).save(png / f"CXR{n}_1_IM-000{n}-{view}.png")
+                shaded_image((64, 48), shade + n).save(png / f"CXR{n}_1_IM-000{n}-{view}.png")
     return archive, png
 
 
@@ -82,8 +81,8 @@ def test_openi_with_the_png_folder_gives_one_sample_per_radiograph(tmp_path):
 
 
 def test_jsonl_reader_with_renamed_columns_and_non_utf8_text(tmp_path):
-    Image.new("L", (40, 40), 50).save(tmp_path / "a.png")
-    Image.new("L", (40, 40), 90).save(tmp_path / "b.png")
+    shaded_image((40, 40), 50).save(tmp_path / "a.png")
+    shaded_image((40, 40), 90).save(tmp_path / "b.png")
     lines = [json.dumps({"file": "a.png", "report": "FINDINGS: clear.", "labels": ["Edema", "Effusion"],
                          "patient_id": "p1"}).encode(),
              b'{"file": "b.png", "report": "bad \xff byte", "patient_id": "p2"}']

@@ -1,9 +1,9 @@
 import pytest
-from PIL import Image
 
 from convirt.data.schema import Row
 from convirt.data.views import normalize_view, parse_views, view_kept
 from convirt.data.writer import write_shards
+from tests.conftest import shaded_image
 
 
 @pytest.mark.parametrize("view", ["PA", "AP", "AP Supine", "ap_horizontal", "Frontal", "PA LLD", "AP AXIAL"])
@@ -34,7 +34,7 @@ def test_shards_keep_only_the_named_views_and_count_the_rest(tmp_path):
     rows = []
     for i, view in enumerate(["PA", "AP Supine", "L", "", "AP"]):
         path = tmp_path / f"img{i}.png"
-        Image.new("L", (32, 32), color=i * 40).save(path)
+        shaded_image((32, 32), i * 40).save(path)
         rows.append(Row(key=f"k{i}", image_path=str(path), text=f"Report {i}.", patient_id=f"p{i}", view=view))
     manifest = write_shards(rows, tmp_path / "out", image_size=16, val_fraction=0, test_fraction=0,
                             progress=False, views=["frontal"])
@@ -52,7 +52,7 @@ def test_shards_command_takes_a_comma_list_of_views(tmp_path, capsys):
 
     lines = ["image,text,patient_id,view"]
     for i, view in enumerate(["PA", "L", "AP"]):
-        Image.new("L", (32, 32), color=i * 60).save(tmp_path / f"img{i}.png")
+        shaded_image((32, 32), i * 60).save(tmp_path / f"img{i}.png")
         lines.append(f"{tmp_path / f'img{i}.png'},Report {i}.,p{i},{view}")
     (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
     argv = ["shards", "--input", str(tmp_path / "rows.csv"), "--image-size", "16", "--workers", "1"]

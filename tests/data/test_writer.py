@@ -9,13 +9,14 @@ from PIL import Image
 from convirt.data.schema import MANIFEST, Row
 from convirt.data.sources import read_rows
 from convirt.data.writer import assign_split, read_manifest, shard_urls, write_shards
+from tests.conftest import shaded_image
 
 
 def _rows(tmp_path: Path, n: int = 6) -> list[Row]:
     rows = []
     for i in range(n):
         path = tmp_path / f"img{i}.png"
-        Image.new("L", (40 + i, 30), color=i * 20).save(path)
+        shaded_image((40 + i, 30), i * 20).save(path)
         rows.append(Row(key=f"k{i}", image_path=str(path), text=f"Report {i}.", patient_id=f"p{i // 2}",
                         labels=["Edema"] if i % 2 else []))
     return rows
@@ -47,7 +48,7 @@ def test_images_are_stored_gray_with_short_side_resized(tmp_path):
 def test_patients_never_cross_splits(tmp_path):
     rows = _rows(tmp_path, 40)
     for i, row in enumerate(rows):  # distinct pixels, so that no image is an exact duplicate
-        Image.new("L", (40, 30 + i), color=i * 5).save(row.image_path)
+        shaded_image((40, 30 + i), i * 5).save(row.image_path)
     write_shards(rows, tmp_path / "out", shard_size=7, val_fraction=0.3, test_fraction=0.3, progress=False)
     manifest = read_manifest(tmp_path / "out")
     assert sum(manifest["splits"][s]["samples"] for s in ("train", "val", "test")) == 40

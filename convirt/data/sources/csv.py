@@ -20,6 +20,9 @@ from convirt.data.schema import Row, parse_labels
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
+# Keys of a record that stands for an unparseable line (never column names: they start with "__").
+_PROBLEM, _PROBLEM_KEY = "__problem__", "__key__"
+
 FIELDS = ("image", "text", "patient_id", "study_id", "view", "labels", "source", "split")
 
 
@@ -73,27 +76,44 @@ def rows_from_records(records: Iterable[Mapping[str, Any]], root: Path, named: M
                       source_name: str) -> Iterator[Row]:
     """Rows from table records (dicts keyed by column name), image paths relative to ``root``."""
     seen: dict[str, int] = {}
-    for record in records:
-        image, _ = _text(record.get(named["image"]))
-        key = key_from_path(image)
-        if key in seen:
-            seen[key] += 1
-            key = f"{key}-{seen[key]}"
-        else:
-            seen[key] = 0
-        text, bad_text = _text(record.get(named["text"]))
-        yield Row(
-            key=key,
-            image_path=str(root / image) if image else "",
-            text=text,
-            patient_id=_text(record.get(named["patient_id"]))[0] or key,
-            labels=_labels(record.get(named["labels"])),
-            view=_text(record.get(named["view"]))[0],
-            source=_text(record.get(named["source"]))[0] or source_name,
-            split=_text(record.get(named["split"]))[0] or None,
-            study_id=_text(record.get(named["study_id"]))[0],
-            problem="non_utf8_text" if bad_text else "",
-        )
+    for number, record in enumerate(records, 1):
+        if _PROBLEM in record:
+            yield _problem_row(record.get(_PROBLEM_KEY) or f"record-{number}", record[_PROBLEM], source_name)
+            continue
+        try:
+            row = _row_from_record(record, root, named, source_name, seen)
+        except Exception as error:  # noqa: BLE001 (one record must not end the read; the writer counts it)
+            row = _problem_row(f"record-{number}", f"unexpected_error:{type(error).__name__}", source_name)
+        yield row
+
+
+def _problem_row(key: str, problem: str, source_name: str) -> Row:
+    return Row(key=key, image_path="", text="", patient_id=key, source=source_name, problem=problem)
+
+
+def _row_from_record(record: Mapping[str, Any], root: Path, named: Mapping[str, str], source_name: str,
+                     seen: dict[str, int]) -> Row:
+    """One record as a row; ``seen`` counts keys, so that repeated image paths get distinct keys."""
+    image, _ = _text(record.get(named["image"]))
+    key = key_from_path(image)
+    if key in seen:
+        seen[key] += 1
+        key = f"{key}-{seen[key]}"
+    else:
+        seen[key] = 0
+    text, bad_text = _text(record.get(named["text"]))
+    return Row(
+        key=key,
+        image_path=str(root / image) if image else "",
+        text=text,
+        patient_id=_text(record.get(named["patient_id"]))[0] or key,
+        labels=_labels(record.get(named["labels"])),
+        view=_text(record.get(named["view"]))[0],
+        source=_text(record.get(named["source"]))[0] or source_name,
+        split=_text(record.get(named["split"]))[0] or None,
+        study_id=_text(record.get(named["study_id"]))[0],
+        problem="non_utf8_text" if bad_text else "",
+    )
 
 
 def read_csv_rows(
@@ -125,9 +145,30 @@ def read_csv_rows(
     return _csv_rows(path, named, source_name)
 
 
+# The csv module refuses fields over 128 KB by default, which ends the whole read; a field that
+# long is a broken row, and the writer drops it by name (report_too_long) instead.
+_FIELD_LIMIT = 1 << 30
+
+
+def _csv_records(handle: Any, path: Path) -> Iterator[dict[str, Any]]:
+    """The table's records; a line the csv module cannot parse becomes a record that names the problem."""
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
+    reader = csv.DictReader(handle)
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield {_PROBLEM: "malformed_row", _PROBLEM_KEY: f"line-{reader.line_num}", "error": str(error)}
+            continue
+        yield record
+
+
 def _csv_rows(path: Path, named: Mapping[str, str], source_name: str) -> Iterator[Row]:
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        yield from rows_from_records(csv.DictReader(handle), path.parent, named, source_name)
+        yield from rows_from_records(_csv_records(handle, path), path.parent, named, source_name)
 
 
 def read_jsonl_rows(path: str | os.PathLike[str], columns: Mapping[str, str] | None = None,

@@ -1,0 +1,91 @@
+"""CPU threads against data-loader workers for the demo's training step; writes its BENCHMARKS.md section.
+
+Each setting runs in its own process (torch's thread count is fixed per process): the demo's model
+and data settings (configs/demo.yaml), 25 steps on phantom shards made here, the last 20 timed.
+`convirt fit` gives torch every core the process may use (convirt._hardware.choose_num_threads);
+this measures what the other choices would cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _markdown import machine_line, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "demo-effnet-minilm-128"
+STEPS, WARMUP = 25, 5
+_CHILD = """
+import sys, time
+import torch, lightning as L
+from convirt.training import ContrastiveModule, ShardDataModule
+shards, model = sys.argv[1], sys.argv[4]
+threads, workers, warmup, steps = (int(sys.argv[i]) for i in (2, 3, 5, 6))
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+module = ContrastiveModule(model, freeze_image_groups=4, freeze_text_layers=3, text_dropout=False,
+                           warmup_steps=5)
+data = ShardDataModule(shards, model_name=model, batch_size=32, num_workers=workers)
+class Clock(L.Callback):
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == warmup:
+            self.start = time.perf_counter()
+    def on_train_end(self, trainer, *args):
+        print((time.perf_counter() - self.start) / (trainer.global_step - warmup))
+trainer = L.Trainer(max_steps=steps, accelerator="cpu", precision="32-true", logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    limit_val_batches=0, callbacks=[Clock()])
+trainer.fit(module, datamodule=data)
+"""
+
+
+def seconds_per_step(shards: Path, threads: int, workers: int) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run([sys.executable, "-c", _CHILD, str(shards), str(threads), str(workers), MODEL, str(WARMUP),
+                             str(STEPS)],
+                            capture_output=True, text=True, env=env, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    from convirt._hardware import choose_num_threads
+    from convirt.data.sources import read_rows
+    from convirt.data.sources.phantom import write_phantom
+    from convirt.data.writer import write_shards
+
+    cores = choose_num_threads(1)
+    settings = sorted({(cores, 1), (max(1, cores - 1), 1), (cores, 0), (cores, cores)})
+    with tempfile.TemporaryDirectory() as folder:
+        rows = write_phantom(Path(folder) / "phantom", 400, seed=0, size=256, workers=1, progress=False)
+        shards = Path(folder) / "shards"
+        write_shards(read_rows("csv", str(rows)), shards, image_size=192, shard_size=100, progress=False)
+        timings = {setting: seconds_per_step(shards, *setting) for setting in settings}
+    best = min(timings, key=timings.__getitem__)
+    lines = [
+        "## CPU threads and data-loader workers",
+        "",
+        f"`python benchmarks/threads.py` on {time.strftime('%Y-%m-%d')} ({machine_line('32-true')}). The demo's "
+        f"training step (`{MODEL}`, configs/demo.yaml's frozen groups, batch 32), mean of steps {WARMUP + 1}-{STEPS} "
+        "of one run per setting; `convirt fit` chooses "
+        f"{cores} torch thread{'s' if cores > 1 else ''} here, whatever the workers.",
+        "",
+        "| torch threads | loader workers | s / step |",
+        "|---:|---:|---:|",
+        *[f"| {threads} | {workers} | {timings[setting]:.3f}{' (fastest)' if setting == best else ''} |"
+          for setting in settings for threads, workers in [setting]],
+    ]
+    write_section(Path(args.output), "threads", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
