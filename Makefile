@@ -24,9 +24,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # `$(STAGE) NAME CMD...` runs one demo stage, prints its wall time and appends it to $(TIMINGS).
 TIMINGS = $(DEMO)/timings.tsv
-STAGE = bash -c 'name=$$1; shift; start=$$(date +%s%N); "$$@" || exit $$?; ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
-	printf "%s\t%d.%03d\n" "$$name" $$((ms / 1000)) $$((ms % 1000)) >> $(TIMINGS); \
-	echo "[demo] $$name: $$((ms / 1000)).$$((ms % 1000 / 100)) s"' _
+STAGE = @bash -c 'name=$$1; shift; cmd="$$*"; echo "[demo] $$name: $${cmd\#env * $(BIN)/}"; start=$$(date +%s%N); "$$@" || exit $$?; \
+	ms=$$(( ($$(date +%s%N) - start) / 1000000 )); printf "%s\t%d.%03d\n" "$$name" $$((ms / 1000)) $$((ms % 1000)) \
+	>> $(TIMINGS); echo "[demo] $$name took $$((ms / 1000)).$$((ms % 1000 / 100)) s"' _
 
 demo: install
 	rm -rf $(DEMO)/shards $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings \

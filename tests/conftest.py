@@ -94,3 +94,42 @@ def shaded_image(size: tuple[int, int], shade: int):
     width, height = size
     ramp = np.tile(np.arange(width, dtype=np.int64) % 9, (height, 1))
     return Image.fromarray(np.clip(ramp + int(shade), 0, 255).astype(np.uint8), mode="L")
+
+
+def write_dicom(path: Path, pixels, photometric: str = "MONOCHROME2", frames: int = 1,
+                window: tuple[float, float] | None = None, slope: float = 1.0, intercept: float = 0.0,
+                samples: int = 1, syntax: str | None = None, pixel_data: bytes | None = None,
+                shape: tuple[int, int] = (40, 48)) -> None:
+    """A DX DICOM file: 12 bits in 16 of ``pixels`` (grayscale), 8-bit RGB with ``samples=3``, or
+    ``pixel_data`` as given (``pixels`` None and no ``pixel_data``: a file without pixel data)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "DX", "p-dicom"
+    ds.Rows, ds.Columns = shape if pixels is None else pixels.shape[-2:] if samples == 1 else pixels.shape[:2]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else photometric
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if pixel_data is not None:
+        ds.PixelData = pixel_data
+    elif pixels is not None:
+        import numpy as np
+
+        ds.PixelData = (pixels if samples == 3 else pixels.astype(np.uint16)).tobytes()
+    ds.save_as(path, enforce_file_format=True)

@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no per-load weight reports
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Lightning prints its INFO lines (and convirt's precision choice) with its own handler; they
+    # also propagate here, so this handler keeps to warnings, or each would print twice.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     try:
         if argv and argv[0] in _LIGHTNING:
             from convirt.training.cli import run_lightning_cli

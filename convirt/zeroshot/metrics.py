@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 NAN = float("nan")
@@ -109,12 +110,35 @@ def bootstrap_ci(labels: Any, scores: Any, statistic: Callable[[np.ndarray, np.n
     return float(low), float(high)
 
 
+# The bootstrap calls its statistic a thousand times per finding and method; scikit-learn's
+# roc_auc_score / average_precision_score spend ~5 ms a call validating their input, which made
+# the CIs most of an evaluation's time. These compute the same numbers (tested against
+# scikit-learn, ties included) on arrays already checked.
+
+
 def _plain_auroc(y: np.ndarray, s: np.ndarray) -> float:
-    return float(roc_auc_score(y, s))
+    """AUROC as the Mann-Whitney U statistic over mid-ranks (ties count one half): ``roc_auc_score``."""
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if positives == 0 or negatives == 0:
+        return NAN
+    ranks = rankdata(s)
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _plain_auprc(y: np.ndarray, s: np.ndarray) -> float:
-    return float(average_precision_score(y, s))
+    """Average precision, the sum over distinct score thresholds of precision times the step in
+    recall: ``average_precision_score``."""
+    positives = int(y.sum())
+    if positives == 0:
+        return NAN
+    order = np.argsort(-s, kind="mergesort")
+    ranked, hits = s[order], y[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]  # the last row of each distinct score
+    true_positives = np.cumsum(hits)[last]
+    precision = true_positives / (last + 1)
+    recall_step = np.diff(np.r_[0.0, true_positives]) / positives
+    return float((precision * recall_step).sum())
 
 
 def binary_metrics(labels: Any, scores: Any, name: str = "", threshold: float | None = None,

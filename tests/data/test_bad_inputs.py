@@ -9,34 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from convirt.data.images import load_grayscale
 from convirt.data.sources import read_rows
 from convirt.data.writer import write_shards
+from tests.conftest import write_dicom
 
-
-def _dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", frames: int = 1,
-           window: tuple[float, float] | None = None, slope: float = 1.0, intercept: float = 0.0) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "DX", "p-dicom"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+_dicom = write_dicom
 
 
 def _ramp(height: int = 40, width: int = 60) -> np.ndarray:

@@ -10,39 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
 from convirt.cli.main import main
 from convirt.data import writer
 from convirt.data.sources import read_rows
 from convirt.data.writer import MAX_REPORT_CHARS, write_shards
-
-
-def _dicom(path: Path, pixels: np.ndarray | None, samples: int = 1, syntax=ExplicitVRLittleEndian,
-           pixel_data: bytes | None = None) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "DX", "p-zoo"
-    shape = (40, 48) if pixels is None else pixels.shape[:2]
-    ds.Rows, ds.Columns = shape
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (8, 8, 7, 0) if samples == 3 else \
-        (16, 12, 11, 0)
-    if pixel_data is not None:
-        ds.PixelData = pixel_data
-    elif pixels is not None:
-        ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+from tests.conftest import write_dicom
 
 
 def _bomb_png(path: Path, side: int) -> None:
@@ -93,13 +68,13 @@ def zoo(tmp_path) -> Path:
     _bomb_png(images / "bomb.png", 20_000)
     (images / "text.png").write_text("not a PNG\n")
     (images / "empty.jpg").write_bytes(b"")
-    _dicom(images / "tiny.dcm", (_noise(4, 4, 4).astype(np.uint16) * 16))
-    _dicom(images / "constant.dcm", np.full((40, 48), 1000, np.uint16))
-    _dicom(images / "no_pixels.dcm", None)
-    _dicom(images / "j2k_garbage.dcm", None, syntax=JPEG2000Lossless,
-           pixel_data=encapsulate([bytes(_noise(1, 500, 5))]))
-    _dicom(images / "colour.dcm", np.dstack([_noise(40, 48, 6)] * 3), samples=3)
-    _dicom(images / "whole.dcm", (_noise(40, 48, 7).astype(np.uint16) * 16))
+    write_dicom(images / "tiny.dcm", (_noise(4, 4, 4).astype(np.uint16) * 16))
+    write_dicom(images / "constant.dcm", np.full((40, 48), 1000, np.uint16))
+    write_dicom(images / "no_pixels.dcm", None)
+    write_dicom(images / "j2k_garbage.dcm", None, syntax=JPEG2000Lossless,
+                pixel_data=encapsulate([bytes(_noise(1, 500, 5))]))
+    write_dicom(images / "colour.dcm", np.dstack([_noise(40, 48, 6)] * 3), samples=3)
+    write_dicom(images / "whole.dcm", (_noise(40, 48, 7).astype(np.uint16) * 16))
     whole = (images / "whole.dcm").read_bytes()
     (images / "truncated.dcm").write_bytes(whole[: len(whole) // 2])
     (images / "whole.dcm").unlink()

@@ -83,3 +83,19 @@ def test_a_column_without_positives_is_nan_and_left_out_of_means():
     assert math.isnan(result["findings"]["empty"]["auroc"]) and math.isnan(result["findings"]["empty"]["auroc_ci"][0])
     assert result["mean"]["auroc"] == result["findings"]["real"]["auroc"]
     assert json_safe(result)["findings"]["empty"]["auroc"] is None
+
+
+def test_the_bootstrap_statistics_equal_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from convirt.zeroshot.metrics import _plain_auprc, _plain_auroc
+
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        n = int(rng.integers(2, 60))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            y[0] = 1 - y[0]
+        s = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.normal(size=n)  # heavy ties, then none
+        assert abs(_plain_auroc(y, s) - roc_auc_score(y, s)) < 1e-12
+        assert abs(_plain_auprc(y, s) - average_precision_score(y, s)) < 1e-12
