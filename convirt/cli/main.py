@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback behind a one-line error (also CONVIRT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{phantom,shards,fit,validate,test,"
                                 "pretrain-text,zeroshot,probe,embed,index,export,report}")
     data.add_parsers(sub)
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug (anywhere before a lone "--") or CONVIRT_DEBUG=1: the traceback behind a one-line error.
+    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)] or \
+        os.environ.get("CONVIRT_DEBUG", "") not in ("", "0")
+    argv = [word for word in argv if word != "--debug"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no per-load weight reports
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
@@ -66,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except argparse.ArgumentError as error:  # a bad config key or value, from LightningCLI
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        _traceback(debug)
         print(f"convirt: error: {' '.join(lines[:3])}", file=sys.stderr)
         return 2
     except (OSError, ValueError, FloatingPointError) as error:  # OSError covers missing files and weights
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"convirt: error: {message}", file=sys.stderr)
+        _traceback(debug)
+        print(f"convirt: error: {message}" + ("" if debug else " (--debug or CONVIRT_DEBUG=1 shows the traceback)"),
+              file=sys.stderr)
         return 2
     except SystemExit as exit_:  # argparse / LightningCLI usage errors: they have printed their message
         return exit_.code if isinstance(exit_.code, int) else 2
@@ -78,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         print("convirt: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _traceback(debug: bool) -> None:
+    """Print the exception being handled, with its chained causes, when debugging."""
+    if debug:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

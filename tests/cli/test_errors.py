@@ -1,0 +1,22 @@
+"""One-line errors, and the traceback behind them on request (`--debug`, `CONVIRT_DEBUG=1`)."""
+
+from convirt.cli.main import main
+
+
+def test_an_error_is_one_line_that_says_how_to_see_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CONVIRT_DEBUG", raising=False)
+    assert main(["index", "build", "--embeddings", str(tmp_path / "none"), "--output", str(tmp_path / "i")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convirt: error: no embeddings in ") and "\n" not in err and "--debug" in err
+
+
+def test_debug_shows_the_traceback_by_flag_or_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CONVIRT_DEBUG", raising=False)
+    args = ["index", "build", "--embeddings", str(tmp_path / "none"), "--output", str(tmp_path / "i")]
+    assert main(["--debug", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "FileNotFoundError" in err
+    assert err.strip().splitlines()[-1].startswith("convirt: error: no embeddings in ")
+    monkeypatch.setenv("CONVIRT_DEBUG", "1")
+    assert main(args) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
