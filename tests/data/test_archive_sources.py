@@ -107,6 +107,22 @@ def test_padchest_labels():
     assert parse_padchest_labels("['pleural effusion', ' cardiomegaly', 'pleural effusion']") == \
         ["pleural effusion", "cardiomegaly"]
     assert parse_padchest_labels("") == [] and parse_padchest_labels("nan") == []
+    # Not a list: an error (the reader marks the row unparseable_labels), never "no labels", i.e. a normal study.
+    for broken in ("['pleural effusion'", "pleural effusion", "{'a': 1}"):
+        with pytest.raises(ValueError, match="not a list literal"):
+            parse_padchest_labels(broken)
+
+
+def test_a_padchest_row_with_unparseable_labels_is_dropped_not_read_as_normal(tmp_path):
+    for i in range(2):
+        _image(tmp_path / "0" / f"{i}.png", i, mode="I;16")
+    _write_csv(tmp_path / "labels.csv", ["ImageID", "ImageDir", "PatientID", "StudyID", "Report", "Labels"], [
+        ["0.png", "0", "p0", "s0", "cardiomegalia .", "['cardiomegaly']"],
+        ["1.png", "0", "p1", "s1", "sin hallazgos .", "['normal'"],  # cut short
+    ])
+    manifest = write_shards(read_rows("padchest", str(tmp_path / "labels.csv")), tmp_path / "out", image_size=32,
+                            val_fraction=0, test_fraction=0, progress=False)
+    assert manifest["samples"] == 1 and manifest["dropped"] == {"unparseable_labels": 1}
 
 
 @requires_shared_data("metadata-samples", "padchest_labels_first400.csv")

@@ -24,14 +24,22 @@ _REQUIRED = ("ImageID", "ImageDir", "PatientID", "StudyID", "Report", "Labels")
 def parse_padchest_labels(value: str) -> list[str]:
     """``"['normal']"`` -> ``["No Finding"]``; ``"['pleural effusion', 'cardiomegaly']"`` -> both, stripped.
 
-    A value that is not a list literal gives ``[]`` (PadChest has a few blank ones).
+    A blank value (or pandas' ``nan``, as some exports write it) gives ``[]``.
+
+    Raises:
+        ValueError: Anything else that is not a list literal: reading it as no labels would make
+            the study a normal one.
     """
-    try:
-        parsed = ast.literal_eval(value) if value and value.strip() else []
-    except (ValueError, SyntaxError):
+    if not value or not value.strip() or value.strip().lower() == "nan":
         return []
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"PadChest labels {value[:80]!r} are not a list literal") from None
+    if not isinstance(parsed, list):
+        raise ValueError(f"PadChest labels {value[:80]!r} are not a list literal")
     labels: list[str] = []
-    for item in parsed if isinstance(parsed, list) else []:
+    for item in parsed:
         name = str(item).strip()
         name = NO_FINDING if name.lower() == "normal" else name
         if name and name not in labels:
@@ -56,8 +64,12 @@ def _rows(table: Path, root: Path) -> Iterator[Row]:
         for record in csv.DictReader(handle):  # type: ignore[arg-type]
             image = record["ImageID"].strip()
             folder = (record.get("ImageDir") or "").strip()
+            try:
+                labels, problem = parse_padchest_labels(record.get("Labels") or ""), ""
+            except ValueError:  # the writer drops and counts the row rather than calling it normal
+                labels, problem = [], "unparseable_labels"
             yield Row(key=f"padchest-{key_from_path(image)}", image_path=str(root / folder / image),
                       text=(record.get("Report") or "").strip(), patient_id=f"padchest-{record['PatientID'].strip()}",
-                      labels=parse_padchest_labels(record.get("Labels") or ""),
+                      labels=labels, problem=problem,
                       view=(record.get("Projection") or "").strip(), source=SOURCE,
                       study_id=f"padchest-{record['StudyID'].strip()}")
