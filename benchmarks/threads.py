@@ -62,7 +62,7 @@ def main() -> None:
     from convirt.data.sources.phantom import write_phantom
     from convirt.data.writer import write_shards
 
-    cores = choose_num_threads(1)
+    cores = choose_num_threads()
     settings = sorted({(cores, 1), (max(1, cores - 1), 1), (cores, 0), (cores, cores)})
     with tempfile.TemporaryDirectory() as folder:
         rows = write_phantom(Path(folder) / "phantom", 400, seed=0, size=256, workers=1, progress=False)

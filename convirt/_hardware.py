@@ -26,7 +26,6 @@ _ONEDNN_BF16_ISAS = frozenset({
     "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
     "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT",
 })
-PRECISIONS = ("bf16-mixed", "16-mixed", "32-true")
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,8 @@ def _cpu_model() -> str:
 def _bf16_instructions() -> bool:
     """AMX or AVX512-BF16 present, per torch's cpuinfo (``/proc/cpuinfo`` flags as a fallback)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if all(probe is not None for probe in probes):
-        return any(bool(probe()) for probe in probes if probe is not None)
+    if None not in probes:
+        return any(bool(probe()) for probe in probes)  # type: ignore[misc]
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text(encoding="utf-8", errors="replace") if cpuinfo.is_file() else ""
     return " amx_bf16" in flags or " avx512_bf16" in flags
@@ -106,8 +105,9 @@ def cpu_info() -> CpuInfo:
                    cores=_cores(), threads=torch.get_num_threads())
 
 
-def resolve_device(accelerator: str | None) -> str:
-    """``cuda``, ``mps``, ``cpu`` or ``other`` for a Lightning accelerator name."""
+def resolve_device(accelerator: object) -> str:
+    """``cuda``, ``mps``, ``cpu`` or ``other`` for a Lightning accelerator name (``None``: ``auto``;
+    an accelerator object or config: ``other``)."""
     name = (accelerator or "auto").lower() if isinstance(accelerator, str) or accelerator is None else "other"
     if name == "auto":
         if torch.cuda.is_available():
@@ -119,7 +119,7 @@ def resolve_device(accelerator: str | None) -> str:
     return name if name in ("cpu", "mps") else "other"
 
 
-def choose_precision(accelerator: str | None = "auto") -> PrecisionChoice:
+def choose_precision(accelerator: object = "auto") -> PrecisionChoice:
     """The fastest precision that trains well on the device ``accelerator`` resolves to.
 
     ``bf16-mixed`` on CUDA devices with native bf16 (compute capability 8.0+) and on CPUs with AMX
@@ -150,14 +150,13 @@ def choose_precision(accelerator: str | None = "auto") -> PrecisionChoice:
     return PrecisionChoice("32-true", device, f"no bf16 / fp16 rule for the {device} accelerator; full precision")
 
 
-def choose_num_threads(loader_workers: int, cores: int | None = None) -> int:
-    """Intra-op threads for the training process, beside ``loader_workers`` decoding processes:
-    every core this process may run on (its affinity, which a container or ``taskset`` may
-    narrow, where torch's own default counts the machine's physical cores).
+def choose_num_threads(cores: int | None = None) -> int:
+    """Intra-op threads for the training process: every core this process may run on (its
+    affinity, which a container or ``taskset`` may narrow, where torch's own default counts the
+    machine's physical cores), whatever the data-loader workers.
 
     The model's step costs far more than decoding its batch, so a worker is mostly idle and a
     core taken from torch for it slows the step (``benchmarks/threads.py`` measures the demo's
     step for each choice; BENCHMARKS.md, "CPU threads").
     """
-    del loader_workers  # measured not to matter for the choice; kept so that the rule can use it
     return cores or _cores()

@@ -95,9 +95,8 @@ def test_other_accelerators_get_fp32():
 
 
 def test_threads_go_to_the_model_on_every_core_this_process_may_use():
-    assert choose_num_threads(1, cores=2) == 2
-    assert choose_num_threads(2, cores=2) == 2
-    assert choose_num_threads(0) == _hardware._cores() >= 1
+    assert choose_num_threads(cores=2) == 2
+    assert choose_num_threads() == _hardware._cores() >= 1
 
 
 def test_the_cli_fills_in_the_precision_only_where_the_config_leaves_it_open(cpu):

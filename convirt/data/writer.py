@@ -8,14 +8,11 @@ is written last, the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
 import logging
 import os
-import struct
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sized
 from concurrent.futures import ProcessPoolExecutor
@@ -23,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from PIL import Image
 
-from convirt.data.images import RefusedImageError, encode_jpeg, load_grayscale
-from convirt.data.reports import TextMode, drop_reason, parse_sections, parse_text_mode, select_text
+from convirt.data.prepare import Prepared, check_row, prepare_image
+from convirt.data.reports import TextMode, parse_text_mode
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
-from convirt.data.views import parse_views, view_kept
+from convirt.data.views import parse_views
 
 logger = logging.getLogger(__name__)
 
@@ -48,51 +44,6 @@ def assign_split(patient_id: str, val_fraction: float, test_fraction: float, see
     if position < test_fraction + val_fraction:
         return "val"
     return "train"
-
-
-# Errors of a damaged or unknown image file (PIL, zlib, struct and pydicom raise these); anything
-# else while preparing a row is counted as ``unexpected_error:<type>``, so that a bug in the code
-# is not mistaken for bad data.
-_UNREADABLE = (OSError, SyntaxError, EOFError, struct.error, zlib.error)
-# A chest radiograph report runs to a few thousand characters; a field past this is a broken export
-# (a file pasted into a cell), and would dominate memory and the tokenizer's time.
-MAX_REPORT_CHARS = 65_536
-# Smaller images hold no radiograph at any size anyone trains on (MedMNIST's are 28 px).
-MIN_IMAGE_SIDE = 16
-
-Prepared = tuple[bytes | None, str | None, str | None, str]
-
-
-def prepare_image(path: str, image_size: int, reraise: bool = False) -> Prepared:
-    """Load, resize and encode one image: ``(jpeg, pixel digest, None, "")``, or
-    ``(None, None, reason, detail)`` for an image that is skipped.
-
-    The digest is the SHA-256 of the stored pixels: equal digests are exact duplicate images.
-    Reasons: ``missing_image``, ``unreadable_image``, ``refused_image`` (multi-frame or colour
-    DICOM), ``image_too_small``, ``image_too_elongated``, ``image_too_large`` (past PIL's
-    decompression-bomb limit), ``constant_image`` (one value everywhere), and
-    ``unexpected_error:<ExceptionType>`` for anything else (``detail`` holds its message), which
-    ``reraise`` raises instead (``--strict``: its traceback is kept behind the error).
-    """
-    if not path or not os.path.isfile(path):
-        return None, None, "missing_image", ""
-    try:
-        image = load_grayscale(path, image_size, min_side=MIN_IMAGE_SIDE)
-        low, high = image.getextrema()  # type: ignore[misc]
-        if low == high:
-            return None, None, "constant_image", f"every pixel is {low}"
-        digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
-        return encode_jpeg(image), digest, None, ""
-    except RefusedImageError as error:  # a readable file the converter refuses by name
-        return None, None, error.reason, str(error)
-    except Image.DecompressionBombError as error:
-        return None, None, "image_too_large", str(error)
-    except _UNREADABLE as error:
-        return None, None, "unreadable_image", f"{type(error).__name__}: {error}"
-    except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
-        if reraise:
-            raise
-        return None, None, f"unexpected_error:{type(error).__name__}", str(error)
 
 
 def _prepare_star(arguments: tuple[str, int, bool]) -> Prepared:
@@ -358,7 +309,7 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
                 continue
             state.rows_read += 1
             try:
-                reason, kept = _check_row(row, keep_views, mode, state.sections)
+                reason, kept = check_row(row, keep_views, mode, state.sections)
             except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
                 drop(row, f"unexpected_error:{type(error).__name__}", str(error), error)
                 continue
@@ -415,25 +366,6 @@ def _write_split(state: _Conversion, make_rows: RowsFactory, mode: TextMode, wor
         state.shards[split].append(shard.close())
     state.total_rows = state.position
     bar.close()
-
-
-def _check_row(row: Row, keep_views: frozenset[str] | None, mode: TextMode,
-               sections_seen: Counter[str]) -> tuple[str, Row | None]:
-    """Why a row's text or metadata makes it unusable (``""`` when it is usable), and the row with
-    its chosen text and sections."""
-    if len(row.text) > MAX_REPORT_CHARS:
-        return "report_too_long", None
-    sections = row.sections or parse_sections(row.text)
-    sections_seen.update(sections.keys())
-    if row.problem:
-        return row.problem, None
-    if keep_views is not None and not view_kept(row.view, keep_views):
-        return ("view_excluded" if row.view.strip() else "view_unknown"), None
-    if not sections and not row.text.strip():
-        return "empty_report", None
-    if not (chosen := select_text(sections, mode)):
-        return drop_reason(mode), None
-    return "", dataclasses.replace(row, text=chosen, sections=sections)
 
 
 def _finish(state: _Conversion, command: str) -> dict[str, Any]:

@@ -42,13 +42,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_m
         ValueError: The file is not a convirt checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+    state = _read_state(path)
     hparams = state.get("hyper_parameters", {}) if isinstance(state, dict) else {}
     if "model_name" not in hparams or "state_dict" not in state:
         raise ValueError(f"{path} is not a convirt checkpoint (no model_name hyper-parameter or state_dict)")
@@ -80,11 +74,26 @@ def read_run(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: No file at ``path``.
+        ValueError: The file is not a readable checkpoint.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_state(Path(path))
     return dict(state.get("convirt_run") or {}) if isinstance(state, dict) else {}
+
+
+def _read_state(path: Path) -> Any:
+    """The checkpoint's contents, unpickling nothing but tensors and plain types.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: The file is not a readable checkpoint.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
 
 
 def _looks_local(name: str) -> bool:

@@ -37,20 +37,18 @@ def configure_hardware(config: Any) -> None:
     trainer = config["trainer"]
     accelerator = trainer.get("accelerator")
     if trainer.get("precision") is None:
-        choice = choose_precision(accelerator if isinstance(accelerator, str) else "other")
+        choice = choose_precision(accelerator)
         trainer["precision"] = choice.precision
         rank_zero_info(f"convirt: precision {choice.precision} ({choice.reason}; "
                        "set --trainer.precision to choose another)")
     else:
         rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
-    data = config.get("data") or {}
-    workers = int(data.get("num_workers") or 0) if hasattr(data, "get") else 0
-    if resolve_device(accelerator if isinstance(accelerator, str) else "other") == "cpu":
-        threads = choose_num_threads(workers)
+    if resolve_device(accelerator) == "cpu":
+        workers = int((config.get("data") or {}).get("num_workers") or 0)
+        threads = choose_num_threads()
         torch.set_num_threads(threads)
         rank_zero_info(f"convirt: {threads} torch threads (every core this process may use) beside {workers} "
                        "data-loader worker(s): decoding a batch costs far less than the model's step")
-
 
 def default_logger() -> dict[str, object]:
     """The logger when a config names none: Weights & Biases, offline (sync later with

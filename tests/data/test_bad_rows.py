@@ -14,9 +14,10 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
 from convirt.cli.main import main
-from convirt.data import writer
+from convirt.data import prepare
+from convirt.data.prepare import MAX_REPORT_CHARS
 from convirt.data.sources import read_rows
-from convirt.data.writer import MAX_REPORT_CHARS, write_shards
+from convirt.data.writer import write_shards
 from tests.conftest import write_dicom
 
 
@@ -126,22 +127,22 @@ def test_strict_through_the_command_is_one_line_naming_the_file(zoo, tmp_path, c
 
 
 def test_an_injected_exception_is_counted_by_type_and_named_in_strict_mode(zoo, tmp_path, monkeypatch):
-    encode = writer.encode_jpeg
+    encode = prepare.encode_jpeg
 
     def failing_encode(image):
         if image.size == (640, 512):  # rgba.png at 512 px
             raise TypeError("injected in encoding")
         return encode(image)
 
-    parse = writer.parse_sections
+    parse = prepare.parse_sections
 
     def failing_parse(text):
         if text.startswith("Lungs are clear"):
             raise RuntimeError("injected in the report parser")
         return parse(text)
 
-    monkeypatch.setattr(writer, "encode_jpeg", failing_encode)
-    monkeypatch.setattr(writer, "parse_sections", failing_parse)
+    monkeypatch.setattr(prepare, "encode_jpeg", failing_encode)
+    monkeypatch.setattr(prepare, "parse_sections", failing_parse)
     rows = lambda: read_rows("csv", str(zoo))  # noqa: E731
     manifest = write_shards(rows, tmp_path / "out", image_size=512, val_fraction=0, test_fraction=0,
                             progress=False, workers=1, shard_size=4)
