@@ -56,9 +56,12 @@ def read_negative_texts(shards: str | os.PathLike[str], labels: Sequence[str] | 
 
 
 def add_negatives(batches: Iterable[dict[str, Any]], texts: Sequence[str], tokenizer: Callable[[list[str]], Any],
-                  per_batch: int, seed: int) -> Iterator[dict[str, Any]]:
+                  per_batch: int, seed: int, start: int = 0) -> Iterator[dict[str, Any]]:
     """Each batch with ``negative_text``: ``per_batch`` tokenised texts drawn without replacement
-    (all of them when there are fewer), by a generator seeded with ``seed``.
+    (all of them when there are fewer).
+
+    Batch ``i`` of the stream draws with a generator seeded by ``(seed, start + i)``: a stream
+    resumed at batch ``start`` draws what the uninterrupted stream drew from there on.
 
     Raises:
         ValueError: ``per_batch`` is not positive or there are no texts.
@@ -67,6 +70,7 @@ def add_negatives(batches: Iterable[dict[str, Any]], texts: Sequence[str], token
         raise ValueError(f"negatives per batch must be positive, got {per_batch}")
     if not texts:
         raise ValueError("no negative texts to draw from")
-    pool, rng = list(texts), random.Random(seed)
-    for batch in batches:
+    pool = list(texts)
+    for index, batch in enumerate(batches, start=start):
+        rng = random.Random(f"{seed}:{index}")  # a str seed hashes the same in every process
         yield {**batch, "negative_text": tokenizer(rng.sample(pool, min(per_batch, len(pool))))}

@@ -10,6 +10,7 @@ here; without negatives it equals ClipLoss (tested).
 from __future__ import annotations
 
 import torch
+import torch.distributed.nn
 import torch.nn.functional as F
 from open_clip.loss import gather_features
 from torch import nn
@@ -20,9 +21,10 @@ class TextNegativesClipLoss(nn.Module):
 
     Args:
         rank: This process's rank.
-        world_size: Processes; above 1, image and text features of all ranks are gathered (with
-            gradients) and each rank scores its own rows against every column, then against its
-            own negatives.
+        world_size: Processes; above 1, the image and text features and the negatives of all
+            ranks are gathered (with gradients) and each rank scores its own rows against every
+            pair's text and every rank's negatives: the loss and, once DDP averages them, the
+            gradients of one process over the global batch and all its negatives (tested).
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
@@ -37,6 +39,8 @@ class TextNegativesClipLoss(nn.Module):
             all_images, all_texts = gather_features(image_features, text_features, local_loss=True,
                                                     gather_with_grad=True, rank=self.rank,
                                                     world_size=self.world_size)
+            if negatives is not None:
+                negatives = torch.cat(torch.distributed.nn.all_gather(negatives))
         else:
             all_images, all_texts = image_features, text_features
         columns = all_texts if negatives is None else torch.cat([all_texts, negatives])

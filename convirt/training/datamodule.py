@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 
 from convirt.data.inputs import is_shard_folder
 from convirt.data.negatives import add_negatives, read_negative_texts
@@ -137,8 +138,13 @@ class ShardDataModule(L.LightningDataModule):
                                     decode_size=self._decode_size())
             if not pool:
                 return batches
-            # Seeded by the epoch's seed and position: a resumed epoch draws its own negatives again.
-            return add_negatives(batches, pool, tokenizer, hp.negatives_per_batch, seed * 1_000_003 + skip_samples)
+            # Seeded by the epoch (and rank), the worker and the batch's place in the worker's
+            # stream: ranks and workers draw their own negatives, and a resumed epoch draws the
+            # uninterrupted run's.
+            info = get_worker_info()
+            worker = info.id if info is not None else 0
+            return add_negatives(batches, pool, tokenizer, hp.negatives_per_batch,
+                                 zlib.crc32(f"{seed}:{worker}".encode()), start=skip_samples // hp.batch_size)
 
         samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)

@@ -31,3 +31,31 @@ def test_every_batch_gets_its_draw_of_tokenised_negatives():
     assert small["negative_text"].shape == (2, 1)
     with pytest.raises(ValueError, match="positive"):
         next(add_negatives(batches, pool, tokenizer, 0, seed=0))
+
+
+def test_a_stream_resumed_at_batch_k_draws_the_negatives_of_the_whole_stream_from_k():
+    def tokenizer(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[int(text)] for text in texts])
+
+    batches = [{"index": i} for i in range(6)]
+    pool = [str(i) for i in range(50)]
+    whole = list(add_negatives(batches, pool, tokenizer, 5, seed=3))
+    resumed = list(add_negatives(batches[4:], pool, tokenizer, 5, seed=3, start=4))
+    assert [b["negative_text"].tolist() for b in resumed] == [b["negative_text"].tolist() for b in whole[4:]]
+    assert whole[0]["negative_text"].tolist() != whole[1]["negative_text"].tolist()
+
+
+def test_two_loader_workers_draw_their_own_negatives(phantom_shards, tiny_text_model):
+    # Before, every worker of a rank seeded its draws alike: batches 0 and 1 (workers 0 and 1)
+    # carried the same negatives.
+    from convirt.training import ShardDataModule
+    from tests.conftest import TINY_MODEL
+
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=4, num_workers=2, shuffle_buffer=8, negative_texts=str(phantom_shards),
+                           negatives_per_batch=6)
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    first, second = next(loader), next(loader)
+    assert first["negative_text"].shape[0] == 6
+    assert not torch.equal(first["negative_text"], second["negative_text"])

@@ -1,5 +1,6 @@
 """Cross-rank losses with 2 gloo processes: the loss and every gradient equal the single-process
-loss over the concatenated batch (gradients averaged over ranks, as DDP does)."""
+loss over the concatenated batch (gradients averaged over ranks, as DDP does). With text-only
+negatives each rank brings its own, and the one process holds both ranks' negatives."""
 
 import os
 import socket
@@ -14,6 +15,7 @@ from convirt.losses import TextNegativesClipLoss, create_loss
 
 WORLD = 2
 BATCH = 8  # global
+NEGATIVES = 6  # global: 3 per rank
 
 
 def _towers():
@@ -31,8 +33,11 @@ def _loss_and_grads(name, rank, world_size, rows):
     image_features = F.normalize(image_tower(images[rows]), dim=1)
     text_features = F.normalize(text_tower(texts[rows]), dim=1)
     local = name == "clip-local"  # each rank's rows against the gathered columns
-    if name == "clip-negatives":  # the same text-only negatives on every rank
-        negatives = F.normalize(text_tower(torch.randn(3, 7, generator=torch.Generator().manual_seed(1))), dim=1)
+    if name == "clip-negatives":  # each rank draws its own text-only negatives; one process holds them all
+        drawn = torch.randn(NEGATIVES, 7, generator=torch.Generator().manual_seed(1))
+        share = NEGATIVES // WORLD
+        mine = drawn[rank * share:(rank + 1) * share] if world_size > 1 else drawn
+        negatives = F.normalize(text_tower(mine), dim=1)
         loss = TextNegativesClipLoss(rank=rank, world_size=world_size)(image_features, text_features, scale.exp(),
                                                                           negatives)
     elif name in ("clip", "clip-local"):

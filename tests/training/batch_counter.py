@@ -25,3 +25,31 @@ class BatchCounter(L.Callback):
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"rank": trainer.global_rank, "epoch": trainer.current_epoch,
                                      "batches": self.batches, "keys": self.keys}) + "\n")
+
+
+class FirstStep(L.Callback):
+    """Saves to ``{folder}/rank{r}.pt`` what rank ``r`` trained on at step 1 and what came of it: the
+    weights before the step, the batch as the model saw it, the step's loss and the gradients
+    the optimiser received (after DDP's all-reduce)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.record = Path(folder), {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record["weights"] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        self.record["hparams"] = dict(pl_module.hparams)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == 0:
+            self.record["batch"] = {k: v.detach().clone() for k, v in batch.items() if hasattr(v, "detach")}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if trainer.global_step == 0:
+            self.record["grads"] = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
+                                    if p.grad is not None}
+            self.record["loss"] = float(trainer.callback_metrics["train/loss_step"])
+            self.folder.mkdir(parents=True, exist_ok=True)
+            import torch
+
+            torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import TINY_MODEL
@@ -19,18 +20,79 @@ def _fit(config: dict, tmp_path, command: str = "fit") -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_fit_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
+def _one_process_step(records, negatives_loss):
+    """Loss and gradients of one process over both ranks' step-1 batches (rank order) and, with
+    text-only negatives, both ranks' negatives, from the weights the fit started with."""
+    import torch
+
+    from convirt.data.stream import pad_id_of
+    from convirt.losses import TextNegativesClipLoss, create_loss
+    from convirt.models import create_tokenizer
+    from convirt.training import ContrastiveModule
+
+    hparams = records[0]["hparams"]
+    module = ContrastiveModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+    module.load_state_dict(records[0]["weights"])
+    module.loss_fn = create_loss("clip")
+    module.negatives_loss_fn = TextNegativesClipLoss()
+    # As the fit ran it: text trunk without dropout, image batch-norm on its running statistics
+    # (the tiny towers have no other random or batch-dependent layer).
+    module.eval()
+    pad = pad_id_of(create_tokenizer(TINY_MODEL, text_model_path=hparams["text_model_path"]))
+
+    def joined(key):  # token ids of each rank's batch are padded to that batch's longest text
+        parts = [r["batch"][key] for r in records]
+        if parts[0].ndim == 2:
+            width = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in parts]
+        return torch.cat(parts)
+
+    batch = {k: joined(k) for k in ("image", "text", "negative_text") if k in records[0]["batch"]}
+    features = module(batch["image"], batch["text"])
+    loss = module._loss(*features, batch if negatives_loss else {})
+    loss.backward()
+    return float(loss.detach()), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", ["plain", pytest.param("negatives+gradcache", marks=pytest.mark.slow)])
+def test_two_rank_fit_step_equals_one_process_over_both_batches(phantom_shards, tiny_text_model, tmp_path, variant):
+    # Had the loss been built for one process (world_size 1), each rank's loss would cover its
+    # own 4 samples only: the loss and every gradient below would differ.
+    import torch
+
+    steps = tmp_path / "first-step"
+    model = {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model,
+             "text_dropout": False, "freeze_image_norm": True, "learning_rate": 1e-3}
+    data = {"shards": str(phantom_shards), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8}
+    if variant != "plain":
+        model["sub_batch_size"] = 2  # GradCache under DDP
+        data.update(negative_texts=str(phantom_shards), negatives_per_batch=3)
     config = {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 3, "logger": False,
-                    "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 2, "logger": False,
+                    "enable_progress_bar": False, "default_root_dir": str(tmp_path), "precision": "32-true",
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True,
-                                                 "save_top_k": 0}}]},
-        "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model},
-        "data": {"shards": str(phantom_shards), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8},
+                                                 "save_top_k": 0}},
+                                  {"class_path": "tests.training.batch_counter.FirstStep",
+                                   "init_args": {"folder": str(steps)}}]},
+        "model": model,
+        "data": data,
     }
     _fit(config, tmp_path)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    records = [torch.load(steps / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    assert not torch.equal(records[0]["batch"]["image"], records[1]["batch"]["image"])  # ranks read their own
+    if variant != "plain":
+        assert not torch.equal(records[0]["batch"]["negative_text"], records[1]["batch"]["negative_text"])
+    loss, grads = _one_process_step(records, negatives_loss=variant != "plain")
+    # Each rank logs the loss of its own rows (the whole matrix's, for the plain CLIP loss): their
+    # mean is the global batch's loss.
+    assert sum(r["loss"] for r in records) / len(records) == pytest.approx(loss, rel=1e-5)
+    for record in records:
+        assert record["grads"].keys() == grads.keys() and len(grads) > 20
+        for name, grad in grads.items():
+            error = float((record["grads"][name] - grad).norm() / grad.norm().clamp_min(1e-12))
+            assert error < 1e-4 or (record["grads"][name] - grad).abs().max() < 1e-6, (name, error)
 
 
 def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_workers(phantom_csv, tiny_text_model,
