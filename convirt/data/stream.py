@@ -6,6 +6,7 @@ import io
 import itertools
 import logging
 import math
+import random
 import zlib
 from collections.abc import Callable, Container, Sequence
 from functools import partial
@@ -93,6 +94,24 @@ class _Pipeline(wds.DataPipeline, wds.FluidInterface):  # type: ignore[misc]
     """A webdataset pipeline with the fluid methods (``shuffle``, ``decode``, ...), as WebDataset has."""
 
 
+class _ShardRounds(torch.utils.data.IterableDataset):
+    """Shard URLs without end, as webdataset's ``{"url": ...}`` records: round ``r`` is every shard
+    once, in an order drawn from ``(seed, r)``. Rank and worker splitters take their share of
+    each round (as they do of webdataset's shard list)."""
+
+    def __init__(self, urls: list[str], seed: int) -> None:
+        super().__init__()
+        if not urls:
+            raise ValueError("no shards to stream")
+        self.urls, self.seed = urls, seed
+
+    def __iter__(self) -> Any:
+        for round_ in itertools.count():
+            order = list(self.urls)
+            random.Random(f"{self.seed}:{round_}").shuffle(order)
+            yield from ({"url": url} for url in order)
+
+
 def build_batches(
     urls: Sequence[str],
     image_transform: Callable[[Image.Image], torch.Tensor] | None,
@@ -109,6 +128,7 @@ def build_batches(
     resampled: bool = False,
     strict: bool = False,
     decode_size: int | None = None,
+    worker: tuple[int, int] | None = None,
 ) -> wds.DataPipeline:
     """Build an iterable of batch dicts from shard paths.
 
@@ -128,7 +148,9 @@ def build_batches(
     ``strict``. With ``image_transform=None`` the batches hold texts only (no ``image``): images
     are not decoded, and text-only shards can be read. With ``decode_size``, JPEGs are decoded at
     the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that many pixels: a 512
-    px image bound for a 224 px model input decodes at 256 px, in a third of the time.
+    px image bound for a 224 px model input decodes at 256 px, in a third of the time. A
+    training stream reads the share (and seeds) of data-loader worker ``worker = (id, count)``
+    when given (:class:`EpochStream` names it), else of the process it runs in.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -162,19 +184,25 @@ def build_batches(
         if not train:
             raise ValueError("resampled streams are for training; evaluation reads each sample once")
         # Seeded by (rank * 1000 + worker, seed): reproducible, and different on every rank and worker.
-        dataset = _Pipeline(wds.ResampledShards(list(urls), seed=seed, deterministic=True),
+        worker_seed = None if worker is None else partial(_worker_seed, worker[0])
+        dataset = _Pipeline(wds.ResampledShards(list(urls), seed=seed, deterministic=True, worker_seed=worker_seed),
+                            wds.tarfile_to_samples(handler=skipped))
+    elif train:
+        # Endless: every pass over the shards in its own seeded order. (webdataset 1.0's
+        # WebDataset takes a `repeat` argument and ignores it: its training stream ended with the
+        # shards, short of the batches an epoch promised, so that validation never came.)
+        nodesplitter = wds.split_by_node if split_by_rank else _all_shards
+        workersplitter = wds.split_by_worker if worker is None else partial(_worker_share, *worker)
+        dataset = _Pipeline(_ShardRounds(list(urls), seed), nodesplitter, workersplitter,
                             wds.tarfile_to_samples(handler=skipped))
     else:
-        nodesplitter = wds.split_by_node if split_by_rank else _all_shards
         dataset = wds.WebDataset(
             list(urls),
             handler=skipped,
-            shardshuffle=len(urls) if train else False,
-            nodesplitter=nodesplitter,
+            shardshuffle=False,
+            nodesplitter=_all_shards,
             workersplitter=wds.split_by_worker,
-            repeat=train,
             empty_check=False,
-            seed=seed,
         )
     if train:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
@@ -230,6 +258,19 @@ def _all_shards(urls: Any) -> Any:
     return urls
 
 
+def _worker_share(worker: int, workers: int, urls: Any) -> Any:
+    """Worker splitter for the share of data-loader worker ``worker`` of ``workers`` (the one
+    :class:`EpochStream` names, which a resumed epoch may map to another process)."""
+    return itertools.islice(urls, worker, None, max(1, workers))
+
+
+def _worker_seed(worker: int) -> int:
+    """webdataset's per-worker seed (rank * 1000 + worker) for the worker :class:`EpochStream` names."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
+        else 0
+    return rank * 1000 + worker
+
+
 def batches_per_worker(samples: int, batch_size: int, world_size: int = 1, workers: int = 0) -> int:
     """Batches each data-loader worker yields per epoch so that one epoch covers ``samples`` once."""
     total = max(1, samples // (batch_size * max(1, world_size)))
@@ -242,12 +283,16 @@ class EpochStream(torch.utils.data.IterableDataset):
 
     Every call to ``iter()`` (one per epoch, in each data-loader worker) starts the next epoch,
     counting from ``start_epoch``; the first one skips ``skip_batches`` global batches (spread
-    over the workers in the data loader's round-robin order). Together with per-sample
+    over the workers in the data loader's round-robin order). A fresh data loader takes its
+    first batch from process 0, while the next batch of the interrupted epoch belonged to worker
+    ``skip_batches % workers``: so in the resumed epoch, process ``p`` plays worker
+    ``(p + skip_batches) % workers`` (its shards, seeds and place in the order). Together with per-sample
     augmentation seeds this makes a run resumed from a mid-epoch checkpoint see exactly the
     batches the uninterrupted run saw.
 
     Args:
-        make_epoch: ``(seed, skip_samples) -> iterable of batches`` (endless) for one worker.
+        make_epoch: ``(seed, skip_samples, (worker, workers)) -> iterable of batches`` (endless)
+            for one worker: the worker whose share of the shards (and seeds) to read.
         batches_per_worker: Batches each worker yields per epoch.
         batch_size: Samples per batch.
         seed: Base seed.
@@ -255,7 +300,8 @@ class EpochStream(torch.utils.data.IterableDataset):
         skip_batches: Global batches of the first epoch already consumed.
     """
 
-    def __init__(self, make_epoch: Callable[[int, int], Any], batches_per_worker: int, batch_size: int,
+    def __init__(self, make_epoch: Callable[[int, int, tuple[int, int]], Any], batches_per_worker: int,
+                 batch_size: int,
                  seed: int = 0, start_epoch: int = 0, skip_batches: int = 0, workers: int = 0) -> None:
         super().__init__()
         self.make_epoch, self.per_worker, self.batch_size = make_epoch, batches_per_worker, batch_size
@@ -272,7 +318,9 @@ class EpochStream(torch.utils.data.IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         skip = self.skip_batches if self.calls == 0 else 0
         self.calls += 1
-        # The data loader takes batch i from worker i % workers: this worker's share of the skip.
+        worker = (worker + skip) % workers  # the worker this process plays (itself, but in a resumed epoch)
+        # The interrupted epoch took batch i from worker i % workers: this worker's share of the skip.
         mine = max(0, (skip - worker + workers - 1) // workers)
         epoch_seed = zlib.crc32(f"{self.seed}:{epoch}".encode())
-        return itertools.islice(self.make_epoch(epoch_seed, mine * self.batch_size), self.per_worker - mine)
+        return itertools.islice(self.make_epoch(epoch_seed, mine * self.batch_size, (worker, workers)),
+                                self.per_worker - mine)

@@ -7,7 +7,7 @@ import zlib
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from convirt.data.inputs import is_shard_folder
 from convirt.data.negatives import add_negatives, read_negative_texts
@@ -130,21 +130,19 @@ class ShardDataModule(L.LightningDataModule):
 
         pool, tokenizer = self.negative_pool, self.tokenizer
 
-        def make_epoch(seed: int, skip_samples: int) -> Any:
+        def make_epoch(seed: int, skip_samples: int, worker: tuple[int, int]) -> Any:
             # Training splits shards between ranks when there are enough (or resamples them).
             batches = build_batches(urls, transform, tokenizer, hp.batch_size, text_transform=text_transform,
                                     train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
                                     seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict,
-                                    decode_size=self._decode_size())
+                                    decode_size=self._decode_size(), worker=worker)
             if not pool:
                 return batches
             # Seeded by the epoch (and rank), the worker and the batch's place in the worker's
             # stream: ranks and workers draw their own negatives, and a resumed epoch draws the
             # uninterrupted run's.
-            info = get_worker_info()
-            worker = info.id if info is not None else 0
             return add_negatives(batches, pool, tokenizer, hp.negatives_per_batch,
-                                 zlib.crc32(f"{seed}:{worker}".encode()), start=skip_samples // hp.batch_size)
+                                 zlib.crc32(f"{seed}:{worker[0]}".encode()), start=skip_samples // hp.batch_size)
 
         samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from convirt._hardware import cpu_info
@@ -249,16 +251,22 @@ class ContrastiveModule(L.LightningModule):
         return batch
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Random state of this process (dropout), so that a resumed run continues the same stream.
-        checkpoint["convirt_rng"] = {"cpu": torch.get_rng_state(),
-                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        # The random state (dropout) of every rank, so that a resumed run continues each rank's
+        # stream; every rank runs this hook, rank 0 writes the file.
+        cpu, cuda = _rng_state()
+        ranks = [{"cpu": cpu, "cuda": cuda}]
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, {"cpu": cpu, "cuda": cuda})
+            ranks = gathered
+        checkpoint["convirt_rng"] = {"cpu": cpu, "cuda": cuda, "ranks": ranks}
         # What the run trained on and with (read back by `convirt report`; plain types only).
         checkpoint["convirt_run"] = {"precision": str(self.trainer.precision), "device": self.device.type,
                                      "world_size": int(self.trainer.world_size), "cpu": cpu_info().as_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("convirt_rng")
-        self._pending_rng = (state["cpu"], list(state["cuda"])) if state else None
+        self._pending_rng = _rng_state_of_rank(checkpoint.get("convirt_rng"), self.global_rank,
+                                               self.trainer.world_size if self._trainer is not None else 1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored at the first step, after the data loader has drawn its worker seeds, as in
@@ -342,10 +350,32 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
     return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
+def _rng_state_of_rank(saved: dict[str, Any] | None, rank: int, world_size: int
+                       ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """This rank's random state from a checkpoint's ``convirt_rng`` (``None``: nothing saved).
+
+    A checkpoint from another number of ranks restores rank ``r`` from the saved rank ``r``
+    where there was one (rank 0's otherwise), and says that the run is no longer exact."""
+    if not saved:
+        return None
+    ranks = saved.get("ranks") or [{"cpu": saved["cpu"], "cuda": saved["cuda"]}]
+    if len(ranks) != world_size:
+        rank_zero_warn(f"the checkpoint was saved by {len(ranks)} process(es) and resumes on {world_size}: "
+                       f"dropout draws differ from the uninterrupted run's (resume is not exact)")
+    state = ranks[rank] if rank < len(ranks) else ranks[0]
+    return state["cpu"], list(state["cuda"])
+
+
 def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
     torch.set_rng_state(state[0])
-    if state[1] and torch.cuda.is_available() and len(state[1]) == torch.cuda.device_count():
+    if not (state[1] and torch.cuda.is_available()):
+        return
+    if len(state[1]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state[1])
+    else:
+        warnings.warn(f"the checkpoint holds the random state of {len(state[1])} CUDA device(s), this process "
+                      f"sees {torch.cuda.device_count()}: CUDA dropout draws differ from the uninterrupted "
+                      f"run's (resume is not exact)", stacklevel=2)
 
 
 class _frozen_norm_statistics:  # noqa: N801 (used as a context manager)

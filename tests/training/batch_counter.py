@@ -53,3 +53,31 @@ class FirstStep(L.Callback):
             import torch
 
             torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class StepLog(L.Callback):
+    """Writes ``{folder}/rank{r}.json``: for every training step of rank ``r``, the sample keys, a
+    digest of the text-only negatives, the loss and whether validation has run; and, from rank 0
+    at the end, the final weights to ``{folder}/final.pt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.steps, self.val_seen = Path(folder), {}, False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.val_seen = not trainer.sanity_checking or self.val_seen
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        negatives = batch.get("negative_text")
+        self.steps[trainer.global_step] = {
+            "keys": list(batch["key"]), "loss": float(trainer.callback_metrics["train/loss_step"]),
+            "negatives": None if negatives is None else negatives.sum(dim=1).tolist(), "val_seen": self.val_seen,
+            "epoch": trainer.current_epoch}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_rank == 0:
+            import torch
+
+            torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, self.folder / "final.pt")

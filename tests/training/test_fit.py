@@ -35,6 +35,20 @@ def test_train_epoch_length_follows_the_manifest(phantom_shards, tiny_text_model
     assert len(data.train_dataloader()) == max(1, train // 8)
 
 
+def test_every_epoch_yields_the_batches_its_length_promises_with_two_workers(phantom_shards, tiny_text_model):
+    # The phantom's training shards hold 20, 20, 20 and 2 samples: split over 2 workers, each
+    # worker's shards ran dry after 3 batches, 6 of the 8 the epoch promised (so that Lightning
+    # never reached the end-of-epoch validation): the stream now cycles the shards without end.
+    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
+                           batch_size=8, num_workers=2, shuffle_buffer=16)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert len(loader) == 8
+    for _ in range(2):  # two epochs
+        batches = list(loader)
+        assert len(batches) == len(loader) and all(len(batch["key"]) == 8 for batch in batches)
+
+
 def test_convirt_loss_with_repeated_reports_trains(phantom_shards, tiny_text_model, tmp_path):
     import pytest
 
