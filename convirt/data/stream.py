@@ -200,7 +200,7 @@ def build_batches(
             list(urls),
             handler=skipped,
             shardshuffle=False,
-            nodesplitter=_all_shards,
+            nodesplitter=wds.split_by_node if split_by_rank else _all_shards,
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )

@@ -53,9 +53,19 @@ def test_image_text_recall_and_finding_filter(tiny_checkpoint, phantom_shards, t
     assert result["findings"] == ["Cardiomegaly"] and 0 <= result["precision_at_3"] <= 1
 
 
+def _first_rows(table, count, out):
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text("".join(lines[:count + 1]), encoding="utf-8")
+    return out
+
+
 @pytest.mark.parametrize("data", ["csv", "shards"])
 def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data):
-    source = ["--data", str(labels_csv)] if data == "csv" else ["--data", str(phantom_shards), "--split", "train"]
+    # Uneven on purpose: 93 table rows (batches of 8, 2 ranks), and training shards of 20, 20, 20
+    # and 2 samples (ranks read 40 and 22): a sampler that pads ranks to equal length would
+    # embed some images twice.
+    table = _first_rows(labels_csv, 93, tmp_path / "labels-93.csv")
+    source = ["--data", str(table)] if data == "csv" else ["--data", str(phantom_shards), "--split", "train"]
     single, double = tmp_path / "one", tmp_path / "two"
     assert main(["embed", "--checkpoint", str(tiny_checkpoint), *source, "--output", str(single),
                  "--batch-size", "8"]) == 0
@@ -68,7 +78,47 @@ def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, 
     a, rows_a = _by_key(single)
     b, rows_b = _by_key(double)
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]  # every image once, none repeated
+    assert len(rows_b) == len({r["key"] for r in rows_b}) == (93 if data == "csv" else 62)
     assert np.allclose(a, b, atol=1e-5)
+
+
+_KILLED_EMBED = """
+import os, signal, sys
+import convirt.embeddings.store as store
+from convirt.cli.main import main
+
+write, parts = store._write_part, []
+
+def write_then_die(*args, **kwargs):
+    write(*args, **kwargs)
+    parts.append(args[1])
+    if len(parts) == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up: the next batch is never written
+
+store._write_part = write_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_embed_killed_with_sigkill_resumes_through_its_own_skip_path(tiny_checkpoint, labels_csv, tmp_path):
+    # `convirt embed` itself is killed once its third part is on disk; the same command run again
+    # reads the keys of the complete parts, skips those images, and embeds only the rest.
+    command = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--batch-size", "4",
+               "--chunk-size", "8"]
+    assert main([*command, "--output", str(tmp_path / "whole")]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EMBED, "3", *command, "--output", str(tmp_path / "cut")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    first = read_embeddings(tmp_path / "cut")[1]
+    assert len(first) == 24  # three parts of 8
+    assert main([*command, "--output", str(tmp_path / "cut")]) == 0
+    vectors, rows = read_embeddings(tmp_path / "cut")
+    assert rows[:24] == first  # the parts of the killed run are kept as they were
+    assert len(rows) == len({r["key"] for r in rows}) == 96  # the rest once each, nothing twice
+    a, rows_a = _by_key(tmp_path / "whole")
+    b, rows_b = _by_key(tmp_path / "cut")
+    assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b] and np.allclose(a, b, atol=1e-6)
 
 
 def test_query_can_leave_out_the_query_patient(tiny_checkpoint, labels_csv, tmp_path):
