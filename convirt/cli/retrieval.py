@@ -88,7 +88,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
     from convirt.cli.common import eval_batches, model_fingerprint, write_json
     from convirt.data.inputs import parse_where
-    from convirt.embeddings.store import PartWriter, completed_parts, embedded_keys
+    from convirt.embeddings.store import SKIPPED_PREFIX, PartWriter, completed_parts, embedded_keys, skipped_samples
     from convirt.retrieval import check_fingerprint
     from convirt.training.predict import predict_features
 
@@ -104,6 +104,8 @@ def run_embed(args: argparse.Namespace) -> None:
             raise ValueError(f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
                              "embeddings: use another --output")
     write_json(out / INFO, fingerprint)
+    for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
+        stale.unlink()
     done = embedded_keys(out)
     batches = eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done,
                            where=parse_where(args.where), num_workers=args.workers,
@@ -112,10 +114,12 @@ def run_embed(args: argparse.Namespace) -> None:
     predict_features(loaded.model, batches,
                      partial(PartWriter, out, chunk_size=args.chunk_size, dtype=args.dtype),
                      modality=modality, accelerator=args.accelerator, devices=devices, precision=args.precision)
-    count = len(embedded_keys(out))
+    count, skipped = len(embedded_keys(out)), skipped_samples(out)
+    write_json(out / INFO, {**fingerprint, "skipped_samples": skipped})
     if count == 0:
-        raise ValueError(f"nothing to embed in {args.data}" + (f" ({args.split})" if args.split else ""))
-    print(f"embedded {count} {modality}s -> {out}")
+        raise ValueError(f"nothing to embed in {args.data}" + (f" ({args.split})" if args.split else "")
+                         + (f": {skipped} corrupt samples skipped" if skipped else ""))
+    print(f"embedded {count} {modality}s -> {out}" + (f" ({skipped} corrupt samples skipped)" if skipped else ""))
 
 
 def _read_embeddings(folder: str) -> tuple[np.ndarray, list[dict], dict]:

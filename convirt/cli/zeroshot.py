@@ -75,7 +75,8 @@ def run_probe(args: argparse.Namespace) -> None:
     outputs = run_probes(embedded.embeddings, labels, groups, args.labels, args.fractions, args.probes, args.folds,
                          args.k, args.seed, args.bootstrap)
     result = {"data": args.data, "split": args.split, "where": where, "checkpoint": str(args.checkpoint),
-              "samples": len(labels), "patients": len(set(groups)), "folds": args.folds, "seed": args.seed,
+              "samples": len(labels), "skipped_samples": embedded.skipped,
+              "patients": len(set(groups)), "folds": args.folds, "seed": args.seed,
               "features": args.features, "dim": int(embedded.embeddings.shape[1]),
               "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs]}
     write_json(Path(args.output) / "metrics.json", result)
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {"data": args.data, "split": args.split, "where": where, "samples": len(labels),
+                               "skipped_samples": embedded.skipped,
                                "descriptors": descriptors.name, "checkpoint": str(args.checkpoint),
                                "positives": {n: int((labels[:, i] == 1).sum()) for i, n in enumerate(names)},
                                "bootstrap": args.bootstrap, "seed": args.seed}

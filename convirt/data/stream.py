@@ -8,7 +8,7 @@ import logging
 import math
 import random
 import zlib
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -221,7 +221,22 @@ def build_batches(
     pad_id = pad_id_of(tokenizer)
     collate = partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id, skipped=skipped)
     dataset = dataset.batched(batch_size, collation_fn=collate, partial=not train)
+    if not train:
+        dataset = dataset.compose(partial(_count_trailing_skips, skipped=skipped))
     return dataset
+
+
+def _count_trailing_skips(batches: Iterable[dict[str, Any]], skipped: SkipCounter) -> Iterator[dict[str, Any]]:
+    """The batches, one held back, so that what was skipped after the last batch was made (a
+    corrupt last sample or shard) is counted in the last batch's ``skipped``."""
+    previous = None
+    for batch in batches:
+        if previous is not None:
+            yield previous
+        previous = batch
+    if previous is not None:
+        previous["skipped"] += skipped.take()
+        yield previous
 
 
 def decode_grayscale(key: str, data: bytes, size: int | None = None) -> Image.Image | None:

@@ -19,12 +19,14 @@ class EmbeddingOutput:
         keys: Sample keys, length ``N``.
         meta: Sample metadata dicts, length ``N``.
         texts: Report texts, length ``N``.
+        skipped: Corrupt samples the stream skipped (counted in its batches' ``skipped``).
     """
 
     embeddings: np.ndarray
     keys: list[str] = field(default_factory=list)
     meta: list[dict[str, Any]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    skipped: int = 0
 
 
 MODALITIES = ("image", "text")
@@ -69,14 +71,17 @@ def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | t
     keys: list[str] = []
     meta: list[dict[str, Any]] = []
     texts: list[str] = []
+    skipped = 0
     for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress):
+        skipped += int(batch.get("skipped", 0))
         parts.append(encode_batch(model, batch, device))
         keys.extend(batch["key"])
         meta.extend(batch["meta"])
         texts.extend(row["text"] for row in batch_rows(batch))
     if not parts:
-        raise ValueError("no images to embed: the data is empty")
-    return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts)
+        raise ValueError("no images to embed: the data is empty" + (f" ({skipped} corrupt samples skipped)"
+                                                                     if skipped else ""))
+    return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts, skipped)
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ import torch
 from convirt.embeddings.encode import batch_rows, encode_batch
 
 PART_PREFIX = "part-"
+SKIPPED_PREFIX = "skipped-"
 DTYPES = ("float32", "float16")
 
 
@@ -74,6 +75,7 @@ class PartWriter:
         self.rank, self.chunk_size, self.dtype = rank, chunk_size, dtype
         self.index = len(completed_parts(self.folder, rank))
         self.written = 0
+        self.skipped = 0  # corrupt samples this run's stream skipped
         self._vectors: list[np.ndarray] = []
         self._rows: list[dict[str, Any]] = []
 
@@ -88,7 +90,8 @@ class PartWriter:
                 self.flush()
 
     def add_batch(self, features: np.ndarray, batch: dict[str, Any]) -> None:
-        """Queue the features of a batch dict with its metadata rows."""
+        """Queue the features of a batch dict with its metadata rows (and count what it skipped)."""
+        self.skipped += int(batch.get("skipped", 0))
         self.add(features, batch_rows(batch))
 
     def flush(self) -> None:
@@ -100,7 +103,18 @@ class PartWriter:
             self.written += len(self._rows)
             self._vectors, self._rows = [], []
 
-    close = flush
+    def close(self) -> None:
+        """Write what is queued, and this run's count of skipped samples (``skipped-RRR.json``)."""
+        self.flush()
+        path = self.folder / f"{SKIPPED_PREFIX}{self.rank:03d}.json"
+        path.with_suffix(".tmp").write_text(json.dumps({"skipped_samples": self.skipped}), encoding="utf-8")
+        os.replace(path.with_suffix(".tmp"), path)
+
+
+def skipped_samples(folder: str | os.PathLike[str]) -> int:
+    """Corrupt samples the last run into ``folder`` skipped, over all its ranks (0 if none said)."""
+    return sum(int(json.loads(path.read_text(encoding="utf-8"))["skipped_samples"])
+               for path in Path(folder).glob(f"{SKIPPED_PREFIX}*.json"))
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """`convirt zeroshot` and `convirt probe` on a label CSV without reports."""
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -74,3 +75,24 @@ def test_a_moved_text_model_folder_is_named_and_replaced_with_text_model(tiny_te
     assert f"trained with the local text model {copy}, which is not there" in error and "--text-model DIR" in error
     assert main([*common, "--text-model", tiny_text_model]) == 0
     assert (tmp_path / "probe" / "metrics.json").is_file()
+
+
+def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpoint, phantom_shards, tmp_path,
+                                                                    capsys):
+    import shutil
+
+    from convirt.data.writer import shard_urls
+    from tests.data.test_stream_sources import break_last_image
+
+    shards = tmp_path / "shards"
+    shutil.copytree(phantom_shards, shards)
+    test_shard = Path(shard_urls(str(shards), "test")[0])
+    break_last_image(test_shard, tmp_path / "broken.tar")
+    shutil.move(tmp_path / "broken.tar", test_shard)
+    common = ["--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "test"]
+    assert main(["zeroshot", *common, "--descriptors", "phantom", "--bootstrap", "0",
+                 "--output", str(tmp_path / "zs")]) == 0
+    assert json.loads((tmp_path / "zs" / "metrics.json").read_text())["skipped_samples"] == 1
+    assert main(["embed", *common, "--output", str(tmp_path / "emb")]) == 0
+    assert json.loads((tmp_path / "emb" / "info.json").read_text())["skipped_samples"] == 1
+    assert "(1 corrupt samples skipped)" in capsys.readouterr().out

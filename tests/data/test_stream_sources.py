@@ -79,6 +79,30 @@ def test_corrupt_samples_are_skipped_and_counted_or_fatal_when_strict(phantom_sh
         list(build_batches([str(path)], _transform(), _tokenizer, batch_size=4, strict=True))
 
 
+def break_last_image(source: Path, target: Path) -> int:
+    """Copy shard ``source`` to ``target`` with its last image undecodable; the samples it holds."""
+    with tarfile.open(source) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    last = max(i for i, (member, _) in enumerate(members) if member.name.endswith(".jpg"))
+    with tarfile.open(target, "w") as tar:
+        for i, (member, data) in enumerate(members):
+            if i == last:
+                data = b"\xff\xd8\xff not a jpeg"
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return sum(1 for member, _ in members if member.name.endswith(".jpg"))
+
+
+def test_a_corrupt_sample_after_the_last_full_batch_is_counted(phantom_shards, tmp_path):
+    # Before, the count travelled only in batches made after the skip: a corrupt last sample
+    # behind a full batch was logged and lost.
+    total = break_last_image(Path(shard_urls(phantom_shards, "train")[0]), tmp_path / "broken-000000.tar")
+    batches = list(build_batches([str(tmp_path / "broken-000000.tar")], _transform(), _tokenizer,
+                                 batch_size=total - 1))
+    assert [len(b["key"]) for b in batches] == [total - 1]
+    assert sum(batch["skipped"] for batch in batches) == 1
+
+
 def test_resampled_stream_reads_one_shard_from_every_worker_seeded(phantom_shards):
     one = shard_urls(phantom_shards, "train")[:1]
     first = build_batches(one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=1,
