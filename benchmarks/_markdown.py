@@ -30,6 +30,17 @@ def machine_line(precision: str | None = None) -> str:
     return line + (f"; precision {precision}" if precision else "")
 
 
+def commit() -> str:
+    """The short hash of the checked-out commit, with ``+changes`` when the tree differs from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True)
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+
+
 def trained_precisions(checkpoints: list[Path]) -> str:
     """The precisions ``checkpoints`` were trained with, as they recorded it, with counts (a
     checkpoint from before convirt recorded it, or one a cache reused, may come from another run)."""

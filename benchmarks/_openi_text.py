@@ -61,12 +61,17 @@ def score_reports(encoder: Any, tokenizer: Any, findings: list[str], impressions
 
 
 def openi_stand_in(checkpoint: Path, reports: tuple[list[str], list[str], list[int]], out: Path) -> dict:
-    """The stand-in scored in a checkpoint's joint space (cached in ``out/openi_text.json``)."""
-    path = out / "openi_text.json"
-    if not path.is_file():
+    """The stand-in scored in a checkpoint's joint space (cached in ``out/openi-text/``, keyed on the
+    checkpoint, the reports and the commit)."""
+    from _cache import cache_key, mark_done, reusable
+
+    folder = out / "openi-text"
+    path = folder / "openi_text.json"
+    key = cache_key(checkpoint=checkpoint, reports=json.dumps(reports))
+    if not reusable(folder, key):
         from convirt.models import load_checkpoint
 
         loaded = load_checkpoint(checkpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(score_reports(loaded.model, loaded.tokenizer, *reports)), encoding="utf-8")
+        mark_done(folder, key)
     return json.loads(path.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CI_LEVEL = 0.95  # the bootstrap CIs of `convirt zeroshot` and `convirt probe` (their default)
 
 
 def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, object] | None = None,
@@ -46,12 +47,16 @@ def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, ob
 
 def baseline_checkpoint(work: Path, pretrained: bool, seed: int = 0) -> Path:
     """A checkpoint of the demo model before training: pretrained towers, or random weights of ``seed``."""
+    from _cache import cache_key, mark_done, reusable
+
     from convirt.training import save_initial_checkpoint
 
-    path = work / ("untrained.ckpt" if pretrained else f"random-{seed}.ckpt")
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    folder = work / ("untrained" if pretrained else f"random-{seed}")
+    path = folder / "model.ckpt"
+    key = cache_key(model="demo-effnet-minilm", pretrained=pretrained, seed=seed)
+    if not reusable(folder, key):
         save_initial_checkpoint(str(path), "demo-effnet-minilm", pretrained=pretrained, seed=seed)
+        mark_done(folder, key)
     return path
 
 

@@ -12,7 +12,8 @@ trained with seeds 0, 1 and 2, and scored by `convirt zeroshot --descriptors pne
 images (the three methods, AUROC), by a patient-grouped 5-fold linear probe on their image-trunk
 features, by image<->text recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by the Open-i text
 stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
-`python benchmarks/dev_recipes.py` (about 60 minutes on 2 CPU cores; runs on disk are reused).
+`python benchmarks/dev_recipes.py` (about 60 minutes on 2 CPU cores; runs on disk are reused when
+made at the same commit and config).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
+from _cache import cache_key, mark_done, reusable
+from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
 from heldout_recipes import OPENI_TEXT, convirt, heldout
@@ -59,45 +61,72 @@ VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
     "the same (statistics kept) for 20 epochs: the recipe": (
         "norm-frozen-20", "auto", {**_KEPT, "trainer.max_epochs": 20}),
     "the same for 30 epochs": ("norm-frozen-30", "auto", {**_KEPT, "trainer.max_epochs": 30}),
-    "the recipe (20 epochs) evaluated on an exponential moving average of its weights (decay 0.99)": (
+    f"the recipe (20 epochs) evaluated on an exponential moving average of its weights (decay "
+    f"{_EMA['init_args']['decay']})": (
         "ema-20", "auto", {**_KEPT, "trainer.max_epochs": 20, "trainer.callbacks": [_EMA]}),
     "the recipe (20 epochs) with the ConVIRT loss, a case's repeated description a positive of each of its images": (
         "convirt-repeated-20", "auto", {**_KEPT, "trainer.max_epochs": 20, "model.loss": "convirt",
                                         "model.repeated_reports_as_positives": True}),
-    "the recipe (20 epochs) on the frontal radiographs only (`--views frontal`: 53 lateral and 38 of unknown view "
-    "left out)": ("frontal-20", "frontal", {**_KEPT, "trainer.max_epochs": 20}),
-    "the recipe (20 epochs) with Open-i's normal reports as text-only negatives (64 a batch, `data.negative_texts`)": (
+    "the recipe (20 epochs) on the frontal radiographs only (`--views frontal`: lateral films and films of "
+    "unknown view left out)": ("frontal-20", "frontal", {**_KEPT, "trainer.max_epochs": 20}),
+    f"the recipe (20 epochs) with Open-i's normal reports as text-only negatives "
+    f"({_NEGATIVES['data.negatives_per_batch']} a batch, `data.negative_texts`)": (
         "negatives-20", "auto", {**_KEPT, "trainer.max_epochs": 20, **_NEGATIVES}),
 }
 METHODS = ("descriptors", "names", "ensemble")
+RECALL_KS = (5, 10)  # mean R: image<->text recall at these k, both ways
+RECIPE = "norm-frozen-20"  # the variant configs/covid_pairs.yaml took
+# The steps that led to the recipe (from, to, what changed), and what was tried on it after (folder, label).
+STEPS = (("recipe", "norm-frozen", "keep the image trunk's batch-norm statistics"),
+         ("norm-frozen", RECIPE, "then the longer training"))
+TRIED_AFTER = (("ema-20", "a moving average of the weights"),
+               ("convirt-repeated-20", "the ConVIRT loss with a case's repeated description as a positive"),
+               ("frontal-20", "frontal films only"), ("negatives-20", "Open-i's normal reports as text-only negatives"))
 
 
 def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Path:
-    """`convirt fit` of one variant and seed (skipped when its checkpoint exists)."""
+    """`convirt fit` of one variant and seed; reused when made at this commit with this config."""
     checkpoint = run / "checkpoints" / "last.ckpt"
-    if checkpoint.is_file():
-        return checkpoint
-    convirt("fit", "--config", str(write_recipe(run, shards, seed, overrides)))
+    key = cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
+                    overrides=json.dumps(overrides, sort_keys=True), shards=shards / "manifest.json")
+    if not reusable(run, key):
+        convirt("fit", "--config", str(write_recipe(run, shards, seed, overrides)))
+        mark_done(run, key)
     return checkpoint
+
+
+def _evaluated(checkpoint: Path, labels: Path, out: Path, command: list[str]) -> dict:
+    """``command``'s metrics.json in ``out``, run unless made for this checkpoint and labels at this commit."""
+    key = cache_key(checkpoint=checkpoint, labels=labels, command=json.dumps(command))
+    if not reusable(out, key):
+        convirt(*command, "--output", str(out))
+        mark_done(out, key)
+    return dict(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+
+
+def kermany_metrics(checkpoint: Path, labels: Path, out: Path) -> dict:
+    """`convirt zeroshot --descriptors pneumonia` on the Kermany images."""
+    return _evaluated(checkpoint, labels, out, ["zeroshot", "--checkpoint", str(checkpoint), "--descriptors",
+                                                "pneumonia", "--data", str(labels), "--where", KERMANY, "--labels",
+                                                "Pneumonia", "--bootstrap", "200"])
 
 
 def kermany(checkpoint: Path, labels: Path, out: Path) -> dict[str, float]:
     """Zero-shot AUROC of each scoring method on the Kermany images."""
-    metrics = out / "metrics.json"
-    if not metrics.is_file():
-        convirt("zeroshot", "--checkpoint", str(checkpoint), "--descriptors", "pneumonia", "--data", str(labels),
-                "--where", KERMANY, "--labels", "Pneumonia", "--bootstrap", "200", "--output", str(out))
-    result = json.loads(metrics.read_text(encoding="utf-8"))
+    result = kermany_metrics(checkpoint, labels, out)
     return {method: result[method]["findings"]["Pneumonia"]["auroc"] for method in METHODS}
+
+
+def kermany_probe_metrics(checkpoint: Path, labels: Path, out: Path) -> dict:
+    """The linear probe on the image-trunk features of the Kermany images, all its labels."""
+    return _evaluated(checkpoint, labels, out, ["probe", "--checkpoint", str(checkpoint), "--data", str(labels),
+                                                "--where", KERMANY, "--labels", "Pneumonia", "--fractions", "1",
+                                                "--probes", "linear", "--bootstrap", "100"])
 
 
 def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
     """Pooled out-of-fold AUROC of the linear probe on the image-trunk features of the Kermany images."""
-    metrics = out / "metrics.json"
-    if not metrics.is_file():
-        convirt("probe", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", KERMANY, "--labels",
-                "Pneumonia", "--fractions", "1", "--probes", "linear", "--bootstrap", "100", "--output", str(out))
-    return json.loads(metrics.read_text(encoding="utf-8"))["probes"][0]["findings"]["Pneumonia"]["auroc"]
+    return float(kermany_probe_metrics(checkpoint, labels, out)["probes"][0]["findings"]["Pneumonia"]["auroc"])
 
 
 def _spread(values: list[float]) -> str:
@@ -119,36 +148,14 @@ def main() -> None:
         zero = " / ".join(f"{v:.3f}" for v in kermany(checkpoint, labels, work / f"{name}-kermany").values())
         scale[name] = f"{zero}, linear probe {kermany_probe(checkpoint, labels, work / f'{name}-probe'):.3f}"
     trained: list[Path] = []  # the checkpoints evaluated, for the precision they recorded
-    lines = [
-        "## Real data: recipe candidates on a development set (Kermany pediatric images)",
-        "",
-        f"`python benchmarks/dev_recipes.py` on {time.strftime('%Y-%m-%d')}: variants of "
-        "`configs/covid_pairs.yaml` trained on covid-pairs (10 epochs unless named), seeds 0, 1, 2. Zero-shot "
-        "AUROC of `convirt zeroshot --descriptors pneumonia` on the 618 Kermany pediatric images of cxr-eval (387 "
-        "pneumonia, 231 normal; another hospital and age group, used only to choose between recipes; the NIH "
-        "images are not read). Mean ± sd over seeds, then each seed. Linear probe: `convirt probe --fractions 1 "
-        "--probes linear` on the same images (image-trunk features, 5 patient-grouped folds). Mean R: image<->text "
-        "recall on the covid-pairs test split (its own shards: 87 images, 78 with `--text imaging`). Open-i pair: "
-        "the held-out Open-i stand-in of `_openi_text.py` (text side). For scale: on these images the untrained "
-        f"pretrained towers give zero-shot descriptors / pair / ensemble {scale['untrained']}, a random "
-        f"initialisation (seed 0) {scale['random']}. Chosen here, in this order: keep the image trunk's batch-norm "
-        "statistics (updating them costs the trunk's probe; zero-shot within seed noise), then 20 epochs (a higher "
-        "mean of the three zero-shot AUROCs and a higher held-out recall than 10). Tried on the recipe after that and "
-        "not taken, each below its mean of the three zero-shot AUROCs (0.634): an exponential moving average of the "
-        "weights (0.621), the ConVIRT loss with a case's repeated description as a positive of all its images "
-        "(0.594; held-out recall 0.235), frontal films only (0.569, though its trunk probe was the highest, 0.967; "
-        "its recall is on its own 69-image test split), Open-i's 1,095 normal training reports as text-only "
-        "negatives (0.545; it raised the text side's Open-i pair to 0.941, not the images').",
-        "",
-        "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
-        "Kermany linear probe (trunk) | mean R (covid-pairs test) | Open-i stand-in, pair |",
-        "|---|---|---|---|---|---:|---:|",
-    ]
+    rows, results, test_sizes = [], {}, {}
     for name, (folder, flavour, overrides) in VARIANTS.items():
         shards = work / f"shards-{flavour}"
         if not (shards / "manifest.json").is_file():
             convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256",
                     *SHARDS[flavour])
+        test_sizes[flavour] = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["test"][
+            "samples"]
         zero: dict[str, list[float]] = {method: [] for method in METHODS}
         recall, stand_in, probe = [], [], []
         for seed in SEEDS:
@@ -159,11 +166,58 @@ def main() -> None:
                 zero[method].append(value)
             pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
             recall.append(statistics.mean(pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text",
-                                          "text_to_image") for k in (5, 10)))
+                                          "text_to_image") for k in RECALL_KS))
             stand_in.append(openi_stand_in(checkpoint, reports, run / "openi")["names"])
             probe.append(kermany_probe(checkpoint, labels, run / "probe"))
-        lines.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
-                     + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+        results[folder] = {"zero": statistics.mean(statistics.mean(v) for v in zero.values()),
+                           "probe": statistics.mean(probe), "recall": statistics.mean(recall),
+                           "stand_in": statistics.mean(stand_in), "shards": flavour}
+        rows.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
+                    + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+    first_run = work / f"{VARIANTS[next(iter(VARIANTS))][0]}-s{SEEDS[0]}"
+    kermany_set = kermany_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "kermany")
+    folds = kermany_probe_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "probe")["folds"]
+    positives = kermany_set["positives"]["Pneumonia"]
+
+    def change(before: str, after: str) -> str:
+        a, b = results[before], results[after]
+        return (f"trunk probe {a['probe']:.3f} -> {b['probe']:.3f}, mean of the three zero-shot AUROCs "
+                f"{a['zero']:.3f} -> {b['zero']:.3f}, mean R {a['recall']:.3f} -> {b['recall']:.3f}")
+
+    recipe = results[RECIPE]
+
+    def tried_one(folder: str, label: str) -> str:
+        r = results[folder]
+        side = "below" if r["zero"] < recipe["zero"] else "not below"
+        return (f"{label}: {r['zero']:.3f} ({side} the recipe; trunk probe {r['probe']:.3f}, mean R "
+                f"{r['recall']:.3f} on a {test_sizes[r['shards']]}-image test split, Open-i pair {r['stand_in']:.3f})")
+
+    tried = "; ".join(tried_one(folder, label) for folder, label in TRIED_AFTER)
+    lines = [
+        "## Real data: recipe candidates on a development set (Kermany pediatric images)",
+        "",
+        f"`python benchmarks/dev_recipes.py` on {time.strftime('%Y-%m-%d')} at commit {commit()}: variants of "
+        f"`configs/covid_pairs.yaml` trained on covid-pairs ({_PREVIOUS['trainer.max_epochs']} epochs unless named), "
+        f"seeds {', '.join(map(str, SEEDS))}. Zero-shot AUROC of `convirt zeroshot --descriptors pneumonia` on the "
+        f"{kermany_set['samples']} Kermany pediatric images of cxr-eval ({positives} pneumonia, "
+        f"{kermany_set['samples'] - positives} normal; another hospital and age group, used only to choose between "
+        "recipes; the NIH images are not read). Mean ± sd over seeds, then each seed. Linear probe: `convirt probe "
+        f"--fractions 1 --probes linear` on the same images (image-trunk features, {folds} patient-grouped folds). "
+        f"Mean R: image<->text recall at {' and '.join(map(str, RECALL_KS))}, both ways, on the covid-pairs test "
+        "split (each variant's own shards: "
+        + ", ".join(f"{size} images with `{flavour}` shards" for flavour, size in test_sizes.items())
+        + "). Open-i pair: the held-out Open-i stand-in of `_openi_text.py` (text side). For scale: on these images "
+        f"the untrained pretrained towers give zero-shot descriptors / pair / ensemble {scale['untrained']}, a random "
+        f"initialisation (seed {SEEDS[0]}) {scale['random']}. The steps that made the recipe, in order: "
+        + "; ".join(f"{label} ({change(before, after)})" for before, after, label in STEPS)
+        + f". Tried on the recipe after that, against its mean of the three zero-shot AUROCs ({recipe['zero']:.3f}): "
+        + tried + ".",
+        "",
+        "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
+        "Kermany linear probe (trunk) | mean R (covid-pairs test) | Open-i stand-in, pair |",
+        "|---|---|---|---|---|---:|---:|",
+        *rows,
+    ]
     lines += ["", f"{machine_line()}; trained with precision {trained_precisions(trained)}."]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))

@@ -15,6 +15,7 @@ probe` (patient-grouped 5-fold linear and kNN probes) on the same images for eve
 
 from __future__ import annotations
 
+import csv
 import json
 import statistics
 import subprocess
@@ -22,14 +23,20 @@ import sys
 import time
 from pathlib import Path
 
-from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
+import yaml
+from _cache import cache_key, mark_done, recorded_commit, reusable
+from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
-from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
+from _recipe import CI_LEVEL, baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
+from dev_recipes import SEEDS as DEV_SEEDS
 from dev_recipes import VARIANTS as DEV_VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "real-data"
 NIH = "source=nih-chestxray14"
+K, KNN = 5, 10  # precision@K and mAP@K of image search; neighbours of the kNN vote
+CHANCE = 0.5  # the AUROC of a random score
+PROBES = (("linear", 1.0), ("linear", 0.1), ("knn", 1.0))  # the probe columns: kind, fraction of the labels
 # Evaluated beside the shipped recipe (each as it trained, whatever configs/covid_pairs.yaml now says):
 # the recipe at 10 epochs, and before that with the batch-norm statistics updated (both chosen against
 # on the Kermany development set of benchmarks/dev_recipes.py), and the development set's best
@@ -53,56 +60,69 @@ def convirt(*args: str) -> None:
 
 def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed",
           overrides: dict[str, object] | None = None) -> Path:
-    """`convirt fit` on covid-pairs with one seed (skipped when its checkpoint exists).
+    """`convirt fit` on covid-pairs with one seed; reused when made at this commit with this config.
 
     ``overrides`` (``section.key: value``) change the shipped recipe, in the run folder ``folder-SEED``.
     """
     run = work / f"{folder}-{seed}"
     checkpoint = run / "checkpoints" / "last.ckpt"
-    if checkpoint.is_file():
+    key = cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
+                    overrides=json.dumps(overrides or {}, sort_keys=True), shards=shards / "manifest.json")
+    if reusable(run, key):
         return checkpoint
     ensure_recipe_text_model(shared)  # made once, shared by the seeds
     path = write_recipe(run, shards, seed, overrides)
     start = time.perf_counter()
-    (run / "commit.txt").write_text(_commit() + "\n")
     convirt("fit", "--config", str(path))
     (run / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
+    mark_done(run, key)
     return checkpoint
 
 
-def _commit() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
+def _evaluation(checkpoint: Path, labels: Path, out: Path, result: str, *commands: list[str]) -> dict:
+    """Run ``commands`` into ``out`` unless it holds their result for this checkpoint, labels and commit."""
+    key = cache_key(checkpoint=checkpoint, labels=labels, commands=json.dumps(commands))
+    if not reusable(out, key):
+        for command in commands:
+            convirt(*command)
+        mark_done(out, key)
+    return json.loads((out / result).read_text(encoding="utf-8"))
 
 
 def retrieval(checkpoint: Path, labels: Path, out: Path) -> dict:
     """Embed the NIH images, index them exactly, score image-to-image search and kNN diagnosis."""
-    metrics = out / "retrieval.json"
-    if not metrics.is_file():
-        convirt("embed", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH,
-                "--output", str(out / "embeddings"))
-        convirt("index", "build", "--embeddings", str(out / "embeddings"), "--output", str(out / "index"))
-        convirt("index", "eval", "--index", str(out / "index"), "-k", "5", "--findings", "Pneumonia", "--knn", "10",
-                "--output", str(metrics))
-    return json.loads(metrics.read_text(encoding="utf-8"))
+    out = out / "retrieval"
+    return _evaluation(
+        checkpoint, labels, out, "retrieval.json",
+        ["embed", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH,
+         "--output", str(out / "embeddings")],
+        ["index", "build", "--embeddings", str(out / "embeddings"), "--output", str(out / "index")],
+        ["index", "eval", "--index", str(out / "index"), "-k", str(K), "--findings", "Pneumonia", "--knn", str(KNN),
+         "--output", str(out / "retrieval.json")])
 
 
 def zeroshot(checkpoint: Path, labels: Path, out: Path) -> dict:
     """`convirt zeroshot --descriptors pneumonia` on the NIH images (all three scoring methods, CIs)."""
-    metrics = out / "zeroshot" / "metrics.json"
-    if not metrics.is_file():
-        convirt("zeroshot", "--checkpoint", str(checkpoint), "--descriptors", "pneumonia", "--data", str(labels),
-                "--where", NIH, "--labels", "Pneumonia", "--output", str(out / "zeroshot"))
-    return json.loads(metrics.read_text(encoding="utf-8"))
+    out = out / "zeroshot"
+    return _evaluation(checkpoint, labels, out, "metrics.json",
+                       ["zeroshot", "--checkpoint", str(checkpoint), "--descriptors", "pneumonia", "--data",
+                        str(labels), "--where", NIH, "--labels", "Pneumonia", "--output", str(out)])
 
 
 def probe(checkpoint: Path, labels: Path, out: Path) -> dict:
-    """`convirt probe`: 5-fold patient-grouped linear and kNN probes at 1/10/100% of the labels."""
-    metrics = out / "probe" / "metrics.json"
-    if not metrics.is_file():
-        convirt("probe", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH, "--labels",
-                "Pneumonia", "--output", str(out / "probe"))
-    return json.loads(metrics.read_text(encoding="utf-8"))
+    """`convirt probe`: patient-grouped linear and kNN probes at the fractions of PROBES."""
+    out = out / "probe"
+    fractions = sorted({str(fraction) for _, fraction in PROBES})
+    return _evaluation(checkpoint, labels, out, "metrics.json",
+                       ["probe", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH, "--labels",
+                        "Pneumonia", "--fractions", *fractions, "--output", str(out)])
+
+
+def normal_pairs(pairs: Path) -> tuple[int, int]:
+    """Images of the pair table labelled No Finding, and all its images."""
+    with open(pairs, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return sum("No Finding" in (row.get("labels") or "") for row in rows), len(rows)
 
 
 def _auroc(metrics: dict) -> tuple[float, float, float]:
@@ -151,52 +171,65 @@ def main() -> None:
     probes = {name: [probe(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
 
     runs = [work / f"{folder}-{seed}" for folder in ("seed", "ten", "prev", "lit") for seed in args.seeds]
-    trained_at = sorted({(run / "commit.txt").read_text().strip() for run in runs if (run / "commit.txt").is_file()})
+    trained_at = sorted({recorded_commit(run) for run in runs})
     minutes = [float((run / "train_seconds.txt").read_text()) / 60 for run in runs
                if (run / "train_seconds.txt").is_file()]
     trained = [checkpoint for runs in checkpoints.values() for checkpoint, _ in runs]
     machine = f"{machine_line()}; trained with precision {trained_precisions(trained)}"
+    recipe = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
+    train_images = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["train"]["samples"]
+    first = zero["trained on covid-pairs"][0]
+    samples, positives = first["samples"], first["positives"]["Pneumonia"]
+    patients, folds = probes["trained on covid-pairs"][0]["patients"], probes["trained on covid-pairs"][0]["folds"]
+    share = positives / samples
+    chance = share**2 + (1 - share) ** 2  # a neighbour drawn at random shares the query's label
+    normals, pair_count = normal_pairs(pairs)
     lines = [
         "## Real data: image-to-image search on NIH ChestX-ray14 (cxr-eval)",
         "",
         f"`python benchmarks/real_data.py --seeds {' '.join(map(str, args.seeds))}` on "
         f"{time.strftime('%Y-%m-%d')} ({machine}). Model `demo-effnet-minilm`; training: `configs/covid_pairs.yaml` "
-        "(20 epochs on the 407 training images of ../shared/data/covid-pairs; the text tower is MiniLM pretrained "
-        "on the Open-i reports by `convirt pretrain-text --config configs/openi_text.yaml` and locked, so only its "
-        "projection head trains; the image trunk's batch-norm layers keep their pretrained statistics). Beside it, "
-        "as they were trained: the recipe at 10 epochs and, before that, with the batch-norm statistics updated in "
-        "training (both changed on the Kermany development set, `benchmarks/dev_recipes.py`), and the recipe with "
-        "the image trunk locked and the general MiniLM text tower trained, the development set's best candidate "
-        "for Xplainer descriptors (mean of 3 seeds), named before it was run on these images. Evaluation: "
-        "the 476 NIH images of ../shared/data/cxr-eval (244 Pneumonia, 232 No Finding, 341 patients), exact "
-        "(Flat) index, label = Pneumonia or not, the query patient's images left out. Chance precision@5 is about 0.5. "
+        f"({recipe['trainer']['max_epochs']} epochs on the {train_images} training images of "
+        "../shared/data/covid-pairs; "
+        "the text tower is MiniLM pretrained on the Open-i reports by `convirt pretrain-text --config "
+        "configs/openi_text.yaml` and locked, so only its projection head trains; the image trunk's batch-norm layers "
+        "keep their pretrained statistics). Beside it, as they were trained: "
+        + "; ".join(f"\"{name}\" ({', '.join(f'{k} = {v}' for k, v in overrides.items())})"
+                    for name, (_, overrides) in OTHERS.items())
+        + f" (the development set's best candidate for Xplainer descriptors, mean of {len(DEV_SEEDS)} seeds, "
+        "named before it was run on these images). Evaluation: the "
+        f"{samples} NIH images of ../shared/data/cxr-eval ({positives} Pneumonia, {samples - positives} No Finding, "
+        f"{patients} patients), exact (Flat) index, label = Pneumonia or not, the query patient's images left out. "
+        f"Chance precision@{K} (a neighbour drawn at random) is {chance:.3f}. "
         "Mean ± standard deviation over seeds where there are several. "
-        f"Checkpoints trained with the code of commit(s) {', '.join(trained_at) or 'unknown'}, "
+        f"Checkpoints trained with the code of commit(s) {', '.join(trained_at) or 'unknown'} (results are reused "
+        "only when made at the same commit and config), "
         f"{', '.join(f'{m:.0f}' for m in minutes)} min each on this machine (the table's trained rows in order); "
-        f"evaluated at commit {_commit()}.",
+        f"evaluated at commit {commit()}.",
         "",
-        "| model | seeds | precision@5 | mAP@5 | kNN (10) AUROC, Pneumonia |",
+        f"| model | seeds | precision@{K} | mAP@{K} | kNN ({KNN}) AUROC, Pneumonia |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, runs in results.items():
-        lines.append(f"| {name} | {len(runs)} | {_mean([r['precision_at_5'] for r in runs])} | "
-                     f"{_mean([r['map_at_5'] for r in runs])} | "
+        lines.append(f"| {name} | {len(runs)} | {_mean([r[f'precision_at_{K}'] for r in runs])} | "
+                     f"{_mean([r[f'map_at_{K}'] for r in runs])} | "
                      f"{_mean([r['knn']['auroc']['Pneumonia'] for r in runs])} |")
+    columns = [f"{kind} probe ({fraction:.0%})" for kind, fraction in PROBES]
     lines += [
         "",
-        "Zero-shot diagnosis of Pneumonia vs No Finding on the same 476 images with the shipped `pneumonia` "
-        "descriptor set (written before any measurement, not tuned on this set): AUROC [95% bootstrap CI, "
-        "1,000 stratified replicates]. Xplainer = the descriptor observations; CheXzero-style = the pair "
-        '"There is pneumonia." vs "Normal chest radiograph."; ensemble = template ensembles over the name and '
+        f"Zero-shot diagnosis of Pneumonia vs No Finding on the same {samples} images with the shipped `pneumonia` "
+        f"descriptor set (written before any measurement, not tuned on this set): AUROC [{CI_LEVEL:.0%} bootstrap CI, "
+        f"{first['bootstrap']:,} stratified replicates]. Xplainer = the descriptor observations; CheXzero-style = the "
+        'pair "There is pneumonia." vs "Normal chest radiograph."; ensemble = template ensembles over the name and '
         "synonyms. Probes (`convirt probe`): on the frozen image-trunk features (projection head removed, as in "
-        "ConVIRT's protocol), 5 patient-grouped folds, pooled out-of-fold AUROC; the linear probe is a logistic "
-        "regression on standardised features with C chosen by an inner patient-grouped 3-fold cross-validation of "
-        "each training part; 100% / 10% of each fold's training labels. With several seeds: the mean AUROC "
+        f"ConVIRT's protocol), {folds} patient-grouped folds, pooled out-of-fold AUROC; the linear probe is a logistic "
+        "regression on standardised features with C chosen by an inner patient-grouped cross-validation of "
+        "each training part; a fraction of each fold's training labels as named. With several seeds: the mean AUROC "
         "and mean CI bounds, then each seed's AUROC.",
         "",
         "| model | zero-shot, Xplainer descriptors | zero-shot, CheXzero-style pair | zero-shot, template ensemble | "
-        "linear probe (100%) | linear probe (10%) | kNN probe (100%) |",
-        "|---|---|---|---|---|---|---|",
+        + " | ".join(columns) + " |",
+        "|---|---|---|---|" + "---|" * len(PROBES),
     ]
 
     def probe_auroc(metrics: dict, kind: str, fraction: float) -> tuple[float, float, float]:
@@ -205,30 +238,35 @@ def main() -> None:
 
     for name in checkpoints:
         cells = [_with_ci([_auroc(z[method]) for z in zero[name]]) for method in ("descriptors", "names", "ensemble")]
-        cells += [_with_ci([probe_auroc(p, kind, fraction) for p in probes[name]])
-                  for kind, fraction in (("linear", 1.0), ("linear", 0.1), ("knn", 1.0))]
+        cells += [_with_ci([probe_auroc(p, kind, fraction) for p in probes[name]]) for kind, fraction in PROBES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if (shared / "openi-reports" / "NLMCXR_reports.tgz").is_file():
         reports = read_test_reports(ensure_recipe_text_model(shared))
         text_side = [openi_stand_in(c, reports, out) for c, out in checkpoints["trained on covid-pairs"]]
         lines += [
             "",
-            "The text side is not what limits it: the trained checkpoints' text tower, scored on held-out Open-i "
+            "The text side alone: the trained checkpoints' text tower, scored on held-out Open-i "
             "reports in the same joint space (findings texts indexed airspace disease vs normal, "
-            "`benchmarks/_openi_text.py`), "
-            "gives AUROC " + ", ".join(
+            "`benchmarks/_openi_text.py`), gives AUROC " + ", ".join(
                 f"{method} {_mean([t[key] for t in text_side])}"
                 for method, key in (("descriptors", "descriptors"), ("pair", "names"), ("ensemble", "ensemble")))
-            + ": the prompts separate the two in text far better than on the images, and these pairs (11 of 529 "
-            "images labelled No Finding) hold almost no normal studies for the image side to learn from.",
+            + f". Of the {pair_count} covid-pairs images, {normals} are labelled No Finding: what the image side "
+            "has to learn a normal study from.",
         ]
     if checkpoints[LIT]:
+        lit = [_auroc(z["descriptors"]) for z in zero[LIT]]
+        low, high = statistics.mean(r[1] for r in lit), statistics.mean(r[2] for r in lit)
+        same_probes = all(probe_auroc(a, kind, fraction) == probe_auroc(b, kind, fraction)
+                          for a in probes[LIT] for b in probes["pretrained towers, untrained"]
+                          for kind, fraction in PROBES)
         lines += [
             "",
             f"The \"{LIT}\" row is there because it was the best candidate for the Xplainer descriptors on the "
-            "Kermany pediatric development set (\"dev-recipes\" section below): that ranking did not carry over to "
-            "these adult images, where it stays near chance. Its probes equal the untrained ones "
-            "because its image trunk is the untrained one.",
+            "Kermany pediatric development set (\"dev-recipes\" section below). Here its Xplainer AUROC has a mean "
+            f"CI of [{low:.3f}, {high:.3f}], which {'includes' if low <= CHANCE <= high else 'excludes'} chance "
+            f"({CHANCE:.1f}). "
+            f"Its probes {'equal' if same_probes else 'differ from'} the untrained ones"
+            + (" (its image trunk is the untrained one)." if same_probes else "."),
         ]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from _cache import recorded_commit
 from _markdown import machine_line, shared_data_parser, write_section
 from _openi_text import read_test_reports, score_reports
 
@@ -57,10 +58,12 @@ def measure(text_model_path: str | None, findings: list[str], impressions: list[
 
 def ensure_text_model(reports: Path, work: Path) -> tuple[Path, Path]:
     """Open-i text-only shards and the report-pretrained text model under ``work`` (made when missing)."""
+    from _cache import cache_key, mark_done, reusable
+
     shards, model = work / "shards", work / "model"
-    if not (shards / "manifest.json").is_file():
+    key = cache_key(config=ROOT / "configs" / "openi_text.yaml", reports=reports)
+    if not reusable(work, key):
         convirt("shards", "--source", "openi", "--input", str(reports), "--output", str(shards))
-    if not (model / "config.json").is_file():
         start = time.perf_counter()
         convirt("pretrain-text", "--config", str(ROOT / "configs" / "openi_text.yaml"),
                 "--data.shards", str(shards), "--model.output", str(model),
@@ -68,6 +71,7 @@ def ensure_text_model(reports: Path, work: Path) -> tuple[Path, Path]:
         (work / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
         # What the run trained with: a text-model folder does not record it (the log's choice, see README).
         (work / "train_machine.txt").write_text(machine_line(choose_precision().precision) + "\n")
+        mark_done(work, key)
     return shards, model
 
 
@@ -86,7 +90,8 @@ def main() -> None:
     first = next(iter(rows.values()))
     trained_on = work / "train_machine.txt"
     machine = f"evaluated on: {machine_line()}; trained on: " + (
-        trained_on.read_text().strip() if trained_on.is_file() else "not recorded (made before 2026-12-02)")
+        trained_on.read_text().strip() if trained_on.is_file() else "not recorded")
+    machine += f"; trained at commit {recorded_commit(work)}"
     lines = [
         "## Report pretraining of the text tower (Open-i, held-out reports)",
         "",

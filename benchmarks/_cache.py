@@ -1,0 +1,57 @@
+"""Results on disk keyed on the commit and the config that made them.
+
+A benchmark run reuses a folder of results (a trained checkpoint, an evaluation's metrics) only
+when its ``cache-key.json`` names the same commit (with ``+changes`` for a tree that differs from
+it) and the same inputs; otherwise the folder is emptied and made again. The key is written last,
+so a run killed midway leaves no key and is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from _markdown import commit
+
+KEY_FILE = "cache-key.json"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint, a config, a table)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(**inputs: object) -> dict[str, object]:
+    """The key of a result: the commit and the given inputs (paths are hashed when they are files)."""
+    key: dict[str, object] = {"commit": commit()}
+    for name, value in inputs.items():
+        key[name] = file_digest(value) if isinstance(value, Path) and value.is_file() else str(value)
+    return key
+
+
+def reusable(folder: Path, key: dict[str, object]) -> bool:
+    """True when ``folder`` holds results made with ``key``; else it is emptied for a new run."""
+    path = folder / KEY_FILE
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == key:
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return False
+
+
+def mark_done(folder: Path, key: dict[str, object]) -> None:
+    """Record that ``folder`` now holds the results of ``key``."""
+    (folder / KEY_FILE).write_text(json.dumps(key, indent=1), encoding="utf-8")
+
+
+def recorded_commit(folder: Path) -> str:
+    """The commit a cached folder was made at (``unknown`` without a key)."""
+    path = folder / KEY_FILE
+    return str(json.loads(path.read_text(encoding="utf-8"))["commit"]) if path.is_file() else "unknown"
