@@ -62,6 +62,7 @@ typecheck: install
 	$(BIN)/mypy convirt
 
 bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/demo.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/retrieval.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/data_throughput.py --output BENCHMARKS.md

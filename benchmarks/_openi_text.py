@@ -18,6 +18,8 @@ import torch
 POSITIVE = {"Pneumonia", "Consolidation", "Infiltrate", "Airspace Disease"}
 NEGATIVE = "No Finding"
 
+RECALL_KS = (1, 5)  # findings -> impression recall at these k
+
 
 def read_test_reports(shards: Path) -> tuple[list[str], list[str], list[int]]:
     """Findings, impressions and labels (1 airspace disease, 0 normal, -1 neither) of the test split."""
@@ -48,7 +50,7 @@ def score_reports(encoder: Any, tokenizer: Any, findings: list[str], impressions
 
     with torch.no_grad():
         first, second = (embed_texts(encoder, tokenizer, texts) for texts in (findings, impressions))
-        result = {k: v for k, v in retrieval_recalls(first, second, (1, 5)).items() if k.startswith("i2t")}
+        result = {k: v for k, v in retrieval_recalls(first, second, RECALL_KS).items() if k.startswith("i2t")}
         y = np.array(labels)
         keep = y >= 0
         descriptors = load_descriptors("pneumonia")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from _markdown import commit, machine_line, write_section
+from _recipe import CI_LEVEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "demo"
@@ -48,7 +49,8 @@ def main() -> None:
         f"`configs/demo.yaml`: model `{model['model_name']}`, {model.get('freeze_image_groups', 0)} image groups and "
         f"{model.get('freeze_text_layers', 0)} text layers frozen, {trainer['max_epochs']} epochs, trained on "
         f"{manifest['splits']['train']['samples']:,} phantom pairs; evaluated on the held-out test split, "
-        f"{zeroshot['samples']} images (AUROC with 95% bootstrap CIs in `artifacts/demo/zeroshot/metrics.json`).",
+        f"{zeroshot['samples']} images (AUROC with {CI_LEVEL:.0%} bootstrap CIs in "
+        "`artifacts/demo/zeroshot/metrics.json`).",
         "",
         "| finding | positives | " + " | ".join(f"AUROC, {label}" for _, label in METHODS) + " |",
         "|---|---:|" + "---:|" * len(METHODS),

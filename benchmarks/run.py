@@ -17,6 +17,11 @@ from _markdown import machine_line, write_section
 
 from convirt._hardware import choose_precision
 
+PHANTOM_IMAGES, PHANTOM_SIDE, SHARD_SIDE, STREAM_SIDE, STREAM_BATCH = 200, 256, 192, 160, 32
+MODEL, STEP_BATCH, STEP_SIDE, STEP_TOKENS, FROZEN = "demo-effnet-minilm", 32, 160, 40, 3
+STEPS, WARMUP, REPEATS = 5, 2, 3  # per run: the median of the steps after the warm-up; runs interleaved
+FAISS_VECTORS, FAISS_DIM, FAISS_CENTRES, FAISS_QUERIES, FAISS_K, EF_SEARCH = 50_000, 256, 200, 1000, 10, 64
+
 
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.1f}"
@@ -26,8 +31,9 @@ def bench_phantom(tmp: Path) -> tuple[str, str, str]:
     from convirt.data.sources.phantom import write_phantom
 
     start = time.perf_counter()
-    write_phantom(tmp / "phantom", 200, seed=0, size=256, workers=1, progress=False)
-    return "phantom images (256 px, 1 process)", _rate(200, time.perf_counter() - start), "img/s"
+    write_phantom(tmp / "phantom", PHANTOM_IMAGES, seed=0, size=PHANTOM_SIDE, workers=1, progress=False)
+    return (f"phantom images ({PHANTOM_SIDE} px, 1 process)", _rate(PHANTOM_IMAGES, time.perf_counter() - start),
+            "img/s")
 
 
 def bench_shards(tmp: Path) -> tuple[str, str, str]:
@@ -35,9 +41,10 @@ def bench_shards(tmp: Path) -> tuple[str, str, str]:
     from convirt.data.writer import write_shards
 
     start = time.perf_counter()
-    write_shards(read_rows("csv", str(tmp / "phantom" / "rows.csv")), tmp / "shards", image_size=192,
+    write_shards(read_rows("csv", str(tmp / "phantom" / "rows.csv")), tmp / "shards", image_size=SHARD_SIDE,
                  shard_size=100, progress=False)
-    return "shard writing (PNG -> 192 px JPEG, 1 process)", _rate(200, time.perf_counter() - start), "img/s"
+    return (f"shard writing (PNG -> {SHARD_SIDE} px JPEG, 1 process)",
+            _rate(PHANTOM_IMAGES, time.perf_counter() - start), "img/s")
 
 
 def bench_stream(tmp: Path) -> tuple[str, str, str]:
@@ -45,36 +52,41 @@ def bench_stream(tmp: Path) -> tuple[str, str, str]:
     from convirt.data.transforms import build_image_transform
     from convirt.data.writer import shard_urls
 
-    transform = build_image_transform(160, [0.5] * 3, [0.5] * 3, train=True)
+    transform = build_image_transform(STREAM_SIDE, [0.5] * 3, [0.5] * 3, train=True)
     urls = shard_urls(tmp / "shards", "train")
-    dataset = build_batches(urls, transform, lambda t: torch.zeros(len(t), 1), batch_size=32, train=True,
+    dataset = build_batches(urls, transform, lambda t: torch.zeros(len(t), 1), batch_size=STREAM_BATCH, train=True,
                             shuffle_buffer=100).with_epoch(10)
     start = time.perf_counter()
     n = sum(len(batch["key"]) for batch in dataset)
-    return "streaming + train augmentation (160 px, 1 process)", _rate(n, time.perf_counter() - start), "samples/s"
+    return (f"streaming + train augmentation ({STREAM_SIDE} px, 1 process)", _rate(n, time.perf_counter() - start),
+            "samples/s")
 
 
-def bench_train_step(frozen: bool, bf16: bool, channels_last: bool = False) -> tuple[str, str, str]:
-    """One setting of the demo model's training step on random inputs: median of the last 3 of 5 steps."""
+SETTINGS = ((False, False, False), (True, False, False), (True, True, False), (True, False, True), (True, True, True))
+
+
+def train_step_seconds(frozen: bool, bf16: bool, channels_last: bool = False) -> float:
+    """One run of the demo model's training step on random inputs: median of the steps after the warm-up."""
     from convirt.losses import create_loss
     from convirt.models import create_model
     from convirt.models.freeze import freeze_image_groups, freeze_text_layers
     from convirt.models.memory_format import channels_last_images, to_channels_last
 
     torch.manual_seed(0)
-    model = create_model("demo-effnet-minilm", pretrained=True).train()
+    model = create_model(MODEL, pretrained=True).train()
     if frozen:
-        freeze_image_groups(model, 3)
-        freeze_text_layers(model, 3)
+        freeze_image_groups(model, FROZEN)
+        freeze_text_layers(model, FROZEN)
     if channels_last:
         to_channels_last(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     loss_fn = create_loss("clip")
-    images, texts = torch.randn(32, 3, 160, 160), torch.randint(1000, 2000, (32, 40))
+    images = torch.randn(STEP_BATCH, 3, STEP_SIDE, STEP_SIDE)
+    texts = torch.randint(1000, 2000, (STEP_BATCH, STEP_TOKENS))
     if channels_last:
         images = channels_last_images(images)
     timings = []
-    for _ in range(5):
+    for _ in range(STEPS):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True),
@@ -83,40 +95,54 @@ def bench_train_step(frozen: bool, bf16: bool, channels_last: bool = False) -> t
         optimizer.step()
         optimizer.zero_grad()
         timings.append(time.perf_counter() - start)
-    what = ", ".join([
-        "early layers frozen (demo)" if frozen else "all layers",
-        "bf16 autocast" if bf16 else "fp32",
-        *(["channels-last"] if channels_last else []),
-    ])
-    return (f"train step, demo-effnet-minilm, batch 32, 160 px, 40 tokens, {what}",
-            _rate(32, float(np.median(timings[2:]))), "samples/s")
+    return float(np.median(timings[WARMUP:]))
+
+
+def bench_train_steps() -> list[tuple[str, str, str]]:
+    """Every setting of SETTINGS, interleaved over REPEATS runs (each run starts at another setting)."""
+    seconds: dict[tuple[bool, bool, bool], list[float]] = {setting: [] for setting in SETTINGS}
+    for repeat in range(REPEATS):
+        for setting in SETTINGS[repeat % len(SETTINGS):] + SETTINGS[:repeat % len(SETTINGS)]:
+            seconds[setting].append(train_step_seconds(*setting))
+    rows = []
+    for (frozen, bf16, channels_last), runs in seconds.items():
+        what = ", ".join([f"{FROZEN} image groups and text layers frozen" if frozen else "all layers",
+                          "bf16 autocast" if bf16 else "fp32", *(["channels-last"] if channels_last else [])])
+        rates = sorted(STEP_BATCH / s for s in runs)
+        rows.append((f"train step, {MODEL}, batch {STEP_BATCH}, {STEP_SIDE} px, {STEP_TOKENS} tokens, {what}",
+                     f"{float(np.median(rates)):,.1f} [{rates[0]:,.1f}, {rates[-1]:,.1f}]", "samples/s"))
+    return rows
 
 
 def bench_faiss() -> list[tuple[str, str, str]]:
 
     from convirt.retrieval import build_index, search
 
-    # Clustered vectors (200 centres plus noise) stand in for embeddings, which are far from
+    # Clustered vectors (centres plus noise) stand in for embeddings, which are far from
     # uniform; on uniform random vectors every approximate index looks worse than it is in use.
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(200, 256)).astype(np.float32)
-    base = centres[rng.integers(200, size=50_000)] + 0.5 * rng.normal(size=(50_000, 256)).astype(np.float32)
-    queries = centres[rng.integers(200, size=1000)] + 0.5 * rng.normal(size=(1000, 256)).astype(np.float32)
+    centres = rng.normal(size=(FAISS_CENTRES, FAISS_DIM)).astype(np.float32)
+    noise = 0.5
+    base = centres[rng.integers(FAISS_CENTRES, size=FAISS_VECTORS)] + noise * rng.normal(
+        size=(FAISS_VECTORS, FAISS_DIM)).astype(np.float32)
+    queries = centres[rng.integers(FAISS_CENTRES, size=FAISS_QUERIES)] + noise * rng.normal(
+        size=(FAISS_QUERIES, FAISS_DIM)).astype(np.float32)
     rows = []
     exact_ids = None
     for factory in ("Flat", "HNSW32"):
-        index, _ = build_index(base, factory, search_params="efSearch=64" if factory.startswith("HNSW") else "")
+        hnsw = factory.startswith("HNSW")
+        index, _ = build_index(base, factory, search_params=f"efSearch={EF_SEARCH}" if hnsw else "")
         start = time.perf_counter()
-        _, ids = search(index, queries, 10)
+        _, ids = search(index, queries, FAISS_K)
         seconds = time.perf_counter() - start
         if exact_ids is None:
             exact_ids = ids
             recall = 1.0
         else:
-            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)]))
-        name = f"{factory} efSearch 64" if factory.startswith("HNSW") else factory
-        rows.append((f"FAISS {name}, 50k x 256 clustered, k=10 (recall@10 vs exact {recall:.3f})",
-                     _rate(1000, seconds), "queries/s"))
+            recall = float(np.mean([len(set(a) & set(b)) / FAISS_K for a, b in zip(ids, exact_ids)]))
+        name = f"{factory} efSearch {EF_SEARCH}" if hnsw else factory
+        rows.append((f"FAISS {name}, {FAISS_VECTORS:,} x {FAISS_DIM} clustered, k={FAISS_K} (recall@{FAISS_K} vs "
+                     f"exact {recall:.3f})", _rate(FAISS_QUERIES, seconds), "queries/s"))
     return rows
 
 
@@ -127,14 +153,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        rows = [bench_phantom(tmp), bench_shards(tmp), bench_stream(tmp), bench_train_step(False, False),
-                bench_train_step(True, False), bench_train_step(True, True), bench_train_step(True, False, True),
-                bench_train_step(True, True, True), *bench_faiss()]
+        rows = [bench_phantom(tmp), bench_shards(tmp), bench_stream(tmp), *bench_train_steps(), *bench_faiss()]
     lines = [
         "## Pipeline stages",
         "",
         f"Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}. {machine_line()}. "
-        f"Precision as named in each row; `convirt fit` would choose {choose_precision('cpu').precision} here.",
+        f"Precision as named in each row; `convirt fit` would choose {choose_precision('cpu').precision} here. "
+        f"Train steps: per run the median of {STEPS - WARMUP} steps after {WARMUP} warm-up steps; the settings "
+        f"alternate over {REPEATS} runs: median [range] over runs.",
         "",
         "| stage | rate | unit |",
         "|---|---:|---|",

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from _cache import recorded_commit
 from _markdown import machine_line, shared_data_parser, write_section
-from _openi_text import read_test_reports, score_reports
+from _openi_text import RECALL_KS, read_test_reports, score_reports
 
 from convirt._hardware import choose_precision
 
@@ -104,13 +104,13 @@ def main() -> None:
         f"{first['positives']} reports indexed Pneumonia / Consolidation / Infiltrate / Airspace Disease against "
         f"{first['negatives']} indexed normal (AUROC). No cxr-eval image is used.",
         "",
-        "| text tower | findings->impression R@1 | R@5 | AUROC, Xplainer descriptors | AUROC, CheXzero-style pair | "
-        "AUROC, template ensemble |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| text tower | " + " | ".join(f"findings->impression R@{k}" for k in RECALL_KS)
+        + " | AUROC, Xplainer descriptors | AUROC, CheXzero-style pair | AUROC, template ensemble |",
+        "|---|" + "---:|" * (len(RECALL_KS) + 3),
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['i2t_R@1']:.3f} | {r['i2t_R@5']:.3f} | {r['descriptors']:.3f} | "
-                     f"{r['names']:.3f} | {r['ensemble']:.3f} |")
+        lines.append(f"| {name} | " + " | ".join(f"{r[f'i2t_R@{k}']:.3f}" for k in RECALL_KS)
+                     + f" | {r['descriptors']:.3f} | {r['names']:.3f} | {r['ensemble']:.3f} |")
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 
