@@ -59,7 +59,7 @@ def _first_rows(table, count, out):
     return out
 
 
-@pytest.mark.parametrize("data", ["csv", "shards"])
+@pytest.mark.parametrize("data", [pytest.param("csv", marks=pytest.mark.slow), "shards"])  # 35 s each
 def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data):
     # Uneven on purpose: 93 table rows (batches of 8, 2 ranks), and training shards of 20, 20, 20
     # and 2 samples (ranks read 40 and 22): a sampler that pads ranks to equal length would
@@ -121,6 +121,7 @@ def test_embed_killed_with_sigkill_resumes_through_its_own_skip_path(tiny_checkp
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b] and np.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow  # embeds, indexes and queries twice (about 25 s on 2 cores)
 def test_query_can_leave_out_the_query_patient(tiny_checkpoint, labels_csv, tmp_path):
     emb, idx = tmp_path / "emb", tmp_path / "idx"
     assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--output", str(emb)]) == 0

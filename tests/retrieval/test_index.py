@@ -93,7 +93,8 @@ def test_ids_are_returned_as_given():
         build_index(x, "Flat", ids=np.zeros(20))
 
 
-@pytest.mark.parametrize("factory, refine", [("Flat", False), ("HNSW32", False), ("IVF8,PQ4", True)])
+@pytest.mark.parametrize("factory, refine", [("Flat", False), ("HNSW32", False),
+                                             pytest.param("IVF8,PQ4", True, marks=pytest.mark.slow)])  # 33 s
 def test_merge_equals_one_shot_build(factory, refine):
     from convirt.retrieval import merge_indexes
 

@@ -95,6 +95,7 @@ def test_two_rank_fit_step_equals_one_process_over_both_batches(phantom_shards, 
             assert error < 1e-4 or (record["grads"][name] - grad).abs().max() < 1e-6, (name, error)
 
 
+@pytest.mark.slow  # 2 gloo processes, 2 epochs (about 40 s on 2 cores)
 def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_workers(phantom_csv, tiny_text_model,
                                                                                        tmp_path):
     import json
@@ -126,6 +127,7 @@ def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_wo
     assert by_epoch[(0, 0)] != by_epoch[(1, 0)]  # and epochs too
 
 
+@pytest.mark.slow  # 2 gloo processes (about 35 s on 2 cores)
 def test_pretrain_text_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
     output = tmp_path / "text-model"
     config = {
