@@ -105,29 +105,43 @@ def model_side() -> int:
     return image_side(get_preprocess_cfg(MODEL), None)
 
 
-def _decode_shards(urls: list[str], side: int) -> int:
-    """Read the shards and decode each JPEG as the loader does (draft mode at ``side``), resized to ``side``."""
+def _decode_shards(urls: list[str], side: int, augment: bool = False, batch_size: int = 64) -> int:
+    """Read the shards and decode each JPEG as the loader does (draft mode at ``side``), resized to
+    ``side``; with ``augment``, the loader's training transform instead of the resize and its
+    tokenizer over each ``batch_size`` reports: the loader's per-sample work without its pipeline."""
     import tarfile
 
     from convirt.data.stream import decode_grayscale
+    from convirt.data.transforms import image_transform_for
+    from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 
-    done = 0
+    transform = image_transform_for(get_preprocess_cfg(MODEL), train=True, compact=True) if augment else None
+    tokenizer = create_tokenizer(MODEL) if augment else None
+    done, texts = 0, []
     for url in urls:
         with tarfile.open(url) as tar:
             for member in tar.getmembers():
+                if member.name.endswith(".txt") and tokenizer is not None:
+                    texts.append(tar.extractfile(member).read().decode("utf-8"))
+                    if len(texts) == batch_size:
+                        tokenizer(texts)
+                        texts = []
                 if member.name.endswith(".jpg"):
                     image = decode_grayscale(member.name, tar.extractfile(member).read(), size=side)
-                    image.resize((side, side), Image.Resampling.BILINEAR)
+                    if transform is not None:
+                        transform(image)
+                    else:
+                        image.resize((side, side), Image.Resampling.BILINEAR)
                     done += 1
     return done
 
 
-def decode_limit(urls: list[str], side: int, processes: int = 2) -> float:
+def decode_limit(urls: list[str], side: int, processes: int = 2, augment: bool = False) -> float:
     """Samples/s of a whole pass of ``processes`` processes (started inside the clock, as the
-    loader's workers are) that read the shards and decode + resize every JPEG."""
+    loader's workers are) that read the shards and decode + resize (or augment) every JPEG."""
     start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        done = sum(pool.starmap(_decode_shards, [(urls[i::processes], side) for i in range(processes)]))
+        done = sum(pool.starmap(_decode_shards, [(urls[i::processes], side, augment) for i in range(processes)]))
     return done / (time.perf_counter() - start)
 
 
@@ -216,13 +230,15 @@ def main() -> None:
         shards = tmp / f"shards-{WORKERS}"
         side = model_side()
         shard_count = len(shard_urls(shards, "train"))
-        limits, rates = [], []
+        limits, work, rates = [], [], []
         for repeat in range(args.repeats):  # interleaved, each first in turn
             runs = [lambda: limits.append(decode_limit(shard_urls(shards, "train"), side, WORKERS)),
+                    lambda: work.append(decode_limit(shard_urls(shards, "train"), side, WORKERS, augment=True)),
                     lambda: rates.append(loader_rate(shards, WORKERS)[0])]
-            for run in runs if repeat % 2 == 0 else runs[::-1]:
+            for run in runs[repeat % len(runs):] + runs[:repeat % len(runs)]:
                 run()
-            print(f"repeat {repeat}: limit {limits[-1]:.0f}, loader {rates[-1]:.0f} samples/s", flush=True)
+            print(f"repeat {repeat}: limit {limits[-1]:.0f}, same work {work[-1]:.0f}, loader {rates[-1]:.0f} "
+                  "samples/s", flush=True)
         small = draw_images(tmp / "small", SMALL_IMAGES, 160, seed=1)
         peaks = {}
         for copies in MEMORY_COPIES:
@@ -245,6 +261,9 @@ def main() -> None:
             peaks[copies]["shards"] = len(shard_urls(folder, "train"))
     ratios = [rate / limit for rate, limit in zip(rates, limits)]
     ratio = statistics.median(ratios)
+    overheads = [rate / same for rate, same in zip(rates, work)]
+    work_cell = _median_range(work, ".0f") + " samples/s"
+    overhead_cell = f"**{statistics.median(overheads):.2f}** [{min(overheads):.2f}, {max(overheads):.2f}]"
     few, many = (peaks[copies] for copies in MEMORY_COPIES)
     flat = many["peak_mb"] / few["peak_mb"]
     limit_cell, rate_cell = (_median_range(values, ".0f") + " samples/s" for values in (limits, rates))
@@ -254,7 +273,7 @@ def main() -> None:
 
 {machine_line()}. {images} JPEGs ({kind}), stored by `convirt shards` at short side {STORED_SIDE} in
 {shard_count} shards; model `{MODEL}` ({side} px input). Each throughput figure times a whole pass
-over the shards, worker processes started inside the clock; loader and limit alternate over
+over the shards, worker processes started inside the clock; the three alternate over
 {args.repeats} repeats: median, with the range over repeats in brackets.
 
 | measure | value |
@@ -262,6 +281,8 @@ over the shards, worker processes started inside the clock; loader and limit alt
 | decode limit: the loader's JPEG decode at {side} px + resize, {WORKERS} processes | {limit_cell} |
 | training loader, {WORKERS} workers (shuffle, decode, ConVIRT augmentation, tokenise, collate) | {rate_cell} |
 | loader / limit, per repeat | {ratio_cell} |
+| the same per-sample work (decode, training transform, tokenise), tight loop, {WORKERS} processes | {work_cell} |
+| loader / that work, per repeat (what the pipeline itself costs) | {overhead_cell} |
 | peak RSS, one pass over {few['shards']} shards ({few['samples']} samples) | {few['peak_mb']:.0f} MB |
 | peak RSS, one pass over {many['shards']} shards ({many['samples']} samples) | {many['peak_mb']:.0f} MB |
 | {many['shards']} shards / {few['shards']} shards (goal: flat) | **{flat:.2f}x** |
