@@ -190,7 +190,8 @@ def main() -> None:
         r = results[folder]
         side = "below" if r["zero"] < recipe["zero"] else "not below"
         return (f"{label}: {r['zero']:.3f} ({side} the recipe; trunk probe {r['probe']:.3f}, mean R "
-                f"{r['recall']:.3f} on a {test_sizes[r['shards']]}-image test split, Open-i pair {r['stand_in']:.3f})")
+                f"{r['recall']:.3f} on its {test_sizes[r['shards']]}-image test split, Open-i pair "
+                f"{r['stand_in']:.3f})")
 
     tried = "; ".join(tried_one(folder, label) for folder, label in TRIED_AFTER)
     lines = [
