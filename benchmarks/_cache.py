@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _markdown import commit
 
@@ -55,3 +57,14 @@ def recorded_commit(folder: Path) -> str:
     """The commit a cached folder was made at (``unknown`` without a key)."""
     path = folder / KEY_FILE
     return str(json.loads(path.read_text(encoding="utf-8"))["commit"]) if path.is_file() else "unknown"
+
+
+def cached_commands(out: Path, result: str, commands: Any, run: Callable[..., None], **inputs: object) -> dict:
+    """``out/result`` (JSON) after running each of ``commands`` (argument lists) with ``run``, unless
+    ``out`` holds it for the same commands, ``inputs`` and commit."""
+    key = cache_key(commands=json.dumps(commands), **inputs)
+    if not reusable(out, key):
+        for command in commands:
+            run(*command)
+        mark_done(out, key)
+    return dict(json.loads((out / result).read_text(encoding="utf-8")))

@@ -45,6 +45,16 @@ def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, ob
     return path
 
 
+def recipe_key(shards: Path, seed: int, overrides: dict[str, object] | None, **more: object) -> dict[str, object]:
+    """The cache key of a training run of the recipe: commit, recipe file, seed, overrides, shards."""
+    import json
+
+    from _cache import cache_key
+
+    return cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
+                     overrides=json.dumps(overrides or {}, sort_keys=True), shards=shards / "manifest.json", **more)
+
+
 def baseline_checkpoint(work: Path, pretrained: bool, seed: int = 0) -> Path:
     """A checkpoint of the demo model before training: pretrained towers, or random weights of ``seed``."""
     from _cache import cache_key, mark_done, reusable

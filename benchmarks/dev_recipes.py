@@ -23,10 +23,10 @@ import statistics
 import time
 from pathlib import Path
 
-from _cache import cache_key, mark_done, reusable
+from _cache import cached_commands, mark_done, reusable
 from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
-from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
+from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, recipe_key, write_recipe
 from heldout_recipes import OPENI_TEXT, convirt, heldout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +87,7 @@ TRIED_AFTER = (("ema-20", "a moving average of the weights"),
 def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Path:
     """`convirt fit` of one variant and seed; reused when made at this commit with this config."""
     checkpoint = run / "checkpoints" / "last.ckpt"
-    key = cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
-                    overrides=json.dumps(overrides, sort_keys=True), shards=shards / "manifest.json")
+    key = recipe_key(shards, seed, overrides)
     if not reusable(run, key):
         convirt("fit", "--config", str(write_recipe(run, shards, seed, overrides)))
         mark_done(run, key)
@@ -97,11 +96,8 @@ def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Pat
 
 def _evaluated(checkpoint: Path, labels: Path, out: Path, command: list[str]) -> dict:
     """``command``'s metrics.json in ``out``, run unless made for this checkpoint and labels at this commit."""
-    key = cache_key(checkpoint=checkpoint, labels=labels, command=json.dumps(command))
-    if not reusable(out, key):
-        convirt(*command, "--output", str(out))
-        mark_done(out, key)
-    return dict(json.loads((out / "metrics.json").read_text(encoding="utf-8")))
+    return cached_commands(out, "metrics.json", [[*command, "--output", str(out)]], convirt, checkpoint=checkpoint,
+                           labels=labels)
 
 
 def kermany_metrics(checkpoint: Path, labels: Path, out: Path) -> dict:

@@ -57,10 +57,10 @@ def convirt(*args: str) -> None:
 def fit(run: Path, shards: Path, overrides: dict[str, object]) -> None:
     """Train a variant for max(EPOCHS) epochs, keeping every epoch's checkpoint (reused when made at
     this commit with this config)."""
-    from _cache import cache_key, mark_done, reusable
+    from _cache import mark_done, reusable
+    from _recipe import recipe_key
 
-    key = cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=SEED, epochs=max(EPOCHS),
-                    overrides=json.dumps(overrides, sort_keys=True), shards=shards / "manifest.json")
+    key = recipe_key(shards, SEED, overrides, epochs=max(EPOCHS))
     if reusable(run, key):
         return
     path = write_recipe(run, shards, SEED, {"trainer.max_epochs": max(EPOCHS), **overrides}, every_epoch=True)

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 import yaml
-from _cache import cache_key, mark_done, recorded_commit, reusable
+from _cache import cached_commands, mark_done, recorded_commit, reusable
 from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
-from _recipe import CI_LEVEL, baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, write_recipe
+from _recipe import CI_LEVEL, baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, recipe_key, write_recipe
 from dev_recipes import SEEDS as DEV_SEEDS
 from dev_recipes import VARIANTS as DEV_VARIANTS
 
@@ -66,8 +66,7 @@ def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed
     """
     run = work / f"{folder}-{seed}"
     checkpoint = run / "checkpoints" / "last.ckpt"
-    key = cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
-                    overrides=json.dumps(overrides or {}, sort_keys=True), shards=shards / "manifest.json")
+    key = recipe_key(shards, seed, overrides)
     if reusable(run, key):
         return checkpoint
     ensure_recipe_text_model(shared)  # made once, shared by the seeds
@@ -81,12 +80,7 @@ def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed
 
 def _evaluation(checkpoint: Path, labels: Path, out: Path, result: str, *commands: list[str]) -> dict:
     """Run ``commands`` into ``out`` unless it holds their result for this checkpoint, labels and commit."""
-    key = cache_key(checkpoint=checkpoint, labels=labels, commands=json.dumps(commands))
-    if not reusable(out, key):
-        for command in commands:
-            convirt(*command)
-        mark_done(out, key)
-    return json.loads((out / result).read_text(encoding="utf-8"))
+    return cached_commands(out, result, commands, convirt, checkpoint=checkpoint, labels=labels)
 
 
 def retrieval(checkpoint: Path, labels: Path, out: Path) -> dict:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from convirt._hardware import cpu_info
@@ -20,6 +18,9 @@ from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 from convirt.models.freeze import lock_tower, locked_trunk
 from convirt.models.memory_format import channels_last_images, to_channels_last
+from convirt.training.rng import rng_state as _rng_state
+from convirt.training.rng import rng_state_of_rank as _rng_state_of_rank
+from convirt.training.rng import set_rng_state as _set_rng_state
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -344,38 +345,6 @@ def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, 
         for k in ks:
             out[f"{direction}_R@{k}"] = float((rank < k).float().mean())
     return out
-
-
-def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-
-def _rng_state_of_rank(saved: dict[str, Any] | None, rank: int, world_size: int
-                       ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
-    """This rank's random state from a checkpoint's ``convirt_rng`` (``None``: nothing saved).
-
-    A checkpoint from another number of ranks restores rank ``r`` from the saved rank ``r``
-    where there was one (rank 0's otherwise), and says that the run is no longer exact."""
-    if not saved:
-        return None
-    ranks = saved.get("ranks") or [{"cpu": saved["cpu"], "cuda": saved["cuda"]}]
-    if len(ranks) != world_size:
-        rank_zero_warn(f"the checkpoint was saved by {len(ranks)} process(es) and resumes on {world_size}: "
-                       f"dropout draws differ from the uninterrupted run's (resume is not exact)")
-    state = ranks[rank] if rank < len(ranks) else ranks[0]
-    return state["cpu"], list(state["cuda"])
-
-
-def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
-    torch.set_rng_state(state[0])
-    if not (state[1] and torch.cuda.is_available()):
-        return
-    if len(state[1]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state[1])
-    else:
-        warnings.warn(f"the checkpoint holds the random state of {len(state[1])} CUDA device(s), this process "
-                      f"sees {torch.cuda.device_count()}: CUDA dropout draws differ from the uninterrupted "
-                      f"run's (resume is not exact)", stacklevel=2)
 
 
 class _frozen_norm_statistics:  # noqa: N801 (used as a context manager)
