@@ -8,7 +8,6 @@ so a run killed midway leaves no key and is redone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -17,23 +16,16 @@ from typing import Any
 
 from _markdown import commit
 
+from convirt._io import file_sha256
+
 KEY_FILE = "cache-key.json"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (a checkpoint, a config, a table)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key(**inputs: object) -> dict[str, object]:
     """The key of a result: the commit and the given inputs (paths are hashed when they are files)."""
     key: dict[str, object] = {"commit": commit()}
     for name, value in inputs.items():
-        key[name] = file_digest(value) if isinstance(value, Path) and value.is_file() else str(value)
+        key[name] = file_sha256(value) if isinstance(value, Path) and value.is_file() else str(value)
     return key
 
 

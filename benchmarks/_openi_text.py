@@ -45,7 +45,7 @@ def score_reports(encoder: Any, tokenizer: Any, findings: list[str], impressions
     from sklearn.metrics import roc_auc_score
 
     from convirt.embeddings.encode import embed_texts
-    from convirt.training.module import retrieval_recalls
+    from convirt.training.metrics import retrieval_recalls
     from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
 
     with torch.no_grad():

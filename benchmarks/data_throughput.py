@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from _markdown import machine_line, write_section
+from _process import convirt
 from PIL import Image
 
 SECTION = "data-throughput"
@@ -89,10 +90,9 @@ def real_images(copies: int, out: Path) -> Path | None:
 def make_shards(table: Path, out: Path, image_size: int, shard_size: int, workers: int = 2) -> float:
     """Convert with `convirt shards`; return rows/s."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "convirt.cli.main", "shards", "--input", str(table), "--output", str(out),
-                    "--image-size", str(image_size), "--shard-size", str(shard_size), "--workers", str(workers),
-                    "--val-fraction", "0", "--test-fraction", "0", "--keep-duplicates"], check=True,
-                   capture_output=True)
+    convirt("shards", "--input", str(table), "--output", str(out), "--image-size", str(image_size), "--shard-size",
+            str(shard_size), "--workers", str(workers), "--val-fraction", "0", "--test-fraction", "0",
+            "--keep-duplicates", quiet=True)
     rows = sum(1 for _ in open(table)) - 1
     return rows / (time.perf_counter() - start)
 
@@ -214,7 +214,7 @@ def main() -> None:
     if args.memory_run:
         memory_run(args.memory_run)
         return
-    from convirt.data.writer import shard_urls
+    from convirt.data.shards import shard_urls
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -251,10 +251,9 @@ def main() -> None:
                 rows = [lines[0]] + [line.replace(",p", f",c{c}-p") for c in range(copies) for line in lines[1:]]
                 table10 = tmp / "small" / "rows10.csv"
                 table10.write_text("\n".join(rows) + "\n")
-                subprocess.run([sys.executable, "-m", "convirt.cli.main", "shards", "--input", str(table10),
-                                "--output", str(folder), "--image-size", "128", "--shard-size", str(SMALL_SHARD),
-                                "--val-fraction", "0", "--test-fraction", "0", "--keep-duplicates"],
-                               check=True, capture_output=True)
+                convirt("shards", "--input", str(table10), "--output", str(folder), "--image-size", "128",
+                        "--shard-size", str(SMALL_SHARD), "--val-fraction", "0", "--test-fraction", "0",
+                        "--keep-duplicates", quiet=True)
             result = subprocess.run([sys.executable, __file__, "--memory-run", str(folder)], check=True,
                                     capture_output=True, text=True)
             peaks[copies] = json.loads(result.stdout.strip().splitlines()[-1])

@@ -17,13 +17,12 @@ Writes the ``heldout-recipes`` section of BENCHMARKS.md. `python benchmarks/held
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from _markdown import machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from _process import convirt as run_convirt
 from _recipe import write_recipe
 from text_pretraining import ensure_text_model
 
@@ -48,10 +47,7 @@ SEED, KS = 0, (5, 10)  # the seed of every variant; image<->text recall at these
 
 
 def convirt(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", *args], cwd=ROOT, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"failed: convirt {' '.join(args)}\n{result.stderr[-3000:]}")
+    run_convirt(*args, quiet=True)
 
 
 def fit(run: Path, shards: Path, overrides: dict[str, object]) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import yaml
 from _cache import cached_commands, mark_done, recorded_commit, reusable
 from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
 from _openi_text import openi_stand_in, read_test_reports
+from _process import convirt
 from _recipe import CI_LEVEL, baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, recipe_key, write_recipe
 from dev_recipes import SEEDS as DEV_SEEDS
 from dev_recipes import VARIANTS as DEV_VARIANTS
@@ -47,15 +46,6 @@ LIT = "trained 10 epochs, image trunk locked (LiT, general text tower)"
 OTHERS = {TEN: ("ten", {"model.freeze_image_norm": True, "trainer.max_epochs": 10}),
           PREVIOUS: ("prev", {"model.freeze_image_norm": False, "trainer.max_epochs": 10}),
           LIT: ("lit", next(overrides for folder, _, overrides in DEV_VARIANTS.values() if folder == "lit"))}
-
-
-def convirt(*args: str) -> None:
-    """Run one `convirt` command; stop with its output when it fails."""
-    command = [sys.executable, "-m", "convirt.cli.main", *args]
-    print("$ convirt " + " ".join(args), flush=True)
-    result = subprocess.run(command, cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): convirt {' '.join(args)}")
 
 
 def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from _markdown import machine_line, write_section
+from _process import resident_bytes
 
 from convirt.retrieval import build_index, save_index, search
 from convirt.retrieval.index import set_search_params
@@ -25,15 +25,6 @@ from convirt.retrieval.index import set_search_params
 SECTION = "retrieval"
 CENTRES, K = 1000, 10  # clusters of the synthetic embeddings; neighbours searched (recall@K)
 GOAL_RECALL, GOAL_SPEEDUP = 0.95, 20  # an approximate index at least this recall at this many times exact's speed
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process now (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def clustered(n: int, means: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -82,11 +73,11 @@ def main() -> None:
     ]
     rows = []
     for factory, refine, settings in configs:
-        before = rss_bytes()
+        before = resident_bytes()
         start = time.perf_counter()
         index, info = build_index(base, factory, refine=refine, train_size=100_000)
         build_seconds = time.perf_counter() - start
-        memory = rss_bytes() - before
+        memory = resident_bytes() - before
         with tempfile.TemporaryDirectory() as tmp:
             save_index(index, info, Path(tmp) / "idx")
             size = (Path(tmp) / "idx" / "index.faiss").stat().st_size

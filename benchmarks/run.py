@@ -48,9 +48,9 @@ def bench_shards(tmp: Path) -> tuple[str, str, str]:
 
 
 def bench_stream(tmp: Path) -> tuple[str, str, str]:
+    from convirt.data.shards import shard_urls
     from convirt.data.stream import build_batches
     from convirt.data.transforms import build_image_transform
-    from convirt.data.writer import shard_urls
 
     transform = build_image_transform(STREAM_SIDE, [0.5] * 3, [0.5] * 3, train=True)
     urls = shard_urls(tmp / "shards", "train")

@@ -19,8 +19,6 @@ Writes the ``text-pretraining`` section of BENCHMARKS.md. `python benchmarks/tex
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,17 +26,12 @@ import torch
 from _cache import recorded_commit
 from _markdown import machine_line, shared_data_parser, write_section
 from _openi_text import RECALL_KS, read_test_reports, score_reports
+from _process import convirt
 
 from convirt._hardware import choose_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "text-pretraining"
-
-
-def convirt(*args: str) -> None:
-    print("$ convirt " + " ".join(args), flush=True)
-    if subprocess.run([sys.executable, "-m", "convirt.cli.main", *args], cwd=ROOT).returncode != 0:
-        raise SystemExit(f"failed: convirt {' '.join(args)}")
 
 
 def measure(text_model_path: str | None, findings: list[str], impressions: list[str], labels: list[int]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from _markdown import machine_line, write_section
+from _process import peak_bytes, reset_peak, resident_bytes
 
 SECTION = "train-throughput"
 FROZEN_GROUPS, FROZEN_TEXT_LAYERS, CLIP_NORM = 3, 3, 1.0
@@ -96,7 +97,8 @@ def lightning_step_times(model_name: str, batches: list[dict]) -> list[float]:
 def bare_step_times(model_name: str, batches: list[dict]) -> list[float]:
     """The same step without Lightning: forward, loss, backward, clipping, AdamW, schedule, clamp."""
     from convirt.losses import create_loss
-    from convirt.training.module import MAX_LOGIT_SCALE, parameter_groups
+    from convirt.training.module import MAX_LOGIT_SCALE
+    from convirt.training.optimization import parameter_groups
 
     module = make_module(model_name)
     module.loss_fn = create_loss(module.loss_name)
@@ -129,31 +131,11 @@ def memory_child(model_name: str, batch_size: int, sub_batch_size: int | None) -
     module = make_module(model_name, sub_batch_size)
     module.loss_fn = create_loss(module.loss_name)
     module.train()
-    before = _resident()
-    _reset_peak()  # the peak of loading the weights is not the step's
+    before = resident_bytes()
+    reset_peak()  # the peak of loading the weights is not the step's
     out = module.training_step(batch, 0)
     out.backward()
-    print(json.dumps({"peak": _peak(), "before_step": before}))
-
-
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _resident() -> int:
-    return _status("VmRSS")
-
-
-def _reset_peak() -> None:
-    """Reset the peak-RSS mark (Linux >= 4.0: writing 5 to clear_refs), so it measures the step only."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak() -> int:
-    return _status("VmHWM")
+    print(json.dumps({"peak": peak_bytes(), "before_step": before}))
 
 
 def measure_memory(model_name: str, batch_size: int, sub_batch_size: int | None) -> dict:

@@ -12,11 +12,14 @@ ALLOWED = {
     "models": set(),
     "losses": set(),
     "retrieval": set(),
-    "embeddings": set(),
-    "zeroshot": {"embeddings"},
+    # embeddings and zeroshot read data's inputs and label tables; they use a model only through encode_*
+    "embeddings": {"data"},
+    "zeroshot": {"embeddings", "data"},
     # training is listed above embeddings and zeroshot in STYLE.md: its callbacks may score with them
     "training": {"data", "models", "losses", "embeddings", "zeroshot"},
-    "cli": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot", "training"},
+    # bench composes the layers into evaluation protocols (metadata in, metrics out)
+    "bench": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot"},
+    "cli": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot", "training", "bench"},
 }
 LIGHTNING = ("lightning", "pytorch_lightning")
 
@@ -40,3 +43,50 @@ def test_imports_point_down_the_layers(package):
                 assert parts[1] in ALLOWED[package], f"{path.relative_to(PACKAGE)} imports {name}"
             if package not in ("training", "cli"):
                 assert parts[0] not in LIGHTNING, f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+# Where each concept lives: the one module that defines it (anything else imports it from there).
+HOMES = {
+    "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256"],
+    "_fingerprint": ["check_fingerprint"],
+    "data/shards": ["read_manifest", "shard_urls", "require_images"],
+    "data/labels": ["label_matrix"],
+    "data/inputs": ["build_eval_batches"],
+    "models/fingerprint": ["model_fingerprint"],
+    "embeddings/store": ["load_embedding_folder", "open_embedding_folder", "close_embedding_folder"],
+    "embeddings/encode": ["embed_image_files"],
+    "training/predict": ["embed_to_folder"],
+    "retrieval/folder": ["load_index_folder", "build_index_folder", "merge_index_folders", "search_index_folder",
+                         "patient_rows"],
+    "retrieval/metrics": ["image_text_recall", "recall_at_ks", "same_patient_exclusions"],
+    "zeroshot/evaluate": ["aligned_labels", "evaluate_zeroshot", "save_zeroshot_folder", "load_zeroshot_folder"],
+    "bench/retrieval": ["evaluate_index_folder"],
+    "losses/gather": ["gather_pairs", "gather_rows"],
+    "training/grad_cache": ["grad_cache_step"],
+    "training/optimization": ["parameter_groups", "warmup_cosine"],
+    "training/metrics": ["retrieval_recalls"],
+}
+
+
+def _definitions() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = str(path.relative_to(PACKAGE).with_suffix(""))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.col_offset == 0:
+                found.setdefault(node.name, []).append(module)
+    return found
+
+
+@pytest.mark.parametrize("home", sorted(HOMES))
+def test_each_concept_is_defined_once_in_its_home(home):
+    definitions = _definitions()
+    for name in HOMES[home]:
+        assert definitions.get(name) == [home], f"{name} defined in {definitions.get(name)}, expected only {home}"
+
+
+def test_modules_stay_small_and_commands_thin():
+    for path in PACKAGE.rglob("*.py"):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        limit = 170 if path.parent.name == "cli" else 400
+        assert lines <= limit, f"{path.relative_to(PACKAGE)} has {lines} lines (at most {limit})"

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,18 +14,13 @@ def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
                  skip_keys: set[str] | None = None, where: dict[str, str] | None = None,
                  num_workers: int = 0, split_by_rank: bool = False,
                  table: argparse.Namespace | None = None, texts_only: bool = False) -> Iterable[dict[str, Any]]:
-    """Batches of a shard split, a CSV or an image folder, preprocessed as the model expects,
-    each sample once and in order (of shards, the reports only with ``texts_only``)."""
-    from convirt.data.inputs import build_input_batches
-    from convirt.data.transforms import clean_report, image_transform_for
-    from convirt.models.factory import get_preprocess_cfg
+    """:func:`convirt.data.inputs.build_eval_batches` for ``loaded``, the label-table options taken from ``table``."""
+    from convirt.data.inputs import build_eval_batches
 
-    transform = image_transform_for(get_preprocess_cfg(loaded.model_name), train=False)
-    return build_input_batches(data, transform, loaded.tokenizer, batch_size, split=split, text_transform=clean_report,
-                               where=where, skip_keys=skip_keys, num_workers=num_workers,
-                               split_by_rank=split_by_rank, label_format=getattr(table, "format", "auto"),
-                               images=getattr(table, "images", None), uncertain=getattr(table, "uncertain", "zeros"),
-                               texts_only=texts_only)
+    return build_eval_batches(data, loaded.preprocess_cfg, loaded.tokenizer, batch_size, split=split, where=where,
+                              skip_keys=skip_keys, num_workers=num_workers, split_by_rank=split_by_rank,
+                              label_format=getattr(table, "format", "auto"), images=getattr(table, "images", None),
+                              uncertain=getattr(table, "uncertain", "zeros"), texts_only=texts_only)
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True,
@@ -60,27 +52,3 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uncertain", default="zeros", choices=["zeros", "ones", "ignore"],
                         help="CheXpert -1 labels: negative, positive, or left out of that finding's metrics")
     parser.add_argument("--batch-size", type=int, default=64)
-
-
-def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
-    """What identifies the embedding space of a model: its name, checkpoint hash and dimension
-    (compared), and its architecture config (recorded)."""
-    from convirt.data.writer import file_sha256
-    from convirt.models.factory import get_model_config
-
-    config = None if loaded.model_name.startswith(("hf-hub:", "local-dir:", "open_clip:")) \
-        else get_model_config(loaded.model_name)
-    return {"model_name": loaded.model_name, "checkpoint": loaded.checkpoint,
-            "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": loaded.embed_dim,
-            "model_config": config}
-
-
-def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write JSON atomically; NaN (an undefined metric) becomes ``null``."""
-    from convirt.zeroshot.metrics import json_safe
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)

@@ -15,11 +15,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from convirt.cli.common import load_model, model_fingerprint
+    from convirt.cli.common import load_model
+    from convirt.models import is_open_clip_name, model_fingerprint
     from convirt.models.export import export_open_clip
 
     loaded = load_model(args)
-    if loaded.model_name.startswith(("hf-hub:", "local-dir:", "open_clip:")):
+    if is_open_clip_name(loaded.model_name):
         raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
     folder = export_open_clip(loaded.model, loaded.model_name, loaded.tokenizer, args.output,
                               provenance=model_fingerprint(loaded))

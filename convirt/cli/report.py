@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from convirt._hardware import cpu_info
-from convirt.cli.common import write_json
+from convirt._io import write_json
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from convirt.data.images import load_grayscale
 from convirt.data.labels import read_label_rows
 from convirt.data.schema import MANIFEST, Row
+from convirt.data.shards import require_images, shard_urls
 from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
-from convirt.data.writer import require_images, shard_urls
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
@@ -174,3 +174,19 @@ def build_input_batches(
     pad_id = pad_id_of(tokenizer)
     return DataLoader(RowDataset(rows, image_transform, text_transform), batch_size=batch_size, shuffle=False,
                       num_workers=num_workers, collate_fn=partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id))
+
+
+def build_eval_batches(path: str | os.PathLike[str], preprocess_cfg: dict[str, Any],
+                       tokenizer: Callable[..., torch.Tensor], batch_size: int = 64,
+                       **options: Any) -> Iterable[dict[str, Any]]:
+    """Batches of any input preprocessed as a model expects for evaluation: its eval image
+    transform (``preprocess_cfg``: size, mean, std, resize) and the reports cleaned as in training.
+
+    Each sample comes once and in order. ``options`` are those of :func:`build_input_batches`
+    (``split``, ``where``, ``skip_keys``, ``num_workers``, ``split_by_rank``, ``label_format``,
+    ``images``, ``uncertain``, ``texts_only``).
+    """
+    from convirt.data.transforms import clean_report, image_transform_for
+
+    return build_input_batches(path, image_transform_for(preprocess_cfg, train=False), tokenizer, batch_size,
+                               text_transform=clean_report, **options)

@@ -10,8 +10,11 @@ import csv
 import gzip
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from convirt.data.schema import NO_FINDING, Row
 from convirt.data.sources.csv import key_from_path, read_csv_rows
@@ -152,3 +155,13 @@ def _chexpert_rows(table: Path, root: Path, uncertain: str) -> Iterator[Row]:
             yield Row(key=key_from_path(path), image_path=str(root / path), text="", patient_id=patient,
                       labels=labels, view=view, source="chexpert", study_id=f"{patient}-{study}",
                       uncertain=unsure)
+
+
+def label_matrix(metas: Sequence[dict[str, Any]], names: Sequence[str], mark_uncertain: bool = False) -> np.ndarray:
+    """``(N, F)`` int labels of samples' metadata: 1 where finding ``names[f]`` is among a sample's
+    ``labels``, else 0; with ``mark_uncertain``, -1 where it is among its ``uncertain`` ones
+    (CheXpert -1 read under ``--uncertain ignore``: left out of that finding's metrics)."""
+    labels = [{str(label) for label in meta.get("labels", [])} for meta in metas]
+    unsure = [set(meta.get("uncertain", [])) if mark_uncertain else set() for meta in metas]
+    return np.array([[-1 if name in doubt else int(name in present) for name in names]
+                     for present, doubt in zip(labels, unsure)], dtype=int).reshape(len(metas), len(names))

@@ -18,7 +18,7 @@ from typing import Any
 
 from convirt.data.reports import FINDINGS, IMPRESSION, SECTIONS
 from convirt.data.schema import META
-from convirt.data.writer import shard_urls
+from convirt.data.shards import shard_urls
 
 
 def iter_split_metadata(shards: str | os.PathLike[str], split: str) -> Iterator[dict[str, Any]]:

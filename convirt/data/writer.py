@@ -21,9 +21,11 @@ from typing import Any
 
 import webdataset as wds
 
+from convirt._io import file_sha256, write_json, write_lines
 from convirt.data.prepare import Prepared, check_row, prepare_image
 from convirt.data.reports import TextMode, parse_text_mode
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
+from convirt.data.shards import read_manifest
 from convirt.data.views import parse_views
 
 logger = logging.getLogger(__name__)
@@ -48,21 +50,6 @@ def assign_split(patient_id: str, val_fraction: float, test_fraction: float, see
 
 def _prepare_star(arguments: tuple[str, int, bool]) -> Prepared:
     return prepare_image(*arguments)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _ShardFile:
@@ -134,7 +121,7 @@ class _Conversion:
         self.hashes = _read_lines(self.out / HASHES)[: state["hashes"]]
         self.drops = _read_lines(self.out / DROPS)[: state["drops"]]
         for name, lines in ((HASHES, self.hashes), (DROPS, self.drops)):  # cut what the crash left beyond
-            _write_lines(self.out / name, lines)
+            write_lines(self.out / name, lines)
             self._on_disk[name] = len(lines)
         return True
 
@@ -145,7 +132,7 @@ class _Conversion:
             with open(self.out / name, "a", encoding="utf-8") as handle:
                 handle.writelines(line + "\n" for line in lines[self._on_disk[name]:])
             self._on_disk[name] = len(lines)
-        _atomic_json(self.out / JOURNAL, {
+        write_json(self.out / JOURNAL, {
             "config": self.config, "split_index": self.split_index, "position": self.position,
             "rows_read": self.rows_read, "total_rows": self.total_rows, "shards": self.shards,
             "dropped": dict(self.dropped),
@@ -155,12 +142,6 @@ class _Conversion:
 
 def _read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _other_config(out: Path, found: dict[str, Any], wanted: dict[str, Any]) -> str:
@@ -396,54 +377,9 @@ def _finish(state: _Conversion, command: str) -> dict[str, Any]:
         "config": state.config,
         "command": command,
     }
-    _atomic_json(state.out / MANIFEST, manifest)
+    write_json(state.out / MANIFEST, manifest)
     for name in (JOURNAL, HASHES):
         (state.out / name).unlink(missing_ok=True)
     if not state.drops:
         (state.out / DROPS).unlink(missing_ok=True)
-    return manifest
-
-
-def read_manifest(shards: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``manifest.json`` of a shard folder.
-
-    Raises:
-        FileNotFoundError: The folder has no manifest; the message says how to make one.
-    """
-    path = Path(shards) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {shards}: make shards with `convirt shards` first")
-    with open(path, encoding="utf-8") as handle:
-        manifest: dict[str, Any] = json.load(handle)
-    return manifest
-
-
-def shard_urls(shards: str | os.PathLike[str], split: str) -> list[str]:
-    """Paths of a split's shards, from the manifest.
-
-    Raises:
-        ValueError: Unknown split, or the split has no samples.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    manifest = read_manifest(shards)
-    entries = manifest["splits"][split]["shards"]
-    if not entries:
-        raise ValueError(f"split {split!r} of {shards} has no samples (counts: "
-                         f"{ {s: manifest['splits'][s]['samples'] for s in SPLITS} })")
-    return [str(Path(shards) / entry["name"]) for entry in entries]
-
-
-def require_images(shards: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a shard folder whose samples have images (the pair loader needs them).
-
-    Raises:
-        ValueError: The folder holds text-only samples; the message says how to add the images.
-    """
-    manifest = read_manifest(shards)
-    if manifest.get("text_only"):
-        raise ValueError(
-            f"{shards} holds text-only samples (source {manifest.get('source') or '?'} converted without its "
-            f"images): image-text batches need images; rerun `convirt shards` with --images pointing at the "
-            f"archive's image folder")
     return manifest

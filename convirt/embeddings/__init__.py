@@ -1,6 +1,23 @@
-"""Batch embedding of images or texts through a model's ``encode_image`` / ``encode_text``."""
+"""Embeddings: encoding in batches through ``encode_image`` / ``encode_text``, and the embedding folder."""
 
 from convirt.embeddings.encode import EmbeddingOutput, embed_batches, embed_texts
-from convirt.embeddings.store import embed_to_folder, read_embeddings
+from convirt.embeddings.store import (
+    EmbeddingFolderOutput,
+    PartWriter,
+    close_embedding_folder,
+    load_embedding_folder,
+    open_embedding_folder,
+    read_embeddings,
+)
 
-__all__ = ["EmbeddingOutput", "embed_batches", "embed_texts", "embed_to_folder", "read_embeddings"]
+__all__ = [
+    "EmbeddingFolderOutput",
+    "EmbeddingOutput",
+    "PartWriter",
+    "close_embedding_folder",
+    "embed_batches",
+    "embed_texts",
+    "load_embedding_folder",
+    "open_embedding_folder",
+    "read_embeddings",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,3 +94,20 @@ def embed_texts(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], text
     parts = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
              for i in range(0, len(texts), batch_size)]
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def embed_image_files(model: Any, paths: Sequence[str | os.PathLike[str]], preprocess_cfg: dict[str, Any],
+                      device: str | torch.device = "cpu") -> np.ndarray:
+    """Normalised ``(len(paths), D)`` float32 embeddings of image files (PNG, JPEG, DICOM), each
+    read as a grey radiograph and preprocessed as the model's evaluation expects.
+
+    Raises:
+        OSError, ValueError: A file cannot be read as an image.
+    """
+    from convirt.data.images import load_grayscale
+    from convirt.data.transforms import image_transform_for
+
+    transform = image_transform_for(preprocess_cfg, train=False)
+    images = torch.stack([transform(load_grayscale(str(path))) for path in paths])
+    return encode_batch(model, {"image": images}, device)

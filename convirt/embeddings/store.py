@@ -1,23 +1,27 @@
-"""Embeddings on disk: parts written as they are made, so a killed run resumes where it stopped.
+"""The embedding folder: parts written as they are made, so a killed run resumes where it stopped.
 
 A folder holds ``part-RRR-NNNNNN.npy`` (vectors) and ``part-RRR-NNNNNN.jsonl`` (one metadata row
 per vector) for rank ``RRR``; a part is complete once its ``.jsonl`` exists, which is renamed
-into place last. Reading concatenates the complete parts in name order.
+into place last. ``info.json`` holds the fingerprint of the model that made the vectors, their
+modality and the count of corrupt samples skipped; ``skipped-RRR.json`` each rank's count of
+the last run. Reading concatenates the complete parts in name order.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from convirt.embeddings.encode import batch_rows, encode_batch
+from convirt._fingerprint import check_fingerprint
+from convirt._io import atomic_path, write_json, write_jsonl
+from convirt.embeddings.encode import batch_rows
 
+INFO = "info.json"
 PART_PREFIX = "part-"
 SKIPPED_PREFIX = "skipped-"
 DTYPES = ("float32", "float16")
@@ -34,13 +38,9 @@ def completed_parts(folder: str | os.PathLike[str], rank: int | None = None) -> 
 
 
 def _write_part(folder: Path, name: str, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None:
-    npy, jsonl = folder / f"{name}.npy", folder / f"{name}.jsonl"
-    with open(folder / f"{name}.npy.tmp", "wb") as handle:
+    with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, vectors)
-    os.replace(folder / f"{name}.npy.tmp", npy)
-    with open(folder / f"{name}.jsonl.tmp", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(folder / f"{name}.jsonl.tmp", jsonl)
+    write_jsonl(folder / f"{name}.jsonl", rows)  # last: a part counts once its .jsonl exists
 
 
 def embedded_keys(folder: str | os.PathLike[str]) -> set[str]:
@@ -106,54 +106,13 @@ class PartWriter:
     def close(self) -> None:
         """Write what is queued, and this run's count of skipped samples (``skipped-RRR.json``)."""
         self.flush()
-        path = self.folder / f"{SKIPPED_PREFIX}{self.rank:03d}.json"
-        path.with_suffix(".tmp").write_text(json.dumps({"skipped_samples": self.skipped}), encoding="utf-8")
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json(self.folder / f"{SKIPPED_PREFIX}{self.rank:03d}.json", {"skipped_samples": self.skipped})
 
 
 def skipped_samples(folder: str | os.PathLike[str]) -> int:
     """Corrupt samples the last run into ``folder`` skipped, over all its ranks (0 if none said)."""
     return sum(int(json.loads(path.read_text(encoding="utf-8"))["skipped_samples"])
                for path in Path(folder).glob(f"{SKIPPED_PREFIX}*.json"))
-
-
-@torch.no_grad()
-def embed_to_folder(
-    model: Any,
-    make_batches: Callable[[set[str]], Iterable[dict[str, Any]]],
-    output: str | os.PathLike[str],
-    chunk_size: int = 4096,
-    dtype: str = "float32",
-    rank: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    modality: str = "image",
-) -> int:
-    """Embed batch by batch into parts of ``chunk_size`` vectors; skip what is already done.
-
-    Args:
-        model: Anything with ``encode_image`` / ``encode_text`` (``normalize=True``).
-        make_batches: Called with the keys already embedded; returns batch dicts (``image``,
-            ``text``, ``key``, ``meta``, optional ``raw_text``) for the others, in a fixed order.
-        output: The folder.
-        chunk_size: Vectors per part (memory stays flat at about one part).
-        dtype: ``float32`` or ``float16`` on disk.
-        rank: This process's rank; each rank writes its own parts.
-        device: Where the model runs.
-        progress: Show a progress bar.
-        modality: ``image`` or ``text``.
-
-    Returns:
-        Number of vectors the folder holds (all ranks).
-    """
-    from tqdm.auto import tqdm
-
-    writer = PartWriter(output, rank, chunk_size, dtype)
-    done = embedded_keys(output)
-    for batch in tqdm(make_batches(done), desc="embed", unit="batch", disable=not progress):
-        writer.add_batch(encode_batch(model, batch, device, modality), batch)
-    writer.close()
-    return len(done) + writer.written
 
 
 def read_embeddings(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -176,3 +135,66 @@ def read_embeddings(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[di
         vectors.append(np.asarray(array, dtype=np.float32))
         rows.extend(part_rows)
     return np.concatenate(vectors), rows
+
+
+@dataclass
+class EmbeddingFolderOutput:
+    """What an embedding folder holds.
+
+    Attributes:
+        vectors: ``(N, D)`` float32, unit norm, in part order.
+        rows: One metadata dict per vector (``key``, ``labels``, ``patient_id``, ...).
+        info: The fingerprint of the model that made them, ``modality``, ``skipped_samples``
+            and ``dim``.
+    """
+
+    vectors: np.ndarray
+    rows: list[dict[str, Any]]
+    info: dict[str, Any]
+
+
+def load_embedding_folder(folder: str | os.PathLike[str]) -> EmbeddingFolderOutput:
+    """The vectors, rows and info of a folder written by `convirt embed`.
+
+    Raises:
+        FileNotFoundError: The folder holds no complete part.
+        ValueError: A part's vectors and rows disagree in number.
+    """
+    vectors, rows = read_embeddings(folder)
+    path = Path(folder) / INFO
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return EmbeddingFolderOutput(vectors, rows, {**info, "dim": int(vectors.shape[1])})
+
+
+def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> set[str]:
+    """Start (or resume) a run into ``folder``: the keys already embedded there, to skip.
+
+    ``fingerprint`` (the model's, with ``modality``) is written to ``info.json``; the last run's
+    counts of skipped samples are cleared.
+
+    Raises:
+        ValueError: The folder holds parts of another model or modality.
+    """
+    out = Path(folder)
+    modality = fingerprint.get("modality", "image")
+    if completed_parts(out) and (out / INFO).is_file():
+        before = json.loads((out / INFO).read_text(encoding="utf-8"))
+        check_fingerprint(before, fingerprint, what="output folder")
+        if before.get("modality", "image") != modality:
+            raise ValueError(f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
+                             "embeddings: use another output folder")
+    write_json(out / INFO, fingerprint)
+    for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
+        stale.unlink()
+    return embedded_keys(out)
+
+
+def close_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> tuple[int, int]:
+    """End a run into ``folder``: record the skipped samples in ``info.json``.
+
+    Returns:
+        The vectors the folder holds, and the corrupt samples this run skipped (all ranks).
+    """
+    skipped = skipped_samples(folder)
+    write_json(Path(folder) / INFO, {**fingerprint, "skipped_samples": skipped})
+    return len(embedded_keys(folder)), skipped

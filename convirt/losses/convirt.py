@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import gather_features
 from torch import nn
+
+from convirt.losses.gather import gather_pairs, gather_rows
+from convirt.losses.text_negatives import no_negatives
 
 
 class ConVIRTLoss(nn.Module):
@@ -39,26 +41,25 @@ class ConVIRTLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | None = None,
+        *,
         text_groups: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Loss of ``(B, D)`` normalised features.
 
         Args:
             image_features: ``(B, D)``.
             text_features: ``(B, D)``.
-            logit_scale: Ignored (ConVIRT's temperature is fixed); accepted for a common call.
+            logit_scale, logit_bias: Ignored (ConVIRT's temperature is fixed); accepted for the
+                one call of every loss.
             text_groups: ``(B,)`` int64 ids, equal for texts that are the same after
                 normalisation; such pairs become positives of each other (soft targets).
+            negatives: Not supported (an error when given).
         """
-        batch = image_features.shape[0]
-        if self.world_size > 1:
-            all_images, all_texts = gather_features(image_features, text_features, local_loss=True,
-                                                    gather_with_grad=True, rank=self.rank,
-                                                    world_size=self.world_size)
-            groups = _gather_groups(text_groups, self.world_size) if text_groups is not None else None
-        else:
-            all_images, all_texts, groups = image_features, text_features, text_groups
-        rows = torch.arange(batch, device=image_features.device) + self.rank * batch
+        no_negatives("convirt", negatives)
+        all_images, all_texts, rows = gather_pairs(image_features, text_features, self.rank, self.world_size)
+        groups = gather_rows(text_groups, self.world_size, with_grad=False) if text_groups is not None else None
         image_to_text = image_features @ all_texts.T / self.temperature  # (B, world*B)
         text_to_image = text_features @ all_images.T / self.temperature
         if groups is None:
@@ -72,9 +73,3 @@ class ConVIRTLoss(nn.Module):
             loss_i2t = -(soft * F.log_softmax(image_to_text, dim=1)).sum(dim=1).mean()
             loss_t2i = -(soft * F.log_softmax(text_to_image, dim=1)).sum(dim=1).mean()
         return self.weight * loss_i2t + (1 - self.weight) * loss_t2i
-
-
-def _gather_groups(groups: torch.Tensor, world_size: int) -> torch.Tensor:
-    parts = [torch.zeros_like(groups) for _ in range(world_size)]
-    torch.distributed.all_gather(parts, groups)
-    return torch.cat(parts)

@@ -7,8 +7,10 @@ from convirt.models.factory import (
     get_model_config,
     get_preprocess_cfg,
     image_statistics,
+    is_open_clip_name,
     list_models,
 )
+from convirt.models.fingerprint import model_fingerprint
 
 __all__ = [
     "create_model",
@@ -16,6 +18,8 @@ __all__ = [
     "get_model_config",
     "get_preprocess_cfg",
     "image_statistics",
+    "is_open_clip_name",
     "list_models",
     "load_checkpoint",
+    "model_fingerprint",
 ]

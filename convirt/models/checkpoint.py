@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from convirt.models.factory import create_model, create_tokenizer, embed_dim_of
+from convirt.models.factory import create_model, create_tokenizer, embed_dim_of, get_preprocess_cfg
 
 # The training module keeps its dual encoder under this attribute name.
 MODEL_PREFIX = "model."
@@ -26,6 +26,11 @@ class LoadedModel:
     embed_dim: int
     # How it was trained, as ``convirt fit`` records it: precision, device, world size, CPU.
     run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """How its images are preprocessed (size, mean, std, resize), as open_clip names them."""
+        return get_preprocess_cfg(self.model_name)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_model_path: str | None = None

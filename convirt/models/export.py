@@ -1,7 +1,7 @@
 """Export a model as an open_clip ``local-dir:`` folder that open_clip itself loads back.
 
 The folder holds ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``),
-``open_clip_pytorch_model.bin`` (the state dict, loaded by open_clip with ``weights_only=True``),
+``open_clip_model.safetensors`` (the state dict in safetensors, which open_clip prefers and reads without unpickling),
 and, for Hugging Face text towers, the text model's ``config.json`` and tokenizer files. open_clip
 reads the tokenizer from the folder but builds the text tower from ``text_cfg.hf_model_name``,
 so that name is set to the folder's absolute path: move the folder and export again (or edit
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
+from safetensors.torch import save_file
 
+from convirt._io import atomic_folder
 from convirt.models.factory import get_model_config, get_preprocess_cfg
 
-WEIGHTS = "open_clip_pytorch_model.bin"
+WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
 
 
@@ -40,25 +40,21 @@ def export_open_clip(model: Any, model_name: str, tokenizer: Any, output: str | 
         "local-dir:" + str(folder))``.
     """
     out = Path(output).resolve()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    config = get_model_config(model_name)
-    model_cfg = config["model_cfg"]
-    text_cfg, vision_cfg = model_cfg["text_cfg"], model_cfg["vision_cfg"]
-    if "hf_model_name" in text_cfg:
-        model.text.transformer.config.save_pretrained(tmp)
-        tokenizer.tokenizer.save_pretrained(tmp)
-        text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(out)
-        text_cfg["hf_model_pretrained"] = False  # the weights come from the state dict
-    if "timm_model_name" in vision_cfg:
-        vision_cfg["timm_model_pretrained"] = False
-    payload = {"model_cfg": model_cfg, "preprocess_cfg": get_preprocess_cfg(model_name)}
-    (tmp / CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
-    (tmp / "convirt.json").write_text(json.dumps({"model_name": model_name, **(provenance or {})}, indent=2) + "\n",
-                                      encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        config = get_model_config(model_name)
+        model_cfg = config["model_cfg"]
+        text_cfg, vision_cfg = model_cfg["text_cfg"], model_cfg["vision_cfg"]
+        if "hf_model_name" in text_cfg:
+            model.text.transformer.config.save_pretrained(tmp)
+            tokenizer.tokenizer.save_pretrained(tmp)
+            text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(out)
+            text_cfg["hf_model_pretrained"] = False  # the weights come from the state dict
+        if "timm_model_name" in vision_cfg:
+            vision_cfg["timm_model_pretrained"] = False
+        payload = {"model_cfg": model_cfg, "preprocess_cfg": get_preprocess_cfg(model_name)}
+        (tmp / CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        # Copies: safetensors refuses tensors that share memory (tied weights, views).
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+        (tmp / "convirt.json").write_text(json.dumps({"model_name": model_name, **(provenance or {})}, indent=2) + "\n",
+                                          encoding="utf-8")
     return out

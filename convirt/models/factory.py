@@ -31,6 +31,11 @@ OPEN_CLIP = "open_clip:"
 _SCHEMAS = ("hf-hub:", "local-dir:", OPEN_CLIP)
 
 
+def is_open_clip_name(name: str) -> bool:
+    """True for a name open_clip resolves itself (``hf-hub:``, ``local-dir:``, ``open_clip:``), not a registry entry."""
+    return name.startswith(_SCHEMAS)
+
+
 def _open_clip_name(name: str) -> tuple[str, str | None]:
     """``open_clip:ARCH[@TAG]`` -> ``(ARCH, TAG)``; the architecture must be one of open_clip's."""
     arch, _, tag = name[len(OPEN_CLIP):].partition("@")
@@ -86,7 +91,7 @@ def get_preprocess_cfg(name: str) -> dict[str, Any]:
                 "std": tagged.get("std", open_clip.OPENAI_DATASET_STD),
                 "interpolation": tagged.get("interpolation", "bicubic"),
                 "resize_mode": tagged.get("resize_mode", "shortest")}
-    if name.startswith(_SCHEMAS):
+    if is_open_clip_name(name):
         return dict(open_clip.get_model_preprocess_cfg(create_model(name)))
     config = get_model_config(name)
     size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
@@ -138,7 +143,7 @@ def create_model(
             return open_clip.create_model(arch, pretrained=tag if pretrained else None)
         except (OSError, RuntimeError) as error:
             raise PretrainedUnavailableError(f"{offline_hint(name)} ({error})") from error
-    if name.startswith(_SCHEMAS):
+    if is_open_clip_name(name):
         try:
             return open_clip.create_model(name)
         except (OSError, RuntimeError) as error:
@@ -179,7 +184,7 @@ def create_tokenizer(name: str, text_model_path: str | None = None) -> Any:
     """Return the tokenizer of a model: a callable from a list of texts to a ``(N, L)`` long tensor."""
     if name.startswith(OPEN_CLIP):
         return open_clip.get_tokenizer(_open_clip_name(name)[0])
-    if name.startswith(_SCHEMAS):
+    if is_open_clip_name(name):
         return open_clip.get_tokenizer(name)
     text_cfg = get_model_config(name)["model_cfg"]["text_cfg"]
     context_length = int(text_cfg.get("context_length", 77))

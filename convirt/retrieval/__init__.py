@@ -1,9 +1,10 @@
-"""FAISS indexes over embedding arrays, and retrieval metrics. Arrays in, no models."""
+"""Retrieval: FAISS index folders (index + info + metadata), search, label-aware metrics, kNN. Arrays in."""
 
+from convirt._fingerprint import check_fingerprint
+from convirt.retrieval.folder import IndexFolderOutput, build_index_folder, load_index_folder, merge_index_folders
 from convirt.retrieval.index import (
     IndexInfo,
     build_index,
-    check_fingerprint,
     index_vectors,
     load_index,
     merge_indexes,
@@ -12,6 +13,7 @@ from convirt.retrieval.index import (
 )
 from convirt.retrieval.knn import knn_scores
 from convirt.retrieval.metrics import (
+    image_text_recall,
     label_precision_at_k,
     recall_at_ks,
     retrieval_metrics,
@@ -19,13 +21,18 @@ from convirt.retrieval.metrics import (
 )
 
 __all__ = [
+    "IndexFolderOutput",
     "IndexInfo",
     "build_index",
+    "build_index_folder",
     "check_fingerprint",
+    "image_text_recall",
     "index_vectors",
     "knn_scores",
     "label_precision_at_k",
     "load_index",
+    "load_index_folder",
+    "merge_index_folders",
     "merge_indexes",
     "recall_at_ks",
     "retrieval_metrics",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +17,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from convirt._fingerprint import check_fingerprint
+from convirt._io import atomic_folder
+
 INDEX_FILE = "index.faiss"
 INFO_FILE = "info.json"
-# The fingerprint keys that must agree for two embedding spaces to be the same.
-FINGERPRINT_KEYS = ("model_name", "checkpoint_sha256", "dim")
+METADATA_FILE = "metadata.jsonl"  # one JSON row per indexed vector, by id
 
 
 @dataclass
@@ -75,23 +76,6 @@ def _normalised(array: np.ndarray) -> np.ndarray:
     out = array.copy()
     faiss.normalize_L2(out)
     return out
-
-
-def check_fingerprint(expected: dict[str, Any], actual: dict[str, Any], what: str = "index") -> None:
-    """Raise when two model fingerprints name different embedding spaces.
-
-    Only keys present in both are compared, so a fingerprint without a checkpoint hash (a model
-    created from the registry) still meets one with it by name and dimension.
-
-    Raises:
-        ValueError: A key differs; the message names both values.
-    """
-    for key in FINGERPRINT_KEYS:
-        if key in expected and key in actual and expected[key] != actual[key]:
-            raise ValueError(
-                f"the {what} was built with another model: {key} {expected[key]!r} "
-                f"(from {expected.get('checkpoint', '?')}) vs {actual[key]!r} (from {actual.get('checkpoint', '?')})"
-            )
 
 
 def build_index(
@@ -160,21 +144,22 @@ def build_index(
 
 
 def save_index(index: faiss.Index, info: IndexInfo, output: str | os.PathLike[str],
-               extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``index.faiss`` and ``info.json`` (plus copies of ``extra_files``) atomically into a folder."""
-    out = Path(output)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
-    for name, source in (extra_files or {}).items():
-        shutil.copyfile(source, tmp / name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+               metadata: Sequence[dict[str, Any]] | None = None) -> Path:
+    """Write ``index.faiss`` and ``info.json`` (and ``metadata.jsonl``: one row per id, when given)
+    atomically into a folder; :func:`convirt.retrieval.load_index_folder` reads all three back.
+
+    Raises:
+        ValueError: ``metadata`` has another number of rows than the index has vectors.
+    """
+    if metadata is not None and len(metadata) != info.count:
+        raise ValueError(f"{len(metadata)} metadata rows for an index of {info.count} vectors")
+    with atomic_folder(output) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=2) + "\n", encoding="utf-8")
+        if metadata is not None:
+            with open(tmp / METADATA_FILE, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(row) + "\n" for row in metadata)
+    return Path(output)
 
 
 def load_index(path: str | os.PathLike[str], mmap: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -123,3 +124,42 @@ def recall_at_ks(neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Seq
         raise ValueError(f"{neighbour_ids.shape[1]} neighbours per query, fewer than k={max(ks)}")
     return {f"recall_at_{k}": float(np.mean([bool(targets[q] & {int(i) for i in row[:k]})
                                               for q, row in enumerate(neighbour_ids)])) for k in ks}
+
+
+def image_text_recall(image_vectors: np.ndarray, image_groups: Sequence[int], text_vectors: np.ndarray,
+                      text_groups: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Image->text and text->image recall@k by exact search; a match is any item of the same group.
+
+    Groups say which reports are the same text (an image's own report and every report identical
+    to it after normalisation: archives repeat normal reports). A text whose group has no image
+    is left out of text->image.
+
+    Args:
+        image_vectors: ``(I, D)`` image embeddings; ``image_groups`` their reports' groups.
+        text_vectors: ``(T, D)`` report embeddings; ``text_groups`` their groups.
+        ks: Cut-offs (those above the gallery sizes are dropped).
+
+    Returns:
+        ``image_to_text`` and ``text_to_image`` (``recall_at_K`` each), ``images``, ``texts``.
+    """
+    from convirt.retrieval.index import build_index, search
+
+    depth = max(ks)
+    text_members: dict[int, set[int]] = {}
+    for i, group in enumerate(text_groups):
+        text_members.setdefault(group, set()).add(i)
+    image_members: dict[int, set[int]] = {}
+    for i, group in enumerate(image_groups):
+        image_members.setdefault(group, set()).add(i)
+    text_index, _ = build_index(text_vectors, "Flat")
+    _, to_text = search(text_index, image_vectors, min(depth, len(text_vectors)))
+    image_index, _ = build_index(image_vectors, "Flat")
+    _, to_image = search(image_index, text_vectors, min(depth, len(image_vectors)))
+    kept = [k for k in ks if k <= min(depth, len(text_vectors), len(image_vectors))]
+    image_targets = [image_members.get(g, set()) for g in text_groups]
+    answered = [i for i, target in enumerate(image_targets) if target]
+    return {
+        "image_to_text": recall_at_ks(to_text, [text_members[g] for g in image_groups], kept),
+        "text_to_image": recall_at_ks(to_image[answered], [image_targets[i] for i in answered], kept),
+        "images": len(image_vectors), "texts": len(text_vectors),
+    }

@@ -6,9 +6,9 @@ import warnings
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
+from convirt.data.labels import label_matrix
 from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
 from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
@@ -76,7 +76,7 @@ class ZeroShotEvaluation(L.Callback):
             for module, training in modes.items():
                 module.train(training)
         names = self.descriptors.finding_names
-        labels = np.array([[name in meta.get("labels", []) for name in names] for meta in metas], dtype=int)
+        labels = label_matrix(metas, names)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one class only: NaN, left out of the mean
             auroc = per_finding_auroc(labels, probabilities, names)

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 
 from convirt.data.inputs import is_shard_folder
 from convirt.data.negatives import add_negatives, read_negative_texts
+from convirt.data.shards import require_images, shard_urls
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_side, image_transform_for
 from convirt.data.urls import expand_shard_urls
-from convirt.data.writer import require_images, shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 
 

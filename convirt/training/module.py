@@ -11,13 +11,17 @@ import torch
 from torch import nn
 
 from convirt._hardware import cpu_info
+from convirt._io import atomic_path
 from convirt.data.transforms import normalize_images
-from convirt.losses import TextNegativesClipLoss, create_loss
+from convirt.losses import create_loss
 from convirt.models import create_model, image_statistics
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 from convirt.models.freeze import lock_tower, locked_trunk
 from convirt.models.memory_format import channels_last_images, to_channels_last
+from convirt.training.grad_cache import grad_cache_step
+from convirt.training.metrics import retrieval_recalls
+from convirt.training.optimization import parameter_groups, warmup_cosine
 from convirt.training.rng import rng_state as _rng_state
 from convirt.training.rng import rng_state_of_rank as _rng_state_of_rank
 from convirt.training.rng import set_rng_state as _set_rng_state
@@ -118,15 +122,12 @@ class ContrastiveModule(L.LightningModule):
             raise ValueError(f"repeated_reports_as_positives needs loss 'convirt', got {loss!r}")
         self.loss_name = loss
         self.loss_fn: nn.Module | None = None
-        self.negatives_loss_fn: nn.Module | None = None
         self._val_features: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
         self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size,
                                    local_loss=bool(self.hparams["local_loss"]))
-        # Used for batches that carry text-only negatives (the DataModule's data.negative_texts).
-        self.negatives_loss_fn = TextNegativesClipLoss(rank=self.global_rank, world_size=self.trainer.world_size)
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised features ``(B, D)`` of images ``(B, 3, H, W)`` and token ids ``(B, L)``."""
@@ -134,23 +135,14 @@ class ContrastiveModule(L.LightningModule):
 
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, batch: dict[str, Any]
               ) -> torch.Tensor:
+        """The loss of a batch's features; text-only negatives (``negative_text``) and repeated-report
+        groups go to the loss when the batch carries them."""
         assert self.loss_fn is not None
-        if "negative_text" in batch:
-            if self.loss_name != "clip":
-                raise ValueError(f"text-only negatives (data.negative_texts) need model.loss 'clip', "
-                                 f"got {self.loss_name!r}")
-            assert self.negatives_loss_fn is not None
-            negatives = self.model.encode_text(batch["negative_text"], normalize=True)
-            return self.negatives_loss_fn(  # type: ignore[no-any-return]
-                image_features, text_features, self.model.logit_scale.exp(), negatives)
-        if self.loss_name == "siglip":
-            loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp(), self.model.logit_bias)
-        elif self.loss_name == "convirt":
-            groups = batch.get("text_group") if self.hparams["repeated_reports_as_positives"] else None
-            loss = self.loss_fn(image_features, text_features, None, groups)
-        else:
-            loss = self.loss_fn(image_features, text_features, self.model.logit_scale.exp())
-        return loss  # type: ignore[no-any-return]
+        negatives = self.model.encode_text(batch["negative_text"], normalize=True) if "negative_text" in batch \
+            else None
+        groups = batch.get("text_group") if self.hparams["repeated_reports_as_positives"] else None
+        return self.loss_fn(image_features, text_features, self.model.logit_scale.exp(),  # type: ignore[no-any-return]
+                            self.model.logit_bias, text_groups=groups, negatives=negatives)
 
     def _step(self, batch: dict[str, Any], stage: str, features: tuple[torch.Tensor, torch.Tensor] | None = None
               ) -> torch.Tensor:
@@ -177,46 +169,8 @@ class ContrastiveModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         size = self.hparams["sub_batch_size"]
         if size and batch["image"].shape[0] > size:
-            return self._grad_cache_step(batch, size)
+            return grad_cache_step(self, batch, size)
         return self._step(batch, "train")
-
-    def _grad_cache_step(self, batch: dict[str, Any], size: int) -> torch.Tensor:
-        """GradCache (Gao et al., 2021): the full-batch loss from sub-batch features.
-
-        1. Encode the sub-batches without a graph and cache the features.
-        2. Compute the loss on the whole batch from the cached features and take its gradient
-           with respect to them (and to the logit scale / bias).
-        3. Re-encode each sub-batch with a graph (same random state) and pull the cached feature
-           gradients back into the parameters.
-        Gradients are collected with ``torch.autograd.grad`` and handed to Lightning as a linear
-        surrogate ``sum(p * grad)``: its one backward sets exactly those gradients, so mixed
-        precision scaling, clipping, DDP's all-reduce and the optimizer step stay Lightning's.
-        """
-        parts = [slice(start, start + size) for start in range(0, batch["image"].shape[0], size)]
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        states = []
-        with torch.no_grad():
-            cached = []
-            for part in parts:
-                states.append(_rng_state())
-                cached.append(self(batch["image"][part], batch["text"][part]))
-        after = _rng_state()
-        image_all = torch.cat([c[0] for c in cached]).detach().requires_grad_(True)
-        text_all = torch.cat([c[1] for c in cached]).detach().requires_grad_(True)
-        loss = self._step(batch, "train", (image_all, text_all))
-        image_grad, text_grad, *direct = torch.autograd.grad(loss, [image_all, text_all, *params], allow_unused=True)
-        grads: list[torch.Tensor | None] = list(direct)  # None: the parameter plays no part (as in a plain step)
-        with _frozen_norm_statistics(self.model):  # step 1 already updated the running statistics
-            for part, state in zip(parts, states):
-                _set_rng_state(state)
-                image_features, text_features = self(batch["image"][part], batch["text"][part])
-                surrogate = (image_features * image_grad[part]).sum() + (text_features * text_grad[part]).sum()
-                for i, g in enumerate(torch.autograd.grad(surrogate, params, allow_unused=True)):
-                    if g is not None:
-                        previous = grads[i]
-                        grads[i] = g if previous is None else previous + g
-        _set_rng_state(after)
-        return sum((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None)  # type: ignore[return-value]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         features = self(batch["image"], batch["text"])
@@ -302,68 +256,6 @@ class ContrastiveModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` (at most half the run), then cosine decay to 0."""
-    total = max(1, total_steps)
-    warmup = min(warmup_steps, total // 2)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def parameter_groups(model: nn.Module, learning_rate: float, tower_learning_rate: float, weight_decay: float
-                     ) -> list[dict[str, Any]]:
-    """AdamW groups: pretrained trunks at ``tower_learning_rate``, heads at ``learning_rate``; no
-    weight decay on norms, biases and the logit scale / bias. Frozen parameters are left out."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        in_tower = name.startswith(("visual.trunk.", "text.transformer."))
-        no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
-        groups.setdefault((in_tower, no_decay), []).append(param)
-    return [{"params": params, "lr": tower_learning_rate if in_tower else learning_rate,
-             "weight_decay": 0.0 if no_decay else weight_decay}
-            for (in_tower, no_decay), params in groups.items()]
-
-
-def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
-                      ) -> dict[str, float]:
-    """R@k of paired ``(N, D)`` image and text features: is the partner among the top ``k``?"""
-    similarity = images @ texts.T
-    target = torch.arange(len(images), device=images.device)
-    out = {}
-    for direction, scores in (("i2t", similarity), ("t2i", similarity.T)):
-        # rank of the partner = how many candidates score strictly higher
-        rank = (scores > scores[target, target].unsqueeze(1)).sum(dim=1)
-        for k in ks:
-            out[f"{direction}_R@{k}"] = float((rank < k).float().mean())
-    return out
-
-
-class _frozen_norm_statistics:  # noqa: N801 (used as a context manager)
-    """Batch-norm layers normalise with batch statistics but leave their running statistics alone."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-        self.momenta: list[float | None] = []
-
-    def __enter__(self) -> None:
-        self.momenta = [m.momentum for m in self.norms]
-        for m in self.norms:
-            m.momentum = 0.0
-
-    def __exit__(self, *exc: object) -> None:
-        for m, momentum in zip(self.norms, self.momenta):
-            m.momentum = momentum
-
-
 def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True, text_model_path: str | None = None,
                             seed: int = 0) -> str:
     """Save a registry model before any training step as a checkpoint every command reads.
@@ -374,7 +266,6 @@ def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True,
     torch.manual_seed(seed)
     module = ContrastiveModule(model_name=model_name, pretrained=pretrained, text_model_path=text_model_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp)
     return path

@@ -7,6 +7,7 @@ memory (``return_predictions=False``), so memory stays flat in the number of ima
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -109,3 +110,51 @@ def predict_features(
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
         trainer.predict(EncodeModule(model, modality).eval(), dataloaders=batches,  # type: ignore[arg-type]
                         return_predictions=False)
+
+
+def embed_to_folder(
+    model: torch.nn.Module,
+    make_batches: Callable[[set[str]], Iterable[dict[str, Any]]],
+    output: str | os.PathLike[str],
+    fingerprint: dict[str, Any] | None = None,
+    modality: str = "image",
+    chunk_size: int = 4096,
+    dtype: str = "float32",
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    precision: str | None = None,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Embed into an embedding folder (:mod:`convirt.embeddings.store`), resuming what is there.
+
+    Each rank writes its own parts of ``chunk_size`` vectors, so a run killed at any point
+    carries on from its last complete part when run again with the same arguments.
+
+    Args:
+        model: Has ``encode_image`` / ``encode_text``.
+        make_batches: Called with the keys already in the folder; returns the batches of the
+            others (e.g. :func:`convirt.data.inputs.build_eval_batches` with ``skip_keys``).
+        output: The folder.
+        fingerprint: The model's (:func:`convirt.models.model_fingerprint`), checked against the
+            folder's when resuming and stored with ``modality``.
+        modality, chunk_size, dtype: What to embed, vectors per part, ``float32`` or ``float16``.
+        accelerator, devices, precision, progress: As :func:`predict_features`.
+
+    Returns:
+        The vectors the folder holds, and the corrupt samples this run skipped.
+
+    Raises:
+        ValueError: The folder holds another model's or modality's vectors.
+    """
+    from functools import partial
+
+    from convirt.embeddings.store import DTYPES, PartWriter, close_embedding_folder, open_embedding_folder
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    info = {**(fingerprint or {}), "modality": modality}
+    done = open_embedding_folder(output, info)
+    predict_features(model, make_batches(done), partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
+                     modality=modality, accelerator=accelerator, devices=devices, precision=precision,
+                     progress=progress)
+    return close_embedding_folder(output, info)

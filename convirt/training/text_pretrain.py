@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from convirt._io import atomic_folder
 from convirt.data.reports import FINDINGS, IMPRESSION
 from convirt.data.section_pairs import read_section_pairs
 from convirt.losses import create_loss
 from convirt.models import create_model, create_tokenizer
 from convirt.models.features import text_trunk_features
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
-from convirt.training.module import parameter_groups, retrieval_recalls, warmup_cosine
+from convirt.training.metrics import retrieval_recalls
+from convirt.training.optimization import parameter_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,8 @@ class SectionMatchingModule(L.LightningModule):
 
 def save_text_model(text: Any, tokenizer: Any, output: str | os.PathLike[str]) -> Path:
     """Write a text tower's trunk and tokenizer as a Hugging Face folder, atomically (temp, rename)."""
-    target = Path(output)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    text.transformer.save_pretrained(tmp)
-    inner = getattr(tokenizer, "tokenizer", tokenizer)  # open_clip's HFTokenizer wraps the HF one
-    inner.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+    with atomic_folder(output) as tmp:
+        text.transformer.save_pretrained(tmp)
+        inner = getattr(tokenizer, "tokenizer", tokenizer)  # open_clip's HFTokenizer wraps the HF one
+        inner.save_pretrained(tmp)
+    return Path(output)

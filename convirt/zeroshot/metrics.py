@@ -211,14 +211,3 @@ def mean_defined(values: Mapping[str, float | None]) -> float:
     """Mean over the defined (not NaN, not ``None``) values; NaN if none is."""
     defined = [v for v in values.values() if v is not None and not math.isnan(v)]
     return float(np.mean(defined)) if defined else NAN
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN floats as ``None`` (JSON has no NaN), recursively."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -111,3 +113,34 @@ def plot_saliency(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLik
             figure.savefig(path, dpi=110)
         return figure
     return axis
+
+
+def plot_explained_batch(batch: dict[str, Any], classifier: Any, folder: str | os.PathLike[str]) -> None:
+    """Per image of a batch dict: ``KEY-observations.png`` (:func:`plot_observations`) and
+    ``KEY-saliency.png`` (the Grad-CAM map of each finding, :func:`plot_saliency`) in ``folder``.
+
+    Args:
+        batch: ``image`` ``(B, 3, H, W)`` preprocessed, ``key`` and ``meta`` (labels for the title).
+        classifier: A descriptor-method :class:`convirt.zeroshot.ZeroShotClassifier`.
+        folder: Made if missing.
+    """
+    plt = _pyplot()
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    output = classifier.predict(batch["image"])
+    names = output.finding_names
+    for row, key in enumerate(batch["key"]):
+        probabilities = {name: float(output.probabilities[row, i]) for i, name in enumerate(names)}
+        explanation = {name: {obs: float(output.observation_probabilities[row, j])
+                              for j, (owner, obs) in enumerate(output.observations) if owner == name}
+                       for name in names}
+        labels = "; ".join(batch["meta"][row].get("labels", [])) or "no labels"
+        plot_observations(probabilities, explanation, out / f"{key}-observations.png", title=f"{key}: {labels}")
+        grey = batch["image"][row][0].numpy()
+        figure, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3.3), squeeze=False)
+        for axis, name in zip(axes[0], names):
+            heatmap = classifier.saliency(batch["image"][row], name).numpy()
+            plot_saliency(grey, heatmap, title=f"{name} {probabilities[name]:.2f}", axis=axis)
+        figure.tight_layout()
+        figure.savefig(out / f"{key}-saliency.png", dpi=100)
+        plt.close("all")

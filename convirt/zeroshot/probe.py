@@ -22,6 +22,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from convirt.embeddings.encode import EmbeddingOutput
 from convirt.zeroshot.metrics import NAN, evaluate_findings
 
 PROBES = ("linear", "knn")
@@ -145,3 +146,32 @@ def run_probes(
             outputs.append(ProbeOutput(probe, float(fraction), probabilities,
                                        evaluate_findings(labels, scored, names, bootstrap=bootstrap, seed=seed)))
     return outputs
+
+
+def probe_embedded(embedded: EmbeddingOutput, names: list[str], fractions: Sequence[float] = (0.01, 0.1, 1.0),
+                   probes: Sequence[str] = PROBES, folds: int = 5, k: int = 10, seed: int = 0,
+                   bootstrap: int = 1000, about: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], list[ProbeOutput]]:
+    """:func:`run_probes` on embedded images, their labels read from the metadata and each image's
+    patient its group (its key where the patient is unknown).
+
+    Returns:
+        What `convirt probe` writes to ``metrics.json`` (``about`` first, then counts and one row
+        per probe and fraction), and the probes' outputs.
+
+    Raises:
+        ValueError: A label never appears in the metadata, or is uncertain (-1) for some image:
+            probes need every label decided.
+    """
+    from convirt.zeroshot.evaluate import aligned_labels
+
+    labels = aligned_labels(embedded.meta, names, names)
+    if (labels < 0).any():
+        raise ValueError("probes need every label decided: use --uncertain zeros or ones, not ignore")
+    groups = [str(meta.get("patient_id") or key) for meta, key in zip(embedded.meta, embedded.keys)]
+    outputs = run_probes(embedded.embeddings, labels, groups, names, fractions, probes, folds, k, seed, bootstrap)
+    metrics = {**(about or {}), "samples": len(labels), "skipped_samples": embedded.skipped,
+               "patients": len(set(groups)), "folds": folds, "seed": seed,
+               "dim": int(embedded.embeddings.shape[1]),
+               "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs]}
+    return metrics, outputs

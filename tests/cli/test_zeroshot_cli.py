@@ -81,7 +81,7 @@ def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpo
                                                                     capsys):
     import shutil
 
-    from convirt.data.writer import shard_urls
+    from convirt.data.shards import shard_urls
     from tests.data.test_stream_sources import break_last_image
 
     shards = tmp_path / "shards"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from convirt.data.schema import MANIFEST
+from convirt.data.shards import read_manifest, require_images
 from convirt.data.sources import read_rows
-from convirt.data.writer import read_manifest, require_images, write_shards
+from convirt.data.writer import write_shards
 from tests.conftest import SHARED_DATA, requires_shared_data, shaded_image
 
 OPENI_XML = """<?xml version="1.0" encoding="utf-8"?>

@@ -1,9 +1,9 @@
 import torch
 
 from convirt.data.reports import split_sentences
+from convirt.data.shards import shard_urls
 from convirt.data.stream import batches_per_worker, build_batches
 from convirt.data.transforms import SentenceSampler, build_image_transform, clean_report
-from convirt.data.writer import shard_urls
 
 
 def _tokenizer(texts):

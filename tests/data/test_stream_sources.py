@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from convirt.data.shards import shard_urls
 from convirt.data.stream import build_batches
 from convirt.data.transforms import SentenceSampler, build_image_transform
 from convirt.data.urls import expand_shard_urls
-from convirt.data.writer import shard_urls
 
 
 def _tokenizer(texts):

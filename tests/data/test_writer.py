@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from convirt.data.schema import MANIFEST, Row
+from convirt.data.shards import read_manifest, shard_urls
 from convirt.data.sources import read_rows
-from convirt.data.writer import assign_split, read_manifest, shard_urls, write_shards
+from convirt.data.writer import assign_split, write_shards
 from tests.conftest import shaded_image
 
 

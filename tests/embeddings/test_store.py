@@ -3,11 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convirt.embeddings import embed_to_folder, read_embeddings
+from convirt.embeddings import read_embeddings
 from convirt.embeddings.store import completed_parts
+from convirt.training.predict import embed_to_folder
 
 
-class _Encoder:
+class _Encoder(torch.nn.Module):
     def encode_image(self, images, normalize=False):
         return F.normalize(images.flatten(1)[:, :3], dim=1)
 
@@ -21,7 +22,7 @@ def _batches(n, done, fail_after=None):
         if not keys:
             continue
         if fail_after is not None and made >= fail_after:
-            raise KeyboardInterrupt  # the process dies here
+            raise RuntimeError("the process dies here")
         made += 1
         rows = [int(k[1:]) for k in keys]
         yield {"image": images[rows], "key": keys, "meta": [{"labels": []} for _ in keys]}
@@ -31,11 +32,11 @@ def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
     whole = tmp_path / "whole"
     embed_to_folder(_Encoder(), lambda done: _batches(22, done), whole, chunk_size=5, progress=False)
     parted = tmp_path / "parted"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RuntimeError, match="dies here"):
         embed_to_folder(_Encoder(), lambda done: _batches(22, done, fail_after=3), parted, chunk_size=5,
                         progress=False)
     assert 0 < len(completed_parts(parted)) < len(completed_parts(whole))
-    count = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
+    count, _ = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
     assert count == 22
     a, rows_a = read_embeddings(whole)
     b, rows_b = read_embeddings(parted)
@@ -56,9 +57,9 @@ def test_float16_storage_and_errors(tmp_path):
 _CHILD = """
 import sys, time, torch
 import torch.nn.functional as F
-from convirt.embeddings import embed_to_folder
+from convirt.training.predict import embed_to_folder
 
-class Encoder:
+class Encoder(torch.nn.Module):
     def encode_image(self, images, normalize=False):
         return F.normalize(images.flatten(1)[:, :3], dim=1)
 

@@ -12,7 +12,7 @@ from convirt.models import load_checkpoint
 def test_export_round_trip_through_open_clip(tiny_checkpoint, tmp_path):
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
-    assert {"open_clip_config.json", "open_clip_pytorch_model.bin", "config.json", "convirt.json"} <= {
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "config.json", "convirt.json"} <= {
         p.name for p in out.iterdir()}
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")

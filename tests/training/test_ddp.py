@@ -26,7 +26,7 @@ def _one_process_step(records, negatives_loss):
     import torch
 
     from convirt.data.stream import pad_id_of
-    from convirt.losses import TextNegativesClipLoss, create_loss
+    from convirt.losses import create_loss
     from convirt.models import create_tokenizer
     from convirt.training import ContrastiveModule
 
@@ -34,7 +34,6 @@ def _one_process_step(records, negatives_loss):
     module = ContrastiveModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     module.load_state_dict(records[0]["weights"])
     module.loss_fn = create_loss("clip")
-    module.negatives_loss_fn = TextNegativesClipLoss()
     # As the fit ran it: text trunk without dropout, image batch-norm on its running statistics
     # (the tiny towers have no other random or batch-dependent layer).
     module.eval()

@@ -67,7 +67,7 @@ def test_convirt_loss_with_repeated_reports_trains(phantom_shards, tiny_text_mod
 
 
 def test_retrieval_recalls_by_hand():
-    from convirt.training.module import retrieval_recalls
+    from convirt.training.metrics import retrieval_recalls
 
     images = torch.eye(3)
     texts = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # pairs 1 and 2 are swapped
@@ -112,7 +112,7 @@ def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(ph
                                                                               tmp_path):
     import pytest
 
-    from convirt.data.writer import shard_urls
+    from convirt.data.shards import shard_urls
 
     train, val = shard_urls(phantom_shards, "train"), shard_urls(phantom_shards, "val")
     pattern = str(phantom_shards / f"train-{{000000..{len(train) - 1:06d}}}.tar")

@@ -26,9 +26,9 @@ def _grads(module, batch, grad_cache):
 
 
 def _batch(text_model, shards):
+    from convirt.data.shards import shard_urls
     from convirt.data.stream import build_batches
     from convirt.data.transforms import build_image_transform
-    from convirt.data.writer import shard_urls
     from convirt.models import create_tokenizer
 
     tokenizer = create_tokenizer(TINY_MODEL, text_model_path=text_model)
@@ -91,7 +91,7 @@ def _same(first, second):
 @pytest.mark.parametrize("loss", ["clip", "convirt"])
 def test_grad_cache_in_train_mode_replays_the_dropout_of_its_first_pass(tiny_text_model, phantom_shards, loss,
                                                                          monkeypatch):
-    from convirt.training import module as module_code
+    from convirt.training import grad_cache as module_code
 
     batch = _batch(tiny_text_model, phantom_shards)
     reference = _sub_batch_reference(_train_mode(tiny_text_model, loss), batch, 3, seed=5)
@@ -99,7 +99,7 @@ def test_grad_cache_in_train_mode_replays_the_dropout_of_its_first_pass(tiny_tex
     assert not _same(reference, other_masks)  # dropout acts
     assert _same(reference, _grad_cache(_train_mode(tiny_text_model, loss, sub_batch_size=3), batch, seed=5))
     # Without the replay of the random state the second pass draws new masks: the test sees it.
-    monkeypatch.setattr(module_code, "_set_rng_state", lambda state: None)
+    monkeypatch.setattr(module_code, "set_rng_state", lambda state: None)
     assert not _same(reference, _grad_cache(_train_mode(tiny_text_model, loss, sub_batch_size=3), batch, seed=5))
 
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score
 
+from convirt._io import json_safe
 from convirt.zeroshot.metrics import (
     UndefinedMetricWarning,
     auroc,
     binary_metrics,
     bootstrap_ci,
     evaluate_findings,
-    json_safe,
     mean_defined,
     per_finding_auroc,
     youden_threshold,

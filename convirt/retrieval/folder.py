@@ -1,0 +1,110 @@
+"""The index folder `convirt index build` writes: the FAISS index, its info and one metadata row per vector.
+
+Metadata rows are the embedding rows (``key``, ``labels``, ``patient_id``, ``path``, ...), in id
+order; the library reads them as opaque dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from convirt.retrieval.index import METADATA_FILE, IndexInfo, build_index, load_index, merge_indexes, save_index
+
+
+@dataclass
+class IndexFolderOutput:
+    """An index folder, loaded.
+
+    Attributes:
+        index: The FAISS index (ids ``0..N-1``, the rows of ``metadata``).
+        info: Factory, metric, dimension, count, model fingerprint, search parameters.
+        metadata: One dict per indexed vector, by id.
+    """
+
+    index: faiss.Index
+    info: IndexInfo
+    metadata: list[dict[str, Any]]
+
+
+def build_index_folder(vectors: np.ndarray, rows: Sequence[dict[str, Any]], output: str | os.PathLike[str],
+                       factory: str = "Flat", **options: Any) -> IndexFolderOutput:
+    """Build an index of ``(N, D)`` vectors with their ``N`` metadata rows and save it as a folder.
+
+    ``options`` are those of :func:`convirt.retrieval.build_index` (``refine``, ``train_size``,
+    ``fingerprint``, ``search_params``, ``progress``).
+    """
+    index, info = build_index(vectors, factory, **options)
+    save_index(index, info, output, metadata=list(rows))
+    return IndexFolderOutput(index, info, list(rows))
+
+
+def load_index_folder(folder: str | os.PathLike[str], mmap: bool = False,
+                      fingerprint: dict[str, Any] | None = None) -> IndexFolderOutput:
+    """Load an index folder with its metadata.
+
+    Args:
+        folder: Written by `convirt index build` or :func:`build_index_folder`.
+        mmap: Map the index file instead of reading it.
+        fingerprint: The fingerprint of the model about to query it; another model is an error.
+
+    Raises:
+        FileNotFoundError: The folder, its index or its metadata is missing.
+        ValueError: ``fingerprint`` names another model, or the metadata and index disagree in size.
+    """
+    index, info = load_index(folder, mmap=mmap, fingerprint=fingerprint)
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METADATA_FILE} in {folder}: build the index with `convirt index build`")
+    with open(path, encoding="utf-8") as handle:
+        metadata = [json.loads(line) for line in handle]
+    if len(metadata) != index.ntotal:
+        raise ValueError(f"{path}: {len(metadata)} rows for an index of {index.ntotal} vectors")
+    return IndexFolderOutput(index, info, metadata)
+
+
+def merge_index_folders(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+                        ) -> IndexFolderOutput:
+    """Merge index folders built in parts into one folder, renumbered ``0..N-1`` in input order."""
+    parts = [load_index_folder(folder) for folder in inputs]
+    index, info = merge_indexes([(part.index, part.info) for part in parts], renumber=True)
+    metadata = [row for part in parts for row in part.metadata]
+    save_index(index, info, output, metadata=metadata)
+    return IndexFolderOutput(index, info, metadata)
+
+
+def patient_rows(metadata: Sequence[dict[str, Any]], patient: str | None = None,
+                 image_path: str | os.PathLike[str] | None = None) -> set[int]:
+    """Ids of the indexed images of one patient: ``patient``, or the patient of the indexed row whose
+    ``path`` is ``image_path`` (the query is an indexed file).
+
+    Raises:
+        ValueError: Neither names a patient (the image is not an indexed file).
+    """
+    if patient is None and image_path is not None:
+        wanted = Path(image_path).resolve()
+        found = [row for row in metadata if row.get("path") and Path(row["path"]).resolve() == wanted]
+        patient = found[0].get("patient_id") if found else None
+    if patient is None:
+        raise ValueError("leaving out the query's patient needs its id: pass the patient (--patient ID); the image "
+                         "is not an indexed file")
+    return {i for i, row in enumerate(metadata) if str(row.get("patient_id", "")) == str(patient)}
+
+
+def search_index_folder(folder: IndexFolderOutput, query: np.ndarray, k: int = 5,
+                        exclude: set[int] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` nearest indexed images of one ``(1, D)`` or ``(D,)`` query vector, ``exclude``'s ids
+    left out: per hit ``rank`` (from 1), ``score`` (cosine, 4 decimals) and its metadata row."""
+    from convirt.retrieval.index import search
+
+    excluded = exclude or set()
+    scores, ids = search(folder.index, np.asarray(query).reshape(1, -1), min(k + len(excluded), folder.index.ntotal))
+    kept = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in excluded][:k]
+    return [{"rank": r + 1, "score": round(float(s), 4), **folder.metadata[i]} for r, (s, i) in enumerate(kept)]

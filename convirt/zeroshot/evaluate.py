@@ -1,0 +1,198 @@
+"""Zero-shot diagnosis of a labelled set: labels aligned to the descriptors, thresholds, metrics, the output folder.
+
+`convirt zeroshot` writes a folder with ``predictions.csv`` (per-image probabilities of the
+descriptor method beside the labels), ``explanations.jsonl`` (per image, each finding's
+probability and its observations'), ``metrics.json`` (every method's AUROC, AUPRC, F1,
+sensitivity and specificity with bootstrap CIs) and ``roc.png``; :func:`load_zeroshot_folder`
+reads them back.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from convirt._io import atomic_path, write_json, write_lines
+from convirt.data.labels import label_matrix
+from convirt.data.schema import NO_FINDING
+from convirt.embeddings.encode import EmbeddingOutput
+from convirt.zeroshot.classifier import Method, ZeroShotClassifier, ZeroShotOutput
+from convirt.zeroshot.descriptors import DescriptorSet
+from convirt.zeroshot.metrics import evaluate_findings, youden_threshold
+
+PREDICTIONS, EXPLANATIONS, METRICS, ROC = "predictions.csv", "explanations.jsonl", "metrics.json", "roc.png"
+
+
+def aligned_labels(metas: list[dict[str, Any]], finding_names: list[str], selected: list[str] | None,
+                   require_all: bool = True) -> np.ndarray:
+    """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names;
+    ``-1`` where a finding is uncertain and left out (CheXpert under ``--uncertain ignore``).
+
+    Raises:
+        ValueError: A selected label is not a descriptor finding, or a descriptor finding never
+            appears in the labels; the message lists both name sets.
+    """
+    present = set().union(*({str(label) for label in meta.get("labels", [])} for meta in metas),
+                          *(set(meta.get("uncertain", [])) for meta in metas))
+    # "No Finding" is the absence of findings unless the descriptors score it as a class (CheXpert).
+    wanted = set(selected) if selected else present - {"", *({NO_FINDING} - set(finding_names))}
+    both = f"descriptor findings: {sorted(finding_names)}; labels in the data: {sorted(present) or 'none'}"
+    if not_described := sorted(wanted - set(finding_names)):
+        raise ValueError(f"labels without a descriptor finding: {not_described} (choose with --labels); {both}")
+    if require_all and (missing := sorted(set(finding_names) - present)):
+        raise ValueError(f"descriptor findings missing from the labels: {missing}; {both}")
+    return label_matrix(metas, finding_names, mark_uncertain=True)
+
+
+def youden_thresholds(classifier: ZeroShotClassifier, tuning: EmbeddingOutput, labels: np.ndarray) -> list[float]:
+    """Per finding, the probability threshold maximising Youden's J on ``tuning`` (NaN where a
+    finding has one class there), leaving out its uncertain (-1) labels."""
+    probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
+    return [youden_threshold(labels[labels[:, i] >= 0, i], probs[labels[:, i] >= 0, i])
+            for i in range(labels.shape[1])]
+
+
+@dataclass
+class ZeroShotEvaluationOutput:
+    """A zero-shot evaluation.
+
+    Attributes:
+        metrics: What ``metrics.json`` holds: counts, then per method the findings' metrics,
+            ``auroc`` per finding and ``mean_auroc``.
+        keys: The images' keys, length ``N``.
+        labels: ``(N, F)`` labels (-1: uncertain, left out).
+        outputs: Per method, the classifier's output (probabilities ``(N, F)``; observations for
+            the descriptor method).
+    """
+
+    metrics: dict[str, Any]
+    keys: list[str]
+    labels: np.ndarray
+    outputs: dict[Method, ZeroShotOutput] = field(default_factory=dict)
+
+
+def evaluate_zeroshot(model: Any, tokenizer: Any, descriptors: DescriptorSet, embedded: EmbeddingOutput,
+                      selected: list[str] | None = None, tuning: EmbeddingOutput | None = None,
+                      tuning_source: str = "", bootstrap: int = 1000, seed: int = 0,
+                      about: dict[str, Any] | None = None) -> ZeroShotEvaluationOutput:
+    """Score every method on embedded images and compute their metrics against the labels.
+
+    Args:
+        model, tokenizer: The dual encoder the images were embedded with, and its tokenizer.
+        descriptors: The findings and their observations.
+        embedded: The images' embeddings, keys and metadata (labels).
+        selected: Label names to score (default: every label in the data; each must be a finding).
+        tuning: Embedded images whose Youden's J picks each finding's threshold (default: the
+            evaluated images themselves); ``tuning_source`` says where they come from.
+        bootstrap, seed: Replicates and seed of the CIs.
+        about: Written first in the metrics (data, split, checkpoint, ...).
+
+    Raises:
+        ValueError: Labels and descriptor findings do not match (see :func:`aligned_labels`).
+    """
+    names = descriptors.finding_names
+    labels = aligned_labels(embedded.meta, names, selected)
+    classifiers = {method: ZeroShotClassifier(model, tokenizer, descriptors, method) for method in Method}
+    thresholds: dict[Method, list[float] | None] = {method: None for method in Method}
+    if tuning is not None:
+        # A small validation split may lack a finding: its threshold is then NaN, not an error.
+        tuning_labels = aligned_labels(tuning.meta, names, selected, require_all=False)
+        thresholds = {method: youden_thresholds(c, tuning, tuning_labels) for method, c in classifiers.items()}
+    metrics: dict[str, Any] = {**(about or {}), "samples": len(labels), "skipped_samples": embedded.skipped,
+                               "descriptors": descriptors.name,
+                               "positives": {n: int((labels[:, i] == 1).sum()) for i, n in enumerate(names)},
+                               "bootstrap": bootstrap, "seed": seed}
+    features = torch.from_numpy(embedded.embeddings)
+    result = ZeroShotEvaluationOutput(metrics, list(embedded.keys), labels)
+    for method, classifier in classifiers.items():
+        result.outputs[method] = classifier.predict_features(features)
+        evaluated = evaluate_findings(labels, result.outputs[method].probabilities.numpy(), names,
+                                      thresholds[method], tuning_source if tuning is not None else "",
+                                      bootstrap=bootstrap, seed=seed)
+        metrics[method.value] = {**evaluated, "auroc": {n: m["auroc"] for n, m in evaluated["findings"].items()},
+                                 "mean_auroc": evaluated["mean"]["auroc"]}
+    return result
+
+
+def save_zeroshot_folder(evaluation: ZeroShotEvaluationOutput, output: str | os.PathLike[str]) -> Path:
+    """Write ``predictions.csv``, ``explanations.jsonl``, ``metrics.json`` and ``roc.png`` into ``output``."""
+    from convirt.zeroshot.plots import plot_roc
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    descriptor = evaluation.outputs[Method.DESCRIPTORS]
+    names = descriptor.finding_names
+    with atomic_path(out / PREDICTIONS) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", *[f"p_{n}" for n in names], *[f"label_{n}" for n in names]])
+        for key, p, y in zip(evaluation.keys, descriptor.probabilities.numpy(), evaluation.labels):
+            writer.writerow([key, *[f"{v:.5f}" for v in p], *y.tolist()])
+    write_lines(out / EXPLANATIONS, [json.dumps(record) for record in _explanations(evaluation.keys, descriptor)])
+    write_json(out / METRICS, evaluation.metrics)
+    plot_roc(evaluation.labels, {m.value: o.probabilities.numpy() for m, o in evaluation.outputs.items()}, names,
+             out / ROC)
+    return out
+
+
+def _explanations(keys: list[str], output: ZeroShotOutput) -> list[dict[str, Any]]:
+    obs_probs, observations = output.observation_probabilities, output.observations
+    probs, names = output.probabilities, output.finding_names
+    assert obs_probs is not None, "explanations come from the descriptor method"
+    return [{"key": key, "findings": {
+        name: {"probability": round(float(probs[row, i]), 5),
+               "observations": {obs: round(float(obs_probs[row, j]), 5)
+                                for j, (owner, obs) in enumerate(observations) if owner == name}}
+        for i, name in enumerate(names)}} for row, key in enumerate(keys)]
+
+
+@dataclass
+class ZeroShotFolderOutput:
+    """A folder written by `convirt zeroshot`, read back.
+
+    Attributes:
+        metrics: ``metrics.json``.
+        keys: The images' keys, in order.
+        probabilities: ``(N, F)`` of the descriptor method, by finding name order of ``findings``.
+        labels: ``(N, F)`` labels (-1: uncertain).
+        findings: The finding names.
+        explanations: Per image, each finding's probability and its observations'.
+    """
+
+    metrics: dict[str, Any]
+    keys: list[str]
+    probabilities: np.ndarray
+    labels: np.ndarray
+    findings: list[str]
+    explanations: list[dict[str, Any]]
+
+
+def load_zeroshot_folder(folder: str | os.PathLike[str]) -> ZeroShotFolderOutput:
+    """Read the predictions, labels, explanations and metrics of a `convirt zeroshot` folder.
+
+    Raises:
+        FileNotFoundError: A file of the folder is missing.
+    """
+    out = Path(folder)
+    for name in (PREDICTIONS, EXPLANATIONS, METRICS):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"no {name} in {out}: run `convirt zeroshot --output {out}` first")
+    with open(out / PREDICTIONS, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    findings = [column[2:] for column in header[1:] if column.startswith("p_")]
+    width = len(findings)
+    return ZeroShotFolderOutput(
+        metrics=json.loads((out / METRICS).read_text(encoding="utf-8")),
+        keys=[row[0] for row in body],
+        probabilities=np.array([[float(v) for v in row[1:1 + width]] for row in body]).reshape(len(body), width),
+        labels=np.array([[int(v) for v in row[1 + width:]] for row in body], dtype=int).reshape(len(body), width),
+        findings=findings,
+        explanations=[json.loads(line) for line in (out / EXPLANATIONS).read_text(encoding="utf-8").splitlines()],
+    )
