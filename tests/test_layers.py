@@ -60,7 +60,7 @@ HOMES = {
                          "patient_rows"],
     "retrieval/metrics": ["image_text_recall", "recall_at_ks", "same_patient_exclusions"],
     "zeroshot/evaluate": ["aligned_labels", "evaluate_zeroshot", "save_zeroshot_folder", "load_zeroshot_folder"],
-    "bench/retrieval": ["evaluate_index_folder"],
+    "bench/retrieval": ["evaluate_index_folder", "query_index_folder"],
     "losses/gather": ["gather_pairs", "gather_rows"],
     "training/grad_cache": ["grad_cache_step"],
     "training/optimization": ["parameter_groups", "warmup_cosine"],

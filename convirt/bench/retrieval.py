@@ -16,7 +16,10 @@ from convirt._fingerprint import check_fingerprint
 from convirt.data.labels import label_matrix
 from convirt.data.schema import finding_set
 from convirt.data.stream import text_group
+from convirt.embeddings.encode import embed_image_files, embed_texts
 from convirt.embeddings.store import load_embedding_folder
+from convirt.models import model_fingerprint
+from convirt.models.checkpoint import LoadedModel
 from convirt.retrieval import (
     image_text_recall,
     index_vectors,
@@ -25,7 +28,7 @@ from convirt.retrieval import (
     same_patient_exclusions,
     search,
 )
-from convirt.retrieval.folder import load_index_folder
+from convirt.retrieval.folder import IndexFolderOutput, load_index_folder, patient_rows, search_index_folder
 from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
 
@@ -103,3 +106,30 @@ def _image_text(image_vectors: np.ndarray, image_meta: list[dict[str, Any]], tex
         raise ValueError(f"no indexed image has a report in {texts} (keys differ)")
     return image_text_recall(image_vectors[keep], [own[image_meta[i]["key"]] for i in keep], embedded.vectors,
                              [text_group(row.get("text", "")) for row in embedded.rows])
+
+
+def query_index_folder(folder: IndexFolderOutput, loaded: LoadedModel, image: str | os.PathLike[str] | None = None,
+                       text: str | None = None, k: int = 5, exclude_same_patient: bool = False,
+                       patient: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` indexed images nearest an image file or a report text, embedded by ``loaded``.
+
+    Args:
+        folder: A loaded index folder.
+        loaded: The model that embeds the query; it must be the one the index was built with.
+        image, text: The query (exactly one).
+        k: Neighbours returned: per hit ``rank``, ``score`` and its metadata row.
+        exclude_same_patient: Leave out the query patient's images (``patient``, or the patient
+            of the indexed row whose path is ``image``).
+
+    Raises:
+        ValueError: Another model than the index's, not exactly one query, or no patient to exclude.
+    """
+    if (image is None) == (text is None):
+        raise ValueError("query with an image or a text (one of them)")
+    check_fingerprint(folder.info.fingerprint, model_fingerprint(loaded))
+    if image is not None:
+        vector = embed_image_files(loaded.model, [image], loaded.preprocess_cfg)
+    else:
+        vector = embed_texts(loaded.model, loaded.tokenizer, [str(text)]).numpy()
+    excluded = patient_rows(folder.metadata, patient, image) if exclude_same_patient else set()
+    return search_index_folder(folder, vector, k, excluded)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable
-from typing import Any
 
 from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, load_model
 
@@ -83,20 +81,17 @@ def run_embed(args: argparse.Namespace) -> None:
 
     loaded = load_model(args)
     modality = "text" if args.texts else "image"
-
-    def batches(done: set[str]) -> Iterable[dict[str, Any]]:
-        return eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done,
-                            where=parse_where(args.where), num_workers=args.workers,
-                            split_by_rank=args.devices not in ("1", 1), texts_only=bool(args.texts))
-
+    batches = lambda done: eval_batches(loaded, args.data, args.split, args.batch_size, skip_keys=done,  # noqa: E731
+                                        where=parse_where(args.where), num_workers=args.workers,
+                                        split_by_rank=args.devices not in ("1", 1), texts_only=bool(args.texts))
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     count, skipped = embed_to_folder(loaded.model, batches, args.output, model_fingerprint(loaded), modality,
                                      args.chunk_size, args.dtype, args.accelerator, devices, args.precision)
     if count == 0:
         raise ValueError(f"nothing to embed in {args.data}" + (f" ({args.split})" if args.split else "")
                          + (f": {skipped} corrupt samples skipped" if skipped else ""))
-    print(f"embedded {count} {modality}s -> {args.output}" + (f" ({skipped} corrupt samples skipped)" if skipped
-                                                                else ""))
+    note = f" ({skipped} corrupt samples skipped)" if skipped else ""
+    print(f"embedded {count} {modality}s -> {args.output}{note}")
 
 
 def run_build(args: argparse.Namespace) -> None:
@@ -112,23 +107,15 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_query(args: argparse.Namespace) -> None:
-    from convirt.embeddings.encode import embed_image_files, embed_texts
-    from convirt.models import model_fingerprint
-    from convirt.retrieval import check_fingerprint, load_index_folder
-    from convirt.retrieval.folder import patient_rows, search_index_folder
+    from convirt.bench import query_index_folder
+    from convirt.retrieval import load_index_folder
 
     folder = load_index_folder(args.index, mmap=args.mmap)
     checkpoint = args.checkpoint or folder.info.fingerprint.get("checkpoint")
     if not checkpoint:
         raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
-    loaded = load_model(args, checkpoint)
-    check_fingerprint(folder.info.fingerprint, model_fingerprint(loaded))
-    if args.image:
-        vector = embed_image_files(loaded.model, [args.image], loaded.preprocess_cfg)
-    else:
-        vector = embed_texts(loaded.model, loaded.tokenizer, [args.text]).numpy()
-    excluded = patient_rows(folder.metadata, args.patient, args.image) if args.exclude_same_patient else set()
-    hits = search_index_folder(folder, vector, args.k, excluded)
+    hits = query_index_folder(folder, load_model(args, checkpoint), args.image, args.text, args.k,
+                              args.exclude_same_patient, args.patient)
     if args.json:
         print(json.dumps(hits, indent=2))
         return

@@ -23,6 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from convirt.embeddings.encode import EmbeddingOutput
+from convirt.zeroshot.evaluate import aligned_labels
 from convirt.zeroshot.metrics import NAN, evaluate_findings
 
 PROBES = ("linear", "knn")
@@ -163,8 +164,6 @@ def probe_embedded(embedded: EmbeddingOutput, names: list[str], fractions: Seque
         ValueError: A label never appears in the metadata, or is uncertain (-1) for some image:
             probes need every label decided.
     """
-    from convirt.zeroshot.evaluate import aligned_labels
-
     labels = aligned_labels(embedded.meta, names, names)
     if (labels < 0).any():
         raise ValueError("probes need every label decided: use --uncertain zeros or ones, not ignore")
