@@ -57,6 +57,7 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check convirt tests benchmarks
+	$(BIN)/ruff format --check convirt tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy convirt

@@ -36,8 +36,9 @@ def read_test_reports(shards: Path) -> tuple[list[str], list[str], list[int]]:
     return findings, impressions, labels
 
 
-def score_reports(encoder: Any, tokenizer: Any, findings: list[str], impressions: list[str], labels: list[int]
-                  ) -> dict[str, float]:
+def score_reports(
+    encoder: Any, tokenizer: Any, findings: list[str], impressions: list[str], labels: list[int]
+) -> dict[str, float]:
     """Findings->impression R@1/R@5 and the AUROC of each zero-shot method on the findings texts.
 
     ``encoder`` has ``encode_text`` and ``logit_scale`` (a model, or its trunks).

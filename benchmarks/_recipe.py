@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CI_LEVEL = 0.95  # the bootstrap CIs of `convirt zeroshot` and `convirt probe` (their default)
 
 
-def write_recipe(run: Path, shards: Path, seed: int = 0, overrides: dict[str, object] | None = None,
-                 every_epoch: bool = False) -> Path:
+def write_recipe(
+    run: Path, shards: Path, seed: int = 0, overrides: dict[str, object] | None = None, every_epoch: bool = False
+) -> Path:
     """Write ``run/config.yaml``: the shipped recipe with logs and checkpoints under ``run``.
 
     Args:
@@ -51,8 +52,13 @@ def recipe_key(shards: Path, seed: int, overrides: dict[str, object] | None, **m
 
     from _cache import cache_key
 
-    return cache_key(recipe=ROOT / "configs" / "covid_pairs.yaml", seed=seed,
-                     overrides=json.dumps(overrides or {}, sort_keys=True), shards=shards / "manifest.json", **more)
+    return cache_key(
+        recipe=ROOT / "configs" / "covid_pairs.yaml",
+        seed=seed,
+        overrides=json.dumps(overrides or {}, sort_keys=True),
+        shards=shards / "manifest.json",
+        **more,
+    )
 
 
 def baseline_checkpoint(work: Path, pretrained: bool, seed: int = 0) -> Path:
@@ -84,6 +90,7 @@ def ensure_recipe_text_model(shared: Path) -> Path:
     from text_pretraining import ensure_text_model
 
     recipe = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
-    shards, _ = ensure_text_model(shared / "openi-reports" / "NLMCXR_reports.tgz",
-                                  (ROOT / recipe["model"]["text_model_path"]).parent)
+    shards, _ = ensure_text_model(
+        shared / "openi-reports" / "NLMCXR_reports.tgz", (ROOT / recipe["model"]["text_model_path"]).parent
+    )
     return shards

@@ -90,9 +90,25 @@ def real_images(copies: int, out: Path) -> Path | None:
 def make_shards(table: Path, out: Path, image_size: int, shard_size: int, workers: int = 2) -> float:
     """Convert with `convirt shards`; return rows/s."""
     start = time.perf_counter()
-    convirt("shards", "--input", str(table), "--output", str(out), "--image-size", str(image_size), "--shard-size",
-            str(shard_size), "--workers", str(workers), "--val-fraction", "0", "--test-fraction", "0",
-            "--keep-duplicates", quiet=True)
+    convirt(
+        "shards",
+        "--input",
+        str(table),
+        "--output",
+        str(out),
+        "--image-size",
+        str(image_size),
+        "--shard-size",
+        str(shard_size),
+        "--workers",
+        str(workers),
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0",
+        "--keep-duplicates",
+        quiet=True,
+    )
     rows = sum(1 for _ in open(table)) - 1
     return rows / (time.perf_counter() - start)
 
@@ -149,8 +165,9 @@ def loader_rate(shards: Path, workers: int = 2, batch_size: int = 64) -> tuple[f
     """Samples/s of one whole pass (one epoch) of the training loader, its workers' start included."""
     from convirt.training import ShardDataModule
 
-    data = ShardDataModule(str(shards), model_name=MODEL, batch_size=batch_size, num_workers=workers,
-                           shuffle_buffer=256, seed=0)
+    data = ShardDataModule(
+        str(shards), model_name=MODEL, batch_size=batch_size, num_workers=workers, shuffle_buffer=256, seed=0
+    )
     data.setup("fit")
     loader = data.train_dataloader()
     start = time.perf_counter()
@@ -225,20 +242,26 @@ def main() -> None:
             table = draw_images(tmp / "images", args.images, DRAWN_SIDE)
             kind = f"{args.images} drawn {DRAWN_SIDE} x {int(DRAWN_SIDE * 1.2)} images (../shared/data absent)"
             images = args.images
-        convert = {workers: make_shards(table, tmp / f"shards-{workers}", STORED_SIDE, SHARD_SIZE, workers)
-                   for workers in (1, WORKERS)}
+        convert = {
+            workers: make_shards(table, tmp / f"shards-{workers}", STORED_SIDE, SHARD_SIZE, workers)
+            for workers in (1, WORKERS)
+        }
         shards = tmp / f"shards-{WORKERS}"
         side = model_side()
         shard_count = len(shard_urls(shards, "train"))
         limits, work, rates = [], [], []
         for repeat in range(args.repeats):  # interleaved, each first in turn
-            runs = [lambda: limits.append(decode_limit(shard_urls(shards, "train"), side, WORKERS)),
-                    lambda: work.append(decode_limit(shard_urls(shards, "train"), side, WORKERS, augment=True)),
-                    lambda: rates.append(loader_rate(shards, WORKERS)[0])]
-            for run in runs[repeat % len(runs):] + runs[:repeat % len(runs)]:
+            runs = [
+                lambda: limits.append(decode_limit(shard_urls(shards, "train"), side, WORKERS)),
+                lambda: work.append(decode_limit(shard_urls(shards, "train"), side, WORKERS, augment=True)),
+                lambda: rates.append(loader_rate(shards, WORKERS)[0]),
+            ]
+            for run in runs[repeat % len(runs) :] + runs[: repeat % len(runs)]:
                 run()
-            print(f"repeat {repeat}: limit {limits[-1]:.0f}, same work {work[-1]:.0f}, loader {rates[-1]:.0f} "
-                  "samples/s", flush=True)
+            print(
+                f"repeat {repeat}: limit {limits[-1]:.0f}, same work {work[-1]:.0f}, loader {rates[-1]:.0f} samples/s",
+                flush=True,
+            )
         small = draw_images(tmp / "small", SMALL_IMAGES, 160, seed=1)
         peaks = {}
         for copies in MEMORY_COPIES:
@@ -251,11 +274,26 @@ def main() -> None:
                 rows = [lines[0]] + [line.replace(",p", f",c{c}-p") for c in range(copies) for line in lines[1:]]
                 table10 = tmp / "small" / "rows10.csv"
                 table10.write_text("\n".join(rows) + "\n")
-                convirt("shards", "--input", str(table10), "--output", str(folder), "--image-size", "128",
-                        "--shard-size", str(SMALL_SHARD), "--val-fraction", "0", "--test-fraction", "0",
-                        "--keep-duplicates", quiet=True)
-            result = subprocess.run([sys.executable, __file__, "--memory-run", str(folder)], check=True,
-                                    capture_output=True, text=True)
+                convirt(
+                    "shards",
+                    "--input",
+                    str(table10),
+                    "--output",
+                    str(folder),
+                    "--image-size",
+                    "128",
+                    "--shard-size",
+                    str(SMALL_SHARD),
+                    "--val-fraction",
+                    "0",
+                    "--test-fraction",
+                    "0",
+                    "--keep-duplicates",
+                    quiet=True,
+                )
+            result = subprocess.run(
+                [sys.executable, __file__, "--memory-run", str(folder)], check=True, capture_output=True, text=True
+            )
             peaks[copies] = json.loads(result.stdout.strip().splitlines()[-1])
             peaks[copies]["shards"] = len(shard_urls(folder, "train"))
     ratios = [rate / limit for rate, limit in zip(rates, limits)]
@@ -282,9 +320,9 @@ over the shards, worker processes started inside the clock; the three alternate 
 | loader / limit, per repeat | {ratio_cell} |
 | the same per-sample work (decode, training transform, tokenise), tight loop, {WORKERS} processes | {work_cell} |
 | loader / that work, per repeat (what the pipeline itself costs) | {overhead_cell} |
-| peak RSS, one pass over {few['shards']} shards ({few['samples']} samples) | {few['peak_mb']:.0f} MB |
-| peak RSS, one pass over {many['shards']} shards ({many['samples']} samples) | {many['peak_mb']:.0f} MB |
-| {many['shards']} shards / {few['shards']} shards (goal: flat) | **{flat:.2f}x** |
+| peak RSS, one pass over {few["shards"]} shards ({few["samples"]} samples) | {few["peak_mb"]:.0f} MB |
+| peak RSS, one pass over {many["shards"]} shards ({many["samples"]} samples) | {many["peak_mb"]:.0f} MB |
+| {many["shards"]} shards / {few["shards"]} shards (goal: flat) | **{flat:.2f}x** |
 | `convirt shards` conversion, 1 worker | {convert[1]:.0f} rows/s |
 | `convirt shards` conversion, {WORKERS} workers | {convert[WORKERS]:.0f} rows/s |
 

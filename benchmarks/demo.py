@@ -21,8 +21,11 @@ from _recipe import CI_LEVEL
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "demo"
 DEMO = ROOT / "artifacts" / "demo"
-METHODS = (("descriptors", "descriptor prompts (Xplainer)"), ("names", "finding-name prompts"),
-           ("ensemble", "template ensemble"))
+METHODS = (
+    ("descriptors", "descriptor prompts (Xplainer)"),
+    ("names", "finding-name prompts"),
+    ("ensemble", "template ensemble"),
+)
 
 
 def main() -> None:
@@ -56,10 +59,14 @@ def main() -> None:
         "|---|---:|" + "---:|" * len(METHODS),
     ]
     for name in names:
-        lines.append(f"| {name} | {zeroshot['positives'][name]} | "
-                     + " | ".join(f"{zeroshot[method]['auroc'][name]:.3f}" for method, _ in METHODS) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{zeroshot[method]['mean_auroc']:.3f}**" for method, _ in METHODS)
-                 + " |")
+        lines.append(
+            f"| {name} | {zeroshot['positives'][name]} | "
+            + " | ".join(f"{zeroshot[method]['auroc'][name]:.3f}" for method, _ in METHODS)
+            + " |"
+        )
+    lines.append(
+        "| **mean** | | " + " | ".join(f"**{zeroshot[method]['mean_auroc']:.3f}**" for method, _ in METHODS) + " |"
+    )
     recall = retrieval.get("image_text", {})
 
     def recalls(direction: str) -> str:
@@ -73,8 +80,11 @@ def main() -> None:
         f"{retrieval['queries']} queries, the query's patient {patients}): label precision@{k} "
         f"**{retrieval[f'precision_at_{k}']:.3f}** (mAP@{k} {retrieval[f'map_at_{k}']:.3f}); a neighbour counts "
         "when its finding set equals the query's."
-        + (f" Image->text R@1/5/10 {recalls('image_to_text')}, text->image {recalls('text_to_image')}."
-           if recall else ""),
+        + (
+            f" Image->text R@1/5/10 {recalls('image_to_text')}, text->image {recalls('text_to_image')}."
+            if recall
+            else ""
+        ),
     ]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))

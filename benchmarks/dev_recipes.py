@@ -33,55 +33,93 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "dev-recipes"
 KERMANY = "source=kermany-pediatric-pneumonia-test (224px)"
 SEEDS = (0, 1, 2)
-_GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
-            "model.text_dropout": False}
+_GENERAL = {
+    "model.text_model_path": None,
+    "model.lock_text_tower": False,
+    "model.freeze_text_layers": 3,
+    "model.text_dropout": False,
+}
 # How each variant trained, whatever configs/covid_pairs.yaml now says (it took norms kept and 20 epochs from here).
 _PREVIOUS = {"model.freeze_image_norm": False, "trainer.max_epochs": 10}
 _KEPT = {"model.freeze_image_norm": True, "trainer.max_epochs": 10}
 # Lightning's own weight averaging: every checkpoint holds the average (half-life ~70 of the ~260 steps).
 _EMA = {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.99}}
 # Open-i's training reports indexed normal, drawn as extra negatives of every image (the recipe's text shards).
-_NEGATIVES = {"data.negative_texts": str(OPENI_TEXT / "shards"),
-              "data.negative_labels": ["No Finding"], "data.negatives_per_batch": 64}
+_NEGATIVES = {
+    "data.negative_texts": str(OPENI_TEXT / "shards"),
+    "data.negative_labels": ["No Finding"],
+    "data.negatives_per_batch": 64,
+}
 # The covid-pairs shard folders the variants train on (shards-NAME): `convirt shards` options beyond the recipe's.
 SHARDS = {"auto": ["--text", "auto"], "imaging": ["--text", "imaging"], "frontal": ["--views", "frontal"]}
 # name: (folder, shard folder of SHARDS, overrides of configs/covid_pairs.yaml)
 VARIANTS: dict[str, tuple[str, str, dict[str, object]]] = {
     "report-pretrained text tower locked, image tower trained, 10 epochs (the first recipe)": (
-        "recipe", "auto", _PREVIOUS),
+        "recipe",
+        "auto",
+        _PREVIOUS,
+    ),
     "the first recipe on the notes' imaging sentences (`--text imaging`)": ("imaging", "imaging", _PREVIOUS),
     "report-pretrained text tower locked, image trunk locked": (
-        "both-locked", "auto", {**_PREVIOUS, "model.lock_image_tower": True}),
+        "both-locked",
+        "auto",
+        {**_PREVIOUS, "model.lock_image_tower": True},
+    ),
     "general text tower trained, image trunk locked (LiT)": (
-        "lit", "auto", {**_GENERAL, **_PREVIOUS, "model.lock_image_tower": True}),
+        "lit",
+        "auto",
+        {**_GENERAL, **_PREVIOUS, "model.lock_image_tower": True},
+    ),
     "the first recipe with the image trunk's batch-norm statistics kept (`model.freeze_image_norm`)": (
-        "norm-frozen", "auto", _KEPT),
+        "norm-frozen",
+        "auto",
+        _KEPT,
+    ),
     "the same with the whole image trunk trained (`freeze_image_groups: 0`)": (
-        "norm-frozen-all", "auto", {**_KEPT, "model.freeze_image_groups": 0}),
+        "norm-frozen-all",
+        "auto",
+        {**_KEPT, "model.freeze_image_groups": 0},
+    ),
     "the same (statistics kept) for 20 epochs: the recipe": (
-        "norm-frozen-20", "auto", {**_KEPT, "trainer.max_epochs": 20}),
+        "norm-frozen-20",
+        "auto",
+        {**_KEPT, "trainer.max_epochs": 20},
+    ),
     "the same for 30 epochs": ("norm-frozen-30", "auto", {**_KEPT, "trainer.max_epochs": 30}),
     f"the recipe (20 epochs) evaluated on an exponential moving average of its weights (decay "
     f"{_EMA['init_args']['decay']})": (
-        "ema-20", "auto", {**_KEPT, "trainer.max_epochs": 20, "trainer.callbacks": [_EMA]}),
+        "ema-20",
+        "auto",
+        {**_KEPT, "trainer.max_epochs": 20, "trainer.callbacks": [_EMA]},
+    ),
     "the recipe (20 epochs) with the ConVIRT loss, a case's repeated description a positive of each of its images": (
-        "convirt-repeated-20", "auto", {**_KEPT, "trainer.max_epochs": 20, "model.loss": "convirt",
-                                        "model.repeated_reports_as_positives": True}),
+        "convirt-repeated-20",
+        "auto",
+        {**_KEPT, "trainer.max_epochs": 20, "model.loss": "convirt", "model.repeated_reports_as_positives": True},
+    ),
     "the recipe (20 epochs) on the frontal radiographs only (`--views frontal`: lateral films and films of "
     "unknown view left out)": ("frontal-20", "frontal", {**_KEPT, "trainer.max_epochs": 20}),
     f"the recipe (20 epochs) with Open-i's normal reports as text-only negatives "
     f"({_NEGATIVES['data.negatives_per_batch']} a batch, `data.negative_texts`)": (
-        "negatives-20", "auto", {**_KEPT, "trainer.max_epochs": 20, **_NEGATIVES}),
+        "negatives-20",
+        "auto",
+        {**_KEPT, "trainer.max_epochs": 20, **_NEGATIVES},
+    ),
 }
 METHODS = ("descriptors", "names", "ensemble")
 RECALL_KS = (5, 10)  # mean R: image<->text recall at these k, both ways
 RECIPE = "norm-frozen-20"  # the variant configs/covid_pairs.yaml took
 # The steps that led to the recipe (from, to, what changed), and what was tried on it after (folder, label).
-STEPS = (("recipe", "norm-frozen", "keep the image trunk's batch-norm statistics"),
-         ("norm-frozen", RECIPE, "then the longer training"))
-TRIED_AFTER = (("ema-20", "a moving average of the weights"),
-               ("convirt-repeated-20", "the ConVIRT loss with a case's repeated description as a positive"),
-               ("frontal-20", "frontal films only"), ("negatives-20", "Open-i's normal reports as text-only negatives"))
+STEPS = (
+    ("recipe", "norm-frozen", "keep the image trunk's batch-norm statistics"),
+    ("norm-frozen", RECIPE, "then the longer training"),
+)
+TRIED_AFTER = (
+    ("ema-20", "a moving average of the weights"),
+    ("convirt-repeated-20", "the ConVIRT loss with a case's repeated description as a positive"),
+    ("frontal-20", "frontal films only"),
+    ("negatives-20", "Open-i's normal reports as text-only negatives"),
+)
 
 
 def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Path:
@@ -96,15 +134,33 @@ def fit(run: Path, shards: Path, overrides: dict[str, object], seed: int) -> Pat
 
 def _evaluated(checkpoint: Path, labels: Path, out: Path, command: list[str]) -> dict:
     """``command``'s metrics.json in ``out``, run unless made for this checkpoint and labels at this commit."""
-    return cached_commands(out, "metrics.json", [[*command, "--output", str(out)]], convirt, checkpoint=checkpoint,
-                           labels=labels)
+    return cached_commands(
+        out, "metrics.json", [[*command, "--output", str(out)]], convirt, checkpoint=checkpoint, labels=labels
+    )
 
 
 def kermany_metrics(checkpoint: Path, labels: Path, out: Path) -> dict:
     """`convirt zeroshot --descriptors pneumonia` on the Kermany images."""
-    return _evaluated(checkpoint, labels, out, ["zeroshot", "--checkpoint", str(checkpoint), "--descriptors",
-                                                "pneumonia", "--data", str(labels), "--where", KERMANY, "--labels",
-                                                "Pneumonia", "--bootstrap", "200"])
+    return _evaluated(
+        checkpoint,
+        labels,
+        out,
+        [
+            "zeroshot",
+            "--checkpoint",
+            str(checkpoint),
+            "--descriptors",
+            "pneumonia",
+            "--data",
+            str(labels),
+            "--where",
+            KERMANY,
+            "--labels",
+            "Pneumonia",
+            "--bootstrap",
+            "200",
+        ],
+    )
 
 
 def kermany(checkpoint: Path, labels: Path, out: Path) -> dict[str, float]:
@@ -115,9 +171,28 @@ def kermany(checkpoint: Path, labels: Path, out: Path) -> dict[str, float]:
 
 def kermany_probe_metrics(checkpoint: Path, labels: Path, out: Path) -> dict:
     """The linear probe on the image-trunk features of the Kermany images, all its labels."""
-    return _evaluated(checkpoint, labels, out, ["probe", "--checkpoint", str(checkpoint), "--data", str(labels),
-                                                "--where", KERMANY, "--labels", "Pneumonia", "--fractions", "1",
-                                                "--probes", "linear", "--bootstrap", "100"])
+    return _evaluated(
+        checkpoint,
+        labels,
+        out,
+        [
+            "probe",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(labels),
+            "--where",
+            KERMANY,
+            "--labels",
+            "Pneumonia",
+            "--fractions",
+            "1",
+            "--probes",
+            "linear",
+            "--bootstrap",
+            "100",
+        ],
+    )
 
 
 def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
@@ -126,8 +201,11 @@ def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
 
 
 def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (" + \
-        ", ".join(f"{v:.3f}" for v in values) + ")"
+    return (
+        f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ("
+        + ", ".join(f"{v:.3f}" for v in values)
+        + ")"
+    )
 
 
 def main() -> None:
@@ -148,10 +226,21 @@ def main() -> None:
     for name, (folder, flavour, overrides) in VARIANTS.items():
         shards = work / f"shards-{flavour}"
         if not (shards / "manifest.json").is_file():
-            convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256",
-                    *SHARDS[flavour])
+            convirt(
+                "shards",
+                "--input",
+                str(pairs),
+                "--output",
+                str(shards),
+                "--workers",
+                "2",
+                "--image-size",
+                "256",
+                *SHARDS[flavour],
+            )
         test_sizes[flavour] = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["test"][
-            "samples"]
+            "samples"
+        ]
         zero: dict[str, list[float]] = {method: [] for method in METHODS}
         recall, stand_in, probe = [], [], []
         for seed in SEEDS:
@@ -161,15 +250,25 @@ def main() -> None:
             for method, value in kermany(checkpoint, labels, run / "kermany").items():
                 zero[method].append(value)
             pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
-            recall.append(statistics.mean(pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text",
-                                          "text_to_image") for k in RECALL_KS))
+            recall.append(
+                statistics.mean(
+                    pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text", "text_to_image") for k in RECALL_KS
+                )
+            )
             stand_in.append(openi_stand_in(checkpoint, reports, run / "openi")["names"])
             probe.append(kermany_probe(checkpoint, labels, run / "probe"))
-        results[folder] = {"zero": statistics.mean(statistics.mean(v) for v in zero.values()),
-                           "probe": statistics.mean(probe), "recall": statistics.mean(recall),
-                           "stand_in": statistics.mean(stand_in), "shards": flavour}
-        rows.append(f"| {name} | " + " | ".join(_spread(zero[method]) for method in METHODS)
-                    + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |")
+        results[folder] = {
+            "zero": statistics.mean(statistics.mean(v) for v in zero.values()),
+            "probe": statistics.mean(probe),
+            "recall": statistics.mean(recall),
+            "stand_in": statistics.mean(stand_in),
+            "shards": flavour,
+        }
+        rows.append(
+            f"| {name} | "
+            + " | ".join(_spread(zero[method]) for method in METHODS)
+            + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |"
+        )
     first_run = work / f"{VARIANTS[next(iter(VARIANTS))][0]}-s{SEEDS[0]}"
     kermany_set = kermany_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "kermany")
     folds = kermany_probe_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "probe")["folds"]
@@ -177,17 +276,21 @@ def main() -> None:
 
     def change(before: str, after: str) -> str:
         a, b = results[before], results[after]
-        return (f"trunk probe {a['probe']:.3f} -> {b['probe']:.3f}, mean of the three zero-shot AUROCs "
-                f"{a['zero']:.3f} -> {b['zero']:.3f}, mean R {a['recall']:.3f} -> {b['recall']:.3f}")
+        return (
+            f"trunk probe {a['probe']:.3f} -> {b['probe']:.3f}, mean of the three zero-shot AUROCs "
+            f"{a['zero']:.3f} -> {b['zero']:.3f}, mean R {a['recall']:.3f} -> {b['recall']:.3f}"
+        )
 
     recipe = results[RECIPE]
 
     def tried_one(folder: str, label: str) -> str:
         r = results[folder]
         side = "below" if r["zero"] < recipe["zero"] else "not below"
-        return (f"{label}: {r['zero']:.3f} ({side} the recipe; trunk probe {r['probe']:.3f}, mean R "
-                f"{r['recall']:.3f} on its {test_sizes[r['shards']]}-image test split, Open-i pair "
-                f"{r['stand_in']:.3f})")
+        return (
+            f"{label}: {r['zero']:.3f} ({side} the recipe; trunk probe {r['probe']:.3f}, mean R "
+            f"{r['recall']:.3f} on its {test_sizes[r['shards']]}-image test split, Open-i pair "
+            f"{r['stand_in']:.3f})"
+        )
 
     tried = "; ".join(tried_one(folder, label) for folder, label in TRIED_AFTER)
     lines = [
@@ -208,7 +311,8 @@ def main() -> None:
         f"initialisation (seed {SEEDS[0]}) {scale['random']}. The steps that made the recipe, in order: "
         + "; ".join(f"{label} ({change(before, after)})" for before, after, label in STEPS)
         + f". Tried on the recipe after that, against its mean of the three zero-shot AUROCs ({recipe['zero']:.3f}): "
-        + tried + ".",
+        + tried
+        + ".",
         "",
         "| variant | Kermany zero-shot, Xplainer descriptors | CheXzero-style pair | template ensemble | "
         "Kermany linear probe (trunk) | mean R (covid-pairs test) | Open-i stand-in, pair |",

@@ -30,8 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "heldout-recipes"
 OPENI_TEXT = ROOT / "artifacts" / "openi-text"
 # The text-tower (and batch-norm) settings each variant trains with, whatever configs/covid_pairs.yaml now says.
-_GENERAL = {"model.text_model_path": None, "model.lock_text_tower": False, "model.freeze_text_layers": 3,
-            "model.text_dropout": False, "model.freeze_image_norm": False}
+_GENERAL = {
+    "model.text_model_path": None,
+    "model.lock_text_tower": False,
+    "model.freeze_text_layers": 3,
+    "model.text_dropout": False,
+    "model.freeze_image_norm": False,
+}
 _REPORTS = {**_GENERAL, "model.text_model_path": str(OPENI_TEXT / "model")}
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "general text tower (MiniLM as shipped)": ("shipped", _GENERAL),
@@ -39,8 +44,10 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "one sentence per report": ("sentence", {**_GENERAL, "data.text_sampling": "sentence"}),
     "report-pretrained text tower": ("openi-text", _REPORTS),
     "report-pretrained text tower, locked": ("openi-text-locked", {**_REPORTS, "model.lock_text_tower": True}),
-    "report-pretrained text tower, both trunks locked": ("openi-text-both-locked", {
-        **_REPORTS, "model.lock_text_tower": True, "model.lock_image_tower": True}),
+    "report-pretrained text tower, both trunks locked": (
+        "openi-text-both-locked",
+        {**_REPORTS, "model.lock_text_tower": True, "model.lock_image_tower": True},
+    ),
 }
 EPOCHS = (3, 6, 10, 15, 20, 30)
 SEED, KS = 0, (5, 10)  # the seed of every variant; image<->text recall at these k
@@ -73,13 +80,42 @@ def heldout(checkpoint: Path, shards: Path, out: Path) -> dict:
     metrics = out / "retrieval.json"
     key = cache_key(checkpoint=checkpoint, shards=shards / "manifest.json", ks=KS)
     if not reusable(out, key):
-        convirt("embed", "--checkpoint", str(checkpoint), "--data", str(shards), "--split", "test", "--output",
-                str(out / "img"))
-        convirt("embed", "--checkpoint", str(checkpoint), "--data", str(shards), "--split", "test", "--texts",
-                "--output", str(out / "txt"))
+        convirt(
+            "embed",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(shards),
+            "--split",
+            "test",
+            "--output",
+            str(out / "img"),
+        )
+        convirt(
+            "embed",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(shards),
+            "--split",
+            "test",
+            "--texts",
+            "--output",
+            str(out / "txt"),
+        )
         convirt("index", "build", "--embeddings", str(out / "img"), "--output", str(out / "index"))
-        convirt("index", "eval", "--index", str(out / "index"), "-k", str(KS[0]), "--texts", str(out / "txt"),
-                "--output", str(metrics))
+        convirt(
+            "index",
+            "eval",
+            "--index",
+            str(out / "index"),
+            "-k",
+            str(KS[0]),
+            "--texts",
+            str(out / "txt"),
+            "--output",
+            str(metrics),
+        )
         mark_done(out, key)
     return json.loads(metrics.read_text(encoding="utf-8"))
 
@@ -124,9 +160,12 @@ def main() -> None:
             recall = heldout(checkpoint, shards, run / f"eval-{epochs}")["image_text"]
             stand_in = openi_stand_in(checkpoint, reports, run / f"eval-{epochs}")
             values = [recall[way][f"recall_at_{k}"] for way in ("image_to_text", "text_to_image") for k in KS]
-            lines.append(f"| {name} | {epochs} | " + " | ".join(f"{v:.3f}" for v in values)
-                         + f" | {sum(values) / len(values):.3f} | {stand_in['descriptors']:.3f} | "
-                         f"{stand_in['names']:.3f} | {seconds} |")
+            lines.append(
+                f"| {name} | {epochs} | "
+                + " | ".join(f"{v:.3f}" for v in values)
+                + f" | {sum(values) / len(values):.3f} | {stand_in['descriptors']:.3f} | "
+                f"{stand_in['names']:.3f} | {seconds} |"
+            )
     lines += ["", f"{machine_line()}; trained with precision {trained_precisions(trained)}."]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))

@@ -43,13 +43,16 @@ PROBES = (("linear", 1.0), ("linear", 0.1), ("knn", 1.0))  # the probe columns: 
 TEN = "trained 10 epochs, batch-norm statistics kept"
 PREVIOUS = "trained 10 epochs, batch-norm statistics updated (the first recipe)"
 LIT = "trained 10 epochs, image trunk locked (LiT, general text tower)"
-OTHERS = {TEN: ("ten", {"model.freeze_image_norm": True, "trainer.max_epochs": 10}),
-          PREVIOUS: ("prev", {"model.freeze_image_norm": False, "trainer.max_epochs": 10}),
-          LIT: ("lit", next(overrides for folder, _, overrides in DEV_VARIANTS.values() if folder == "lit"))}
+OTHERS = {
+    TEN: ("ten", {"model.freeze_image_norm": True, "trainer.max_epochs": 10}),
+    PREVIOUS: ("prev", {"model.freeze_image_norm": False, "trainer.max_epochs": 10}),
+    LIT: ("lit", next(overrides for folder, _, overrides in DEV_VARIANTS.values() if folder == "lit")),
+}
 
 
-def train(seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed",
-          overrides: dict[str, object] | None = None) -> Path:
+def train(
+    seed: int, work: Path, shards: Path, shared: Path, folder: str = "seed", overrides: dict[str, object] | None = None
+) -> Path:
     """`convirt fit` on covid-pairs with one seed; reused when made at this commit with this config.
 
     ``overrides`` (``section.key: value``) change the shipped recipe, in the run folder ``folder-SEED``.
@@ -77,29 +80,90 @@ def retrieval(checkpoint: Path, labels: Path, out: Path) -> dict:
     """Embed the NIH images, index them exactly, score image-to-image search and kNN diagnosis."""
     out = out / "retrieval"
     return _evaluation(
-        checkpoint, labels, out, "retrieval.json",
-        ["embed", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH,
-         "--output", str(out / "embeddings")],
+        checkpoint,
+        labels,
+        out,
+        "retrieval.json",
+        [
+            "embed",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(labels),
+            "--where",
+            NIH,
+            "--output",
+            str(out / "embeddings"),
+        ],
         ["index", "build", "--embeddings", str(out / "embeddings"), "--output", str(out / "index")],
-        ["index", "eval", "--index", str(out / "index"), "-k", str(K), "--findings", "Pneumonia", "--knn", str(KNN),
-         "--output", str(out / "retrieval.json")])
+        [
+            "index",
+            "eval",
+            "--index",
+            str(out / "index"),
+            "-k",
+            str(K),
+            "--findings",
+            "Pneumonia",
+            "--knn",
+            str(KNN),
+            "--output",
+            str(out / "retrieval.json"),
+        ],
+    )
 
 
 def zeroshot(checkpoint: Path, labels: Path, out: Path) -> dict:
     """`convirt zeroshot --descriptors pneumonia` on the NIH images (all three scoring methods, CIs)."""
     out = out / "zeroshot"
-    return _evaluation(checkpoint, labels, out, "metrics.json",
-                       ["zeroshot", "--checkpoint", str(checkpoint), "--descriptors", "pneumonia", "--data",
-                        str(labels), "--where", NIH, "--labels", "Pneumonia", "--output", str(out)])
+    return _evaluation(
+        checkpoint,
+        labels,
+        out,
+        "metrics.json",
+        [
+            "zeroshot",
+            "--checkpoint",
+            str(checkpoint),
+            "--descriptors",
+            "pneumonia",
+            "--data",
+            str(labels),
+            "--where",
+            NIH,
+            "--labels",
+            "Pneumonia",
+            "--output",
+            str(out),
+        ],
+    )
 
 
 def probe(checkpoint: Path, labels: Path, out: Path) -> dict:
     """`convirt probe`: patient-grouped linear and kNN probes at the fractions of PROBES."""
     out = out / "probe"
     fractions = sorted({str(fraction) for _, fraction in PROBES})
-    return _evaluation(checkpoint, labels, out, "metrics.json",
-                       ["probe", "--checkpoint", str(checkpoint), "--data", str(labels), "--where", NIH, "--labels",
-                        "Pneumonia", "--fractions", *fractions, "--output", str(out)])
+    return _evaluation(
+        checkpoint,
+        labels,
+        out,
+        "metrics.json",
+        [
+            "probe",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(labels),
+            "--where",
+            NIH,
+            "--labels",
+            "Pneumonia",
+            "--fractions",
+            *fractions,
+            "--output",
+            str(out),
+        ],
+    )
 
 
 def normal_pairs(pairs: Path) -> tuple[int, int]:
@@ -140,15 +204,19 @@ def main() -> None:
     if not (shards / "manifest.json").is_file():
         convirt("shards", "--input", str(pairs), "--output", str(shards), "--workers", "2", "--image-size", "256")
 
-    checkpoints: dict[str, list[tuple[Path, Path]]] = {"random init": [], "pretrained towers, untrained": [],
-                                                       "trained on covid-pairs": [], **{name: [] for name in OTHERS}}
+    checkpoints: dict[str, list[tuple[Path, Path]]] = {
+        "random init": [],
+        "pretrained towers, untrained": [],
+        "trained on covid-pairs": [],
+        **{name: [] for name in OTHERS},
+    }
     for seed in args.seeds:
         checkpoints["random init"].append((baseline_checkpoint(work, False, seed), work / f"eval-random-{seed}"))
-        checkpoints["trained on covid-pairs"].append((train(seed, work, shards, shared),
-                                                       work / f"eval-trained-{seed}"))
+        checkpoints["trained on covid-pairs"].append((train(seed, work, shards, shared), work / f"eval-trained-{seed}"))
         for name, (folder, overrides) in OTHERS.items():
-            checkpoints[name].append((train(seed, work, shards, shared, folder, overrides),
-                                      work / f"eval-{folder}-{seed}"))
+            checkpoints[name].append(
+                (train(seed, work, shards, shared, folder, overrides), work / f"eval-{folder}-{seed}")
+            )
     checkpoints["pretrained towers, untrained"].append((baseline_checkpoint(work, True), work / "eval-untrained"))
     results = {name: [retrieval(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
     zero = {name: [zeroshot(c, labels, out) for c, out in runs] for name, runs in checkpoints.items()}
@@ -156,8 +224,9 @@ def main() -> None:
 
     runs = [work / f"{folder}-{seed}" for folder in ("seed", "ten", "prev", "lit") for seed in args.seeds]
     trained_at = sorted({recorded_commit(run) for run in runs})
-    minutes = [float((run / "train_seconds.txt").read_text()) / 60 for run in runs
-               if (run / "train_seconds.txt").is_file()]
+    minutes = [
+        float((run / "train_seconds.txt").read_text()) / 60 for run in runs if (run / "train_seconds.txt").is_file()
+    ]
     trained = [checkpoint for runs in checkpoints.values() for checkpoint, _ in runs]
     machine = f"{machine_line()}; trained with precision {trained_precisions(trained)}"
     recipe = yaml.safe_load((ROOT / "configs" / "covid_pairs.yaml").read_text(encoding="utf-8"))
@@ -178,8 +247,10 @@ def main() -> None:
         "the text tower is MiniLM pretrained on the Open-i reports by `convirt pretrain-text --config "
         "configs/openi_text.yaml` and locked, so only its projection head trains; the image trunk's batch-norm layers "
         "keep their pretrained statistics). Beside it, as they were trained: "
-        + "; ".join(f"\"{name}\" ({', '.join(f'{k} = {v}' for k, v in overrides.items())})"
-                    for name, (_, overrides) in OTHERS.items())
+        + "; ".join(
+            f'"{name}" ({", ".join(f"{k} = {v}" for k, v in overrides.items())})'
+            for name, (_, overrides) in OTHERS.items()
+        )
         + f" (the development set's best candidate for Xplainer descriptors, mean of {len(DEV_SEEDS)} seeds, "
         "named before it was run on these images). Evaluation: the "
         f"{samples} NIH images of ../shared/data/cxr-eval ({positives} Pneumonia, {samples - positives} No Finding, "
@@ -195,9 +266,11 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
     ]
     for name, runs in results.items():
-        lines.append(f"| {name} | {len(runs)} | {_mean([r[f'precision_at_{K}'] for r in runs])} | "
-                     f"{_mean([r[f'map_at_{K}'] for r in runs])} | "
-                     f"{_mean([r['knn']['auroc']['Pneumonia'] for r in runs])} |")
+        lines.append(
+            f"| {name} | {len(runs)} | {_mean([r[f'precision_at_{K}'] for r in runs])} | "
+            f"{_mean([r[f'map_at_{K}'] for r in runs])} | "
+            f"{_mean([r['knn']['auroc']['Pneumonia'] for r in runs])} |"
+        )
     columns = [f"{kind} probe ({fraction:.0%})" for kind, fraction in PROBES]
     lines += [
         "",
@@ -212,7 +285,8 @@ def main() -> None:
         "and mean CI bounds, then each seed's AUROC.",
         "",
         "| model | zero-shot, Xplainer descriptors | zero-shot, CheXzero-style pair | zero-shot, template ensemble | "
-        + " | ".join(columns) + " |",
+        + " | ".join(columns)
+        + " |",
         "|---|---|---|---|" + "---|" * len(PROBES),
     ]
 
@@ -231,22 +305,27 @@ def main() -> None:
             "",
             "The text side alone: the trained checkpoints' text tower, scored on held-out Open-i "
             "reports in the same joint space (findings texts indexed airspace disease vs normal, "
-            "`benchmarks/_openi_text.py`), gives AUROC " + ", ".join(
+            "`benchmarks/_openi_text.py`), gives AUROC "
+            + ", ".join(
                 f"{method} {_mean([t[key] for t in text_side])}"
-                for method, key in (("descriptors", "descriptors"), ("pair", "names"), ("ensemble", "ensemble")))
+                for method, key in (("descriptors", "descriptors"), ("pair", "names"), ("ensemble", "ensemble"))
+            )
             + f". Of the {pair_count} covid-pairs images, {normals} are labelled No Finding: what the image side "
             "has to learn a normal study from.",
         ]
     if checkpoints[LIT]:
         lit = [_auroc(z["descriptors"]) for z in zero[LIT]]
         low, high = statistics.mean(r[1] for r in lit), statistics.mean(r[2] for r in lit)
-        same_probes = all(probe_auroc(a, kind, fraction) == probe_auroc(b, kind, fraction)
-                          for a in probes[LIT] for b in probes["pretrained towers, untrained"]
-                          for kind, fraction in PROBES)
+        same_probes = all(
+            probe_auroc(a, kind, fraction) == probe_auroc(b, kind, fraction)
+            for a in probes[LIT]
+            for b in probes["pretrained towers, untrained"]
+            for kind, fraction in PROBES
+        )
         lines += [
             "",
-            f"The \"{LIT}\" row is there because it was the best candidate for the Xplainer descriptors on the "
-            "Kermany pediatric development set (\"dev-recipes\" section below). Here its Xplainer AUROC has a mean "
+            f'The "{LIT}" row is there because it was the best candidate for the Xplainer descriptors on the '
+            'Kermany pediatric development set ("dev-recipes" section below). Here its Xplainer AUROC has a mean '
             f"CI of [{low:.3f}, {high:.3f}], which {'includes' if low <= CHANCE <= high else 'excludes'} chance "
             f"({CHANCE:.1f}). "
             f"Its probes {'equal' if same_probes else 'differ from'} the untrained ones"

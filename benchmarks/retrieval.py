@@ -33,7 +33,8 @@ def clustered(n: int, means: np.ndarray, rng: np.random.Generator) -> np.ndarray
     for start in range(0, n, 100_000):
         stop = min(start + 100_000, n)
         block = means[rng.integers(len(means), size=stop - start)] + rng.normal(
-            size=(stop - start, means.shape[1])).astype(np.float32)
+            size=(stop - start, means.shape[1])
+        ).astype(np.float32)
         faiss.normalize_L2(block)
         out[start:stop] = block
     return out
@@ -65,11 +66,27 @@ def main() -> None:
         ("HNSW32", False, ["efSearch=64", "efSearch=128", "efSearch=256", "efSearch=512"]),
         # Re-ranking depth (k_factor_rf) matters more than nprobe here: a query's true neighbours
         # sit in its own cluster's few lists, but PQ codes cannot order them finely.
-        ("IVF4096,PQ64", True, ["nprobe=16,k_factor_rf=8", "nprobe=16,k_factor_rf=32", "nprobe=32,k_factor_rf=32",
-                                "nprobe=64,k_factor_rf=64"]),
+        (
+            "IVF4096,PQ64",
+            True,
+            [
+                "nprobe=16,k_factor_rf=8",
+                "nprobe=16,k_factor_rf=32",
+                "nprobe=32,k_factor_rf=32",
+                "nprobe=64,k_factor_rf=64",
+            ],
+        ),
         # 4-bit fast-scan PQ: coarser codes, scanned with SIMD lookups, so deeper re-ranking is cheap.
-        ("IVF4096,PQ64x4fs", True, ["nprobe=16,k_factor_rf=32", "nprobe=16,k_factor_rf=64", "nprobe=32,k_factor_rf=64",
-                                    "nprobe=32,k_factor_rf=128"]),
+        (
+            "IVF4096,PQ64x4fs",
+            True,
+            [
+                "nprobe=16,k_factor_rf=32",
+                "nprobe=16,k_factor_rf=64",
+                "nprobe=32,k_factor_rf=64",
+                "nprobe=32,k_factor_rf=128",
+            ],
+        ),
     ]
     rows = []
     for factory, refine, settings in configs:
@@ -106,8 +123,10 @@ def main() -> None:
         "",
         f"| index | search parameters | build s | file MB | build memory MB | queries/s | x exact | recall@{K} |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {n} | {s} | {b:,.1f} | {size / 2**20:,.0f} | {m / 2**20:,.0f} | {q:,.0f} | {x:,.1f} | {r:.3f} |"
-          for n, s, b, size, m, q, x, r in rows],
+        *[
+            f"| {n} | {s} | {b:,.1f} | {size / 2**20:,.0f} | {m / 2**20:,.0f} | {q:,.0f} | {x:,.1f} | {r:.3f} |"
+            for n, s, b, size, m, q, x, r in rows
+        ],
         "",
         _goal(rows),
     ]
@@ -123,8 +142,10 @@ def _goal(rows: list[tuple]) -> str:
         return f"{goal}: no approximate operating point reached recall@{K} {GOAL_RECALL}."
     name, setting, *_, speedup, recall = max(good, key=lambda row: row[6])
     verdict = "met" if speedup >= GOAL_SPEEDUP else "not met"
-    return (f"{goal}: {verdict}; fastest point with recall@{K} >= {GOAL_RECALL}: "
-            f"{name}, {setting}: recall@{K} {recall:.3f} at {speedup:.1f}x exact.")
+    return (
+        f"{goal}: {verdict}; fastest point with recall@{K} >= {GOAL_RECALL}: "
+        f"{name}, {setting}: recall@{K} {recall:.3f} at {speedup:.1f}x exact."
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,11 @@ def bench_phantom(tmp: Path) -> tuple[str, str, str]:
 
     start = time.perf_counter()
     write_phantom(tmp / "phantom", PHANTOM_IMAGES, seed=0, size=PHANTOM_SIDE, workers=1, progress=False)
-    return (f"phantom images ({PHANTOM_SIDE} px, 1 process)", _rate(PHANTOM_IMAGES, time.perf_counter() - start),
-            "img/s")
+    return (
+        f"phantom images ({PHANTOM_SIDE} px, 1 process)",
+        _rate(PHANTOM_IMAGES, time.perf_counter() - start),
+        "img/s",
+    )
 
 
 def bench_shards(tmp: Path) -> tuple[str, str, str]:
@@ -41,10 +44,18 @@ def bench_shards(tmp: Path) -> tuple[str, str, str]:
     from convirt.data.writer import write_shards
 
     start = time.perf_counter()
-    write_shards(read_rows("csv", str(tmp / "phantom" / "rows.csv")), tmp / "shards", image_size=SHARD_SIDE,
-                 shard_size=100, progress=False)
-    return (f"shard writing (PNG -> {SHARD_SIDE} px JPEG, 1 process)",
-            _rate(PHANTOM_IMAGES, time.perf_counter() - start), "img/s")
+    write_shards(
+        read_rows("csv", str(tmp / "phantom" / "rows.csv")),
+        tmp / "shards",
+        image_size=SHARD_SIDE,
+        shard_size=100,
+        progress=False,
+    )
+    return (
+        f"shard writing (PNG -> {SHARD_SIDE} px JPEG, 1 process)",
+        _rate(PHANTOM_IMAGES, time.perf_counter() - start),
+        "img/s",
+    )
 
 
 def bench_stream(tmp: Path) -> tuple[str, str, str]:
@@ -54,12 +65,16 @@ def bench_stream(tmp: Path) -> tuple[str, str, str]:
 
     transform = build_image_transform(STREAM_SIDE, [0.5] * 3, [0.5] * 3, train=True)
     urls = shard_urls(tmp / "shards", "train")
-    dataset = build_batches(urls, transform, lambda t: torch.zeros(len(t), 1), batch_size=STREAM_BATCH, train=True,
-                            shuffle_buffer=100).with_epoch(10)
+    dataset = build_batches(
+        urls, transform, lambda t: torch.zeros(len(t), 1), batch_size=STREAM_BATCH, train=True, shuffle_buffer=100
+    ).with_epoch(10)
     start = time.perf_counter()
     n = sum(len(batch["key"]) for batch in dataset)
-    return (f"streaming + train augmentation ({STREAM_SIDE} px, 1 process)", _rate(n, time.perf_counter() - start),
-            "samples/s")
+    return (
+        f"streaming + train augmentation ({STREAM_SIDE} px, 1 process)",
+        _rate(n, time.perf_counter() - start),
+        "samples/s",
+    )
 
 
 SETTINGS = ((False, False, False), (True, False, False), (True, True, False), (True, False, True), (True, True, True))
@@ -89,8 +104,11 @@ def train_step_seconds(frozen: bool, bf16: bool, channels_last: bool = False) ->
     for _ in range(STEPS):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(model.encode_image(images, normalize=True), model.encode_text(texts, normalize=True),
-                           model.logit_scale.exp())
+            loss = loss_fn(
+                model.encode_image(images, normalize=True),
+                model.encode_text(texts, normalize=True),
+                model.logit_scale.exp(),
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -102,15 +120,25 @@ def bench_train_steps() -> list[tuple[str, str, str]]:
     """Every setting of SETTINGS, interleaved over REPEATS runs (each run starts at another setting)."""
     seconds: dict[tuple[bool, bool, bool], list[float]] = {setting: [] for setting in SETTINGS}
     for repeat in range(REPEATS):
-        for setting in SETTINGS[repeat % len(SETTINGS):] + SETTINGS[:repeat % len(SETTINGS)]:
+        for setting in SETTINGS[repeat % len(SETTINGS) :] + SETTINGS[: repeat % len(SETTINGS)]:
             seconds[setting].append(train_step_seconds(*setting))
     rows = []
     for (frozen, bf16, channels_last), runs in seconds.items():
-        what = ", ".join([f"{FROZEN} image groups and text layers frozen" if frozen else "all layers",
-                          "bf16 autocast" if bf16 else "fp32", *(["channels-last"] if channels_last else [])])
+        what = ", ".join(
+            [
+                f"{FROZEN} image groups and text layers frozen" if frozen else "all layers",
+                "bf16 autocast" if bf16 else "fp32",
+                *(["channels-last"] if channels_last else []),
+            ]
+        )
         rates = sorted(STEP_BATCH / s for s in runs)
-        rows.append((f"train step, {MODEL}, batch {STEP_BATCH}, {STEP_SIDE} px, {STEP_TOKENS} tokens, {what}",
-                     f"{float(np.median(rates)):,.1f} [{rates[0]:,.1f}, {rates[-1]:,.1f}]", "samples/s"))
+        rows.append(
+            (
+                f"train step, {MODEL}, batch {STEP_BATCH}, {STEP_SIDE} px, {STEP_TOKENS} tokens, {what}",
+                f"{float(np.median(rates)):,.1f} [{rates[0]:,.1f}, {rates[-1]:,.1f}]",
+                "samples/s",
+            )
+        )
     return rows
 
 
@@ -124,9 +152,11 @@ def bench_faiss() -> list[tuple[str, str, str]]:
     centres = rng.normal(size=(FAISS_CENTRES, FAISS_DIM)).astype(np.float32)
     noise = 0.5
     base = centres[rng.integers(FAISS_CENTRES, size=FAISS_VECTORS)] + noise * rng.normal(
-        size=(FAISS_VECTORS, FAISS_DIM)).astype(np.float32)
+        size=(FAISS_VECTORS, FAISS_DIM)
+    ).astype(np.float32)
     queries = centres[rng.integers(FAISS_CENTRES, size=FAISS_QUERIES)] + noise * rng.normal(
-        size=(FAISS_QUERIES, FAISS_DIM)).astype(np.float32)
+        size=(FAISS_QUERIES, FAISS_DIM)
+    ).astype(np.float32)
     rows = []
     exact_ids = None
     for factory in ("Flat", "HNSW32"):
@@ -141,8 +171,14 @@ def bench_faiss() -> list[tuple[str, str, str]]:
         else:
             recall = float(np.mean([len(set(a) & set(b)) / FAISS_K for a, b in zip(ids, exact_ids)]))
         name = f"{factory} efSearch {EF_SEARCH}" if hnsw else factory
-        rows.append((f"FAISS {name}, {FAISS_VECTORS:,} x {FAISS_DIM} clustered, k={FAISS_K} (recall@{FAISS_K} vs "
-                     f"exact {recall:.3f})", _rate(FAISS_QUERIES, seconds), "queries/s"))
+        rows.append(
+            (
+                f"FAISS {name}, {FAISS_VECTORS:,} x {FAISS_DIM} clustered, k={FAISS_K} (recall@{FAISS_K} vs "
+                f"exact {recall:.3f})",
+                _rate(FAISS_QUERIES, seconds),
+                "queries/s",
+            )
+        )
     return rows
 
 

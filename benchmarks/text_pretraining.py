@@ -34,19 +34,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "text-pretraining"
 
 
-def measure(text_model_path: str | None, findings: list[str], impressions: list[str], labels: list[int]
-            ) -> dict[str, float]:
+def measure(
+    text_model_path: str | None, findings: list[str], impressions: list[str], labels: list[int]
+) -> dict[str, float]:
     """Section recall and the zero-shot stand-in on the text trunk (pooled, no projection)."""
     from convirt.models import create_model, create_tokenizer
     from convirt.models.features import TrunkEncoder
 
-    model = create_model("demo-effnet-minilm", pretrained=True, text_model_path=text_model_path,
-                         pretrained_image=False).eval()
+    model = create_model(
+        "demo-effnet-minilm", pretrained=True, text_model_path=text_model_path, pretrained_image=False
+    ).eval()
     encoder = TrunkEncoder(model)
     # The classifier's softmax temperature: that of section matching (a trunk has no logit scale).
     encoder.logit_scale = torch.tensor(math.log(1 / 0.05))  # type: ignore[attr-defined]
-    return score_reports(encoder, create_tokenizer("demo-effnet-minilm", text_model_path), findings, impressions,
-                         labels)
+    return score_reports(
+        encoder, create_tokenizer("demo-effnet-minilm", text_model_path), findings, impressions, labels
+    )
 
 
 def ensure_text_model(reports: Path, work: Path) -> tuple[Path, Path]:
@@ -58,9 +61,17 @@ def ensure_text_model(reports: Path, work: Path) -> tuple[Path, Path]:
     if not reusable(work, key):
         convirt("shards", "--source", "openi", "--input", str(reports), "--output", str(shards))
         start = time.perf_counter()
-        convirt("pretrain-text", "--config", str(ROOT / "configs" / "openi_text.yaml"),
-                "--data.shards", str(shards), "--model.output", str(model),
-                "--trainer.default_root_dir", str(work / "fit"))
+        convirt(
+            "pretrain-text",
+            "--config",
+            str(ROOT / "configs" / "openi_text.yaml"),
+            "--data.shards",
+            str(shards),
+            "--model.output",
+            str(model),
+            "--trainer.default_root_dir",
+            str(work / "fit"),
+        )
         (work / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
         # What the run trained with: a text-model folder does not record it (the log's choice, see README).
         (work / "train_machine.txt").write_text(machine_line(choose_precision().precision) + "\n")
@@ -77,13 +88,16 @@ def main() -> None:
         return
     shards, model = ensure_text_model(reports, work)
     findings, impressions, labels = read_test_reports(shards)
-    rows = {"MiniLM as shipped": measure(None, findings, impressions, labels),
-            "after section matching on Open-i train": measure(str(model), findings, impressions, labels)}
+    rows = {
+        "MiniLM as shipped": measure(None, findings, impressions, labels),
+        "after section matching on Open-i train": measure(str(model), findings, impressions, labels),
+    }
     seconds = (work / "train_seconds.txt").read_text().strip() if (work / "train_seconds.txt").is_file() else "?"
     first = next(iter(rows.values()))
     trained_on = work / "train_machine.txt"
     machine = f"evaluated on: {machine_line()}; trained on: " + (
-        trained_on.read_text().strip() if trained_on.is_file() else "not recorded")
+        trained_on.read_text().strip() if trained_on.is_file() else "not recorded"
+    )
     machine += f"; trained at commit {recorded_commit(work)}"
     lines = [
         "## Report pretraining of the text tower (Open-i, held-out reports)",
@@ -97,13 +111,17 @@ def main() -> None:
         f"{first['positives']} reports indexed Pneumonia / Consolidation / Infiltrate / Airspace Disease against "
         f"{first['negatives']} indexed normal (AUROC). No cxr-eval image is used.",
         "",
-        "| text tower | " + " | ".join(f"findings->impression R@{k}" for k in RECALL_KS)
+        "| text tower | "
+        + " | ".join(f"findings->impression R@{k}" for k in RECALL_KS)
         + " | AUROC, Xplainer descriptors | AUROC, CheXzero-style pair | AUROC, template ensemble |",
         "|---|" + "---:|" * (len(RECALL_KS) + 3),
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[f'i2t_R@{k}']:.3f}" for k in RECALL_KS)
-                     + f" | {r['descriptors']:.3f} | {r['names']:.3f} | {r['ensemble']:.3f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{r[f'i2t_R@{k}']:.3f}" for k in RECALL_KS)
+            + f" | {r['descriptors']:.3f} | {r['names']:.3f} | {r['ensemble']:.3f} |"
+        )
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 

@@ -49,9 +49,25 @@ trainer.fit(module, datamodule=data)
 
 def seconds_per_step(shards: Path, threads: int, workers: int) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run([sys.executable, "-c", _CHILD, str(shards), str(threads), str(workers), MODEL, str(WARMUP),
-                             str(STEPS), str(BATCH), str(ROOT / "configs" / "demo.yaml")],
-                            capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            str(shards),
+            str(threads),
+            str(workers),
+            MODEL,
+            str(WARMUP),
+            str(STEPS),
+            str(BATCH),
+            str(ROOT / "configs" / "demo.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -72,7 +88,7 @@ def main() -> None:
         write_shards(read_rows("csv", str(rows)), shards, image_size=192, shard_size=100, progress=False)
         runs: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
         for repeat in range(REPEATS):  # interleaved: each repeat starts at another setting
-            for setting in settings[repeat % len(settings):] + settings[:repeat % len(settings)]:
+            for setting in settings[repeat % len(settings) :] + settings[: repeat % len(settings)]:
                 runs[setting].append(seconds_per_step(shards, *setting))
     timings = {setting: statistics.median(values) for setting, values in runs.items()}
     best = min(timings, key=timings.__getitem__)
@@ -86,9 +102,12 @@ def main() -> None:
         "",
         "| torch threads | loader workers | s / step |",
         "|---:|---:|---:|",
-        *[f"| {threads} | {workers} | {timings[setting]:.3f} [{min(runs[setting]):.3f}, {max(runs[setting]):.3f}]"
-          f"{' (fastest)' if setting == best else ''} |"
-          for setting in settings for threads, workers in [setting]],
+        *[
+            f"| {threads} | {workers} | {timings[setting]:.3f} [{min(runs[setting]):.3f}, {max(runs[setting]):.3f}]"
+            f"{' (fastest)' if setting == best else ''} |"
+            for setting in settings
+            for threads, workers in [setting]
+        ],
     ]
     write_section(Path(args.output), "threads", "\n".join(lines))
     print("\n".join(lines))

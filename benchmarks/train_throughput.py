@@ -46,10 +46,18 @@ def make_batches(model_name: str, batch_size: int, count: int, seed: int = 0) ->
     words = ["no", "pleural", "effusion", "enlarged", "cardiac", "silhouette", "right", "pneumothorax", "clear"]
     batches = []
     for _ in range(count):
-        texts = [" ".join(words[int(i)] for i in torch.randint(len(words), (12,), generator=generator))
-                 for _ in range(batch_size)]
-        batches.append({"image": torch.randn(batch_size, 3, size, size, generator=generator),
-                        "text": tokenizer(texts), "key": [""] * batch_size, "meta": [{}] * batch_size})
+        texts = [
+            " ".join(words[int(i)] for i in torch.randint(len(words), (12,), generator=generator))
+            for _ in range(batch_size)
+        ]
+        batches.append(
+            {
+                "image": torch.randn(batch_size, 3, size, size, generator=generator),
+                "text": tokenizer(texts),
+                "key": [""] * batch_size,
+                "meta": [{}] * batch_size,
+            }
+        )
     return batches
 
 
@@ -57,9 +65,16 @@ def make_module(model_name: str, sub_batch_size: int | None = None):  # type: ig
     from convirt.training import ContrastiveModule
 
     torch.manual_seed(0)
-    return ContrastiveModule(model_name, pretrained=True, learning_rate=3e-4, tower_learning_rate=1e-4,
-                             warmup_steps=5, freeze_image_groups=FROZEN_GROUPS, freeze_text_layers=FROZEN_TEXT_LAYERS,
-                             sub_batch_size=sub_batch_size)
+    return ContrastiveModule(
+        model_name,
+        pretrained=True,
+        learning_rate=3e-4,
+        tower_learning_rate=1e-4,
+        warmup_steps=5,
+        freeze_image_groups=FROZEN_GROUPS,
+        freeze_text_layers=FROZEN_TEXT_LAYERS,
+        sub_batch_size=sub_batch_size,
+    )
 
 
 def _loader(batches: list[dict]) -> torch.utils.data.DataLoader:
@@ -87,9 +102,19 @@ def lightning_step_times(model_name: str, batches: list[dict]) -> list[float]:
 
     arrivals = Arrivals()
     module = make_module(model_name)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=CLIP_NORM, callbacks=[arrivals], num_sanity_val_steps=0, precision="32-true")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=len(batches),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=CLIP_NORM,
+        callbacks=[arrivals],
+        num_sanity_val_steps=0,
+        precision="32-true",
+    )
     trainer.fit(module, train_dataloaders=_loader(batches))
     return _iterations(arrivals.times)
 
@@ -167,7 +192,7 @@ def main() -> None:
     runners = {"bare": bare_step_times, "lightning": lightning_step_times}
     for repeat in range(args.repeats):  # interleaved, each first in turn
         for name in list(runners) if repeat % 2 == 0 else list(runners)[::-1]:
-            times = runners[name](args.model, batches)[args.warmup:]
+            times = runners[name](args.model, batches)[args.warmup :]
             rates[name].append(args.batch_size / statistics.median(times))
     ratios = [light / bare for light, bare in zip(rates["lightning"], rates["bare"])]
     bare_rate, lightning_rate = statistics.median(rates["bare"]), statistics.median(rates["lightning"])

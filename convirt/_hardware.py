@@ -22,10 +22,21 @@ from typing import Any
 import torch
 
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA values) that still allow its native bf16 kernels.
-_ONEDNN_BF16_ISAS = frozenset({
-    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
-    "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT",
-})
+_ONEDNN_BF16_ISAS = frozenset(
+    {
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX512_CORE_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512",
+        "AVX10_1_512_AMX",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+        "ALL",
+        "DEFAULT",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +66,11 @@ class CpuInfo:
 
     def describe(self) -> str:
         """One line: ``Intel(R) Xeon(R) ... (capability AVX512, native bf16), 2 cores``."""
-        bf16 = "native bf16" if self.native_bf16 else (
-            "bf16 instructions capped off" if self.bf16_instructions else "no native bf16")
+        bf16 = (
+            "native bf16"
+            if self.native_bf16
+            else ("bf16 instructions capped off" if self.bf16_instructions else "no native bf16")
+        )
         return f"{self.model} (capability {self.capability}, {bf16}), {self.cores} cores"
 
 
@@ -101,8 +115,14 @@ def cpu_info() -> CpuInfo:
     instructions = _bf16_instructions()
     isa_cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
     native = instructions and capability.startswith("AVX512") and isa_cap in _ONEDNN_BF16_ISAS
-    return CpuInfo(model=_cpu_model(), capability=capability, bf16_instructions=instructions, native_bf16=native,
-                   cores=_cores(), threads=torch.get_num_threads())
+    return CpuInfo(
+        model=_cpu_model(),
+        capability=capability,
+        bf16_instructions=instructions,
+        native_bf16=native,
+        cores=_cores(),
+        threads=torch.get_num_threads(),
+    )
 
 
 def resolve_device(accelerator: object) -> str:
@@ -134,19 +154,31 @@ def choose_precision(accelerator: object = "auto") -> PrecisionChoice:
         name = torch.cuda.get_device_name(0)
         major, minor = torch.cuda.get_device_capability(0)
         if (major, minor) >= (8, 0):
-            return PrecisionChoice("bf16-mixed", device, f"CUDA {name} (compute capability {major}.{minor}) "
-                                                         "computes in bf16 natively")
-        return PrecisionChoice("16-mixed", device, f"CUDA {name} (compute capability {major}.{minor}) has no "
-                                                   "native bf16; fp16 autocast with loss scaling")
+            return PrecisionChoice(
+                "bf16-mixed", device, f"CUDA {name} (compute capability {major}.{minor}) computes in bf16 natively"
+            )
+        return PrecisionChoice(
+            "16-mixed",
+            device,
+            f"CUDA {name} (compute capability {major}.{minor}) has no native bf16; fp16 autocast with loss scaling",
+        )
     if device == "cpu":
         cpu = cpu_info()
         if cpu.native_bf16:
-            return PrecisionChoice("bf16-mixed", device, f"CPU {cpu.model} has AMX / AVX512-BF16 "
-                                                         f"(capability {cpu.capability})")
-        why = ("its bf16 instructions are capped off by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA"
-               if cpu.bf16_instructions else "it has no AMX or AVX512-BF16")
-        return PrecisionChoice("32-true", device, f"CPU {cpu.model} (capability {cpu.capability}): {why}, "
-                                                  "where bf16 autocast is several times slower than fp32")
+            return PrecisionChoice(
+                "bf16-mixed", device, f"CPU {cpu.model} has AMX / AVX512-BF16 (capability {cpu.capability})"
+            )
+        why = (
+            "its bf16 instructions are capped off by ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA"
+            if cpu.bf16_instructions
+            else "it has no AMX or AVX512-BF16"
+        )
+        return PrecisionChoice(
+            "32-true",
+            device,
+            f"CPU {cpu.model} (capability {cpu.capability}): {why}, "
+            "where bf16 autocast is several times slower than fp32",
+        )
     return PrecisionChoice("32-true", device, f"no bf16 / fp16 rule for the {device} accelerator; full precision")
 
 

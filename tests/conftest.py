@@ -29,8 +29,15 @@ def phantom_shards(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) 
     from convirt.data.writer import write_shards
 
     out = tmp_path_factory.mktemp("shards")
-    write_shards(read_rows("csv", str(phantom_csv)), out, image_size=80, shard_size=20, val_fraction=0.15,
-                 test_fraction=0.25, progress=False)
+    write_shards(
+        read_rows("csv", str(phantom_csv)),
+        out,
+        image_size=80,
+        shard_size=20,
+        val_fraction=0.15,
+        test_fraction=0.25,
+        progress=False,
+    )
     return out
 
 
@@ -47,8 +54,14 @@ def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True).save_pretrained(out)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(config).save_pretrained(out)
     return str(out)
 
@@ -75,8 +88,10 @@ def labels_csv(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     import csv
 
     out = tmp_path_factory.mktemp("labels") / "labels.csv"
-    with open(phantom_csv, newline="", encoding="utf-8") as source, open(out, "w", newline="",
-                                                                         encoding="utf-8") as target:
+    with (
+        open(phantom_csv, newline="", encoding="utf-8") as source,
+        open(out, "w", newline="", encoding="utf-8") as target,
+    ):
         writer = csv.writer(target)
         writer.writerow(["image", "labels", "patient_id", "source"])
         for i, row in enumerate(csv.DictReader(source)):
@@ -96,10 +111,19 @@ def shaded_image(size: tuple[int, int], shade: int):
     return Image.fromarray(np.clip(ramp + int(shade), 0, 255).astype(np.uint8), mode="L")
 
 
-def write_dicom(path: Path, pixels, photometric: str = "MONOCHROME2", frames: int = 1,
-                window: tuple[float, float] | None = None, slope: float = 1.0, intercept: float = 0.0,
-                samples: int = 1, syntax: str | None = None, pixel_data: bytes | None = None,
-                shape: tuple[int, int] = (40, 48)) -> None:
+def write_dicom(
+    path: Path,
+    pixels,
+    photometric: str = "MONOCHROME2",
+    frames: int = 1,
+    window: tuple[float, float] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    samples: int = 1,
+    syntax: str | None = None,
+    pixel_data: bytes | None = None,
+    shape: tuple[int, int] = (40, 48),
+) -> None:
     """A DX DICOM file: 12 bits in 16 of ``pixels`` (grayscale), 8-bit RGB with ``samples=3``, or
     ``pixel_data`` as given (``pixels`` None and no ``pixel_data``: a file without pixel data)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -133,3 +157,26 @@ def write_dicom(path: Path, pixels, photometric: str = "MONOCHROME2", frames: in
 
         ds.PixelData = (pixels if samples == 3 else pixels.astype(np.uint16)).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def quiet_trainer(root: str | os.PathLike[str], **options: object):
+    """A CPU ``L.Trainer`` that writes no logs, progress bars, summaries or checkpoints under ``root``
+    (each of them back on by its option)."""
+    import lightning as L
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    return L.Trainer(default_root_dir=root, **{**quiet, **options})
+
+
+def tiny_datamodule(shards: str | os.PathLike[str], text_model_path: str, **options: object):
+    """A ``ShardDataModule`` for the tiny model: batches of 8 in the test process, a 16-sample shuffle buffer."""
+    from convirt.training import ShardDataModule
+
+    small = {"batch_size": 8, "num_workers": 0, "shuffle_buffer": 16}
+    return ShardDataModule(str(shards), model_name=TINY_MODEL, text_model_path=text_model_path, **{**small, **options})

@@ -10,16 +10,19 @@ from convirt._hardware import choose_num_threads, choose_precision, cpu_info
 @pytest.fixture
 def cuda(monkeypatch):
     """A CUDA device whose compute capability the test sets."""
+
     def make(capability, name="Mock GPU"):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: name)
+
     return make
 
 
 @pytest.fixture
 def cpu(monkeypatch):
     """A CPU (no CUDA) with or without bf16 instructions, torch capability and oneDNN cap as set."""
+
     def make(bf16_instructions, capability, onednn=None):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         monkeypatch.setattr(_hardware, "_bf16_instructions", lambda: bf16_instructions)
@@ -29,6 +32,7 @@ def cpu(monkeypatch):
             monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
         else:
             monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+
     return make
 
 

@@ -50,15 +50,23 @@ HOMES = {
     "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256"],
     "_fingerprint": ["check_fingerprint"],
     "data/shards": ["read_manifest", "shard_urls", "require_images"],
+    "data/writer": ["write_shards", "assign_split"],
+    "data/journal": ["Conversion", "ShardFile"],
     "data/labels": ["label_matrix"],
     "data/inputs": ["build_eval_batches"],
     "models/fingerprint": ["model_fingerprint"],
     "embeddings/store": ["load_embedding_folder", "open_embedding_folder", "close_embedding_folder"],
     "embeddings/encode": ["embed_image_files"],
     "training/predict": ["embed_to_folder"],
-    "retrieval/folder": ["load_index_folder", "build_index_folder", "merge_index_folders", "search_index_folder",
-                         "patient_rows"],
+    "retrieval/folder": [
+        "load_index_folder",
+        "build_index_folder",
+        "merge_index_folders",
+        "search_index_folder",
+        "patient_rows",
+    ],
     "retrieval/metrics": ["image_text_recall", "recall_at_ks", "same_patient_exclusions"],
+    "cli/common": ["eval_batches", "with_ci", "fmt_value"],
     "zeroshot/evaluate": ["aligned_labels", "evaluate_zeroshot", "save_zeroshot_folder", "load_zeroshot_folder"],
     "bench/retrieval": ["evaluate_index_folder", "query_index_folder"],
     "losses/gather": ["gather_pairs", "gather_rows"],
@@ -88,5 +96,5 @@ def test_each_concept_is_defined_once_in_its_home(home):
 def test_modules_stay_small_and_commands_thin():
     for path in PACKAGE.rglob("*.py"):
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        limit = 170 if path.parent.name == "cli" else 400
+        limit = 160 if path.parent.name == "cli" else 400
         assert lines <= limit, f"{path.relative_to(PACKAGE)} has {lines} lines (at most {limit})"

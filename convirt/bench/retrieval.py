@@ -32,10 +32,15 @@ from convirt.retrieval.folder import IndexFolderOutput, load_index_folder, patie
 from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
 
-def evaluate_index_folder(index: str | os.PathLike[str], k: int = 5, queries: str | os.PathLike[str] | None = None,
-                          include_same_patient: bool = False, knn: int = 0,
-                          texts: str | os.PathLike[str] | None = None,
-                          findings: list[str] | None = None) -> dict[str, Any]:
+def evaluate_index_folder(
+    index: str | os.PathLike[str],
+    k: int = 5,
+    queries: str | os.PathLike[str] | None = None,
+    include_same_patient: bool = False,
+    knn: int = 0,
+    texts: str | os.PathLike[str] | None = None,
+    findings: list[str] | None = None,
+) -> dict[str, Any]:
     """Label-aware precision@k, mAP@k and recall@k of an index folder's image-to-image search.
 
     A neighbour is relevant when its finding set (``No Finding`` = the empty set) equals the
@@ -67,8 +72,9 @@ def evaluate_index_folder(index: str | os.PathLike[str], k: int = 5, queries: st
         self_ids = [{row} for row in range(len(metadata))]
     exclude = self_ids
     if not include_same_patient:
-        patients = same_patient_exclusions([str(m.get("patient_id", "")) for m in query_meta],
-                                           [str(m.get("patient_id", "")) for m in metadata])
+        patients = same_patient_exclusions(
+            [str(m.get("patient_id", "")) for m in query_meta], [str(m.get("patient_id", "")) for m in metadata]
+        )
         exclude = [a | b for a, b in zip(self_ids, patients)]
     depth = max(k, knn) + max((len(e) for e in exclude), default=0)
     similarities, ids = search(folder.index, vectors, min(depth, folder.index.ntotal))
@@ -81,8 +87,9 @@ def evaluate_index_folder(index: str | os.PathLike[str], k: int = 5, queries: st
     result: dict[str, Any] = retrieval_metrics(ids, finding_sets(query_meta), finding_sets(metadata), k, exclude)
     if only is not None:
         result["findings"] = sorted(only)
-    result.update({"indexed": len(metadata), "factory": folder.info.factory,
-                   "same_patient_excluded": not include_same_patient})
+    result.update(
+        {"indexed": len(metadata), "factory": folder.info.factory, "same_patient_excluded": not include_same_patient}
+    )
     if knn:
         names = sorted(set().union(*finding_sets(metadata)))
         if not names:
@@ -95,8 +102,12 @@ def evaluate_index_folder(index: str | os.PathLike[str], k: int = 5, queries: st
     return result
 
 
-def _image_text(image_vectors: np.ndarray, image_meta: list[dict[str, Any]], texts: str | os.PathLike[str],
-                fingerprint: dict[str, Any]) -> dict[str, Any]:
+def _image_text(
+    image_vectors: np.ndarray,
+    image_meta: list[dict[str, Any]],
+    texts: str | os.PathLike[str],
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
     """Image<->text recall of the images that have a report among ``texts`` (matched by key)."""
     embedded = load_embedding_folder(texts)
     check_fingerprint(fingerprint, embedded.info, what="index (texts)")
@@ -104,13 +115,23 @@ def _image_text(image_vectors: np.ndarray, image_meta: list[dict[str, Any]], tex
     keep = [i for i, row in enumerate(image_meta) if row["key"] in own]
     if not keep:
         raise ValueError(f"no indexed image has a report in {texts} (keys differ)")
-    return image_text_recall(image_vectors[keep], [own[image_meta[i]["key"]] for i in keep], embedded.vectors,
-                             [text_group(row.get("text", "")) for row in embedded.rows])
+    return image_text_recall(
+        image_vectors[keep],
+        [own[image_meta[i]["key"]] for i in keep],
+        embedded.vectors,
+        [text_group(row.get("text", "")) for row in embedded.rows],
+    )
 
 
-def query_index_folder(folder: IndexFolderOutput, loaded: LoadedModel, image: str | os.PathLike[str] | None = None,
-                       text: str | None = None, k: int = 5, exclude_same_patient: bool = False,
-                       patient: str | None = None) -> list[dict[str, Any]]:
+def query_index_folder(
+    folder: IndexFolderOutput,
+    loaded: LoadedModel,
+    image: str | os.PathLike[str] | None = None,
+    text: str | None = None,
+    k: int = 5,
+    exclude_same_patient: bool = False,
+    patient: str | None = None,
+) -> list[dict[str, Any]]:
     """The ``k`` indexed images nearest an image file or a report text, embedded by ``loaded``.
 
     Args:

@@ -10,26 +10,49 @@ if TYPE_CHECKING:
     from convirt.models.checkpoint import LoadedModel
 
 
-def eval_batches(loaded: LoadedModel, data: str, split: str, batch_size: int,
-                 skip_keys: set[str] | None = None, where: dict[str, str] | None = None,
-                 num_workers: int = 0, split_by_rank: bool = False,
-                 table: argparse.Namespace | None = None, texts_only: bool = False) -> Iterable[dict[str, Any]]:
+def eval_batches(
+    loaded: LoadedModel,
+    data: str,
+    split: str,
+    batch_size: int,
+    skip_keys: set[str] | None = None,
+    where: dict[str, str] | None = None,
+    num_workers: int = 0,
+    split_by_rank: bool = False,
+    table: argparse.Namespace | None = None,
+    texts_only: bool = False,
+) -> Iterable[dict[str, Any]]:
     """:func:`convirt.data.inputs.build_eval_batches` for ``loaded``, the label-table options taken from ``table``."""
     from convirt.data.inputs import build_eval_batches
 
-    return build_eval_batches(data, loaded.preprocess_cfg, loaded.tokenizer, batch_size, split=split, where=where,
-                              skip_keys=skip_keys, num_workers=num_workers, split_by_rank=split_by_rank,
-                              label_format=getattr(table, "format", "auto"), images=getattr(table, "images", None),
-                              uncertain=getattr(table, "uncertain", "zeros"), texts_only=texts_only)
+    return build_eval_batches(
+        data,
+        loaded.preprocess_cfg,
+        loaded.tokenizer,
+        batch_size,
+        split=split,
+        where=where,
+        skip_keys=skip_keys,
+        num_workers=num_workers,
+        split_by_rank=split_by_rank,
+        label_format=getattr(table, "format", "auto"),
+        images=getattr(table, "images", None),
+        uncertain=getattr(table, "uncertain", "zeros"),
+        texts_only=texts_only,
+    )
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True,
-                             help: str = "checkpoint of `convirt fit`") -> None:
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, required: bool = True, help: str = "checkpoint of `convirt fit`"
+) -> None:
     """``--checkpoint`` and ``--text-model``: the model a command loads."""
     parser.add_argument("--checkpoint", required=required, help=help)
-    parser.add_argument("--text-model", metavar="DIR",
-                        help="the local text-model folder the checkpoint was trained with, where it has moved "
-                             "(config and tokenizer are read from it; the weights come from the checkpoint)")
+    parser.add_argument(
+        "--text-model",
+        metavar="DIR",
+        help="the local text-model folder the checkpoint was trained with, where it has moved "
+        "(config and tokenizer are read from it; the weights come from the checkpoint)",
+    )
 
 
 def load_model(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedModel:
@@ -41,14 +64,39 @@ def load_model(args: argparse.Namespace, checkpoint: str | None = None) -> Loade
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--split``, ``--where`` and ``--batch-size``: what to read, for any command that reads images."""
-    parser.add_argument("--data", required=True, help="shard folder, CSV (image[,text,labels,patient_id,...]) "
-                                                      "or image folder")
+    parser.add_argument(
+        "--data", required=True, help="shard folder, CSV (image[,text,labels,patient_id,...]) or image folder"
+    )
     parser.add_argument("--split", default="test", help="shard split to read (shard folders only)")
-    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
-                        help="keep only samples whose metadata matches, e.g. source=nih-chestxray14 (repeatable)")
-    parser.add_argument("--format", default="auto", choices=["auto", "csv", "chexpert", "nih"],
-                        help="label table format (auto: from the header; NIH Data_Entry_2017, CheXpert, generic)")
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep only samples whose metadata matches, e.g. source=nih-chestxray14 (repeatable)",
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "csv", "chexpert", "nih"],
+        help="label table format (auto: from the header; NIH Data_Entry_2017, CheXpert, generic)",
+    )
     parser.add_argument("--images", help="folder the table's image paths are relative to (default: the table's)")
-    parser.add_argument("--uncertain", default="zeros", choices=["zeros", "ones", "ignore"],
-                        help="CheXpert -1 labels: negative, positive, or left out of that finding's metrics")
+    parser.add_argument(
+        "--uncertain",
+        default="zeros",
+        choices=["zeros", "ones", "ignore"],
+        help="CheXpert -1 labels: negative, positive, or left out of that finding's metrics",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
+
+
+def fmt_value(value: object) -> str:
+    """A metric to 3 decimals; NaN or a missing value as n/a."""
+    return f"{value:.3f}" if isinstance(value, float) and value == value else "n/a"
+
+
+def with_ci(values: dict[str, Any], key: str) -> str:
+    """``values[key]`` with its 95% CI, ``0.812 [0.760, 0.861]``."""
+    low, high = values[f"{key}_ci"]
+    return f"{fmt_value(values[key])} [{fmt_value(low)}, {fmt_value(high)}]" if low == low else fmt_value(values[key])

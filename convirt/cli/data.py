@@ -22,22 +22,39 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     shards = sub.add_parser("shards", help="convert an archive into WebDataset shards with a manifest")
     shards.add_argument("--source", default="csv", choices=list_sources(), help="archive reader")
-    shards.add_argument("--input", required=True,
-                        help="archive path: the CSV/JSONL file, NLMCXR_reports.tgz, the archive's root folder")
+    shards.add_argument(
+        "--input", required=True, help="archive path: the CSV/JSONL file, NLMCXR_reports.tgz, the archive's root folder"
+    )
     shards.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
     shards.add_argument("--images", help="image folder where the archive keeps it apart (openi: the PNG folder)")
-    shards.add_argument("--column", action="append", default=[], metavar="FIELD=NAME",
-                        help="csv/jsonl: the column holding FIELD (image, text, patient_id, study_id, view, "
-                             "labels, source, split); repeatable")
-    shards.add_argument("--uncertain", choices=("zeros", "ones", "ignore"),
-                        help="mimic-cxr: CheXpert -1 labels as negative (default), positive, or left out")
-    shards.add_argument("--text", default="auto", choices=[mode.value for mode in TextMode],
-                        help="report text kept: auto (findings+impression, else the free text), findings, "
-                             "impression, both, longest, imaging (findings+impression, else the free text's "
-                             "sentences about the radiograph: for case notes)")
-    shards.add_argument("--views", type=lambda text: text.split(","), metavar="VIEW[,VIEW...]",
-                        help="keep only these projections, e.g. PA,AP, or 'frontal' for every frontal view "
-                             "(rows of other views or none are dropped and counted)")
+    shards.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=NAME",
+        help="csv/jsonl: the column holding FIELD (image, text, patient_id, study_id, view, "
+        "labels, source, split); repeatable",
+    )
+    shards.add_argument(
+        "--uncertain",
+        choices=("zeros", "ones", "ignore"),
+        help="mimic-cxr: CheXpert -1 labels as negative (default), positive, or left out",
+    )
+    shards.add_argument(
+        "--text",
+        default="auto",
+        choices=[mode.value for mode in TextMode],
+        help="report text kept: auto (findings+impression, else the free text), findings, "
+        "impression, both, longest, imaging (findings+impression, else the free text's "
+        "sentences about the radiograph: for case notes)",
+    )
+    shards.add_argument(
+        "--views",
+        type=lambda text: text.split(","),
+        metavar="VIEW[,VIEW...]",
+        help="keep only these projections, e.g. PA,AP, or 'frontal' for every frontal view "
+        "(rows of other views or none are dropped and counted)",
+    )
     shards.add_argument("--image-size", type=int, default=512, help="short side of stored images")
     shards.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     shards.add_argument("--val-fraction", type=float, default=0.05)
@@ -73,11 +90,21 @@ def run_shards(args: argparse.Namespace) -> None:
     options = {"images": args.images, "columns": _columns(args.column), "uncertain": args.uncertain}
     read_rows(args.source, args.input, **options)  # checks the input now, before any work
     manifest = write_shards(
-        lambda: read_rows(args.source, args.input, **options), args.output, image_size=args.image_size,
-        shard_size=args.shard_size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, workers=args.workers, strict=args.strict, command=shlex.join(["convirt", *sys.argv[1:]]),
-        text=args.text, text_only=is_text_only(args.source, options), drop_duplicates=not args.keep_duplicates,
-        source=args.source, views=args.views,
+        lambda: read_rows(args.source, args.input, **options),
+        args.output,
+        image_size=args.image_size,
+        shard_size=args.shard_size,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        strict=args.strict,
+        command=shlex.join(["convirt", *sys.argv[1:]]),
+        text=args.text,
+        text_only=is_text_only(args.source, options),
+        drop_duplicates=not args.keep_duplicates,
+        source=args.source,
+        views=args.views,
     )
     counts = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
     dropped = ", ".join(f"{reason} {n}" for reason, n in manifest["dropped"].items()) or "none"

@@ -22,7 +22,10 @@ def run(args: argparse.Namespace) -> None:
     loaded = load_model(args)
     if is_open_clip_name(loaded.model_name):
         raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
-    folder = export_open_clip(loaded.model, loaded.model_name, loaded.tokenizer, args.output,
-                              provenance=model_fingerprint(loaded))
-    print(f"exported {loaded.model_name} -> {folder}\n"
-          f"load with: open_clip.create_model_and_transforms('local-dir:{folder}')")
+    folder = export_open_clip(
+        loaded.model, loaded.model_name, loaded.tokenizer, args.output, provenance=model_fingerprint(loaded)
+    )
+    print(
+        f"exported {loaded.model_name} -> {folder}\n"
+        f"load with: open_clip.create_model_and_transforms('local-dir:{folder}')"
+    )

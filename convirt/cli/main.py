@@ -18,26 +18,39 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``convirt: error: ...``) instead of a usage dump."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"convirt: error: {self.prog.removeprefix('convirt').strip() or 'convirt'}: {message} "
-                     f"(see `{self.prog} --help`)\n")
+        self.exit(
+            2,
+            f"convirt: error: {self.prog.removeprefix('convirt').strip() or 'convirt'}: {message} "
+            f"(see `{self.prog} --help`)\n",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convirt.cli import data, export, report, retrieval, zeroshot
+    from convirt.cli import data, embed, export, index, probe, report, zeroshot
 
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback behind a one-line error (also CONVIRT_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{phantom,shards,fit,validate,test,"
-                                "pretrain-text,zeroshot,probe,embed,index,export,report}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback behind a one-line error (also CONVIRT_DEBUG=1)"
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{phantom,shards,fit,validate,test,pretrain-text,zeroshot,probe,embed,index,export,report}",
+    )
     data.add_parsers(sub)
     for name in _LIGHTNING:
         sub.add_parser(name, help=f"{name} with LightningCLI (`convirt {name} --help`)", add_help=False)
-    sub.add_parser(_TEXT_PRETRAINING, add_help=False, help="adapt a model's text tower to reports (section "
-                   "matching on shards, no images; LightningCLI, `convirt pretrain-text --help`)")
+    sub.add_parser(
+        _TEXT_PRETRAINING,
+        add_help=False,
+        help="adapt a model's text tower to reports (section "
+        "matching on shards, no images; LightningCLI, `convirt pretrain-text --help`)",
+    )
     zeroshot.add_parsers(sub)
-    retrieval.add_parsers(sub)
+    probe.add_parsers(sub)
+    embed.add_parsers(sub)
+    index.add_parsers(sub)
     export.add_parsers(sub)
     report.add_parsers(sub)
     return parser
@@ -47,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug (anywhere before a lone "--") or CONVIRT_DEBUG=1: the traceback behind a one-line error.
-    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)] or \
-        os.environ.get("CONVIRT_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)] or os.environ.get(
+        "CONVIRT_DEBUG", ""
+    ) not in ("", "0")
     argv = [word for word in argv if word != "--debug"]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no per-load weight reports
@@ -78,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, FloatingPointError) as error:  # OSError covers missing files and weights
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         _traceback(debug)
-        print(f"convirt: error: {message}" + ("" if debug else " (--debug or CONVIRT_DEBUG=1 shows the traceback)"),
-              file=sys.stderr)
+        print(
+            f"convirt: error: {message}" + ("" if debug else " (--debug or CONVIRT_DEBUG=1 shows the traceback)"),
+            file=sys.stderr,
+        )
         return 2
     except SystemExit as exit_:  # argparse / LightningCLI usage errors: they have printed their message
         return exit_.code if isinstance(exit_.code, int) else 2

@@ -14,8 +14,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="merge zero-shot and retrieval metrics into one table and JSON")
     parser.add_argument("--zeroshot", required=True, help="metrics.json of `convirt zeroshot`")
     parser.add_argument("--retrieval", required=True, help="JSON of `convirt index eval --output`")
-    parser.add_argument("--checkpoint", help="the evaluated checkpoint: its training precision and machine are "
-                                             "recorded too")
+    parser.add_argument(
+        "--checkpoint", help="the evaluated checkpoint: its training precision and machine are recorded too"
+    )
     parser.add_argument("--timings", help="stage wall times, one 'stage<TAB>seconds' line each (the demo writes one)")
     parser.add_argument("--output", required=True, help="metrics.json to write")
     parser.set_defaults(run=run)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
     if args.timings:
         metrics["stage_seconds"] = _read_timings(args.timings)
     write_json(args.output, metrics)
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"  # noqa: E731
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"
     print("\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")
     for name, value in zeroshot["descriptors"]["auroc"].items():
         print(f"| {name} | {zeroshot['positives'][name]} | {fmt(value)} | {fmt(zeroshot['names']['auroc'][name])} |")
@@ -69,8 +70,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"| **mean** | | **{fmt(summary['mean_auroc'])}** | {fmt(summary['names_mean_auroc'])} |")
     excluded = "same patient excluded" if retrieval.get("same_patient_excluded", True) else "self excluded"
     for key in [k for k in retrieval if k.startswith(("precision_at_", "map_at_", "recall_at_"))]:
-        print(f"\nretrieval {key.replace('_', ' ')} (finding set equal, {excluded}): {fmt(retrieval[key])} "
-              f"over {retrieval['queries']} queries", end="")
+        print(
+            f"\nretrieval {key.replace('_', ' ')} (finding set equal, {excluded}): {fmt(retrieval[key])} "
+            f"over {retrieval['queries']} queries",
+            end="",
+        )
     print()
     for direction, values in retrieval.get("image_text", {}).items():
         if isinstance(values, dict):
@@ -78,8 +82,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"{direction.replace('_', ' ')}: {cells}")
     training = metrics.get("training") or {}
     machine = metrics["machine"]
-    print(f"\nmachine: {machine['model']} (capability {machine['capability']}, native bf16: "
-          f"{'yes' if machine['native_bf16'] else 'no'}); trained with precision {training.get('precision', 'n/a')}")
+    print(
+        f"\nmachine: {machine['model']} (capability {machine['capability']}, native bf16: "
+        f"{'yes' if machine['native_bf16'] else 'no'}); trained with precision {training.get('precision', 'n/a')}"
+    )
     if "stage_seconds" in metrics:
         stages = metrics["stage_seconds"]
         print("wall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items()))

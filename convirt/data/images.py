@@ -58,25 +58,32 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
         raise OSError(f"not a DICOM file: {error}") from None
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise RefusedImageError("refused_image", f"multi-frame DICOM ({frames} frames) is not a radiograph convirt "
-                                                 "converts; export the frame you want as a single-frame file")
+        raise RefusedImageError(
+            "refused_image",
+            f"multi-frame DICOM ({frames} frames) is not a radiograph convirt "
+            "converts; export the frame you want as a single-frame file",
+        )
     if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
-        raise RefusedImageError("refused_image", f"colour DICOM ({ds.get('PhotometricInterpretation', '?')}) is "
-                                                 "not a radiograph")
+        raise RefusedImageError(
+            "refused_image", f"colour DICOM ({ds.get('PhotometricInterpretation', '?')}) is not a radiograph"
+        )
     try:
         with _quiet("pydicom"):  # its decoders log a traceback before raising; the error says it in one line
             pixels = ds.pixel_array
     except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        raise OSError(f"cannot decode DICOM pixel data ({getattr(syntax, 'name', syntax)}): {error}; for "
-                      f"compressed files install pylibjpeg[all] or python-gdcm") from None
+        raise OSError(
+            f"cannot decode DICOM pixel data ({getattr(syntax, 'name', syntax)}): {error}; for "
+            f"compressed files install pylibjpeg[all] or python-gdcm"
+        ) from None
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     if "VOILUTSequence" in ds:
         values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
         low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = (float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
-                         for v in (ds.WindowCenter, ds.WindowWidth))
+        center, width = (
+            float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v) for v in (ds.WindowCenter, ds.WindowWidth)
+        )
         low, high = center - width / 2, center + width / 2
     else:
         low, high = float(values.min()), float(values.max())
@@ -155,8 +162,11 @@ def _target_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     scale = short_side / min(width, height)
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     if max(target) > JPEG_MAX_SIDE:
-        raise RefusedImageError("image_too_elongated", f"{width}x{height} px: its short side at {short_side} px "
-                                f"makes the long side {max(target)} px, past JPEG's {JPEG_MAX_SIDE}")
+        raise RefusedImageError(
+            "image_too_elongated",
+            f"{width}x{height} px: its short side at {short_side} px "
+            f"makes the long side {max(target)} px, past JPEG's {JPEG_MAX_SIDE}",
+        )
     return target
 
 

@@ -60,8 +60,13 @@ def is_shard_folder(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_image_rows(path: str | os.PathLike[str], where: dict[str, str] | None = None, label_format: str = "auto",
-                    images: str | None = None, uncertain: str = "zeros") -> list[Row]:
+def read_image_rows(
+    path: str | os.PathLike[str],
+    where: dict[str, str] | None = None,
+    label_format: str = "auto",
+    images: str | None = None,
+    uncertain: str = "zeros",
+) -> list[Row]:
     """Rows of a label table or of every image under a folder.
 
     A table is read by :func:`convirt.data.labels.read_label_rows` (generic CSV with an ``image``
@@ -100,8 +105,12 @@ class RowDataset(Dataset[Sample]):
     The metadata is the row's plus ``path`` (the image file).
     """
 
-    def __init__(self, rows: Sequence[Row], image_transform: Callable[[Image.Image], torch.Tensor],
-                 text_transform: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        rows: Sequence[Row],
+        image_transform: Callable[[Image.Image], torch.Tensor],
+        text_transform: Callable[[str], str] | None = None,
+    ) -> None:
         self.rows = list(rows)
         self.image_transform = image_transform
         self.text_transform = text_transform or (lambda text: text)
@@ -164,21 +173,37 @@ def build_input_batches(
         if not texts_only:
             require_images(path)
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
-        dataset = build_batches(shard_urls(str(path), split), None if texts_only else image_transform, tokenizer,
-                                batch_size, text_transform=text_transform, skip_keys=skip_keys, keep=keep,
-                                split_by_rank=split_by_rank)
+        dataset = build_batches(
+            shard_urls(str(path), split),
+            None if texts_only else image_transform,
+            tokenizer,
+            batch_size,
+            text_transform=text_transform,
+            skip_keys=skip_keys,
+            keep=keep,
+            split_by_rank=split_by_rank,
+        )
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
     rows = read_image_rows(path, where, label_format, images, uncertain)
     if skip_keys:
         rows = [row for row in rows if row.key not in skip_keys]
     pad_id = pad_id_of(tokenizer)
-    return DataLoader(RowDataset(rows, image_transform, text_transform), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id))
+    return DataLoader(
+        RowDataset(rows, image_transform, text_transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=partial(collate_samples, tokenizer=tokenizer, pad_id=pad_id),
+    )
 
 
-def build_eval_batches(path: str | os.PathLike[str], preprocess_cfg: dict[str, Any],
-                       tokenizer: Callable[..., torch.Tensor], batch_size: int = 64,
-                       **options: Any) -> Iterable[dict[str, Any]]:
+def build_eval_batches(
+    path: str | os.PathLike[str],
+    preprocess_cfg: dict[str, Any],
+    tokenizer: Callable[..., torch.Tensor],
+    batch_size: int = 64,
+    **options: Any,
+) -> Iterable[dict[str, Any]]:
     """Batches of any input preprocessed as a model expects for evaluation: its eval image
     transform (``preprocess_cfg``: size, mean, std, resize) and the reports cleaned as in training.
 
@@ -188,5 +213,11 @@ def build_eval_batches(path: str | os.PathLike[str], preprocess_cfg: dict[str, A
     """
     from convirt.data.transforms import clean_report, image_transform_for
 
-    return build_input_batches(path, image_transform_for(preprocess_cfg, train=False), tokenizer, batch_size,
-                               text_transform=clean_report, **options)
+    return build_input_batches(
+        path,
+        image_transform_for(preprocess_cfg, train=False),
+        tokenizer,
+        batch_size,
+        text_transform=clean_report,
+        **options,
+    )

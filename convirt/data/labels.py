@@ -22,8 +22,19 @@ from convirt.data.sources.csv import key_from_path, read_csv_rows
 FORMATS = ("auto", "csv", "chexpert", "nih")
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 CHEXPERT_FINDINGS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
     "Support Devices",
 )
 
@@ -47,8 +58,9 @@ def check_table(path: Path, required: tuple[str, ...], what: str) -> Path:
         raise FileNotFoundError(f"{what} not found: {path}")
     columns = _header(path)
     if missing := [c for c in required if c not in columns]:
-        raise ValueError(f"{path}: not the {what}: columns {missing} not found; columns: "
-                         f"{', '.join(columns) or '(none)'}")
+        raise ValueError(
+            f"{path}: not the {what}: columns {missing} not found; columns: {', '.join(columns) or '(none)'}"
+        )
     return path
 
 
@@ -67,8 +79,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     return "csv"
 
 
-def read_label_rows(path: str | os.PathLike[str], format: str = "auto", images: str | None = None,
-                    uncertain: str = "zeros") -> Iterator[Row]:
+def read_label_rows(
+    path: str | os.PathLike[str], format: str = "auto", images: str | None = None, uncertain: str = "zeros"
+) -> Iterator[Row]:
     """Rows of a label table.
 
     Args:
@@ -101,8 +114,9 @@ def read_label_rows(path: str | os.PathLike[str], format: str = "auto", images: 
     columns = _header(table)
     needed = ("Image Index", "Finding Labels", "Patient ID") if kind == "nih" else ("Path", *CHEXPERT_FINDINGS)
     if missing := [c for c in needed if c not in columns]:
-        raise ValueError(f"{table}: not a {kind} label table: columns {missing} not found; columns: "
-                         f"{', '.join(columns) or '(none)'}")
+        raise ValueError(
+            f"{table}: not a {kind} label table: columns {missing} not found; columns: {', '.join(columns) or '(none)'}"
+        )
     return _nih_rows(table, root) if kind == "nih" else _chexpert_rows(table, root, uncertain)
 
 
@@ -119,10 +133,16 @@ def _nih_rows(table: Path, root: Path) -> Iterator[Row]:
         for record in csv.DictReader(handle):  # type: ignore[arg-type]
             name = record["Image Index"].strip()
             labels = [label.strip() for label in record["Finding Labels"].split("|") if label.strip()]
-            yield Row(key=key_from_path(name), image_path=str(found.get(name, root / name)), text="",
-                      patient_id=f"nih-{int(record['Patient ID'])}", labels=labels or [NO_FINDING],
-                      view=(record.get("View Position") or "").strip(), source="nih-chestxray14",
-                      study_id=f"nih-{int(record['Patient ID'])}-{record.get('Follow-up #', '').strip()}")
+            yield Row(
+                key=key_from_path(name),
+                image_path=str(found.get(name, root / name)),
+                text="",
+                patient_id=f"nih-{int(record['Patient ID'])}",
+                labels=labels or [NO_FINDING],
+                view=(record.get("View Position") or "").strip(),
+                source="nih-chestxray14",
+                study_id=f"nih-{int(record['Patient ID'])}-{record.get('Follow-up #', '').strip()}",
+            )
 
 
 def chexpert_labels(record: dict[str, str], uncertain: str = "zeros") -> tuple[list[str], list[str]]:
@@ -152,9 +172,17 @@ def _chexpert_rows(table: Path, root: Path, uncertain: str) -> Iterator[Row]:
             study = next((p for p in parts if p.startswith("study")), "")
             labels, unsure = chexpert_labels(record, uncertain)
             view = (record.get("AP/PA") or record.get("Frontal/Lateral") or "").strip()
-            yield Row(key=key_from_path(path), image_path=str(root / path), text="", patient_id=patient,
-                      labels=labels, view=view, source="chexpert", study_id=f"{patient}-{study}",
-                      uncertain=unsure)
+            yield Row(
+                key=key_from_path(path),
+                image_path=str(root / path),
+                text="",
+                patient_id=patient,
+                labels=labels,
+                view=view,
+                source="chexpert",
+                study_id=f"{patient}-{study}",
+                uncertain=unsure,
+            )
 
 
 def label_matrix(metas: Sequence[dict[str, Any]], names: Sequence[str], mark_uncertain: bool = False) -> np.ndarray:
@@ -163,5 +191,7 @@ def label_matrix(metas: Sequence[dict[str, Any]], names: Sequence[str], mark_unc
     (CheXpert -1 read under ``--uncertain ignore``: left out of that finding's metrics)."""
     labels = [{str(label) for label in meta.get("labels", [])} for meta in metas]
     unsure = [set(meta.get("uncertain", [])) if mark_uncertain else set() for meta in metas]
-    return np.array([[-1 if name in doubt else int(name in present) for name in names]
-                     for present, doubt in zip(labels, unsure)], dtype=int).reshape(len(metas), len(names))
+    return np.array(
+        [[-1 if name in doubt else int(name in present) for name in names] for present, doubt in zip(labels, unsure)],
+        dtype=int,
+    ).reshape(len(metas), len(names))

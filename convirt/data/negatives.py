@@ -21,8 +21,9 @@ from convirt.data.section_pairs import iter_split_metadata
 from convirt.data.transforms import clean_report
 
 
-def read_negative_texts(shards: str | os.PathLike[str], labels: Sequence[str] | None = None,
-                        split: str = "train") -> list[str]:
+def read_negative_texts(
+    shards: str | os.PathLike[str], labels: Sequence[str] | None = None, split: str = "train"
+) -> list[str]:
     """The distinct report texts (findings + impression, else the free text) of a split.
 
     Args:
@@ -49,14 +50,22 @@ def read_negative_texts(shards: str | os.PathLike[str], labels: Sequence[str] | 
             texts.append(text)
     if not texts:
         common = ", ".join(f"{name} ({n})" for name, n in counts.most_common(8)) or "none"
-        raise ValueError(f"no report of split {split!r} in {Path(shards)} "
-                         f"{'has a label of ' + str(sorted(wanted)) if wanted else 'has text'}; "
-                         f"its most frequent labels: {common}")
+        raise ValueError(
+            f"no report of split {split!r} in {Path(shards)} "
+            f"{'has a label of ' + str(sorted(wanted)) if wanted else 'has text'}; "
+            f"its most frequent labels: {common}"
+        )
     return texts
 
 
-def add_negatives(batches: Iterable[dict[str, Any]], texts: Sequence[str], tokenizer: Callable[[list[str]], Any],
-                  per_batch: int, seed: int, start: int = 0) -> Iterator[dict[str, Any]]:
+def add_negatives(
+    batches: Iterable[dict[str, Any]],
+    texts: Sequence[str],
+    tokenizer: Callable[[list[str]], Any],
+    per_batch: int,
+    seed: int,
+    start: int = 0,
+) -> Iterator[dict[str, Any]]:
     """Each batch with ``negative_text``: ``per_batch`` tokenised texts drawn without replacement
     (all of them when there are fewer).
 

@@ -62,8 +62,9 @@ def prepare_image(path: str, image_size: int, reraise: bool = False) -> Prepared
         return None, None, f"unexpected_error:{type(error).__name__}", str(error)
 
 
-def check_row(row: Row, keep_views: frozenset[str] | None, mode: TextMode,
-               sections_seen: Counter[str]) -> tuple[str, Row | None]:
+def check_row(
+    row: Row, keep_views: frozenset[str] | None, mode: TextMode, sections_seen: Counter[str]
+) -> tuple[str, Row | None]:
     """Why a row's text or metadata makes it unusable (``""`` when it is usable), and the row with
     its chosen text and sections."""
     if len(row.text) > MAX_REPORT_CHARS:

@@ -24,21 +24,51 @@ SECTIONS = (FINDINGS, IMPRESSION, INDICATION, HISTORY, COMPARISON, TECHNIQUE, OT
 
 # Header spellings seen in MIMIC-CXR, Open-i, CheXpert Plus and PACS exports, upper-cased.
 _HEADERS: dict[str, str] = {
-    "FINDINGS": FINDINGS, "FINDING": FINDINGS, "FINDINGS AND IMPRESSION": FINDINGS,
-    "FINDINGS/IMPRESSION": FINDINGS, "REPORT": FINDINGS, "BODY": FINDINGS,
-    "IMAGING NOTES": FINDINGS, "IMAGING FINDINGS": FINDINGS, "RADIOLOGICAL FINDINGS": FINDINGS,
-    "IMPRESSION": IMPRESSION, "IMPRESSIONS": IMPRESSION, "CONCLUSION": IMPRESSION, "CONCLUSIONS": IMPRESSION,
-    "SUMMARY": IMPRESSION, "OPINION": IMPRESSION, "IMPRESSION/RECOMMENDATIONS": IMPRESSION,
-    "IMPRESSION AND RECOMMENDATIONS": IMPRESSION, "IMPRESSION/RECOMMENDATION": IMPRESSION,
-    "INDICATION": INDICATION, "INDICATIONS": INDICATION, "REASON FOR EXAM": INDICATION,
-    "REASON FOR EXAMINATION": INDICATION, "REASON FOR STUDY": INDICATION, "CLINICAL INDICATION": INDICATION,
+    "FINDINGS": FINDINGS,
+    "FINDING": FINDINGS,
+    "FINDINGS AND IMPRESSION": FINDINGS,
+    "FINDINGS/IMPRESSION": FINDINGS,
+    "REPORT": FINDINGS,
+    "BODY": FINDINGS,
+    "IMAGING NOTES": FINDINGS,
+    "IMAGING FINDINGS": FINDINGS,
+    "RADIOLOGICAL FINDINGS": FINDINGS,
+    "IMPRESSION": IMPRESSION,
+    "IMPRESSIONS": IMPRESSION,
+    "CONCLUSION": IMPRESSION,
+    "CONCLUSIONS": IMPRESSION,
+    "SUMMARY": IMPRESSION,
+    "OPINION": IMPRESSION,
+    "IMPRESSION/RECOMMENDATIONS": IMPRESSION,
+    "IMPRESSION AND RECOMMENDATIONS": IMPRESSION,
+    "IMPRESSION/RECOMMENDATION": IMPRESSION,
+    "INDICATION": INDICATION,
+    "INDICATIONS": INDICATION,
+    "REASON FOR EXAM": INDICATION,
+    "REASON FOR EXAMINATION": INDICATION,
+    "REASON FOR STUDY": INDICATION,
+    "CLINICAL INDICATION": INDICATION,
     "CLINICAL INFORMATION": INDICATION,
-    "HISTORY": HISTORY, "CLINICAL HISTORY": HISTORY, "CLINICAL": HISTORY, "CLINICAL DATA": HISTORY,
-    "PATIENT HISTORY": HISTORY, "MEDICAL HISTORY": HISTORY,
-    "DISCUSSION": OTHER, "NOTE": OTHER, "NOTES": OTHER, "ADDENDUM": OTHER,
-    "COMPARISON": COMPARISON, "COMPARISONS": COMPARISON, "COMPARISON EXAM": COMPARISON, "PRIOR": COMPARISON,
-    "TECHNIQUE": TECHNIQUE, "EXAMINATION": TECHNIQUE, "EXAM": TECHNIQUE, "PROCEDURE": TECHNIQUE,
-    "VIEWS": TECHNIQUE, "STUDY": TECHNIQUE,
+    "HISTORY": HISTORY,
+    "CLINICAL HISTORY": HISTORY,
+    "CLINICAL": HISTORY,
+    "CLINICAL DATA": HISTORY,
+    "PATIENT HISTORY": HISTORY,
+    "MEDICAL HISTORY": HISTORY,
+    "DISCUSSION": OTHER,
+    "NOTE": OTHER,
+    "NOTES": OTHER,
+    "ADDENDUM": OTHER,
+    "COMPARISON": COMPARISON,
+    "COMPARISONS": COMPARISON,
+    "COMPARISON EXAM": COMPARISON,
+    "PRIOR": COMPARISON,
+    "TECHNIQUE": TECHNIQUE,
+    "EXAMINATION": TECHNIQUE,
+    "EXAM": TECHNIQUE,
+    "PROCEDURE": TECHNIQUE,
+    "VIEWS": TECHNIQUE,
+    "STUDY": TECHNIQUE,
 }
 
 # A header: at a line start (or after a sentence), a run of words ending in a colon. Upper-case
@@ -64,7 +94,8 @@ _IMAGING_TERMS = re.compile(
     r"costophrenic|\w*diaphragm\w*|heart|cardiac|pulmonary|parenchym\w*|bilateral\w*|basal|bases|apical|"
     r"apex|thorax|thoracic|edema|oedema|emphysema\w*|fibro\w*|markings|shadow\w*|haz[ey]\w*|densit\w*|"
     r"lucen\w*|silhouett\w*|tubes?|catheters?)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 class TextMode(str, Enum):
@@ -148,11 +179,11 @@ def parse_sections(text: str) -> dict[str, str]:
     parts: dict[str, list[str]] = {}
     current, start = OTHER, 0
     for match in _HEADER.finditer(text):
-        line_start = not text[text.rfind("\n", 0, match.start()) + 1:match.start()].strip()
+        line_start = not text[text.rfind("\n", 0, match.start()) + 1 : match.start()].strip()
         section = section_of(match.group(1), line_start)
         if section is None:
             continue
-        parts.setdefault(current, []).append(text[start:match.start()])
+        parts.setdefault(current, []).append(text[start : match.start()])
         current, start = section, match.end()
     parts.setdefault(current, []).append(text[start:])
     sections = {name: clean_deidentified(" ".join(chunks)) for name, chunks in parts.items()}

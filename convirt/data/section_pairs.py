@@ -35,8 +35,9 @@ def iter_split_metadata(shards: str | os.PathLike[str], split: str) -> Iterator[
                     yield json.loads(handle.read())
 
 
-def read_section_pairs(shards: str | os.PathLike[str], split: str, first: str = FINDINGS,
-                       second: str = IMPRESSION) -> list[tuple[str, str]]:
+def read_section_pairs(
+    shards: str | os.PathLike[str], split: str, first: str = FINDINGS, second: str = IMPRESSION
+) -> list[tuple[str, str]]:
     """``(first, second)`` section texts of every report in a split that has both, in shard order.
 
     Reports that repeat an earlier pair exactly (several images of one study) count once.
@@ -65,6 +66,8 @@ def read_section_pairs(shards: str | os.PathLike[str], split: str, first: str = 
             seen.add(pair)
             pairs.append(pair)
     if not pairs:
-        raise ValueError(f"no report of split {split!r} in {Path(shards)} has both a {first} and an {second} "
-                         f"section ({reports} reports: {counts[first]} with {first}, {counts[second]} with {second})")
+        raise ValueError(
+            f"no report of split {split!r} in {Path(shards)} has both a {first} and an {second} "
+            f"section ({reports} reports: {counts[first]} with {first}, {counts[second]} with {second})"
+        )
     return pairs

@@ -38,8 +38,10 @@ def shard_urls(shards: str | os.PathLike[str], split: str) -> list[str]:
     manifest = read_manifest(shards)
     entries = manifest["splits"][split]["shards"]
     if not entries:
-        raise ValueError(f"split {split!r} of {shards} has no samples (counts: "
-                         f"{ {s: manifest['splits'][s]['samples'] for s in SPLITS} })")
+        raise ValueError(
+            f"split {split!r} of {shards} has no samples (counts: "
+            f"{ {s: manifest['splits'][s]['samples'] for s in SPLITS} })"
+        )
     return [str(Path(shards) / entry["name"]) for entry in entries]
 
 
@@ -54,5 +56,6 @@ def require_images(shards: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(
             f"{shards} holds text-only samples (source {manifest.get('source') or '?'} converted without its "
             f"images): image-text batches need images; rerun `convirt shards` with --images pointing at the "
-            f"archive's image folder")
+            f"archive's image folder"
+        )
     return manifest

@@ -74,8 +74,12 @@ class SkipCounter:
         return count
 
 
-def collate_samples(samples: Sequence[Sample], tokenizer: Callable[..., torch.Tensor],
-                    pad_id: int | None, skipped: SkipCounter | None = None) -> dict[str, Any]:
+def collate_samples(
+    samples: Sequence[Sample],
+    tokenizer: Callable[..., torch.Tensor],
+    pad_id: int | None,
+    skipped: SkipCounter | None = None,
+) -> dict[str, Any]:
     """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict (no ``image``
     when the samples have none)."""
     keys, images, texts, metas, groups = zip(*samples)
@@ -185,16 +189,19 @@ def build_batches(
             raise ValueError("resampled streams are for training; evaluation reads each sample once")
         # Seeded by (rank * 1000 + worker, seed): reproducible, and different on every rank and worker.
         worker_seed = None if worker is None else partial(_worker_seed, worker[0])
-        dataset = _Pipeline(wds.ResampledShards(list(urls), seed=seed, deterministic=True, worker_seed=worker_seed),
-                            wds.tarfile_to_samples(handler=skipped))
+        dataset = _Pipeline(
+            wds.ResampledShards(list(urls), seed=seed, deterministic=True, worker_seed=worker_seed),
+            wds.tarfile_to_samples(handler=skipped),
+        )
     elif train:
         # Endless: every pass over the shards in its own seeded order. (webdataset 1.0's
         # WebDataset takes a `repeat` argument and ignores it: its training stream ended with the
         # shards, short of the batches an epoch promised, so that validation never came.)
         nodesplitter = wds.split_by_node if split_by_rank else _all_shards
         workersplitter = wds.split_by_worker if worker is None else partial(_worker_share, *worker)
-        dataset = _Pipeline(_ShardRounds(list(urls), seed), nodesplitter, workersplitter,
-                            wds.tarfile_to_samples(handler=skipped))
+        dataset = _Pipeline(
+            _ShardRounds(list(urls), seed), nodesplitter, workersplitter, wds.tarfile_to_samples(handler=skipped)
+        )
     else:
         dataset = wds.WebDataset(
             list(urls),
@@ -256,8 +263,10 @@ def _complete(sample: dict[str, Any]) -> dict[str, Any]:
     """The sample, if it has an image and a text; else an error for the stream's handler."""
     if IMAGE not in sample or TEXT not in sample:
         fields = ", ".join(sorted(k for k in sample if not k.startswith("_"))) or "nothing"
-        raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: it has {fields}; "
-                         f"image-text batches need {IMAGE} and {TEXT}")
+        raise ValueError(
+            f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: it has {fields}; "
+            f"image-text batches need {IMAGE} and {TEXT}"
+        )
     return sample
 
 
@@ -281,8 +290,9 @@ def _worker_share(worker: int, workers: int, urls: Any) -> Any:
 
 def _worker_seed(worker: int) -> int:
     """webdataset's per-worker seed (rank * 1000 + worker) for the worker :class:`EpochStream` names."""
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-        else 0
+    rank = (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
     return rank * 1000 + worker
 
 
@@ -315,9 +325,16 @@ class EpochStream(torch.utils.data.IterableDataset):
         skip_batches: Global batches of the first epoch already consumed.
     """
 
-    def __init__(self, make_epoch: Callable[[int, int, tuple[int, int]], Any], batches_per_worker: int,
-                 batch_size: int,
-                 seed: int = 0, start_epoch: int = 0, skip_batches: int = 0, workers: int = 0) -> None:
+    def __init__(
+        self,
+        make_epoch: Callable[[int, int, tuple[int, int]], Any],
+        batches_per_worker: int,
+        batch_size: int,
+        seed: int = 0,
+        start_epoch: int = 0,
+        skip_batches: int = 0,
+        workers: int = 0,
+    ) -> None:
         super().__init__()
         self.make_epoch, self.per_worker, self.batch_size = make_epoch, batches_per_worker, batch_size
         self.seed, self.start_epoch, self.skip_batches = seed, start_epoch, skip_batches
@@ -337,5 +354,6 @@ class EpochStream(torch.utils.data.IterableDataset):
         # The interrupted epoch took batch i from worker i % workers: this worker's share of the skip.
         mine = max(0, (skip - worker + workers - 1) // workers)
         epoch_seed = zlib.crc32(f"{self.seed}:{epoch}".encode())
-        return itertools.islice(self.make_epoch(epoch_seed, mine * self.batch_size, (worker, workers)),
-                                self.per_worker - mine)
+        return itertools.islice(
+            self.make_epoch(epoch_seed, mine * self.batch_size, (worker, workers)), self.per_worker - mine
+        )

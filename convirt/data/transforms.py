@@ -27,8 +27,15 @@ class TrainImageTransform:
     channels happens inside the normalisation, by broadcasting.
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], horizontal_flip: bool = False,
-                 blur_probability: float = 0.2, compact: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        horizontal_flip: bool = False,
+        blur_probability: float = 0.2,
+        compact: bool = False,
+    ) -> None:
         self.size, self.horizontal_flip, self.blur_probability = size, horizontal_flip, blur_probability
         self.compact, self.mean, self.std = compact, list(mean), list(std)
 
@@ -50,10 +57,17 @@ class TrainImageTransform:
         centre = self.size / 2
         kx, ky = width / self.size, height / self.size
         ox, oy = centre + shift_x, centre + shift_y
-        inverse = (kx * a, kx * b, left + kx * (centre - a * ox - b * oy),
-                   -ky * b, ky * a, top + ky * (centre + b * ox - a * oy))
-        image = image.transform((self.size, self.size), Image.Transform.AFFINE, inverse,
-                                resample=Image.Resampling.BILINEAR)
+        inverse = (
+            kx * a,
+            kx * b,
+            left + kx * (centre - a * ox - b * oy),
+            -ky * b,
+            ky * a,
+            top + ky * (centre + b * ox - a * oy),
+        )
+        image = image.transform(
+            (self.size, self.size), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR
+        )
         if rng.random() < self.blur_probability:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, 1.5)))
         if self.horizontal_flip and rng.random() < 0.5:
@@ -68,8 +82,12 @@ class TrainImageTransform:
         return tensor if self.compact else normalize_images(tensor, self.mean, self.std)
 
 
-def _crop_box(size: tuple[int, int], rng: random.Random, scale: tuple[float, float] = (0.7, 1.0),
-              ratio: tuple[float, float] = (0.9, 1.1)) -> tuple[float, float, float, float]:
+def _crop_box(
+    size: tuple[int, int],
+    rng: random.Random,
+    scale: tuple[float, float] = (0.7, 1.0),
+    ratio: tuple[float, float] = (0.9, 1.1),
+) -> tuple[float, float, float, float]:
     """``(left, top, width, height)`` of a random crop: torchvision's RandomResizedCrop rule (area
     fraction in ``scale``, aspect in ``ratio``, 10 tries, then the centre)."""
     width, height = size
@@ -84,8 +102,9 @@ def _crop_box(size: tuple[int, int], rng: random.Random, scale: tuple[float, flo
     return (width - side) / 2, (height - side) / 2, side, side
 
 
-def normalize_images(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-                     std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize_images(
+    images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """8-bit grayscale ``(..., 1, H, W)`` -> normalised float ``(..., C, H, W)``, one channel per
     entry of ``mean`` / ``std`` (the model boundary of compact batches). Float input is returned as is.
     """
@@ -118,9 +137,16 @@ def _eval_resize(size: int, interpolation: str, resize_mode: str, fill_color: in
 
 
 def build_image_transform(
-    size: int, mean: Sequence[float], std: Sequence[float], train: bool, horizontal_flip: bool = False,
-    blur_probability: float = 0.2, compact: bool = False, interpolation: str = "bilinear",
-    resize_mode: str = "shortest", fill_color: int = 0,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    horizontal_flip: bool = False,
+    blur_probability: float = 0.2,
+    compact: bool = False,
+    interpolation: str = "bilinear",
+    resize_mode: str = "shortest",
+    fill_color: int = 0,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Grayscale PIL image -> normalised ``(3, size, size)`` float tensor, or with ``compact`` the
     8-bit ``(1, size, size)`` image that :func:`normalize_images` turns into it at the model.
@@ -140,8 +166,9 @@ def build_image_transform(
     resize = _eval_resize(size, interpolation, resize_mode, fill_color)
     if compact:
         return T.Compose([T.Grayscale(1), *resize, T.PILToTensor()])  # type: ignore
-    pipeline = T.Compose([T.Grayscale(1), *resize, T.ToTensor(),
-                          T.Lambda(lambda x: x.expand(3, -1, -1)), T.Normalize(mean, std)])
+    pipeline = T.Compose(
+        [T.Grayscale(1), *resize, T.ToTensor(), T.Lambda(lambda x: x.expand(3, -1, -1)), T.Normalize(mean, std)]
+    )
     return pipeline  # type: ignore[no-any-return]
 
 
@@ -152,16 +179,27 @@ def image_side(preprocess: dict[str, Any], size: int | None = None) -> int:
 
 
 def image_transform_for(
-    preprocess: dict[str, Any], train: bool, size: int | None = None, horizontal_flip: bool = False,
-    blur_probability: float = 0.2, compact: bool = False,
+    preprocess: dict[str, Any],
+    train: bool,
+    size: int | None = None,
+    horizontal_flip: bool = False,
+    blur_probability: float = 0.2,
+    compact: bool = False,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """The image transform of a model's preprocessing config (``size``, ``mean``, ``std`` and, as
     open_clip names them, ``interpolation``, ``resize_mode``, ``fill_color``)."""
-    return build_image_transform(image_side(preprocess, size), preprocess["mean"], preprocess["std"], train=train,
-                                 horizontal_flip=horizontal_flip, blur_probability=blur_probability, compact=compact,
-                                 interpolation=preprocess.get("interpolation", "bilinear"),
-                                 resize_mode=preprocess.get("resize_mode", "shortest"),
-                                 fill_color=int(preprocess.get("fill_color", 0)))
+    return build_image_transform(
+        image_side(preprocess, size),
+        preprocess["mean"],
+        preprocess["std"],
+        train=train,
+        horizontal_flip=horizontal_flip,
+        blur_probability=blur_probability,
+        compact=compact,
+        interpolation=preprocess.get("interpolation", "bilinear"),
+        resize_mode=preprocess.get("resize_mode", "shortest"),
+        fill_color=int(preprocess.get("fill_color", 0)),
+    )
 
 
 TEXT_SAMPLING = ("sentences", "sentence", "section", "whole")

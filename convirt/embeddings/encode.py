@@ -33,8 +33,9 @@ class EmbeddingOutput:
 MODALITIES = ("image", "text")
 
 
-def encode_batch(model: Any, batch: dict[str, Any], device: str | torch.device = "cpu",
-                 modality: str = "image") -> np.ndarray:
+def encode_batch(
+    model: Any, batch: dict[str, Any], device: str | torch.device = "cpu", modality: str = "image"
+) -> np.ndarray:
     """Normalised ``(B, D)`` float32 features of one batch dict's images (or token ids).
 
     Normalised in float32 after the model, so that the vectors are unit length to float32
@@ -57,8 +58,9 @@ def batch_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu",
-                  progress: bool = True) -> EmbeddingOutput:
+def embed_batches(
+    model: Any, batches: Iterable[dict[str, Any]], device: str | torch.device = "cpu", progress: bool = True
+) -> EmbeddingOutput:
     """Embed the images of batch dicts (as :func:`convirt.data.stream.build_batches` makes them).
 
     ``model`` is anything with ``encode_image(images, normalize=True)``.
@@ -80,25 +82,37 @@ def embed_batches(model: Any, batches: Iterable[dict[str, Any]], device: str | t
         meta.extend(batch["meta"])
         texts.extend(row["text"] for row in batch_rows(batch))
     if not parts:
-        raise ValueError("no images to embed: the data is empty" + (f" ({skipped} corrupt samples skipped)"
-                                                                     if skipped else ""))
+        raise ValueError(
+            "no images to embed: the data is empty" + (f" ({skipped} corrupt samples skipped)" if skipped else "")
+        )
     return EmbeddingOutput(np.concatenate(parts).astype(np.float32), keys, meta, texts, skipped)
 
 
 @torch.no_grad()
-def embed_texts(model: Any, tokenizer: Callable[[list[str]], torch.Tensor], texts: Sequence[str],
-                batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+def embed_texts(
+    model: Any,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    texts: Sequence[str],
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Normalised text embeddings ``(len(texts), D)``."""
     if not texts:
         raise ValueError("no texts to embed")
-    parts = [model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device), normalize=True).float().cpu()
-             for i in range(0, len(texts), batch_size)]
+    parts = [
+        model.encode_text(tokenizer(list(texts[i : i + batch_size])).to(device), normalize=True).float().cpu()
+        for i in range(0, len(texts), batch_size)
+    ]
     return torch.cat(parts)
 
 
 @torch.no_grad()
-def embed_image_files(model: Any, paths: Sequence[str | os.PathLike[str]], preprocess_cfg: dict[str, Any],
-                      device: str | torch.device = "cpu") -> np.ndarray:
+def embed_image_files(
+    model: Any,
+    paths: Sequence[str | os.PathLike[str]],
+    preprocess_cfg: dict[str, Any],
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """Normalised ``(len(paths), D)`` float32 embeddings of image files (PNG, JPEG, DICOM), each
     read as a grey radiograph and preprocessed as the model's evaluation expects.
 

@@ -64,8 +64,9 @@ class PartWriter:
         dtype: ``float32`` or ``float16`` on disk.
     """
 
-    def __init__(self, output: str | os.PathLike[str], rank: int = 0, chunk_size: int = 4096,
-                 dtype: str = "float32") -> None:
+    def __init__(
+        self, output: str | os.PathLike[str], rank: int = 0, chunk_size: int = 4096, dtype: str = "float32"
+    ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
         if chunk_size <= 0:
@@ -84,7 +85,7 @@ class PartWriter:
         if len(vectors) != len(rows):
             raise ValueError(f"{len(vectors)} vectors but {len(rows)} rows")
         for i, row in enumerate(rows):
-            self._vectors.append(vectors[i:i + 1])
+            self._vectors.append(vectors[i : i + 1])
             self._rows.append(row)
             if len(self._rows) >= self.chunk_size:
                 self.flush()
@@ -97,8 +98,12 @@ class PartWriter:
     def flush(self) -> None:
         """Write what is queued as one part."""
         if self._rows:
-            _write_part(self.folder, _part_name(self.rank, self.index),
-                        np.concatenate(self._vectors).astype(self.dtype), self._rows)
+            _write_part(
+                self.folder,
+                _part_name(self.rank, self.index),
+                np.concatenate(self._vectors).astype(self.dtype),
+                self._rows,
+            )
             self.index += 1
             self.written += len(self._rows)
             self._vectors, self._rows = [], []
@@ -111,8 +116,10 @@ class PartWriter:
 
 def skipped_samples(folder: str | os.PathLike[str]) -> int:
     """Corrupt samples the last run into ``folder`` skipped, over all its ranks (0 if none said)."""
-    return sum(int(json.loads(path.read_text(encoding="utf-8"))["skipped_samples"])
-               for path in Path(folder).glob(f"{SKIPPED_PREFIX}*.json"))
+    return sum(
+        int(json.loads(path.read_text(encoding="utf-8"))["skipped_samples"])
+        for path in Path(folder).glob(f"{SKIPPED_PREFIX}*.json")
+    )
 
 
 def read_embeddings(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -181,8 +188,10 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
         before = json.loads((out / INFO).read_text(encoding="utf-8"))
         check_fingerprint(before, fingerprint, what="output folder")
         if before.get("modality", "image") != modality:
-            raise ValueError(f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
-                             "embeddings: use another output folder")
+            raise ValueError(
+                f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
+                "embeddings: use another output folder"
+            )
     write_json(out / INFO, fingerprint)
     for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
         stale.unlink()

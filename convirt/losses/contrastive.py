@@ -20,16 +20,24 @@ LOSSES = ("clip", "siglip", "convirt")
 class SigLipLoss(OpenSigLipLoss):
     """open_clip's pairwise sigmoid loss (learnable scale and bias), under the one call of every loss."""
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,  # type: ignore[override]
-                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None, *,
-                text_groups: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,  # type: ignore[override]
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+        *,
+        text_groups: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         no_groups("siglip", text_groups)
         no_negatives("siglip", negatives)
         return super().forward(image_features, text_features, logit_scale, logit_bias)  # type: ignore[no-any-return]
 
 
-def create_loss(name: str = "clip", rank: int = 0, world_size: int = 1, gather_with_grad: bool = True,
-                local_loss: bool = False) -> nn.Module:
+def create_loss(
+    name: str = "clip", rank: int = 0, world_size: int = 1, gather_with_grad: bool = True, local_loss: bool = False
+) -> nn.Module:
     """Create a contrastive loss.
 
     Args:
@@ -51,8 +59,13 @@ def create_loss(name: str = "clip", rank: int = 0, world_size: int = 1, gather_w
         ValueError: Unknown name.
     """
     if name == "clip":
-        return TextNegativesClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
-                                     rank=rank, world_size=world_size)
+        return TextNegativesClipLoss(
+            local_loss=local_loss,
+            gather_with_grad=gather_with_grad,
+            cache_labels=True,
+            rank=rank,
+            world_size=world_size,
+        )
     if name == "siglip":
         return SigLipLoss(rank=rank, world_size=world_size)
     if name == "convirt":

@@ -7,8 +7,9 @@ import torch.distributed.nn
 from open_clip.loss import gather_features
 
 
-def gather_pairs(image_features: torch.Tensor, text_features: torch.Tensor, rank: int = 0, world_size: int = 1
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gather_pairs(
+    image_features: torch.Tensor, text_features: torch.Tensor, rank: int = 0, world_size: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every rank's ``(B, D)`` features, gathered with gradients, and this rank's rows among them.
 
     Each rank then scores its own ``B`` rows against all ``world_size * B`` columns; once DDP
@@ -20,8 +21,9 @@ def gather_pairs(image_features: torch.Tensor, text_features: torch.Tensor, rank
     """
     batch = image_features.shape[0]
     if world_size > 1:
-        all_images, all_texts = gather_features(image_features, text_features, local_loss=True,
-                                                gather_with_grad=True, rank=rank, world_size=world_size)
+        all_images, all_texts = gather_features(
+            image_features, text_features, local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size
+        )
     else:
         all_images, all_texts = image_features, text_features
     return all_images, all_texts, torch.arange(batch, device=image_features.device) + rank * batch

@@ -40,9 +40,16 @@ class TextNegativesClipLoss(OpenClipLoss):
             negatives (tested).
     """
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,  # type: ignore[override]
-                logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None, *,
-                text_groups: torch.Tensor | None = None, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,  # type: ignore[override]
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+        *,
+        text_groups: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Loss of ``(B, D)`` normalised features and ``(K, D)`` normalised negative texts (or none).
 
         ``logit_bias`` is not used (CLIP has none); it is there for the one call of every loss.

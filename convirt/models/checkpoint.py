@@ -33,8 +33,9 @@ class LoadedModel:
         return get_preprocess_cfg(self.model_name)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_model_path: str | None = None
-                    ) -> LoadedModel:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", text_model_path: str | None = None
+) -> LoadedModel:
     """Load a ``convirt fit`` checkpoint into a model in eval mode.
 
     The model is rebuilt from the registry name stored in the checkpoint's hyper-parameters
@@ -57,9 +58,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", text_m
         raise FileNotFoundError(
             f"{path} was trained with the local text model {stored}, which is not there (from {Path.cwd()}): pass "
             "its folder (`--text-model DIR` of the commands, text_model_path= of load_checkpoint), or share models as "
-            "`convirt export` folders")
+            "`convirt export` folders"
+        )
     model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    weights = {k[len(MODEL_PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     return LoadedModel(
@@ -97,8 +99,10 @@ def _read_state(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a damaged or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''})") from error
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
 
 
 def _looks_local(name: str) -> bool:

@@ -24,8 +24,13 @@ WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
 
 
-def export_open_clip(model: Any, model_name: str, tokenizer: Any, output: str | os.PathLike[str],
-                     provenance: dict[str, Any] | None = None) -> Path:
+def export_open_clip(
+    model: Any,
+    model_name: str,
+    tokenizer: Any,
+    output: str | os.PathLike[str],
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write ``model`` (built from registry entry ``model_name``) as an open_clip folder, atomically.
 
     Args:
@@ -55,6 +60,7 @@ def export_open_clip(model: Any, model_name: str, tokenizer: Any, output: str | 
         (tmp / CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         # Copies: safetensors refuses tensors that share memory (tied weights, views).
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
-        (tmp / "convirt.json").write_text(json.dumps({"model_name": model_name, **(provenance or {})}, indent=2) + "\n",
-                                          encoding="utf-8")
+        (tmp / "convirt.json").write_text(
+            json.dumps({"model_name": model_name, **(provenance or {})}, indent=2) + "\n", encoding="utf-8"
+        )
     return out

@@ -38,10 +38,12 @@ def is_open_clip_name(name: str) -> bool:
 
 def _open_clip_name(name: str) -> tuple[str, str | None]:
     """``open_clip:ARCH[@TAG]`` -> ``(ARCH, TAG)``; the architecture must be one of open_clip's."""
-    arch, _, tag = name[len(OPEN_CLIP):].partition("@")
+    arch, _, tag = name[len(OPEN_CLIP) :].partition("@")
     if arch not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {arch!r} in {name!r}; see open_clip.list_models() "
-                         "(e.g. 'open_clip:ViT-B-32@laion2b_s34b_b79k')")
+        raise ValueError(
+            f"unknown open_clip architecture {arch!r} in {name!r}; see open_clip.list_models() "
+            "(e.g. 'open_clip:ViT-B-32@laion2b_s34b_b79k')"
+        )
     return arch, tag or None
 
 
@@ -87,10 +89,13 @@ def get_preprocess_cfg(name: str) -> dict[str, Any]:
         arch, tag = _open_clip_name(name)
         vision = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {})
         tagged = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
-        return {"size": vision.get("image_size", 224), "mean": tagged.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                "std": tagged.get("std", open_clip.OPENAI_DATASET_STD),
-                "interpolation": tagged.get("interpolation", "bicubic"),
-                "resize_mode": tagged.get("resize_mode", "shortest")}
+        return {
+            "size": vision.get("image_size", 224),
+            "mean": tagged.get("mean", open_clip.OPENAI_DATASET_MEAN),
+            "std": tagged.get("std", open_clip.OPENAI_DATASET_STD),
+            "interpolation": tagged.get("interpolation", "bicubic"),
+            "resize_mode": tagged.get("resize_mode", "shortest"),
+        }
     if is_open_clip_name(name):
         return dict(open_clip.get_model_preprocess_cfg(create_model(name)))
     config = get_model_config(name)

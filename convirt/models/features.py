@@ -23,8 +23,10 @@ def image_trunk_features(model: Any, images: torch.Tensor) -> torch.Tensor:
     """
     trunk = getattr(getattr(model, "visual", None), "trunk", None)
     if trunk is None:
-        raise ValueError("the model's image tower has no trunk (visual.trunk) to take features from; "
-                         "use the joint embeddings instead (--features embedding)")
+        raise ValueError(
+            "the model's image tower has no trunk (visual.trunk) to take features from; "
+            "use the joint embeddings instead (--features embedding)"
+        )
     features = trunk(images)
     if features.ndim == 4:
         features = features.mean(dim=(2, 3))
@@ -41,8 +43,9 @@ def text_trunk_features(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """
     text = getattr(model, "text", None)
     if text is None or not hasattr(text, "transformer") or not hasattr(text, "pooler"):
-        raise ValueError("the model's text tower is not a Hugging Face trunk with a pooler (text.transformer, "
-                         "text.pooler)")
+        raise ValueError(
+            "the model's text tower is not a Hugging Face trunk with a pooler (text.transformer, text.pooler)"
+        )
     mask = (tokens != text.config.pad_token_id).long()
     return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)  # type: ignore[no-any-return]
 

@@ -14,6 +14,10 @@ def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
     :func:`convirt._fingerprint.check_fingerprint`), its checkpoint path and its architecture
     config (recorded: ``None`` for open_clip's own names, whose config open_clip holds)."""
     config = None if is_open_clip_name(loaded.model_name) else get_model_config(loaded.model_name)
-    return {"model_name": loaded.model_name, "checkpoint": loaded.checkpoint,
-            "checkpoint_sha256": file_sha256(loaded.checkpoint), "dim": loaded.embed_dim,
-            "model_config": config}
+    return {
+        "model_name": loaded.model_name,
+        "checkpoint": loaded.checkpoint,
+        "checkpoint_sha256": file_sha256(loaded.checkpoint),
+        "dim": loaded.embed_dim,
+        "model_config": config,
+    }

@@ -89,6 +89,8 @@ def locked_trunk(model: Any, tower: str) -> Any:
     parent = getattr(model, "visual" if tower == "image" else "text", None)
     trunk = getattr(parent, "trunk" if tower == "image" else "transformer", None)
     if trunk is None:
-        raise ValueError(f"the model has no pretrained {tower} trunk to lock "
-                         f"({'visual.trunk' if tower == 'image' else 'text.transformer'})")
+        raise ValueError(
+            f"the model has no pretrained {tower} trunk to lock "
+            f"({'visual.trunk' if tower == 'image' else 'text.transformer'})"
+        )
     return trunk

@@ -34,8 +34,13 @@ class IndexFolderOutput:
     metadata: list[dict[str, Any]]
 
 
-def build_index_folder(vectors: np.ndarray, rows: Sequence[dict[str, Any]], output: str | os.PathLike[str],
-                       factory: str = "Flat", **options: Any) -> IndexFolderOutput:
+def build_index_folder(
+    vectors: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    output: str | os.PathLike[str],
+    factory: str = "Flat",
+    **options: Any,
+) -> IndexFolderOutput:
     """Build an index of ``(N, D)`` vectors with their ``N`` metadata rows and save it as a folder.
 
     ``options`` are those of :func:`convirt.retrieval.build_index` (``refine``, ``train_size``,
@@ -46,8 +51,9 @@ def build_index_folder(vectors: np.ndarray, rows: Sequence[dict[str, Any]], outp
     return IndexFolderOutput(index, info, list(rows))
 
 
-def load_index_folder(folder: str | os.PathLike[str], mmap: bool = False,
-                      fingerprint: dict[str, Any] | None = None) -> IndexFolderOutput:
+def load_index_folder(
+    folder: str | os.PathLike[str], mmap: bool = False, fingerprint: dict[str, Any] | None = None
+) -> IndexFolderOutput:
     """Load an index folder with its metadata.
 
     Args:
@@ -70,8 +76,7 @@ def load_index_folder(folder: str | os.PathLike[str], mmap: bool = False,
     return IndexFolderOutput(index, info, metadata)
 
 
-def merge_index_folders(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
-                        ) -> IndexFolderOutput:
+def merge_index_folders(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> IndexFolderOutput:
     """Merge index folders built in parts into one folder, renumbered ``0..N-1`` in input order."""
     parts = [load_index_folder(folder) for folder in inputs]
     index, info = merge_indexes([(part.index, part.info) for part in parts], renumber=True)
@@ -80,8 +85,9 @@ def merge_index_folders(inputs: Sequence[str | os.PathLike[str]], output: str | 
     return IndexFolderOutput(index, info, metadata)
 
 
-def patient_rows(metadata: Sequence[dict[str, Any]], patient: str | None = None,
-                 image_path: str | os.PathLike[str] | None = None) -> set[int]:
+def patient_rows(
+    metadata: Sequence[dict[str, Any]], patient: str | None = None, image_path: str | os.PathLike[str] | None = None
+) -> set[int]:
     """Ids of the indexed images of one patient: ``patient``, or the patient of the indexed row whose
     ``path`` is ``image_path`` (the query is an indexed file).
 
@@ -93,13 +99,16 @@ def patient_rows(metadata: Sequence[dict[str, Any]], patient: str | None = None,
         found = [row for row in metadata if row.get("path") and Path(row["path"]).resolve() == wanted]
         patient = found[0].get("patient_id") if found else None
     if patient is None:
-        raise ValueError("leaving out the query's patient needs its id: pass the patient (--patient ID); the image "
-                         "is not an indexed file")
+        raise ValueError(
+            "leaving out the query's patient needs its id: pass the patient (--patient ID); the image "
+            "is not an indexed file"
+        )
     return {i for i, row in enumerate(metadata) if str(row.get("patient_id", "")) == str(patient)}
 
 
-def search_index_folder(folder: IndexFolderOutput, query: np.ndarray, k: int = 5,
-                        exclude: set[int] | None = None) -> list[dict[str, Any]]:
+def search_index_folder(
+    folder: IndexFolderOutput, query: np.ndarray, k: int = 5, exclude: set[int] | None = None
+) -> list[dict[str, Any]]:
     """The ``k`` nearest indexed images of one ``(1, D)`` or ``(D,)`` query vector, ``exclude``'s ids
     left out: per hit ``rank`` (from 1), ``score`` (cosine, 4 decimals) and its metadata row."""
     from convirt.retrieval.index import search

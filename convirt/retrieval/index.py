@@ -49,8 +49,9 @@ def set_search_params(index: faiss.Index, params: str) -> None:
     try:
         faiss.ParameterSpace().set_index_parameters(index, params)  # type: ignore[arg-type]
     except RuntimeError as error:
-        raise ValueError(f"bad search parameters {params!r} for this index: "
-                         f"{str(error).splitlines()[0].split(':')[-1].strip()}") from None
+        raise ValueError(
+            f"bad search parameters {params!r} for this index: {str(error).splitlines()[0].split(':')[-1].strip()}"
+        ) from None
 
 
 def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -132,8 +133,10 @@ def build_index(
             index.train(_normalised(sample))
         except RuntimeError as error:
             reason = str(error).splitlines()[0].split("Error: ")[-1]
-            raise ValueError(f"cannot train {factory!r} on {len(sample)} vectors ({reason}); "
-                             "give more vectors or choose a smaller index (fewer lists, fewer PQ bits)") from None
+            raise ValueError(
+                f"cannot train {factory!r} on {len(sample)} vectors ({reason}); "
+                "give more vectors or choose a smaller index (fewer lists, fewer PQ bits)"
+            ) from None
     for start in tqdm(range(0, count, batch_size), desc="index", unit="batch", disable=not progress):
         stop = min(start + batch_size, count)
         index.add_with_ids(_normalised(array[start:stop]), ids[start:stop])
@@ -143,8 +146,12 @@ def build_index(
     return index, IndexInfo(factory, "inner_product", dim, count, dict(fingerprint or {}), refine, search_params)
 
 
-def save_index(index: faiss.Index, info: IndexInfo, output: str | os.PathLike[str],
-               metadata: Sequence[dict[str, Any]] | None = None) -> Path:
+def save_index(
+    index: faiss.Index,
+    info: IndexInfo,
+    output: str | os.PathLike[str],
+    metadata: Sequence[dict[str, Any]] | None = None,
+) -> Path:
     """Write ``index.faiss`` and ``info.json`` (and ``metadata.jsonl``: one row per id, when given)
     atomically into a folder; :func:`convirt.retrieval.load_index_folder` reads all three back.
 
@@ -162,8 +169,9 @@ def save_index(index: faiss.Index, info: IndexInfo, output: str | os.PathLike[st
     return Path(output)
 
 
-def load_index(path: str | os.PathLike[str], mmap: bool = False,
-               fingerprint: dict[str, Any] | None = None) -> tuple[faiss.Index, IndexInfo]:
+def load_index(
+    path: str | os.PathLike[str], mmap: bool = False, fingerprint: dict[str, Any] | None = None
+) -> tuple[faiss.Index, IndexInfo]:
     """Load an index folder written by :func:`save_index`.
 
     Args:
@@ -209,13 +217,15 @@ def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     try:
         vectors = index.reconstruct_batch(ids) if len(ids) else np.zeros((0, index.d))
     except RuntimeError:
-        raise ValueError("this index type cannot return its vectors; rebuild it with --refine, "
-                         "or as Flat/HNSW") from None
+        raise ValueError(
+            "this index type cannot return its vectors; rebuild it with --refine, or as Flat/HNSW"
+        ) from None
     return ids, vectors.astype(np.float32)
 
 
-def merge_indexes(parts: Sequence[tuple[faiss.Index, IndexInfo]], renumber: bool = False
-                  ) -> tuple[faiss.Index, IndexInfo]:
+def merge_indexes(
+    parts: Sequence[tuple[faiss.Index, IndexInfo]], renumber: bool = False
+) -> tuple[faiss.Index, IndexInfo]:
     """Merge indexes built in parts (per rank or per archive) into one.
 
     Parts must share the factory, dimension and model fingerprint, and their ids must not
@@ -232,12 +242,20 @@ def merge_indexes(parts: Sequence[tuple[faiss.Index, IndexInfo]], renumber: bool
     first = parts[0][1]
     for _, info in parts[1:]:
         if (info.factory, info.dim, info.refine) != (first.factory, first.dim, first.refine):
-            raise ValueError(f"cannot merge a {info.factory!r} index of dim {info.dim} into a "
-                             f"{first.factory!r} index of dim {first.dim}")
+            raise ValueError(
+                f"cannot merge a {info.factory!r} index of dim {info.dim} into a "
+                f"{first.factory!r} index of dim {first.dim}"
+            )
         check_fingerprint(first.fingerprint, info.fingerprint, what="part")
     all_ids, all_vectors = zip(*(index_vectors(index) for index, _ in parts))
     ids = np.arange(sum(len(i) for i in all_ids), dtype=np.int64) if renumber else np.concatenate(all_ids)
     if len(np.unique(ids)) != len(ids):
         raise ValueError("the parts share ids; give each part its own id range")
-    return build_index(np.concatenate(all_vectors), first.factory, ids=ids, refine=first.refine,
-                       fingerprint=first.fingerprint, search_params=first.search_params)
+    return build_index(
+        np.concatenate(all_vectors),
+        first.factory,
+        ids=ids,
+        refine=first.refine,
+        fingerprint=first.fingerprint,
+        search_params=first.search_params,
+    )

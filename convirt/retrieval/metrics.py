@@ -24,8 +24,9 @@ def same_patient_exclusions(query_patients: Sequence[str], index_patients: Seque
 def _kept(ids: np.ndarray, excluded: set[int], k: int, row: int) -> list[int]:
     kept = [int(i) for i in ids if i >= 0 and int(i) not in excluded][:k]
     if len(kept) < k:
-        raise ValueError(f"query {row} has {len(kept)} neighbours left after exclusions, fewer than k={k}; "
-                         "search more candidates")
+        raise ValueError(
+            f"query {row} has {len(kept)} neighbours left after exclusions, fewer than k={k}; search more candidates"
+        )
     return kept
 
 
@@ -98,8 +99,9 @@ def label_precision_at_k(
     return float(retrieval_metrics(neighbour_ids, query_sets, index_sets, k, exclude)[f"precision_at_{k}"])
 
 
-def recall_at_ks(neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
-                 ) -> dict[str, float]:
+def recall_at_ks(
+    neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Cross-modal recall: the fraction of queries with at least one target among their top ``k``.
 
     Args:
@@ -122,12 +124,21 @@ def recall_at_ks(neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Seq
         raise ValueError("every query needs at least one target")
     if neighbour_ids.shape[1] < max(ks):
         raise ValueError(f"{neighbour_ids.shape[1]} neighbours per query, fewer than k={max(ks)}")
-    return {f"recall_at_{k}": float(np.mean([bool(targets[q] & {int(i) for i in row[:k]})
-                                              for q, row in enumerate(neighbour_ids)])) for k in ks}
+    return {
+        f"recall_at_{k}": float(
+            np.mean([bool(targets[q] & {int(i) for i in row[:k]}) for q, row in enumerate(neighbour_ids)])
+        )
+        for k in ks
+    }
 
 
-def image_text_recall(image_vectors: np.ndarray, image_groups: Sequence[int], text_vectors: np.ndarray,
-                      text_groups: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+def image_text_recall(
+    image_vectors: np.ndarray,
+    image_groups: Sequence[int],
+    text_vectors: np.ndarray,
+    text_groups: Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, Any]:
     """Image->text and text->image recall@k by exact search; a match is any item of the same group.
 
     Groups say which reports are the same text (an image's own report and every report identical
@@ -161,5 +172,6 @@ def image_text_recall(image_vectors: np.ndarray, image_groups: Sequence[int], te
     return {
         "image_to_text": recall_at_ks(to_text, [text_members[g] for g in image_groups], kept),
         "text_to_image": recall_at_ks(to_image[answered], [image_targets[i] for i in answered], kept),
-        "images": len(image_vectors), "texts": len(text_vectors),
+        "images": len(image_vectors),
+        "texts": len(text_vectors),
     }

@@ -35,8 +35,14 @@ class ZeroShotEvaluation(L.Callback):
         method: ``descriptors``, ``names`` or ``ensemble``.
     """
 
-    def __init__(self, descriptors: str = "phantom", every_n_steps: int = 500, split: str = "val",
-                 max_batches: int = 8, method: str = "descriptors") -> None:
+    def __init__(
+        self,
+        descriptors: str = "phantom",
+        every_n_steps: int = 500,
+        split: str = "val",
+        max_batches: int = 8,
+        method: str = "descriptors",
+    ) -> None:
         super().__init__()
         if every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
@@ -44,8 +50,9 @@ class ZeroShotEvaluation(L.Callback):
         self.method = Method(method)
         self.every_n_steps, self.split, self.max_batches = every_n_steps, split, max_batches
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step % self.every_n_steps == 0:
             for name, value in self.evaluate(trainer, pl_module).items():
                 pl_module.log(f"zeroshot/{name}", value, rank_zero_only=True)
@@ -69,8 +76,9 @@ class ZeroShotEvaluation(L.Callback):
                 metas.extend(batch["meta"])
             if not features:
                 return {}
-            classifier = ZeroShotClassifier(model, datamodule.tokenizer, self.descriptors, self.method,
-                                            device=pl_module.device)
+            classifier = ZeroShotClassifier(
+                model, datamodule.tokenizer, self.descriptors, self.method, device=pl_module.device
+            )
             probabilities = classifier.predict_features(torch.cat(features)).probabilities.cpu().numpy()
         finally:
             for module, training in modes.items():

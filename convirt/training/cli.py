@@ -39,16 +39,20 @@ def configure_hardware(config: Any) -> None:
     if trainer.get("precision") is None:
         choice = choose_precision(accelerator)
         trainer["precision"] = choice.precision
-        rank_zero_info(f"convirt: precision {choice.precision} ({choice.reason}; "
-                       "set --trainer.precision to choose another)")
+        rank_zero_info(
+            f"convirt: precision {choice.precision} ({choice.reason}; set --trainer.precision to choose another)"
+        )
     else:
         rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
     if resolve_device(accelerator) == "cpu":
         workers = int((config.get("data") or {}).get("num_workers") or 0)
         threads = choose_num_threads()
         torch.set_num_threads(threads)
-        rank_zero_info(f"convirt: {threads} torch threads (every core this process may use) beside {workers} "
-                       "data-loader worker(s): decoding a batch costs far less than the model's step")
+        rank_zero_info(
+            f"convirt: {threads} torch threads (every core this process may use) beside {workers} "
+            "data-loader worker(s): decoding a batch costs far less than the model's step"
+        )
+
 
 def default_logger() -> dict[str, object]:
     """The logger when a config names none: Weights & Biases, offline (sync later with
@@ -56,8 +60,10 @@ def default_logger() -> dict[str, object]:
     import importlib.util
 
     if importlib.util.find_spec("wandb") is not None:
-        return {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                "init_args": {"project": "convirt", "offline": True, "save_dir": "artifacts/wandb"}}
+        return {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"project": "convirt", "offline": True, "save_dir": "artifacts/wandb"},
+        }
     return {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "artifacts/logs"}}
 
 
@@ -72,8 +78,9 @@ def run_lightning_cli(args: list[str], text_pretraining: bool = False) -> None:
     """
     from convirt.training.text_pretrain import SectionMatchingModule, SectionPairsDataModule
 
-    module, data = (SectionMatchingModule, SectionPairsDataModule) if text_pretraining else \
-        (ContrastiveModule, ShardDataModule)
+    module, data = (
+        (SectionMatchingModule, SectionPairsDataModule) if text_pretraining else (ContrastiveModule, ShardDataModule)
+    )
     with warnings.catch_warnings():
         # We pass `args` on purpose; sys.argv holds the same words.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")

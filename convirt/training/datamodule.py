@@ -92,12 +92,19 @@ class ShardDataModule(L.LightningDataModule):
         if is_shard_folder(hp.shards):
             self.manifest = require_images(hp.shards)
         elif hp.samples_per_epoch is None:
-            raise ValueError(f"data.shards {hp.shards!r} is not a shard folder (no manifest.json): give "
-                             f"data.samples_per_epoch for a shard pattern or URL, or point at a "
-                             f"`convirt shards` folder")
+            raise ValueError(
+                f"data.shards {hp.shards!r} is not a shard folder (no manifest.json): give "
+                f"data.samples_per_epoch for a shard pattern or URL, or point at a "
+                f"`convirt shards` folder"
+            )
         else:
-            self.manifest = {"splits": {"train": {"samples": hp.samples_per_epoch},
-                                        "val": {"samples": 1 if hp.val_shards else 0}, "test": {"samples": 0}}}
+            self.manifest = {
+                "splits": {
+                    "train": {"samples": hp.samples_per_epoch},
+                    "val": {"samples": 1 if hp.val_shards else 0},
+                    "test": {"samples": 0},
+                }
+            }
         if hp.text_sampling not in TEXT_SAMPLING:
             raise ValueError(f"unknown data.text_sampling {hp.text_sampling!r}; known: {', '.join(TEXT_SAMPLING)}")
         self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
@@ -111,46 +118,85 @@ class ShardDataModule(L.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         # Compact batches (8-bit, one channel): the module normalises them on its device.
-        transform = image_transform_for(self.preprocess, train=train, size=hp.image_size,
-                                        horizontal_flip=hp.horizontal_flip, blur_probability=hp.blur_probability,
-                                        compact=True)
+        transform = image_transform_for(
+            self.preprocess,
+            train=train,
+            size=hp.image_size,
+            horizontal_flip=hp.horizontal_flip,
+            blur_probability=hp.blur_probability,
+            compact=True,
+        )
         urls = self._urls(split)
         split_by_rank = train and not hp.resampled and world_size > 1 and len(urls) >= world_size
         workers = hp.num_workers
         if train and not hp.resampled:
             # An endless training stream must give every worker at least one shard.
             workers = min(workers, len(urls) // world_size if split_by_rank else len(urls))
-        text_transform: Any = SentenceSampler(hp.sentence_drop, seed=hp.seed + rank, mode=hp.text_sampling) \
-            if train else clean_report
+        text_transform: Any = (
+            SentenceSampler(hp.sentence_drop, seed=hp.seed + rank, mode=hp.text_sampling) if train else clean_report
+        )
         if not train:
             # Evaluation runs the whole split on every rank, so that no rank is left without batches.
-            dataset = build_batches(urls, transform, self.tokenizer, hp.batch_size, text_transform=text_transform,
-                                    seed=hp.seed + rank, strict=hp.strict, decode_size=self._decode_size())
+            dataset = build_batches(
+                urls,
+                transform,
+                self.tokenizer,
+                hp.batch_size,
+                text_transform=text_transform,
+                seed=hp.seed + rank,
+                strict=hp.strict,
+                decode_size=self._decode_size(),
+            )
             return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)))
 
         pool, tokenizer = self.negative_pool, self.tokenizer
 
         def make_epoch(seed: int, skip_samples: int, worker: tuple[int, int]) -> Any:
             # Training splits shards between ranks when there are enough (or resamples them).
-            batches = build_batches(urls, transform, tokenizer, hp.batch_size, text_transform=text_transform,
-                                    train=True, shuffle_buffer=hp.shuffle_buffer, split_by_rank=split_by_rank,
-                                    seed=seed, skip_samples=skip_samples, resampled=hp.resampled, strict=hp.strict,
-                                    decode_size=self._decode_size(), worker=worker)
+            batches = build_batches(
+                urls,
+                transform,
+                tokenizer,
+                hp.batch_size,
+                text_transform=text_transform,
+                train=True,
+                shuffle_buffer=hp.shuffle_buffer,
+                split_by_rank=split_by_rank,
+                seed=seed,
+                skip_samples=skip_samples,
+                resampled=hp.resampled,
+                strict=hp.strict,
+                decode_size=self._decode_size(),
+                worker=worker,
+            )
             if not pool:
                 return batches
             # Seeded by the epoch (and rank), the worker and the batch's place in the worker's
             # stream: ranks and workers draw their own negatives, and a resumed epoch draws the
             # uninterrupted run's.
-            return add_negatives(batches, pool, tokenizer, hp.negatives_per_batch,
-                                 zlib.crc32(f"{seed}:{worker[0]}".encode()), start=skip_samples // hp.batch_size)
+            return add_negatives(
+                batches,
+                pool,
+                tokenizer,
+                hp.negatives_per_batch,
+                zlib.crc32(f"{seed}:{worker[0]}".encode()),
+                start=skip_samples // hp.batch_size,
+            )
 
         samples = int(hp.samples_per_epoch or self.manifest["splits"][split]["samples"])
         per_worker = batches_per_worker(samples, hp.batch_size, world_size, workers)
         start_epoch, skip = self._resume_position()
         if skip >= per_worker * max(1, workers):  # restored at the end of an epoch: start the next
             start_epoch, skip = start_epoch + 1, 0
-        stream = EpochStream(make_epoch, per_worker, hp.batch_size, seed=hp.seed + rank, start_epoch=start_epoch,
-                             skip_batches=skip, workers=workers)
+        stream = EpochStream(
+            make_epoch,
+            per_worker,
+            hp.batch_size,
+            seed=hp.seed + rank,
+            start_epoch=start_epoch,
+            skip_batches=skip,
+            workers=workers,
+        )
         return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
     def _decode_size(self) -> int:

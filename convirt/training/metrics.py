@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
-                      ) -> dict[str, float]:
+def retrieval_recalls(images: torch.Tensor, texts: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """R@k of paired ``(N, D)`` image and text features: is the partner among the top ``k``?"""
     similarity = images @ texts.T
     target = torch.arange(len(images), device=images.device)

@@ -126,26 +126,35 @@ class ContrastiveModule(L.LightningModule):
         self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
-        self.loss_fn = create_loss(self.loss_name, rank=self.global_rank, world_size=self.trainer.world_size,
-                                   local_loss=bool(self.hparams["local_loss"]))
+        self.loss_fn = create_loss(
+            self.loss_name,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size,
+            local_loss=bool(self.hparams["local_loss"]),
+        )
 
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised features ``(B, D)`` of images ``(B, 3, H, W)`` and token ids ``(B, L)``."""
         return self.model.encode_image(images, normalize=True), self.model.encode_text(texts, normalize=True)
 
-    def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, batch: dict[str, Any]
-              ) -> torch.Tensor:
+    def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The loss of a batch's features; text-only negatives (``negative_text``) and repeated-report
         groups go to the loss when the batch carries them."""
         assert self.loss_fn is not None
-        negatives = self.model.encode_text(batch["negative_text"], normalize=True) if "negative_text" in batch \
-            else None
+        negatives = self.model.encode_text(batch["negative_text"], normalize=True) if "negative_text" in batch else None
         groups = batch.get("text_group") if self.hparams["repeated_reports_as_positives"] else None
-        return self.loss_fn(image_features, text_features, self.model.logit_scale.exp(),  # type: ignore[no-any-return]
-                            self.model.logit_bias, text_groups=groups, negatives=negatives)
+        return self.loss_fn(
+            image_features,
+            text_features,
+            self.model.logit_scale.exp(),  # type: ignore[no-any-return]
+            self.model.logit_bias,
+            text_groups=groups,
+            negatives=negatives,
+        )
 
-    def _step(self, batch: dict[str, Any], stage: str, features: tuple[torch.Tensor, torch.Tensor] | None = None
-              ) -> torch.Tensor:
+    def _step(
+        self, batch: dict[str, Any], stage: str, features: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         image_features, text_features = features if features is not None else self(batch["image"], batch["text"])
         loss = self._loss(image_features, text_features, batch)
         if not torch.isfinite(loss):
@@ -156,12 +165,32 @@ class ContrastiveModule(L.LightningModule):
         on_step = stage == "train"
         # Corrupt samples the stream skipped since the last batch (logged on every rank, 0 or not,
         # so that the epoch-end reduction finds the key everywhere).
-        self.log(f"{stage}/skipped_samples", float(batch.get("skipped", 0)), on_step=False, on_epoch=True,
-                 reduce_fx="sum", sync_dist=True, batch_size=1)
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=batch_size,
-                 sync_dist=not on_step)
-        self.log(f"{stage}/i2t_top1", hits.float().mean(), on_step=False, on_epoch=True, batch_size=batch_size,
-                 sync_dist=True)
+        self.log(
+            f"{stage}/skipped_samples",
+            float(batch.get("skipped", 0)),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=1,
+        )
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=not on_step,
+        )
+        self.log(
+            f"{stage}/i2t_top1",
+            hits.float().mean(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         if on_step:
             self.log("train/logit_scale", self.model.logit_scale.exp(), on_step=True, batch_size=batch_size)
         return loss
@@ -216,12 +245,17 @@ class ContrastiveModule(L.LightningModule):
             ranks = gathered
         checkpoint["convirt_rng"] = {"cpu": cpu, "cuda": cuda, "ranks": ranks}
         # What the run trained on and with (read back by `convirt report`; plain types only).
-        checkpoint["convirt_run"] = {"precision": str(self.trainer.precision), "device": self.device.type,
-                                     "world_size": int(self.trainer.world_size), "cpu": cpu_info().as_dict()}
+        checkpoint["convirt_run"] = {
+            "precision": str(self.trainer.precision),
+            "device": self.device.type,
+            "world_size": int(self.trainer.world_size),
+            "cpu": cpu_info().as_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = _rng_state_of_rank(checkpoint.get("convirt_rng"), self.global_rank,
-                                               self.trainer.world_size if self._trainer is not None else 1)
+        self._pending_rng = _rng_state_of_rank(
+            checkpoint.get("convirt_rng"), self.global_rank, self.trainer.world_size if self._trainer is not None else 1
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored at the first step, after the data loader has drawn its worker seeds, as in
@@ -249,15 +283,17 @@ class ContrastiveModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp: Any = self.hparams
-        param_groups = parameter_groups(self.model, hp.learning_rate, hp.tower_learning_rate or hp.learning_rate,
-                                        hp.weight_decay)
+        param_groups = parameter_groups(
+            self.model, hp.learning_rate, hp.tower_learning_rate or hp.learning_rate, hp.weight_decay
+        )
         optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.98), eps=1e-6)
         scheduler = warmup_cosine(optimizer, hp.warmup_steps, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def save_initial_checkpoint(path: str, model_name: str, pretrained: bool = True, text_model_path: str | None = None,
-                            seed: int = 0) -> str:
+def save_initial_checkpoint(
+    path: str, model_name: str, pretrained: bool = True, text_model_path: str | None = None, seed: int = 0
+) -> str:
     """Save a registry model before any training step as a checkpoint every command reads.
 
     The baselines of an evaluation: the pretrained towers as shipped (``pretrained=True``) or a

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps`` (at most half the run), then cosine decay to 0."""
     total = max(1, total_steps)
     warmup = min(warmup_steps, total // 2)
@@ -24,8 +25,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def parameter_groups(model: nn.Module, learning_rate: float, tower_learning_rate: float, weight_decay: float
-                     ) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, learning_rate: float, tower_learning_rate: float, weight_decay: float
+) -> list[dict[str, Any]]:
     """AdamW groups: pretrained trunks at ``tower_learning_rate``, heads at ``learning_rate``; no
     weight decay on norms, biases and the logit scale / bias. Frozen parameters are left out."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -35,6 +37,11 @@ def parameter_groups(model: nn.Module, learning_rate: float, tower_learning_rate
         in_tower = name.startswith(("visual.trunk.", "text.transformer."))
         no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
         groups.setdefault((in_tower, no_decay), []).append(param)
-    return [{"params": params, "lr": tower_learning_rate if in_tower else learning_rate,
-             "weight_decay": 0.0 if no_decay else weight_decay}
-            for (in_tower, no_decay), params in groups.items()]
+    return [
+        {
+            "params": params,
+            "lr": tower_learning_rate if in_tower else learning_rate,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        }
+        for (in_tower, no_decay), params in groups.items()
+    ]

@@ -58,9 +58,16 @@ class SinkWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.sink = self.open_sink(trainer.global_rank)
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
-                           dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         assert self.sink is not None
         self.sink.add_batch(prediction, batch)
 
@@ -100,16 +107,24 @@ def predict_features(
         precision = choice.precision
         rank_zero_info(f"convirt: precision {precision} ({choice.reason}; --precision chooses another)")
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy="ddp" if many else "auto",
+        accelerator=accelerator,
+        devices=devices,
+        strategy="ddp" if many else "auto",
         precision=precision,  # type: ignore[arg-type]
-        callbacks=[SinkWriter(open_sink)], logger=False, enable_checkpointing=False,
-        enable_progress_bar=progress, enable_model_summary=False,
+        callbacks=[SinkWriter(open_sink)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
     )
     with warnings.catch_warnings():
         # Batch indices are only known for samplers; the sink does not need them.
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        trainer.predict(EncodeModule(model, modality).eval(), dataloaders=batches,  # type: ignore[arg-type]
-                        return_predictions=False)
+        trainer.predict(
+            EncodeModule(model, modality).eval(),
+            dataloaders=batches,  # type: ignore[arg-type]
+            return_predictions=False,
+        )
 
 
 def embed_to_folder(
@@ -154,7 +169,14 @@ def embed_to_folder(
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     info = {**(fingerprint or {}), "modality": modality}
     done = open_embedding_folder(output, info)
-    predict_features(model, make_batches(done), partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
-                     modality=modality, accelerator=accelerator, devices=devices, precision=precision,
-                     progress=progress)
+    predict_features(
+        model,
+        make_batches(done),
+        partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
+        modality=modality,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        progress=progress,
+    )
     return close_embedding_folder(output, info)

@@ -14,8 +14,9 @@ def rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
     return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
-def rng_state_of_rank(saved: dict[str, Any] | None, rank: int, world_size: int
-                       ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+def rng_state_of_rank(
+    saved: dict[str, Any] | None, rank: int, world_size: int
+) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
     """This rank's random state from a checkpoint's ``convirt_rng`` (``None``: nothing saved).
 
     A checkpoint from another number of ranks restores rank ``r`` from the saved rank ``r``
@@ -24,8 +25,10 @@ def rng_state_of_rank(saved: dict[str, Any] | None, rank: int, world_size: int
         return None
     ranks = saved.get("ranks") or [{"cpu": saved["cpu"], "cuda": saved["cuda"]}]
     if len(ranks) != world_size:
-        rank_zero_warn(f"the checkpoint was saved by {len(ranks)} process(es) and resumes on {world_size}: "
-                       f"dropout draws differ from the uninterrupted run's (resume is not exact)")
+        rank_zero_warn(
+            f"the checkpoint was saved by {len(ranks)} process(es) and resumes on {world_size}: "
+            f"dropout draws differ from the uninterrupted run's (resume is not exact)"
+        )
     state = ranks[rank] if rank < len(ranks) else ranks[0]
     return state["cpu"], list(state["cuda"])
 
@@ -38,6 +41,9 @@ def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
     if len(state[1]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state[1])
     else:
-        warnings.warn(f"the checkpoint holds the random state of {len(state[1])} CUDA device(s), this process "
-                      f"sees {torch.cuda.device_count()}: CUDA dropout draws differ from the uninterrupted "
-                      f"run's (resume is not exact)", stacklevel=2)
+        warnings.warn(
+            f"the checkpoint holds the random state of {len(state[1])} CUDA device(s), this process "
+            f"sees {torch.cuda.device_count()}: CUDA dropout draws differ from the uninterrupted "
+            f"run's (resume is not exact)",
+            stacklevel=2,
+        )

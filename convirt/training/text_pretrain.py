@@ -63,8 +63,16 @@ class SectionPairsDataModule(L.LightningDataModule):
         num_workers: Data-loader processes per device.
     """
 
-    def __init__(self, shards: str, model_name: str = "demo-effnet-minilm", text_model_path: str | None = None,
-                 first: str = FINDINGS, second: str = IMPRESSION, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        shards: str,
+        model_name: str = "demo-effnet-minilm",
+        text_model_path: str | None = None,
+        first: str = FINDINGS,
+        second: str = IMPRESSION,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.pairs: dict[str, list[tuple[str, str]]] = {}
@@ -88,16 +96,25 @@ class SectionPairsDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader[Any]:
         hp: Any = self.hparams
         # drop_last: a last batch of a few pairs has almost no negatives.
-        return DataLoader(_Pairs(self.pairs["train"], swap=True), batch_size=hp.batch_size, shuffle=True,
-                          drop_last=len(self.pairs["train"]) > hp.batch_size, num_workers=hp.num_workers,
-                          collate_fn=self._collate)
+        return DataLoader(
+            _Pairs(self.pairs["train"], swap=True),
+            batch_size=hp.batch_size,
+            shuffle=True,
+            drop_last=len(self.pairs["train"]) > hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=self._collate,
+        )
 
     def val_dataloader(self) -> Any:
         hp: Any = self.hparams
         if not self.pairs["val"]:
             return []
-        return DataLoader(_Pairs(self.pairs["val"], swap=False), batch_size=hp.batch_size,
-                          num_workers=hp.num_workers, collate_fn=self._collate)
+        return DataLoader(
+            _Pairs(self.pairs["val"], swap=False),
+            batch_size=hp.batch_size,
+            num_workers=hp.num_workers,
+            collate_fn=self._collate,
+        )
 
 
 class SectionMatchingModule(L.LightningModule):
@@ -116,9 +133,17 @@ class SectionMatchingModule(L.LightningModule):
         freeze_text_layers: Freeze the token embeddings and this many lower layers.
     """
 
-    def __init__(self, model_name: str = "demo-effnet-minilm", text_model_path: str | None = None,
-                 output: str = "artifacts/text-model", learning_rate: float = 2e-5, weight_decay: float = 0.01,
-                 warmup_steps: int = 50, temperature: float = 0.05, freeze_text_layers: int = 0) -> None:
+    def __init__(
+        self,
+        model_name: str = "demo-effnet-minilm",
+        text_model_path: str | None = None,
+        output: str = "artifacts/text-model",
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        temperature: float = 0.05,
+        freeze_text_layers: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if temperature <= 0:
@@ -145,8 +170,15 @@ class SectionMatchingModule(L.LightningModule):
         loss = self.loss_fn(first, second, 1.0 / self.hparams["temperature"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {loss.item()} at step {self.global_step}")
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 batch_size=len(first), sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            batch_size=len(first),
+            sync_dist=stage != "train",
+        )
         if stage == "val":
             self._val.append((first.detach().float(), second.detach().float()))
         return loss  # type: ignore[no-any-return]

@@ -47,9 +47,14 @@ class ZeroShotClassifier:
     Prompt embeddings are computed once, at construction.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
-                 descriptors: DescriptorSet, method: Method | str = Method.DESCRIPTORS,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        descriptors: DescriptorSet,
+        method: Method | str = Method.DESCRIPTORS,
+        device: str | torch.device = "cpu",
+    ) -> None:
         try:
             self.method = Method(method)
         except ValueError:
@@ -78,9 +83,12 @@ class ZeroShotClassifier:
         """Score ``(N, 3, H, W)`` preprocessed images (embedded in batches through ``encode_image``)."""
         if images.ndim != 4:
             raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
-        features = torch.cat([
-            self.model.encode_image(images[i:i + batch_size].to(self.device), normalize=True).float().cpu()  # type: ignore[operator]
-            for i in range(0, len(images), batch_size)])
+        features = torch.cat(
+            [
+                self.model.encode_image(images[i : i + batch_size].to(self.device), normalize=True).float().cpu()  # type: ignore[operator]
+                for i in range(0, len(images), batch_size)
+            ]
+        )
         return self.predict_features(features)
 
     def saliency(self, image: torch.Tensor, finding: str) -> torch.Tensor:
@@ -107,6 +115,5 @@ class ZeroShotClassifier:
         probs = pair_probabilities(image_features.float(), self.positive, self.negative, self.logit_scale)
         names = self.descriptors.finding_names
         if self.method is Method.DESCRIPTORS:
-            return ZeroShotOutput(combine_observations(probs, self.owner, len(names)), probs, names,
-                                  self.observations)
+            return ZeroShotOutput(combine_observations(probs, self.owner, len(names)), probs, names, self.observations)
         return ZeroShotOutput(probs, None, names, [])

@@ -125,8 +125,13 @@ def load_descriptors(name_or_path: str) -> DescriptorSet:
         if "synonyms" in spec and not _strings(spec["synonyms"]):
             raise fail(name, f"finding {name!r}: synonyms must be a non-empty list of strings")
         negative = spec.get("negative_prompt")
-        findings.append(Finding(name, str(spec.get("prompt") or name).strip(),
-                                tuple(o.strip() for o in spec["observations"]),
-                                tuple(s.strip() for s in spec.get("synonyms") or ()),
-                                str(negative).strip() if negative else None))
+        findings.append(
+            Finding(
+                name,
+                str(spec.get("prompt") or name).strip(),
+                tuple(o.strip() for o in spec["observations"]),
+                tuple(s.strip() for s in spec.get("synonyms") or ()),
+                str(negative).strip() if negative else None,
+            )
+        )
     return DescriptorSet(str(raw.get("name") or path.stem), tuple(findings))

@@ -30,8 +30,9 @@ from convirt.zeroshot.metrics import evaluate_findings, youden_threshold
 PREDICTIONS, EXPLANATIONS, METRICS, ROC = "predictions.csv", "explanations.jsonl", "metrics.json", "roc.png"
 
 
-def aligned_labels(metas: list[dict[str, Any]], finding_names: list[str], selected: list[str] | None,
-                   require_all: bool = True) -> np.ndarray:
+def aligned_labels(
+    metas: list[dict[str, Any]], finding_names: list[str], selected: list[str] | None, require_all: bool = True
+) -> np.ndarray:
     """``(N, F)`` 0/1 labels of the descriptor findings, checked against the data's label names;
     ``-1`` where a finding is uncertain and left out (CheXpert under ``--uncertain ignore``).
 
@@ -39,8 +40,10 @@ def aligned_labels(metas: list[dict[str, Any]], finding_names: list[str], select
         ValueError: A selected label is not a descriptor finding, or a descriptor finding never
             appears in the labels; the message lists both name sets.
     """
-    present = set().union(*({str(label) for label in meta.get("labels", [])} for meta in metas),
-                          *(set(meta.get("uncertain", [])) for meta in metas))
+    present = set().union(
+        *({str(label) for label in meta.get("labels", [])} for meta in metas),
+        *(set(meta.get("uncertain", [])) for meta in metas),
+    )
     # "No Finding" is the absence of findings unless the descriptors score it as a class (CheXpert).
     wanted = set(selected) if selected else present - {"", *({NO_FINDING} - set(finding_names))}
     both = f"descriptor findings: {sorted(finding_names)}; labels in the data: {sorted(present) or 'none'}"
@@ -55,8 +58,7 @@ def youden_thresholds(classifier: ZeroShotClassifier, tuning: EmbeddingOutput, l
     """Per finding, the probability threshold maximising Youden's J on ``tuning`` (NaN where a
     finding has one class there), leaving out its uncertain (-1) labels."""
     probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
-    return [youden_threshold(labels[labels[:, i] >= 0, i], probs[labels[:, i] >= 0, i])
-            for i in range(labels.shape[1])]
+    return [youden_threshold(labels[labels[:, i] >= 0, i], probs[labels[:, i] >= 0, i]) for i in range(labels.shape[1])]
 
 
 @dataclass
@@ -78,10 +80,18 @@ class ZeroShotEvaluationOutput:
     outputs: dict[Method, ZeroShotOutput] = field(default_factory=dict)
 
 
-def evaluate_zeroshot(model: Any, tokenizer: Any, descriptors: DescriptorSet, embedded: EmbeddingOutput,
-                      selected: list[str] | None = None, tuning: EmbeddingOutput | None = None,
-                      tuning_source: str = "", bootstrap: int = 1000, seed: int = 0,
-                      about: dict[str, Any] | None = None) -> ZeroShotEvaluationOutput:
+def evaluate_zeroshot(
+    model: Any,
+    tokenizer: Any,
+    descriptors: DescriptorSet,
+    embedded: EmbeddingOutput,
+    selected: list[str] | None = None,
+    tuning: EmbeddingOutput | None = None,
+    tuning_source: str = "",
+    bootstrap: int = 1000,
+    seed: int = 0,
+    about: dict[str, Any] | None = None,
+) -> ZeroShotEvaluationOutput:
     """Score every method on embedded images and compute their metrics against the labels.
 
     Args:
@@ -105,19 +115,33 @@ def evaluate_zeroshot(model: Any, tokenizer: Any, descriptors: DescriptorSet, em
         # A small validation split may lack a finding: its threshold is then NaN, not an error.
         tuning_labels = aligned_labels(tuning.meta, names, selected, require_all=False)
         thresholds = {method: youden_thresholds(c, tuning, tuning_labels) for method, c in classifiers.items()}
-    metrics: dict[str, Any] = {**(about or {}), "samples": len(labels), "skipped_samples": embedded.skipped,
-                               "descriptors": descriptors.name,
-                               "positives": {n: int((labels[:, i] == 1).sum()) for i, n in enumerate(names)},
-                               "bootstrap": bootstrap, "seed": seed}
+    metrics: dict[str, Any] = {
+        **(about or {}),
+        "samples": len(labels),
+        "skipped_samples": embedded.skipped,
+        "descriptors": descriptors.name,
+        "positives": {n: int((labels[:, i] == 1).sum()) for i, n in enumerate(names)},
+        "bootstrap": bootstrap,
+        "seed": seed,
+    }
     features = torch.from_numpy(embedded.embeddings)
     result = ZeroShotEvaluationOutput(metrics, list(embedded.keys), labels)
     for method, classifier in classifiers.items():
         result.outputs[method] = classifier.predict_features(features)
-        evaluated = evaluate_findings(labels, result.outputs[method].probabilities.numpy(), names,
-                                      thresholds[method], tuning_source if tuning is not None else "",
-                                      bootstrap=bootstrap, seed=seed)
-        metrics[method.value] = {**evaluated, "auroc": {n: m["auroc"] for n, m in evaluated["findings"].items()},
-                                 "mean_auroc": evaluated["mean"]["auroc"]}
+        evaluated = evaluate_findings(
+            labels,
+            result.outputs[method].probabilities.numpy(),
+            names,
+            thresholds[method],
+            tuning_source if tuning is not None else "",
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+        metrics[method.value] = {
+            **evaluated,
+            "auroc": {n: m["auroc"] for n, m in evaluated["findings"].items()},
+            "mean_auroc": evaluated["mean"]["auroc"],
+        }
     return result
 
 
@@ -136,8 +160,9 @@ def save_zeroshot_folder(evaluation: ZeroShotEvaluationOutput, output: str | os.
             writer.writerow([key, *[f"{v:.5f}" for v in p], *y.tolist()])
     write_lines(out / EXPLANATIONS, [json.dumps(record) for record in _explanations(evaluation.keys, descriptor)])
     write_json(out / METRICS, evaluation.metrics)
-    plot_roc(evaluation.labels, {m.value: o.probabilities.numpy() for m, o in evaluation.outputs.items()}, names,
-             out / ROC)
+    plot_roc(
+        evaluation.labels, {m.value: o.probabilities.numpy() for m, o in evaluation.outputs.items()}, names, out / ROC
+    )
     return out
 
 
@@ -145,11 +170,23 @@ def _explanations(keys: list[str], output: ZeroShotOutput) -> list[dict[str, Any
     obs_probs, observations = output.observation_probabilities, output.observations
     probs, names = output.probabilities, output.finding_names
     assert obs_probs is not None, "explanations come from the descriptor method"
-    return [{"key": key, "findings": {
-        name: {"probability": round(float(probs[row, i]), 5),
-               "observations": {obs: round(float(obs_probs[row, j]), 5)
-                                for j, (owner, obs) in enumerate(observations) if owner == name}}
-        for i, name in enumerate(names)}} for row, key in enumerate(keys)]
+    return [
+        {
+            "key": key,
+            "findings": {
+                name: {
+                    "probability": round(float(probs[row, i]), 5),
+                    "observations": {
+                        obs: round(float(obs_probs[row, j]), 5)
+                        for j, (owner, obs) in enumerate(observations)
+                        if owner == name
+                    },
+                }
+                for i, name in enumerate(names)
+            },
+        }
+        for row, key in enumerate(keys)
+    ]
 
 
 @dataclass
@@ -191,8 +228,8 @@ def load_zeroshot_folder(folder: str | os.PathLike[str]) -> ZeroShotFolderOutput
     return ZeroShotFolderOutput(
         metrics=json.loads((out / METRICS).read_text(encoding="utf-8")),
         keys=[row[0] for row in body],
-        probabilities=np.array([[float(v) for v in row[1:1 + width]] for row in body]).reshape(len(body), width),
-        labels=np.array([[int(v) for v in row[1 + width:]] for row in body], dtype=int).reshape(len(body), width),
+        probabilities=np.array([[float(v) for v in row[1 : 1 + width]] for row in body]).reshape(len(body), width),
+        labels=np.array([[int(v) for v in row[1 + width :]] for row in body], dtype=int).reshape(len(body), width),
         findings=findings,
         explanations=[json.loads(line) for line in (out / EXPLANATIONS).read_text(encoding="utf-8").splitlines()],
     )

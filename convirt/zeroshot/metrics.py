@@ -57,8 +57,11 @@ def _ranking_metric(metric: Callable[..., Any], labels: Any, scores: Any, name: 
 
 def _warn_undefined(name: str, labels: np.ndarray) -> None:
     what = "no positives" if int(labels.sum()) == 0 else "no negatives"
-    warnings.warn(f"{name or 'finding'}: {what} among {labels.size} samples; its metrics are NaN and left out "
-                  "of means", UndefinedMetricWarning, stacklevel=4)
+    warnings.warn(
+        f"{name or 'finding'}: {what} among {labels.size} samples; its metrics are NaN and left out of means",
+        UndefinedMetricWarning,
+        stacklevel=4,
+    )
 
 
 def youden_threshold(labels: Any, scores: Any) -> float:
@@ -85,8 +88,14 @@ def threshold_metrics(labels: Any, scores: Any, threshold: float) -> dict[str, f
     return {"f1": f1, "sensitivity": sensitivity, "specificity": specificity}
 
 
-def bootstrap_ci(labels: Any, scores: Any, statistic: Callable[[np.ndarray, np.ndarray], float],
-                 samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    labels: Any,
+    scores: Any,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    samples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(labels, scores)``, stratified by class.
 
     Each replicate resamples positives and negatives separately (with replacement, same counts),
@@ -141,8 +150,15 @@ def _plain_auprc(y: np.ndarray, s: np.ndarray) -> float:
     return float((precision * recall_step).sum())
 
 
-def binary_metrics(labels: Any, scores: Any, name: str = "", threshold: float | None = None,
-                   threshold_source: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def binary_metrics(
+    labels: Any,
+    scores: Any,
+    name: str = "",
+    threshold: float | None = None,
+    threshold_source: str = "",
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """AUROC, AUPRC, and F1 / sensitivity / specificity at a threshold, each with a 95% CI.
 
     Args:
@@ -163,13 +179,20 @@ def binary_metrics(labels: Any, scores: Any, name: str = "", threshold: float | 
     y, s = _check(labels, scores)
     if threshold is None:
         threshold, threshold_source = youden_threshold(y, s), "youden on the evaluated data"
-    out: dict[str, Any] = {"positives": int(y.sum()), "negatives": int(y.size - y.sum()),
-                           "auroc": auroc(y, s, name), "auprc": auprc(y, s, name) if _two_classes(y) else NAN,
-                           "threshold": threshold, "threshold_source": threshold_source or "given"}
-    out.update(threshold_metrics(y, s, threshold) if not math.isnan(threshold) else
-               {"f1": NAN, "sensitivity": NAN, "specificity": NAN})
-    statistics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auroc": _plain_auroc,
-                                                                         "auprc": _plain_auprc}
+    out: dict[str, Any] = {
+        "positives": int(y.sum()),
+        "negatives": int(y.size - y.sum()),
+        "auroc": auroc(y, s, name),
+        "auprc": auprc(y, s, name) if _two_classes(y) else NAN,
+        "threshold": threshold,
+        "threshold_source": threshold_source or "given",
+    }
+    out.update(
+        threshold_metrics(y, s, threshold)
+        if not math.isnan(threshold)
+        else {"f1": NAN, "sensitivity": NAN, "specificity": NAN}
+    )
+    statistics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"auroc": _plain_auroc, "auprc": _plain_auprc}
     if not math.isnan(threshold):
         for key in ("f1", "sensitivity", "specificity"):
             statistics[key] = lambda a, b, key=key: threshold_metrics(a, b, threshold)[key]  # type: ignore[misc]
@@ -179,9 +202,15 @@ def binary_metrics(labels: Any, scores: Any, name: str = "", threshold: float | 
     return out
 
 
-def evaluate_findings(labels: np.ndarray, scores: np.ndarray, names: Sequence[str],
-                      thresholds: Sequence[float] | None = None, threshold_source: str = "",
-                      bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def evaluate_findings(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    names: Sequence[str],
+    thresholds: Sequence[float] | None = None,
+    threshold_source: str = "",
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """:func:`binary_metrics` per finding column of ``(N, F)`` labels and scores, plus means.
 
     A label of ``-1`` (uncertain, left out) drops that image from that finding's metrics only.
@@ -192,11 +221,22 @@ def evaluate_findings(labels: np.ndarray, scores: np.ndarray, names: Sequence[st
     if labels.shape != scores.shape or labels.ndim != 2 or labels.shape[1] != len(names):
         raise ValueError(f"labels {labels.shape}, scores {scores.shape} and {len(names)} names do not match")
     kept = [labels[:, i] >= 0 for i in range(len(names))]
-    per = {name: binary_metrics(labels[kept[i], i], scores[kept[i], i], name,
-                                None if thresholds is None else thresholds[i], threshold_source, bootstrap, seed)
-           for i, name in enumerate(names)}
-    means = {key: mean_defined({n: m[key] for n, m in per.items()})
-             for key in ("auroc", "auprc", "f1", "sensitivity", "specificity")}
+    per = {
+        name: binary_metrics(
+            labels[kept[i], i],
+            scores[kept[i], i],
+            name,
+            None if thresholds is None else thresholds[i],
+            threshold_source,
+            bootstrap,
+            seed,
+        )
+        for i, name in enumerate(names)
+    }
+    means = {
+        key: mean_defined({n: m[key] for n, m in per.items()})
+        for key in ("auroc", "auprc", "f1", "sensitivity", "specificity")
+    }
     return {"findings": per, "mean": means}
 
 

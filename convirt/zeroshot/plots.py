@@ -22,8 +22,9 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[str],
-             path: str | os.PathLike[str]) -> None:
+def plot_roc(
+    labels: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[str], path: str | os.PathLike[str]
+) -> None:
     """One ROC panel per finding of ``(N, F)`` labels, a curve per method's ``(N, F)`` scores.
 
     A finding with one class only gets an empty panel that says so.
@@ -54,8 +55,12 @@ def plot_roc(labels: np.ndarray, scores: dict[str, np.ndarray], names: Sequence[
     plt.close(figure)
 
 
-def plot_observations(finding_probabilities: dict[str, float], observations: dict[str, dict[str, float]],
-                      path: str | os.PathLike[str] | None = None, title: str = "") -> object:
+def plot_observations(
+    finding_probabilities: dict[str, float],
+    observations: dict[str, dict[str, float]],
+    path: str | os.PathLike[str] | None = None,
+    title: str = "",
+) -> object:
     """Bar chart of one image: each finding's probability and, under it, its observations'.
 
     Args:
@@ -92,8 +97,13 @@ def plot_observations(finding_probabilities: dict[str, float], observations: dic
     return figure
 
 
-def plot_saliency(image: np.ndarray, heatmap: np.ndarray, path: str | os.PathLike[str] | None = None,
-                  title: str = "", axis: object | None = None) -> object:
+def plot_saliency(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    path: str | os.PathLike[str] | None = None,
+    title: str = "",
+    axis: object | None = None,
+) -> object:
     """The radiograph in grey with the ``[0, 1]`` saliency map overlaid (same ``(H, W)``).
 
     Draws on ``axis`` when given; otherwise makes a figure (saved to ``path`` when given).
@@ -131,9 +141,14 @@ def plot_explained_batch(batch: dict[str, Any], classifier: Any, folder: str | o
     names = output.finding_names
     for row, key in enumerate(batch["key"]):
         probabilities = {name: float(output.probabilities[row, i]) for i, name in enumerate(names)}
-        explanation = {name: {obs: float(output.observation_probabilities[row, j])
-                              for j, (owner, obs) in enumerate(output.observations) if owner == name}
-                       for name in names}
+        explanation = {
+            name: {
+                obs: float(output.observation_probabilities[row, j])
+                for j, (owner, obs) in enumerate(output.observations)
+                if owner == name
+            }
+            for name in names
+        }
         labels = "; ".join(batch["meta"][row].get("labels", [])) or "no labels"
         plot_observations(probabilities, explanation, out / f"{key}-observations.png", title=f"{key}: {labels}")
         grey = batch["image"][row][0].numpy()

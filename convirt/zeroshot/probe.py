@@ -72,13 +72,27 @@ def _linear_probe(train_y: np.ndarray, train_groups: np.ndarray, seed: int) -> A
     else:
         inner = StratifiedGroupKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=seed)
         splits = list(inner.split(np.zeros(len(train_y)), train_y, train_groups))
-        classifier = LogisticRegressionCV(Cs=C_GRID, cv=splits, scoring="roc_auc", max_iter=5000, l1_ratios=(0.0,),
-                                          use_legacy_attributes=False, random_state=seed)
+        classifier = LogisticRegressionCV(
+            Cs=C_GRID,
+            cv=splits,
+            scoring="roc_auc",
+            max_iter=5000,
+            l1_ratios=(0.0,),
+            use_legacy_attributes=False,
+            random_state=seed,
+        )
     return make_pipeline(StandardScaler(), classifier)
 
 
-def _fit_predict(probe: str, train_x: np.ndarray, train_y: np.ndarray, train_groups: np.ndarray,
-                 test_x: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _fit_predict(
+    probe: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    train_groups: np.ndarray,
+    test_x: np.ndarray,
+    k: int,
+    seed: int,
+) -> np.ndarray:
     if len(np.unique(train_y)) < 2:
         return np.full(len(test_x), NAN)
     if probe == "linear":
@@ -120,10 +134,16 @@ def run_probes(
             patients than folds.
     """
     embeddings, labels = np.asarray(embeddings, dtype=np.float64), np.asarray(labels).astype(int)
-    if labels.ndim != 2 or labels.shape[0] != len(embeddings) or len(groups) != len(embeddings) \
-            or labels.shape[1] != len(names):
-        raise ValueError(f"{len(embeddings)} embeddings, labels {labels.shape}, {len(groups)} groups and "
-                         f"{len(names)} names do not match")
+    if (
+        labels.ndim != 2
+        or labels.shape[0] != len(embeddings)
+        or len(groups) != len(embeddings)
+        or labels.shape[1] != len(names)
+    ):
+        raise ValueError(
+            f"{len(embeddings)} embeddings, labels {labels.shape}, {len(groups)} groups and "
+            f"{len(names)} names do not match"
+        )
     if unknown := sorted(set(probes) - set(PROBES)):
         raise ValueError(f"unknown probe {unknown[0]!r}; known: {', '.join(PROBES)}")
     if any(not 0 < f <= 1 for f in fractions):
@@ -141,18 +161,32 @@ def run_probes(
                 rng = np.random.default_rng(seed)
                 for train, test in splitter.split(embeddings, y, groups):
                     chosen = train[_subsample(y[train], fraction, rng)]
-                    probabilities[test, column] = _fit_predict(probe, embeddings[chosen], y[chosen],
-                                                               group_array[chosen], embeddings[test], k, seed)
+                    probabilities[test, column] = _fit_predict(
+                        probe, embeddings[chosen], y[chosen], group_array[chosen], embeddings[test], k, seed
+                    )
             scored = np.nan_to_num(probabilities, nan=0.5)  # an unfittable fold scores as chance
-            outputs.append(ProbeOutput(probe, float(fraction), probabilities,
-                                       evaluate_findings(labels, scored, names, bootstrap=bootstrap, seed=seed)))
+            outputs.append(
+                ProbeOutput(
+                    probe,
+                    float(fraction),
+                    probabilities,
+                    evaluate_findings(labels, scored, names, bootstrap=bootstrap, seed=seed),
+                )
+            )
     return outputs
 
 
-def probe_embedded(embedded: EmbeddingOutput, names: list[str], fractions: Sequence[float] = (0.01, 0.1, 1.0),
-                   probes: Sequence[str] = PROBES, folds: int = 5, k: int = 10, seed: int = 0,
-                   bootstrap: int = 1000, about: dict[str, Any] | None = None
-                   ) -> tuple[dict[str, Any], list[ProbeOutput]]:
+def probe_embedded(
+    embedded: EmbeddingOutput,
+    names: list[str],
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    probes: Sequence[str] = PROBES,
+    folds: int = 5,
+    k: int = 10,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    about: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[ProbeOutput]]:
     """:func:`run_probes` on embedded images, their labels read from the metadata and each image's
     patient its group (its key where the patient is unknown).
 
@@ -169,8 +203,14 @@ def probe_embedded(embedded: EmbeddingOutput, names: list[str], fractions: Seque
         raise ValueError("probes need every label decided: use --uncertain zeros or ones, not ignore")
     groups = [str(meta.get("patient_id") or key) for meta, key in zip(embedded.meta, embedded.keys)]
     outputs = run_probes(embedded.embeddings, labels, groups, names, fractions, probes, folds, k, seed, bootstrap)
-    metrics = {**(about or {}), "samples": len(labels), "skipped_samples": embedded.skipped,
-               "patients": len(set(groups)), "folds": folds, "seed": seed,
-               "dim": int(embedded.embeddings.shape[1]),
-               "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs]}
+    metrics = {
+        **(about or {}),
+        "samples": len(labels),
+        "skipped_samples": embedded.skipped,
+        "patients": len(set(groups)),
+        "folds": folds,
+        "seed": seed,
+        "dim": int(embedded.embeddings.shape[1]),
+        "probes": [{"probe": o.probe, "fraction": o.fraction, **o.metrics} for o in outputs],
+    }
     return metrics, outputs

@@ -10,10 +10,18 @@ NAME_POSITIVE_TEMPLATE = "There is {finding}."
 NAME_NEGATIVE_TEMPLATE = "There is no {finding}."
 # Template ensembles (CLIP-style): each class is the mean embedding of these sentences over the
 # finding's prompt and synonyms.
-ENSEMBLE_POSITIVE_TEMPLATES = ("There is {finding}.", "{finding}.", "Findings consistent with {finding}.",
-                               "Chest radiograph showing {finding}.")
-ENSEMBLE_NEGATIVE_TEMPLATES = ("There is no {finding}.", "No {finding}.", "No evidence of {finding}.",
-                               "No radiographic evidence of {finding}.")
+ENSEMBLE_POSITIVE_TEMPLATES = (
+    "There is {finding}.",
+    "{finding}.",
+    "Findings consistent with {finding}.",
+    "Chest radiograph showing {finding}.",
+)
+ENSEMBLE_NEGATIVE_TEMPLATES = (
+    "There is no {finding}.",
+    "No {finding}.",
+    "No evidence of {finding}.",
+    "No radiographic evidence of {finding}.",
+)
 
 
 def descriptor_prompts(descriptors: DescriptorSet) -> tuple[list[str], list[str], list[int]]:
@@ -40,8 +48,10 @@ def name_prompts(descriptors: DescriptorSet) -> tuple[list[str], list[str]]:
     """CheXzero-style prompts: the finding named, positive and negative (the finding's
     ``negative_prompt`` where it has one, e.g. "Normal chest radiograph.")."""
     positives = [NAME_POSITIVE_TEMPLATE.format(finding=f.prompt) for f in descriptors.findings]
-    negatives = [_negative_sentence(f.negative_prompt) if f.negative_prompt
-                 else NAME_NEGATIVE_TEMPLATE.format(finding=f.prompt) for f in descriptors.findings]
+    negatives = [
+        _negative_sentence(f.negative_prompt) if f.negative_prompt else NAME_NEGATIVE_TEMPLATE.format(finding=f.prompt)
+        for f in descriptors.findings
+    ]
     return positives, negatives
 
 

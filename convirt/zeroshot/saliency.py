@@ -88,7 +88,7 @@ def patch_similarity(model: Any, image: torch.Tensor, direction: torch.Tensor) -
         raise ValueError("patch similarity needs a timm ViT image tower")
     batch = image.unsqueeze(0) if image.ndim == 3 else image
     trunk, head = model.visual.trunk, model.visual.head
-    tokens = trunk.forward_features(batch)[0, getattr(trunk, "num_prefix_tokens", 1):]
+    tokens = trunk.forward_features(batch)[0, getattr(trunk, "num_prefix_tokens", 1) :]
     height, width = trunk.patch_embed.grid_size
     projected = F.normalize(head(tokens).float(), dim=-1)
     scores = (projected @ direction.float()).reshape(1, 1, height, width)

@@ -38,8 +38,9 @@ def combine_observations(observation_probs: torch.Tensor, owner: list[int], num_
     """
     owner_t = torch.as_tensor(owner, device=observation_probs.device)
     log_probs = torch.log(observation_probs.clamp_min(1e-12))
-    totals = torch.zeros(observation_probs.shape[0], num_findings, device=observation_probs.device,
-                         dtype=log_probs.dtype)
+    totals = torch.zeros(
+        observation_probs.shape[0], num_findings, device=observation_probs.device, dtype=log_probs.dtype
+    )
     totals.index_add_(1, owner_t, log_probs)
     counts = torch.bincount(owner_t, minlength=num_findings).clamp_min(1).to(log_probs.dtype)
     return torch.exp(totals / counts)

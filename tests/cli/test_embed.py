@@ -20,8 +20,24 @@ def _by_key(folder):
 
 def test_embed_a_label_csv_with_a_filter(tiny_checkpoint, labels_csv, tmp_path):
     out = tmp_path / "emb"
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--where", "source=even",
-                 "--batch-size", "16", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(labels_csv),
+                "--where",
+                "source=even",
+                "--batch-size",
+                "16",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     vectors, rows = read_embeddings(out)
     assert vectors.shape == (48, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert {row["source"] for row in rows} == {"even"} and all(row["path"].endswith(".png") for row in rows)
@@ -29,8 +45,12 @@ def test_embed_a_label_csv_with_a_filter(tiny_checkpoint, labels_csv, tmp_path):
     assert info["modality"] == "image" and info["dim"] == 32 and len(info["checkpoint_sha256"]) == 64
     assert info["model_config"]["model_cfg"]["vision_cfg"]["timm_model_name"] == "test_efficientnet"
     # A resumed run with the other modality into the same folder is refused.
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--texts",
-                 "--output", str(out)]) == 2
+    assert (
+        main(
+            ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--texts", "--output", str(out)]
+        )
+        == 2
+    )
 
 
 def test_image_text_recall_and_finding_filter(tiny_checkpoint, phantom_shards, tmp_path):
@@ -44,8 +64,25 @@ def test_image_text_recall_and_finding_filter(tiny_checkpoint, phantom_shards, t
     assert not np.allclose(text_vectors, image_vectors)
     assert main(["index", "build", "--embeddings", str(images), "--output", str(index)]) == 0
     report = tmp_path / "eval.json"
-    assert main(["index", "eval", "--index", str(index), "--texts", str(texts), "-k", "3", "--findings",
-                 "Cardiomegaly", "--output", str(report)]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "eval",
+                "--index",
+                str(index),
+                "--texts",
+                str(texts),
+                "-k",
+                "3",
+                "--findings",
+                "Cardiomegaly",
+                "--output",
+                str(report),
+            ]
+        )
+        == 0
+    )
     result = json.loads(report.read_text())
     recalls = result["image_text"]["image_to_text"]
     assert set(recalls) == {"recall_at_1", "recall_at_5", "recall_at_10"}
@@ -55,7 +92,7 @@ def test_image_text_recall_and_finding_filter(tiny_checkpoint, phantom_shards, t
 
 def _first_rows(table, count, out):
     lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
-    out.write_text("".join(lines[:count + 1]), encoding="utf-8")
+    out.write_text("".join(lines[: count + 1]), encoding="utf-8")
     return out
 
 
@@ -67,12 +104,34 @@ def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, 
     table = _first_rows(labels_csv, 93, tmp_path / "labels-93.csv")
     source = ["--data", str(table)] if data == "csv" else ["--data", str(phantom_shards), "--split", "train"]
     single, double = tmp_path / "one", tmp_path / "two"
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), *source, "--output", str(single),
-                 "--batch-size", "8"]) == 0
+    assert (
+        main(["embed", "--checkpoint", str(tiny_checkpoint), *source, "--output", str(single), "--batch-size", "8"])
+        == 0
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "embed", "--checkpoint", str(tiny_checkpoint),
-                             *source, "--output", str(double), "--batch-size", "8", "--devices", "2",
-                             "--accelerator", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convirt.cli.main",
+            "embed",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            *source,
+            "--output",
+            str(double),
+            "--batch-size",
+            "8",
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert {path.name[:8] for path in double.glob("part-*.npy")} == {"part-000", "part-001"}
     a, rows_a = _by_key(single)
@@ -103,12 +162,26 @@ sys.exit(main(sys.argv[2:]))
 def test_embed_killed_with_sigkill_resumes_through_its_own_skip_path(tiny_checkpoint, labels_csv, tmp_path):
     # `convirt embed` itself is killed once its third part is on disk; the same command run again
     # reads the keys of the complete parts, skips those images, and embeds only the rest.
-    command = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--batch-size", "4",
-               "--chunk-size", "8"]
+    command = [
+        "embed",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(labels_csv),
+        "--batch-size",
+        "4",
+        "--chunk-size",
+        "8",
+    ]
     assert main([*command, "--output", str(tmp_path / "whole")]) == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run([sys.executable, "-c", _KILLED_EMBED, "3", *command, "--output", str(tmp_path / "cut")],
-                            capture_output=True, text=True, env=env, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_EMBED, "3", *command, "--output", str(tmp_path / "cut")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     first = read_embeddings(tmp_path / "cut")[1]
     assert len(first) == 24  # three parts of 8
@@ -130,9 +203,26 @@ def test_query_can_leave_out_the_query_patient(tiny_checkpoint, labels_csv, tmp_
     query = rows[0]
 
     def hits(*extra):
-        result = subprocess.run([sys.executable, "-m", "convirt.cli.main", "index", "query", "--index", str(idx),
-                                 "--image", query["path"], "-k", "4", "--json", *extra],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "convirt.cli.main",
+                "index",
+                "query",
+                "--index",
+                str(idx),
+                "--image",
+                query["path"],
+                "-k",
+                "4",
+                "--json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)
 
@@ -146,15 +236,53 @@ def test_text_only_shards_embed_their_reports_and_refuse_images(tiny_checkpoint,
     from convirt.data.schema import Row
     from convirt.data.writer import write_shards
 
-    rows = [Row(key=f"r{i}", image_path="", text=f"FINDINGS: Finding number {i}. IMPRESSION: Normal {i}.",
-                patient_id=f"p{i}") for i in range(7)]
+    rows = [
+        Row(
+            key=f"r{i}",
+            image_path="",
+            text=f"FINDINGS: Finding number {i}. IMPRESSION: Normal {i}.",
+            patient_id=f"p{i}",
+        )
+        for i in range(7)
+    ]
     shards = tmp_path / "shards"
     write_shards(rows, shards, text_only=True, val_fraction=0, test_fraction=0, progress=False)
     out = tmp_path / "txt"
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "train", "--texts",
-                 "--batch-size", "3", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(shards),
+                "--split",
+                "train",
+                "--texts",
+                "--batch-size",
+                "3",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     vectors, meta = _by_key(out)
     assert vectors.shape == (7, 32) and [m["key"] for m in meta] == [f"r{i}" for i in range(7)]
     assert meta[0]["text"] == "Finding number 0. Normal 0."
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "train",
-                 "--output", str(tmp_path / "img")]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(shards),
+                "--split",
+                "train",
+                "--output",
+                str(tmp_path / "img"),
+            ]
+        )
+        == 2
+    )

@@ -10,8 +10,24 @@ from convirt.cli.main import main
 
 def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint, labels_csv, tmp_path):
     out = tmp_path / "zs"
-    assert main(["zeroshot", "--checkpoint", str(tiny_checkpoint), "--descriptors", "phantom", "--data",
-                 str(labels_csv), "--bootstrap", "30", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--descriptors",
+                "phantom",
+                "--data",
+                str(labels_csv),
+                "--bootstrap",
+                "30",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     edema = metrics["ensemble"]["findings"]["Edema"]
     assert set(metrics) >= {"descriptors", "names", "ensemble", "positives"}
@@ -22,34 +38,94 @@ def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint
 
 
 def test_label_and_descriptor_mismatch_lists_both_sets(tiny_checkpoint, labels_csv, tmp_path, capsys):
-    common = ["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv),
-              "--output", str(tmp_path / "zs")]
+    common = [
+        "zeroshot",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(labels_csv),
+        "--output",
+        str(tmp_path / "zs"),
+    ]
     assert main([*common, "--descriptors", "pneumonia"]) == 2
     error = capsys.readouterr().err
     assert "labels without a descriptor finding" in error and "descriptor findings: ['Pneumonia']" in error
     assert "labels in the data: ['Cardiomegaly'" in error
     extra = tmp_path / "extra.yaml"
-    extra.write_text(yaml.safe_dump({"findings": {"Edema": {"observations": ["haze", "lines"]},
-                                                  "Fracture": {"observations": ["broken rib", "callus"]}}}))
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "findings": {
+                    "Edema": {"observations": ["haze", "lines"]},
+                    "Fracture": {"observations": ["broken rib", "callus"]},
+                }
+            }
+        )
+    )
     assert main([*common, "--descriptors", str(extra), "--labels", "Edema"]) == 2
     assert "descriptor findings missing from the labels: ['Fracture']" in capsys.readouterr().err
 
 
 def test_probe_command(tiny_checkpoint, labels_csv, tmp_path):
     out = tmp_path / "probe"
-    assert main(["probe", "--checkpoint", str(tiny_checkpoint), "--data", str(labels_csv), "--labels",
-                 "Cardiomegaly", "Edema", "--fractions", "0.1", "1", "--folds", "3", "--bootstrap", "20",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(labels_csv),
+                "--labels",
+                "Cardiomegaly",
+                "Edema",
+                "--fractions",
+                "0.1",
+                "1",
+                "--folds",
+                "3",
+                "--bootstrap",
+                "20",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "metrics.json").read_text())
-    assert [(p["probe"], p["fraction"]) for p in result["probes"]] == [("linear", 0.1), ("linear", 1.0),
-                                                                       ("knn", 0.1), ("knn", 1.0)]
+    assert [(p["probe"], p["fraction"]) for p in result["probes"]] == [
+        ("linear", 0.1),
+        ("linear", 1.0),
+        ("knn", 0.1),
+        ("knn", 1.0),
+    ]
     assert 0 <= result["probes"][1]["findings"]["Edema"]["auroc"] <= 1 and result["folds"] == 3
 
 
 def test_threshold_from_the_validation_split_and_figures(tiny_checkpoint, phantom_shards, tmp_path):
     out = tmp_path / "zs"
-    assert main(["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--split", "test",
-                 "--threshold-split", "val", "--bootstrap", "10", "--figures", "2", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(phantom_shards),
+                "--split",
+                "test",
+                "--threshold-split",
+                "val",
+                "--bootstrap",
+                "10",
+                "--figures",
+                "2",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     finding = metrics["names"]["findings"]["Cardiomegaly"]
     assert finding["threshold_source"] == "youden on split val"
@@ -57,19 +133,36 @@ def test_threshold_from_the_validation_split_and_figures(tiny_checkpoint, phanto
     assert len(list((out / "figures").glob("*-saliency.png"))) == 2
 
 
-def test_a_moved_text_model_folder_is_named_and_replaced_with_text_model(tiny_text_model, labels_csv, tmp_path,
-                                                                         capsys):
+def test_a_moved_text_model_folder_is_named_and_replaced_with_text_model(tiny_text_model, labels_csv, tmp_path, capsys):
     import shutil
 
     from convirt.training import save_initial_checkpoint
 
     copy = tmp_path / "texts" / "model"
     shutil.copytree(tiny_text_model, copy)
-    checkpoint = save_initial_checkpoint(str(tmp_path / "a.ckpt"), "test-tiny", pretrained=False,
-                                         text_model_path=str(copy))
+    checkpoint = save_initial_checkpoint(
+        str(tmp_path / "a.ckpt"), "test-tiny", pretrained=False, text_model_path=str(copy)
+    )
     shutil.rmtree(copy)
-    common = ["probe", "--checkpoint", checkpoint, "--data", str(labels_csv), "--labels", "Edema", "--fractions",
-              "1", "--probes", "knn", "--folds", "3", "--bootstrap", "10", "--output", str(tmp_path / "probe")]
+    common = [
+        "probe",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        str(labels_csv),
+        "--labels",
+        "Edema",
+        "--fractions",
+        "1",
+        "--probes",
+        "knn",
+        "--folds",
+        "3",
+        "--bootstrap",
+        "10",
+        "--output",
+        str(tmp_path / "probe"),
+    ]
     assert main(common) == 2
     error = capsys.readouterr().err
     assert f"trained with the local text model {copy}, which is not there" in error and "--text-model DIR" in error
@@ -77,8 +170,7 @@ def test_a_moved_text_model_folder_is_named_and_replaced_with_text_model(tiny_te
     assert (tmp_path / "probe" / "metrics.json").is_file()
 
 
-def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpoint, phantom_shards, tmp_path,
-                                                                    capsys):
+def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpoint, phantom_shards, tmp_path, capsys):
     import shutil
 
     from convirt.data.shards import shard_urls
@@ -90,8 +182,10 @@ def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpo
     break_last_image(test_shard, tmp_path / "broken.tar")
     shutil.move(tmp_path / "broken.tar", test_shard)
     common = ["--checkpoint", str(tiny_checkpoint), "--data", str(shards), "--split", "test"]
-    assert main(["zeroshot", *common, "--descriptors", "phantom", "--bootstrap", "0",
-                 "--output", str(tmp_path / "zs")]) == 0
+    assert (
+        main(["zeroshot", *common, "--descriptors", "phantom", "--bootstrap", "0", "--output", str(tmp_path / "zs")])
+        == 0
+    )
     assert json.loads((tmp_path / "zs" / "metrics.json").read_text())["skipped_samples"] == 1
     assert main(["embed", *common, "--output", str(tmp_path / "emb")]) == 0
     assert json.loads((tmp_path / "emb" / "info.json").read_text())["skipped_samples"] == 1

@@ -55,19 +55,37 @@ def test_a_folder_of_bad_inputs_is_skipped_and_counted_by_reason(tmp_path):
     _dicom(images / "cine.dcm", np.stack([_ramp(64, 80)] * 3), frames=3)
     Image.fromarray(good[::-1].copy()).save(images / "empty_report.png")
     Image.fromarray(good[:, ::-1].copy()).save(images / "latin1.png")
-    rows = [("good.png", "Lungs clear."), ("sixteen.png", "Lungs clear, 16 bit."),
-            ("truncated.jpg", "Truncated file."), ("corrupt.png", "Corrupt file."),
-            ("mono1.dcm", "Inverted DICOM."), ("cine.dcm", "Three frames."), ("empty_report.png", "   "),
-            ("latin1.png", "caf\xe9 report"), ("missing.png", "No file.")]
+    rows = [
+        ("good.png", "Lungs clear."),
+        ("sixteen.png", "Lungs clear, 16 bit."),
+        ("truncated.jpg", "Truncated file."),
+        ("corrupt.png", "Corrupt file."),
+        ("mono1.dcm", "Inverted DICOM."),
+        ("cine.dcm", "Three frames."),
+        ("empty_report.png", "   "),
+        ("latin1.png", "caf\xe9 report"),
+        ("missing.png", "No file."),
+    ]
     table = tmp_path / "rows.csv"
     with open(table, "w", newline="", encoding="latin-1") as handle:  # one row is not UTF-8
         writer = csv.writer(handle)
         writer.writerow(["image", "text", "patient_id"])
         writer.writerows([f"images/{name}", text, f"p{i}"] for i, (name, text) in enumerate(rows))
-    manifest = write_shards(lambda: read_rows("csv", str(table)), tmp_path / "out", image_size=32,
-                            val_fraction=0, test_fraction=0, progress=False)
-    assert manifest["dropped"] == {"empty_report": 1, "missing_image": 1, "non_utf8_text": 1,
-                                   "refused_image": 1, "unreadable_image": 2}
+    manifest = write_shards(
+        lambda: read_rows("csv", str(table)),
+        tmp_path / "out",
+        image_size=32,
+        val_fraction=0,
+        test_fraction=0,
+        progress=False,
+    )
+    assert manifest["dropped"] == {
+        "empty_report": 1,
+        "missing_image": 1,
+        "non_utf8_text": 1,
+        "refused_image": 1,
+        "unreadable_image": 2,
+    }
     assert manifest["samples"] == 3
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         keys = sorted({Path(name).stem for name in tar.getnames()})
@@ -77,14 +95,29 @@ def test_a_folder_of_bad_inputs_is_skipped_and_counted_by_reason(tmp_path):
     # 12 bits stored in 16: stretched to the 8-bit range, not crushed to black.
     assert sixteen_stored[:, 0].mean() < 20 and sixteen_stored[:, -1].mean() > 235
     assert mono1[:, 0].mean() > 200 and mono1[:, -1].mean() < 50  # MONOCHROME1 inverted
-    drops = {json.loads(line)["path"].split("/")[-1]: json.loads(line)["reason"]
-             for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()}
-    assert drops == {"truncated.jpg": "unreadable_image", "corrupt.png": "unreadable_image",
-                     "cine.dcm": "refused_image", "empty_report.png": "empty_report", "latin1.png": "non_utf8_text",
-                     "missing.png": "missing_image"}
+    drops = {
+        json.loads(line)["path"].split("/")[-1]: json.loads(line)["reason"]
+        for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()
+    }
+    assert drops == {
+        "truncated.jpg": "unreadable_image",
+        "corrupt.png": "unreadable_image",
+        "cine.dcm": "refused_image",
+        "empty_report.png": "empty_report",
+        "latin1.png": "non_utf8_text",
+        "missing.png": "missing_image",
+    }
     with pytest.raises(ValueError, match="truncated.jpg .*rerun without --strict"):
-        write_shards(lambda: [r for r in read_rows("csv", str(table)) if "truncated" in r.image_path],
-                     tmp_path / "strict", strict=True, progress=False)
+        write_shards(
+            lambda: [r for r in read_rows("csv", str(table)) if "truncated" in r.image_path],
+            tmp_path / "strict",
+            strict=True,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="multi-frame DICOM \\(3 frames\\)"):
-        write_shards(lambda: [r for r in read_rows("csv", str(table)) if "cine" in r.image_path],
-                     tmp_path / "strict-dicom", strict=True, progress=False)
+        write_shards(
+            lambda: [r for r in read_rows("csv", str(table)) if "cine" in r.image_path],
+            tmp_path / "strict-dicom",
+            strict=True,
+            progress=False,
+        )

@@ -24,10 +24,15 @@ from tests.conftest import write_dicom
 def _bomb_png(path: Path, side: int) -> None:
     """A PNG whose header claims ``side`` x ``side`` pixels (PIL refuses it at open, as a decompression bomb)."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    chunk = lambda kind, data: (
+        struct.pack(">I", len(data))
+        + kind
+        + data  # noqa: E731
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _noise(height: int, width: int, seed: int) -> np.ndarray:
@@ -72,8 +77,9 @@ def zoo(tmp_path) -> Path:
     write_dicom(images / "tiny.dcm", (_noise(4, 4, 4).astype(np.uint16) * 16))
     write_dicom(images / "constant.dcm", np.full((40, 48), 1000, np.uint16))
     write_dicom(images / "no_pixels.dcm", None)
-    write_dicom(images / "j2k_garbage.dcm", None, syntax=JPEG2000Lossless,
-                pixel_data=encapsulate([bytes(_noise(1, 500, 5))]))
+    write_dicom(
+        images / "j2k_garbage.dcm", None, syntax=JPEG2000Lossless, pixel_data=encapsulate([bytes(_noise(1, 500, 5))])
+    )
     write_dicom(images / "colour.dcm", np.dstack([_noise(40, 48, 6)] * 3), samples=3)
     write_dicom(images / "whole.dcm", (_noise(40, 48, 7).astype(np.uint16) * 16))
     whole = (images / "whole.dcm").read_bytes()
@@ -98,15 +104,36 @@ def _expected_drops() -> dict[str, int]:
 def test_no_row_of_the_zoo_ends_the_run_and_each_is_counted(zoo, tmp_path):
     out = tmp_path / "shards"
     # Through the command, with 2 decoding processes, as a user runs it.
-    assert main(["shards", "--input", str(zoo), "--output", str(out), "--image-size", "512", "--workers", "2",
-                 "--val-fraction", "0", "--test-fraction", "0"]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                "--input",
+                str(zoo),
+                "--output",
+                str(out),
+                "--image-size",
+                "512",
+                "--workers",
+                "2",
+                "--val-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dropped"] == _expected_drops()
     assert manifest["samples"] == 3  # good.png, rgba.png, cmyk.jpg
-    drops = {json.loads(line)["path"].split("/")[-1]: json.loads(line)
-             for line in (out / "dropped.jsonl").read_text().splitlines()}
+    drops = {
+        json.loads(line)["path"].split("/")[-1]: json.loads(line)
+        for line in (out / "dropped.jsonl").read_text().splitlines()
+    }
     assert {name: drop["reason"] for name, drop in drops.items()} == {
-        name: reason for name, (_, reason) in ZOO.items() if reason}
+        name: reason for name, (_, reason) in ZOO.items() if reason
+    }
     assert "65500" in drops["elongated.png"]["detail"] and "1x1" in drops["one_pixel.png"]["detail"]
 
 
@@ -119,8 +146,20 @@ def test_strict_stops_on_each_naming_the_file(zoo, tmp_path, name):
 
 
 def test_strict_through_the_command_is_one_line_naming_the_file(zoo, tmp_path, capsys):
-    code = main(["shards", "--input", str(zoo), "--output", str(tmp_path / "s"), "--image-size", "512", "--strict",
-                 "--workers", "1"])
+    code = main(
+        [
+            "shards",
+            "--input",
+            str(zoo),
+            "--output",
+            str(tmp_path / "s"),
+            "--image-size",
+            "512",
+            "--strict",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "convirt: error: " in line]
     assert len(errors) == 1 and "zoo/" in errors[0] and "rerun without --strict" in errors[0]
@@ -144,17 +183,28 @@ def test_an_injected_exception_is_counted_by_type_and_named_in_strict_mode(zoo, 
     monkeypatch.setattr(prepare, "encode_jpeg", failing_encode)
     monkeypatch.setattr(prepare, "parse_sections", failing_parse)
     rows = lambda: read_rows("csv", str(zoo))  # noqa: E731
-    manifest = write_shards(rows, tmp_path / "out", image_size=512, val_fraction=0, test_fraction=0,
-                            progress=False, workers=1, shard_size=4)
-    assert manifest["dropped"] == {**_expected_drops(), "unexpected_error:TypeError": 1,
-                                   "unexpected_error:RuntimeError": 1}
+    manifest = write_shards(
+        rows, tmp_path / "out", image_size=512, val_fraction=0, test_fraction=0, progress=False, workers=1, shard_size=4
+    )
+    assert manifest["dropped"] == {
+        **_expected_drops(),
+        "unexpected_error:TypeError": 1,
+        "unexpected_error:RuntimeError": 1,
+    }
     assert manifest["samples"] == 1  # cmyk.jpg
     drops = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
     assert {d["detail"] for d in drops if d["reason"].startswith("unexpected")} == {
-        "injected in encoding", "injected in the report parser"}
+        "injected in encoding",
+        "injected in the report parser",
+    }
     with pytest.raises(ValueError, match="unexpected error:TypeError: injected in encoding: .*rgba.png") as error:
-        write_shards([r for r in rows() if r.image_path.endswith("rgba.png")], tmp_path / "strict", strict=True,
-                     image_size=512, progress=False)
+        write_shards(
+            [r for r in rows() if r.image_path.endswith("rgba.png")],
+            tmp_path / "strict",
+            strict=True,
+            image_size=512,
+            progress=False,
+        )
     assert isinstance(error.value.__cause__, TypeError)  # the traceback behind the line is kept
 
 
@@ -173,6 +223,7 @@ def test_a_record_the_reader_cannot_turn_into_a_row_is_counted(zoo, tmp_path, mo
     Image.fromarray(_noise(64, 80, 9)).save(tmp_path / "a.png")
     Image.fromarray(_noise(64, 80, 10)).save(tmp_path / "b.png")
     table.write_text("image,text,labels\na.png,Clear lungs.,boom\nb.png,Clear lungs.,\n", encoding="utf-8")
-    manifest = write_shards(lambda: read_rows("csv", str(table)), tmp_path / "out", val_fraction=0, test_fraction=0,
-                            progress=False)
+    manifest = write_shards(
+        lambda: read_rows("csv", str(table)), tmp_path / "out", val_fraction=0, test_fraction=0, progress=False
+    )
     assert manifest["dropped"] == {"unexpected_error:KeyError": 1} and manifest["samples"] == 1

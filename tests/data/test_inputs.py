@@ -63,7 +63,8 @@ def test_csv_batches_keep_order_metadata_and_skip_done(labels_csv):
 
 def test_shard_batches_filtered_by_metadata(phantom_shards):
     transform = build_image_transform(32, [0.5] * 3, [0.5] * 3, train=False)
-    batches = build_input_batches(phantom_shards, transform, _tokenize, 8, split="train",
-                                  where={"labels": "Cardiomegaly"})
+    batches = build_input_batches(
+        phantom_shards, transform, _tokenize, 8, split="train", where={"labels": "Cardiomegaly"}
+    )
     metas = [meta for batch in batches for meta in batch["meta"]]
     assert metas and all("Cardiomegaly" in meta["labels"] for meta in metas)

@@ -14,10 +14,22 @@ NIH_TABLE = SHARED_DATA / "metadata-samples" / "Data_Entry_2017_v2020.csv.gz"
 def _chexpert(tmp_path):
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS]
     values = {"Cardiomegaly": "1.0", "Edema": "-1.0", "Pleural Effusion": "0.0"}
-    row = ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg", "Male", "73", "Frontal", "AP",
-           *[values.get(name, "") for name in CHEXPERT_FINDINGS]]
-    normal = ["CheXpert-v1.0-small/valid/patient64542/study2/view1_frontal.jpg", "Female", "70", "Frontal", "PA",
-              *["1.0" if name == "No Finding" else "" for name in CHEXPERT_FINDINGS]]
+    row = [
+        "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",
+        "Male",
+        "73",
+        "Frontal",
+        "AP",
+        *[values.get(name, "") for name in CHEXPERT_FINDINGS],
+    ]
+    normal = [
+        "CheXpert-v1.0-small/valid/patient64542/study2/view1_frontal.jpg",
+        "Female",
+        "70",
+        "Frontal",
+        "PA",
+        *["1.0" if name == "No Finding" else "" for name in CHEXPERT_FINDINGS],
+    ]
     path = tmp_path / "valid.csv"
     path.write_text("\n".join(",".join(r) for r in (header, row, normal)) + "\n")
     return path
@@ -29,8 +41,9 @@ def test_chexpert_uncertainty_policies(tmp_path):
     zeros = list(read_label_rows(table, uncertain="zeros", images=str(tmp_path / "root")))
     assert zeros[0].labels == ["Cardiomegaly"] and zeros[0].patient_id == "patient64541"
     assert zeros[0].study_id == "patient64541-study1" and zeros[0].view == "AP"
-    assert zeros[0].image_path == str(tmp_path / "root" / "CheXpert-v1.0-small/valid/patient64541/study1/"
-                                                              "view1_frontal.jpg")
+    assert zeros[0].image_path == str(
+        tmp_path / "root" / "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"
+    )
     assert zeros[1].labels == ["No Finding"]
     assert list(read_label_rows(table, uncertain="ones"))[0].labels == ["Cardiomegaly", "Edema"]
     ignored = list(read_label_rows(table, uncertain="ignore"))[0]
@@ -50,8 +63,10 @@ def test_bad_tables_are_named(tmp_path):
 
 def test_nih_rows_find_images_anywhere_under_the_folder(tmp_path, phantom_csv):
     table = tmp_path / "Data_Entry_2017.csv"
-    table.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
-                     "00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA\n00000002_000.png,No Finding,0,2,80,M,AP\n")
+    table.write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+        "00000001_000.png,Cardiomegaly|Emphysema,0,1,57,M,PA\n00000002_000.png,No Finding,0,2,80,M,AP\n"
+    )
     (tmp_path / "images_001" / "images").mkdir(parents=True)
     shutil.copy(next((phantom_csv.parent / "images").glob("*.png")), tmp_path / "images_001/images/00000001_000.png")
     rows = list(read_label_rows(table))

@@ -51,9 +51,16 @@ def test_two_loader_workers_draw_their_own_negatives(phantom_shards, tiny_text_m
     from convirt.training import ShardDataModule
     from tests.conftest import TINY_MODEL
 
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=4, num_workers=2, shuffle_buffer=8, negative_texts=str(phantom_shards),
-                           negatives_per_batch=6)
+    data = ShardDataModule(
+        str(phantom_shards),
+        model_name=TINY_MODEL,
+        text_model_path=tiny_text_model,
+        batch_size=4,
+        num_workers=2,
+        shuffle_buffer=8,
+        negative_texts=str(phantom_shards),
+        negatives_per_batch=6,
+    )
     data.setup("fit")
     loader = iter(data.train_dataloader())
     first, second = next(loader), next(loader)

@@ -41,8 +41,9 @@ def test_cardiomegaly_widens_the_heart_shadow():
 
 def test_effusion_fills_the_costophrenic_angle():
     def base(case: PhantomCase) -> float:
-        return float(np.mean([render_image(case, np.random.default_rng(i), 128)[92:100, 22:40].mean()
-                              for i in range(6)]))
+        return float(
+            np.mean([render_image(case, np.random.default_rng(i), 128)[92:100, 22:40].mean() for i in range(6)])
+        )
 
     assert base(PhantomCase((EFFUSION,), effusion_side="right", severity="large")) > base(PhantomCase(())) + 10
 

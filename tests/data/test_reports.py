@@ -36,16 +36,19 @@ def test_mimic_style_headers_become_canonical_sections():
     }
 
 
-@pytest.mark.parametrize("text, section", [
-    ("Findings: clear lungs.", "findings"),
-    ("FINDINGS AND IMPRESSION: clear lungs.", "findings"),
-    ("Impression: clear lungs.", "impression"),
-    ("CONCLUSION: clear lungs.", "impression"),
-    ("Clinical history: cough.", "history"),
-    ("REASON FOR EXAM: cough.", "indication"),
-    ("COMPARISONS: none.", "comparison"),
-    ("Imaging notes: patchy opacities.", "findings"),
-])
+@pytest.mark.parametrize(
+    "text, section",
+    [
+        ("Findings: clear lungs.", "findings"),
+        ("FINDINGS AND IMPRESSION: clear lungs.", "findings"),
+        ("Impression: clear lungs.", "impression"),
+        ("CONCLUSION: clear lungs.", "impression"),
+        ("Clinical history: cough.", "history"),
+        ("REASON FOR EXAM: cough.", "indication"),
+        ("COMPARISONS: none.", "comparison"),
+        ("Imaging notes: patchy opacities.", "findings"),
+    ],
+)
 def test_header_variants(text, section):
     assert list(parse_sections(text)) == [section]
 
@@ -58,8 +61,10 @@ def test_free_text_without_headers_is_other_and_auto_keeps_it():
 
 
 def test_unknown_upper_case_word_inside_a_paragraph_does_not_cut_it():
-    assert parse_sections("FINDINGS: stable. CT: no change. Lungs clear.")["findings"] == \
-        "stable. CT: no change. Lungs clear."
+    assert (
+        parse_sections("FINDINGS: stable. CT: no change. Lungs clear.")["findings"]
+        == "stable. CT: no change. Lungs clear."
+    )
 
 
 def test_openi_deidentification_tokens():
@@ -69,13 +74,16 @@ def test_openi_deidentification_tokens():
     assert clean_deidentified("No XXXX pneumothorax.") == "No pneumothorax."
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("findings", "Heart normal. Lungs clear."),
-    ("impression", "Normal."),
-    ("both", "Heart normal. Lungs clear. Normal."),
-    ("auto", "Heart normal. Lungs clear. Normal."),
-    ("longest", "Heart normal. Lungs clear."),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("findings", "Heart normal. Lungs clear."),
+        ("impression", "Normal."),
+        ("both", "Heart normal. Lungs clear. Normal."),
+        ("auto", "Heart normal. Lungs clear. Normal."),
+        ("longest", "Heart normal. Lungs clear."),
+    ],
+)
 def test_select_text_modes(mode, expected):
     sections = {"findings": "Heart normal. Lungs clear.", "impression": "Normal.", "indication": "Cough."}
     assert select_text(sections, mode) == expected
@@ -96,12 +104,16 @@ def test_bad_names_are_rejected_with_the_known_ones():
 
 
 def test_imaging_mode_keeps_the_sentences_about_the_radiograph_of_a_case_note():
-    note = ("A 54-year-old man presented with fever and cough. Oxygen saturation was 88%. "
-            "Chest X-ray showed bilateral patchy opacities in the lower zones. He was treated with oxygen. "
-            "The radiograph obtained 5 days later was normal.")
+    note = (
+        "A 54-year-old man presented with fever and cough. Oxygen saturation was 88%. "
+        "Chest X-ray showed bilateral patchy opacities in the lower zones. He was treated with oxygen. "
+        "The radiograph obtained 5 days later was normal."
+    )
     sections = parse_sections(note)
-    assert select_text(sections, "imaging") == ("Chest X-ray showed bilateral patchy opacities in the lower zones. "
-                                                "The radiograph obtained 5 days later was normal.")
+    assert select_text(sections, "imaging") == (
+        "Chest X-ray showed bilateral patchy opacities in the lower zones. "
+        "The radiograph obtained 5 days later was normal."
+    )
 
 
 def test_imaging_mode_prefers_findings_and_impression_and_drops_a_note_without_imaging():

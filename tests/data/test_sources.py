@@ -28,12 +28,14 @@ OPENI_XML = """<?xml version="1.0" encoding="utf-8"?>
 def _openi(tmp_path: Path, images: bool = False) -> tuple[Path, Path]:
     folder = tmp_path / "ecgen-radiology"
     folder.mkdir()
-    reports = [("Heart size normal. Lungs clear.", "Normal chest x-XXXX.", "normal"),
-               ("Right lower lobe opacity.", "Pneumonia.", "Pneumonia/lower lobe/right"),
-               ("", "", "normal")]
+    reports = [
+        ("Heart size normal. Lungs clear.", "Normal chest x-XXXX.", "normal"),
+        ("Right lower lobe opacity.", "Pneumonia.", "Pneumonia/lower lobe/right"),
+        ("", "", "normal"),
+    ]
     for n, (findings, impression, mesh) in enumerate(reports, 1):
         (folder / f"{n}.xml").write_text(OPENI_XML.format(n=n, findings=findings, impression=impression, mesh=mesh))
-    (folder / "9.xml").write_bytes(b"<eCitation><uId id=\"CXR9\"/>\xff\xfe broken")
+    (folder / "9.xml").write_bytes(b'<eCitation><uId id="CXR9"/>\xff\xfe broken')
     archive = tmp_path / "NLMCXR_reports.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="ecgen-radiology")
@@ -50,14 +52,25 @@ def test_openi_reports_without_images_become_text_only_samples(tmp_path):
     archive, _ = _openi(tmp_path)
     rows = list(read_rows("openi", str(archive)))
     assert [r.key for r in rows] == ["openi-CXR1", "openi-CXR2", "openi-CXR3", "openi-9"]
-    assert rows[0].sections == {"comparison": "None.", "indication": "-year-old with cough",
-                                "findings": "Heart size normal. Lungs clear.", "impression": "Normal chest x-ray."}
+    assert rows[0].sections == {
+        "comparison": "None.",
+        "indication": "-year-old with cough",
+        "findings": "Heart size normal. Lungs clear.",
+        "impression": "Normal chest x-ray.",
+    }
     assert rows[1].labels == ["Pneumonia"] and rows[0].labels == ["No Finding"]
     assert rows[3].problem == "unreadable_report"
     # The folder the archive unpacks to reads the same.
     assert [r.key for r in read_rows("openi", str(tmp_path / "ecgen-radiology"))] == [r.key for r in rows]
-    manifest = write_shards(lambda: read_rows("openi", str(archive)), tmp_path / "out", text_only=True,
-                            source="openi", val_fraction=0, test_fraction=0, progress=False)
+    manifest = write_shards(
+        lambda: read_rows("openi", str(archive)),
+        tmp_path / "out",
+        text_only=True,
+        source="openi",
+        val_fraction=0,
+        test_fraction=0,
+        progress=False,
+    )
     assert manifest["text_only"] and manifest["samples"] == 2
     assert manifest["dropped"] == {"no_findings_or_impression": 1, "unreadable_report": 1}
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
@@ -84,9 +97,12 @@ def test_openi_with_the_png_folder_gives_one_sample_per_radiograph(tmp_path):
 def test_jsonl_reader_with_renamed_columns_and_non_utf8_text(tmp_path):
     shaded_image((40, 40), 50).save(tmp_path / "a.png")
     shaded_image((40, 40), 90).save(tmp_path / "b.png")
-    lines = [json.dumps({"file": "a.png", "report": "FINDINGS: clear.", "labels": ["Edema", "Effusion"],
-                         "patient_id": "p1"}).encode(),
-             b'{"file": "b.png", "report": "bad \xff byte", "patient_id": "p2"}']
+    lines = [
+        json.dumps(
+            {"file": "a.png", "report": "FINDINGS: clear.", "labels": ["Edema", "Effusion"], "patient_id": "p1"}
+        ).encode(),
+        b'{"file": "b.png", "report": "bad \xff byte", "patient_id": "p2"}',
+    ]
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     rows = list(read_rows("jsonl", str(path), columns={"image": "file", "text": "report"}))
@@ -103,8 +119,9 @@ def _convirt(*args: str) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", *args], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "convirt.cli.main", *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -122,8 +139,14 @@ def test_real_openi_reports_all_parse_with_counts_by_section(tmp_path):
     assert manifest["samples"] == 3927
     assert sum(s["samples"] for s in manifest["splits"].values()) == 3927
     assert not any("XXXX" in line for line in (tmp_path / "out" / MANIFEST).read_text().splitlines())
-    findings = write_shards(lambda: read_rows("openi", str(archive)), tmp_path / "findings", text_only=True,
-                            source="openi", text="findings", progress=False)
+    findings = write_shards(
+        lambda: read_rows("openi", str(archive)),
+        tmp_path / "findings",
+        text_only=True,
+        source="openi",
+        text="findings",
+        progress=False,
+    )
     assert findings["samples"] == 3425 and findings["dropped"] == {"empty_report": 28, "no_findings_section": 502}
 
 
@@ -131,8 +154,9 @@ def test_real_openi_reports_all_parse_with_counts_by_section(tmp_path):
 @pytest.mark.shared_data
 def test_real_covid_pairs_csv_converts_with_default_flags(tmp_path):
     out = tmp_path / "shards"
-    _convirt("shards", "--source", "csv", "--input", str(SHARED_DATA / "covid-pairs" / "pairs.csv"), "--output",
-             str(out))
+    _convirt(
+        "shards", "--source", "csv", "--input", str(SHARED_DATA / "covid-pairs" / "pairs.csv"), "--output", str(out)
+    )
     manifest = read_manifest(out)
     assert manifest["rows_read"] == 529 and manifest["samples"] == 529 and manifest["dropped"] == {}
     assert {s: v["samples"] for s, v in manifest["splits"].items()} == {"train": 407, "val": 35, "test": 87}

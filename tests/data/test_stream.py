@@ -22,8 +22,9 @@ def test_eval_batches_cover_each_sample_once_in_order(phantom_shards):
 
 def test_train_batches_are_full_and_endless(phantom_shards):
     transform = build_image_transform(32, [0.5] * 3, [0.5] * 3, train=True)
-    dataset = build_batches(shard_urls(phantom_shards, "train"), transform, _tokenizer, batch_size=16, train=True,
-                            shuffle_buffer=10).with_epoch(12)
+    dataset = build_batches(
+        shard_urls(phantom_shards, "train"), transform, _tokenizer, batch_size=16, train=True, shuffle_buffer=10
+    ).with_epoch(12)
     batches = list(dataset)
     assert len(batches) == 12 and all(b["image"].shape[0] == 16 for b in batches)
 

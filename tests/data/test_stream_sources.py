@@ -97,20 +97,22 @@ def test_a_corrupt_sample_after_the_last_full_batch_is_counted(phantom_shards, t
     # Before, the count travelled only in batches made after the skip: a corrupt last sample
     # behind a full batch was logged and lost.
     total = break_last_image(Path(shard_urls(phantom_shards, "train")[0]), tmp_path / "broken-000000.tar")
-    batches = list(build_batches([str(tmp_path / "broken-000000.tar")], _transform(), _tokenizer,
-                                 batch_size=total - 1))
+    batches = list(build_batches([str(tmp_path / "broken-000000.tar")], _transform(), _tokenizer, batch_size=total - 1))
     assert [len(b["key"]) for b in batches] == [total - 1]
     assert sum(batch["skipped"] for batch in batches) == 1
 
 
 def test_resampled_stream_reads_one_shard_from_every_worker_seeded(phantom_shards):
     one = shard_urls(phantom_shards, "train")[:1]
-    first = build_batches(one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=1,
-                          shuffle_buffer=4)
-    again = build_batches(one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=1,
-                          shuffle_buffer=4)
-    other = build_batches(one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=2,
-                          shuffle_buffer=4)
+    first = build_batches(
+        one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=1, shuffle_buffer=4
+    )
+    again = build_batches(
+        one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=1, shuffle_buffer=4
+    )
+    other = build_batches(
+        one, _transform(True), _tokenizer, batch_size=4, train=True, resampled=True, seed=2, shuffle_buffer=4
+    )
     take = lambda dataset: _keys(batch for _, batch in zip(range(6), dataset))  # noqa: E731
     assert take(first) == take(again) != take(other)
     loader = torch.utils.data.DataLoader(first, batch_size=None, num_workers=2)
@@ -123,8 +125,10 @@ def test_text_sampling_modes():
     text = "Heart normal. Lungs clear. No effusion."
     sections = {"findings": "Heart normal. Lungs clear.", "impression": "No effusion."}
     one = SentenceSampler(seed=0, mode="sentence")
-    assert all(one(text) in text.split(". ") or one(text) in ("Heart normal.", "Lungs clear.", "No effusion.")
-               for _ in range(5))
+    assert all(
+        one(text) in text.split(". ") or one(text) in ("Heart normal.", "Lungs clear.", "No effusion.")
+        for _ in range(5)
+    )
     section = SentenceSampler(seed=0, mode="section")
     assert {section(text, sections) for _ in range(20)} == set(sections.values())
     assert section(text, {"findings": "Heart normal."}) == text

@@ -36,8 +36,9 @@ def test_shards_keep_only_the_named_views_and_count_the_rest(tmp_path):
         path = tmp_path / f"img{i}.png"
         shaded_image((32, 32), i * 40).save(path)
         rows.append(Row(key=f"k{i}", image_path=str(path), text=f"Report {i}.", patient_id=f"p{i}", view=view))
-    manifest = write_shards(rows, tmp_path / "out", image_size=16, val_fraction=0, test_fraction=0,
-                            progress=False, views=["frontal"])
+    manifest = write_shards(
+        rows, tmp_path / "out", image_size=16, val_fraction=0, test_fraction=0, progress=False, views=["frontal"]
+    )
     assert manifest["samples"] == 3
     assert manifest["dropped"] == {"view_excluded": 1, "view_unknown": 1}
     assert manifest["config"]["views"] == ["frontal"]

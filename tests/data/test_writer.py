@@ -18,14 +18,28 @@ def _rows(tmp_path: Path, n: int = 6) -> list[Row]:
     for i in range(n):
         path = tmp_path / f"img{i}.png"
         shaded_image((40 + i, 30), i * 20).save(path)
-        rows.append(Row(key=f"k{i}", image_path=str(path), text=f"Report {i}.", patient_id=f"p{i // 2}",
-                        labels=["Edema"] if i % 2 else []))
+        rows.append(
+            Row(
+                key=f"k{i}",
+                image_path=str(path),
+                text=f"Report {i}.",
+                patient_id=f"p{i // 2}",
+                labels=["Edema"] if i % 2 else [],
+            )
+        )
     return rows
 
 
 def test_shards_hold_every_usable_row_with_manifest(tmp_path):
-    manifest = write_shards(_rows(tmp_path), tmp_path / "out", image_size=24, shard_size=2, val_fraction=0.2,
-                            test_fraction=0.3, progress=False)
+    manifest = write_shards(
+        _rows(tmp_path),
+        tmp_path / "out",
+        image_size=24,
+        shard_size=2,
+        val_fraction=0.2,
+        test_fraction=0.3,
+        progress=False,
+    )
     assert manifest["samples"] == 6 and manifest["dropped"] == {}
     assert json.loads((tmp_path / "out" / MANIFEST).read_text()) == manifest
     names = []
@@ -39,8 +53,7 @@ def test_shards_hold_every_usable_row_with_manifest(tmp_path):
 
 
 def test_images_are_stored_gray_with_short_side_resized(tmp_path):
-    write_shards(_rows(tmp_path, 1), tmp_path / "out", image_size=24, val_fraction=0, test_fraction=0,
-                 progress=False)
+    write_shards(_rows(tmp_path, 1), tmp_path / "out", image_size=24, val_fraction=0, test_fraction=0, progress=False)
     with tarfile.open(tmp_path / "out" / "train-000000.tar") as tar:
         image = Image.open(tar.extractfile("k0.jpg"))
         assert image.mode == "L" and min(image.size) == 24 and image.size == (32, 24)
@@ -61,8 +74,11 @@ def test_patients_never_cross_splits(tmp_path):
                     if name.endswith(".json"):
                         patients.setdefault(split, set()).add(json.loads(tar.extractfile(name).read())["patient_id"])
     assert len(patients) == 3  # every split is used ...
-    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
-                or patients["val"] & patients["test"])  # ... and no patient is in two
+    assert not (
+        patients["train"] & patients["val"]
+        or patients["train"] & patients["test"]
+        or patients["val"] & patients["test"]
+    )  # ... and no patient is in two
     assert all(assign_split(p, 0.3, 0.3) == split for split, ps in patients.items() for p in ps)
 
 
@@ -112,8 +128,14 @@ def _folder_of_rows(tmp_path: Path, n: int, size: int = 48) -> Path:
         writer.writerow(["image", "text", "patient_id", "labels"])
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (size, size + 8), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
-            writer.writerow([f"img/{i}.png", f"FINDINGS: finding {i}. IMPRESSION: case {i}.", f"p{i // 2}",
-                             "Edema" if i % 3 else ""])
+            writer.writerow(
+                [
+                    f"img/{i}.png",
+                    f"FINDINGS: finding {i}. IMPRESSION: case {i}.",
+                    f"p{i // 2}",
+                    "Edema" if i % 3 else "",
+                ]
+            )
     return tmp_path / "rows.csv"
 
 
@@ -156,12 +178,25 @@ def test_kill_9_then_rerun_gives_byte_identical_shards(tmp_path):
     import time
 
     table = _folder_of_rows(tmp_path, 600, size=160)
-    command = [sys.executable, "-m", "convirt.cli.main", "shards", "--input", str(table), "--image-size", "96",
-               "--shard-size", "10", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "convirt.cli.main",
+        "shards",
+        "--input",
+        str(table),
+        "--image-size",
+        "96",
+        "--shard-size",
+        "10",
+        "--workers",
+        "2",
+    ]
     subprocess.run([*command, "--output", str(tmp_path / "whole")], check=True, capture_output=True, timeout=600)
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--output", str(out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [*command, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not (out / "train-000003.tar").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.005)

@@ -19,9 +19,15 @@ class _Encoder:
 
 
 def test_embed_batches_keeps_order_keys_and_metadata():
-    batches = [{"image": torch.randn(3, 1, 2, 2), "key": ["a", "b", "c"], "meta": [{"labels": []}] * 3,
-                "raw_text": ["x", "y", "z"]},
-               {"image": torch.randn(2, 1, 2, 2), "key": ["d", "e"], "meta": [{"labels": ["Edema"]}] * 2}]
+    batches = [
+        {
+            "image": torch.randn(3, 1, 2, 2),
+            "key": ["a", "b", "c"],
+            "meta": [{"labels": []}] * 3,
+            "raw_text": ["x", "y", "z"],
+        },
+        {"image": torch.randn(2, 1, 2, 2), "key": ["d", "e"], "meta": [{"labels": ["Edema"]}] * 2},
+    ]
     out = embed_batches(_Encoder(), batches, progress=False)
     assert out.embeddings.shape == (5, 4) and out.embeddings.dtype == np.float32
     assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-6)

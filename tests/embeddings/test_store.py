@@ -33,8 +33,7 @@ def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
     embed_to_folder(_Encoder(), lambda done: _batches(22, done), whole, chunk_size=5, progress=False)
     parted = tmp_path / "parted"
     with pytest.raises(RuntimeError, match="dies here"):
-        embed_to_folder(_Encoder(), lambda done: _batches(22, done, fail_after=3), parted, chunk_size=5,
-                        progress=False)
+        embed_to_folder(_Encoder(), lambda done: _batches(22, done, fail_after=3), parted, chunk_size=5, progress=False)
     assert 0 < len(completed_parts(parted)) < len(completed_parts(whole))
     count, _ = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
     assert count == 22

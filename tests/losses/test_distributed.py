@@ -36,18 +36,20 @@ def _loss_and_grads(name, rank, world_size, rows):
     if name == "clip-negatives":  # each rank draws its own text-only negatives; one process holds them all
         drawn = torch.randn(NEGATIVES, 7, generator=torch.Generator().manual_seed(1))
         share = NEGATIVES // WORLD
-        mine = drawn[rank * share:(rank + 1) * share] if world_size > 1 else drawn
+        mine = drawn[rank * share : (rank + 1) * share] if world_size > 1 else drawn
         negatives = F.normalize(text_tower(mine), dim=1)
-        loss = TextNegativesClipLoss(rank=rank, world_size=world_size)(image_features, text_features, scale.exp(),
-                                                                          negatives=negatives)
+        loss = TextNegativesClipLoss(rank=rank, world_size=world_size)(
+            image_features, text_features, scale.exp(), negatives=negatives
+        )
     elif name in ("clip", "clip-local"):
         loss_fn = create_loss("clip" if local else name, rank=rank, world_size=world_size, local_loss=local)
         loss = loss_fn(image_features, text_features, scale.exp())
     elif name == "siglip":
         loss = create_loss(name, rank=rank, world_size=world_size)(image_features, text_features, scale.exp(), bias)
     else:
-        loss = create_loss(name, rank=rank, world_size=world_size)(image_features, text_features, None,
-                                                                             text_groups=groups[rows])
+        loss = create_loss(name, rank=rank, world_size=world_size)(
+            image_features, text_features, None, text_groups=groups[rows]
+        )
     loss.backward()
     params = [*image_tower.parameters(), *text_tower.parameters(), scale, bias]
     return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]

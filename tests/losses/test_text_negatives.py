@@ -37,8 +37,14 @@ def test_every_loss_takes_one_call_and_refuses_extras_it_has_no_use_for():
     images, texts, scale = _features(4, 0), _features(4, 1), torch.tensor(10.0)
     groups = torch.tensor([0, 1, 0, 2])
     for name in ("clip", "siglip", "convirt"):
-        loss = create_loss(name)(images, texts, scale, torch.tensor(-5.0), text_groups=groups if name == "convirt"
-                                 else None, negatives=texts[:2] if name == "clip" else None)
+        loss = create_loss(name)(
+            images,
+            texts,
+            scale,
+            torch.tensor(-5.0),
+            text_groups=groups if name == "convirt" else None,
+            negatives=texts[:2] if name == "clip" else None,
+        )
         assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="need model.loss 'clip'"):
         create_loss("convirt")(images, texts, scale, negatives=texts[:2])

@@ -13,7 +13,8 @@ def test_export_round_trip_through_open_clip(tiny_checkpoint, tmp_path):
     out = tmp_path / "exported"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
     assert {"open_clip_config.json", "open_clip_model.safetensors", "config.json", "convirt.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     loaded = load_checkpoint(tiny_checkpoint)
@@ -24,8 +25,9 @@ def test_export_round_trip_through_open_clip(tiny_checkpoint, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.encode_image(images), loaded.model.encode_image(images), atol=1e-6)
         assert torch.equal(tokenizer(texts), loaded.tokenizer(texts))
-        assert torch.allclose(model.encode_text(tokenizer(texts)), loaded.model.encode_text(loaded.tokenizer(texts)),
-                              atol=1e-6)
+        assert torch.allclose(
+            model.encode_text(tokenizer(texts)), loaded.model.encode_text(loaded.tokenizer(texts)), atol=1e-6
+        )
         assert torch.allclose(model.logit_scale, loaded.model.logit_scale)
     provenance = json.loads((out / "convirt.json").read_text())
     assert provenance["model_name"] == "test-tiny" and len(provenance["checkpoint_sha256"]) == 64
@@ -53,8 +55,24 @@ def test_export_embeds_stored_images_as_convirt_embed_does(tiny_checkpoint, phan
     preprocess_cfg = json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]
     assert preprocess_cfg["interpolation"] == "bilinear" and preprocess_cfg["resize_mode"] == "shortest"
     # fp32 on both sides: the comparison is of the preprocessing, not of bf16 rounding.
-    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--split", "test",
-                 "--precision", "32-true", "--output", str(tmp_path / "emb")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--data",
+                str(phantom_shards),
+                "--split",
+                "test",
+                "--precision",
+                "32-true",
+                "--output",
+                str(tmp_path / "emb"),
+            ]
+        )
+        == 0
+    )
     vectors, rows = read_embeddings(tmp_path / "emb")
     by_key = {row["key"]: vector for row, vector in zip(rows, vectors)}
 

@@ -32,8 +32,9 @@ def test_pretrained_towers_come_from_local_files(tiny_text_model, tmp_path):
     reference = AutoModel.from_pretrained(tiny_text_model).state_dict()
     image = timm.create_model("test_efficientnet", num_classes=0)
     torch.save(image.state_dict(), tmp_path / "image.pth")
-    model = create_model(TINY_MODEL, pretrained=True, text_model_path=tiny_text_model,
-                         image_weights_path=str(tmp_path / "image.pth"))
+    model = create_model(
+        TINY_MODEL, pretrained=True, text_model_path=tiny_text_model, image_weights_path=str(tmp_path / "image.pth")
+    )
     assert torch.equal(model.visual.trunk.conv_stem.weight, image.conv_stem.weight)
     loaded = model.text.transformer.state_dict()
     for name, value in reference.items():

@@ -2,7 +2,7 @@ import pytest
 
 from convirt.models import create_model
 from convirt.models.freeze import freeze_image_groups, freeze_text_layers
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
 
 
 def _trainable(module):
@@ -46,20 +46,22 @@ def test_lock_tower_freezes_the_trunk_not_the_head(tiny_text_model):
 
 
 def test_locked_trunk_trains_in_eval_mode_and_checkpointing_runs(phantom_shards, tiny_text_model, tmp_path):
-    import lightning as L
     import torch
 
-    from convirt.training import ContrastiveModule, ShardDataModule
+    from convirt.training import ContrastiveModule
     from tests.conftest import TINY_MODEL
 
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, lock_image_tower=True,
-                               gradient_checkpointing=True, warmup_steps=1)
+    module = ContrastiveModule(
+        TINY_MODEL,
+        pretrained=False,
+        text_model_path=tiny_text_model,
+        lock_image_tower=True,
+        gradient_checkpointing=True,
+        warmup_steps=1,
+    )
     trunk = {n: p.detach().clone() for n, p in module.model.visual.trunk.named_parameters()}
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=0)
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert not module.model.visual.trunk.training
     assert module.model.text.transformer.training  # Hugging Face towers load in eval mode: trained in train mode
@@ -69,29 +71,35 @@ def test_locked_trunk_trains_in_eval_mode_and_checkpointing_runs(phantom_shards,
     assert not quiet.model.text.transformer.training and quiet.model.visual.trunk.training
 
 
-def test_freeze_image_norm_keeps_the_pretrained_statistics_while_the_trunk_trains(phantom_shards, tiny_text_model,
-                                                                                  tmp_path):
-    import lightning as L
+def test_freeze_image_norm_keeps_the_pretrained_statistics_while_the_trunk_trains(
+    phantom_shards, tiny_text_model, tmp_path
+):
     import torch
 
-    from convirt.training import ContrastiveModule, ShardDataModule
+    from convirt.training import ContrastiveModule
     from tests.conftest import TINY_MODEL
 
     def norms(module: ContrastiveModule) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().clone() for name, tensor in module.model.visual.trunk.state_dict().items()
-                if name.endswith(("running_mean", "running_var"))}
+        return {
+            name: tensor.detach().clone()
+            for name, tensor in module.model.visual.trunk.state_dict().items()
+            if name.endswith(("running_mean", "running_var"))
+        }
 
     def fit(freeze: bool) -> tuple[dict[str, torch.Tensor], ContrastiveModule]:
         torch.manual_seed(0)
-        module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1,
-                                   freeze_image_norm=freeze, learning_rate=1e-2)
+        module = ContrastiveModule(
+            TINY_MODEL,
+            pretrained=False,
+            text_model_path=tiny_text_model,
+            warmup_steps=1,
+            freeze_image_norm=freeze,
+            learning_rate=1e-2,
+        )
         before = norms(module)
         weights = {n: p.detach().clone() for n, p in module.model.visual.trunk.named_parameters()}
-        data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                               batch_size=8, num_workers=0, shuffle_buffer=16)
-        L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                  enable_checkpointing=False, default_root_dir=tmp_path, limit_val_batches=0
-                  ).fit(module, datamodule=data)
+        data = tiny_datamodule(phantom_shards, tiny_text_model)
+        quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(module, datamodule=data)
         assert any(not torch.equal(p, weights[n]) for n, p in module.model.visual.trunk.named_parameters())
         return before, module
 

@@ -72,8 +72,10 @@ def test_ivfpq_with_refinement_matches_exact_search():
     from convirt.retrieval.index import index_vectors
 
     x = _clustered()
-    exact = np.argsort(-((x / np.linalg.norm(x, axis=1, keepdims=True))[:50] @
-                         (x / np.linalg.norm(x, axis=1, keepdims=True)).T), axis=1)[:, :10]
+    exact = np.argsort(
+        -((x / np.linalg.norm(x, axis=1, keepdims=True))[:50] @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T),
+        axis=1,
+    )[:, :10]
     plain, _ = build_index(x, "IVF16,PQ8x4", search_params="nprobe=8")
     refined, info = build_index(x, "IVF16,PQ8x4", refine=True, search_params="nprobe=8,k_factor_rf=8")
     recall = lambda ids: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])  # noqa: E731
@@ -93,8 +95,9 @@ def test_ids_are_returned_as_given():
         build_index(x, "Flat", ids=np.zeros(20))
 
 
-@pytest.mark.parametrize("factory, refine", [("Flat", False), ("HNSW32", False),
-                                             pytest.param("IVF8,PQ4", True, marks=pytest.mark.slow)])  # 33 s
+@pytest.mark.parametrize(
+    "factory, refine", [("Flat", False), ("HNSW32", False), pytest.param("IVF8,PQ4", True, marks=pytest.mark.slow)]
+)  # 33 s
 def test_merge_equals_one_shot_build(factory, refine):
     from convirt.retrieval import merge_indexes
 
@@ -107,8 +110,9 @@ def test_merge_equals_one_shot_build(factory, refine):
     s2, i2 = search(one, x[:30], 5)
     assert info.count == 1200 and np.array_equal(i1, i2) and np.allclose(s1, s2, atol=1e-5)
     with pytest.raises(ValueError, match="share ids"):
-        merge_indexes([a, build_index(x[:10], factory if factory != "IVF8,PQ4" else "Flat")] if factory == "Flat"
-                      else [a, a])
+        merge_indexes(
+            [a, build_index(x[:10], factory if factory != "IVF8,PQ4" else "Flat")] if factory == "Flat" else [a, a]
+        )
 
 
 def test_merge_refuses_other_models_and_unreadable_parts():
@@ -116,8 +120,9 @@ def test_merge_refuses_other_models_and_unreadable_parts():
 
     x = _clustered(600, 16)
     a = build_index(x[:300], "Flat", fingerprint={"model_name": "m", "checkpoint_sha256": "aa"})
-    b = build_index(x[300:], "Flat", ids=np.arange(300, 600),
-                    fingerprint={"model_name": "m", "checkpoint_sha256": "bb"})
+    b = build_index(
+        x[300:], "Flat", ids=np.arange(300, 600), fingerprint={"model_name": "m", "checkpoint_sha256": "bb"}
+    )
     with pytest.raises(ValueError, match="checkpoint_sha256 'aa'.* vs 'bb'"):
         merge_indexes([a, b])
     c = build_index(x, "IVF8,PQ4")
@@ -133,8 +138,9 @@ def test_fingerprint_mismatch_on_load_names_both(tmp_path):
     save_index(index, info, tmp_path / "idx")
     load_index(tmp_path / "idx", fingerprint={"model_name": "demo", "checkpoint_sha256": "abc"})
     with pytest.raises(ValueError, match="checkpoint_sha256 'abc' \\(from a.ckpt\\) vs 'xyz' \\(from b.ckpt\\)"):
-        load_index(tmp_path / "idx", fingerprint={"model_name": "demo", "checkpoint_sha256": "xyz",
-                                                  "checkpoint": "b.ckpt"})
+        load_index(
+            tmp_path / "idx", fingerprint={"model_name": "demo", "checkpoint_sha256": "xyz", "checkpoint": "b.ckpt"}
+        )
     mapped, _ = load_index(tmp_path / "idx", mmap=True)
     assert mapped.ntotal == 20
 

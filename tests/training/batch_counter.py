@@ -16,15 +16,25 @@ class BatchCounter(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches, self.keys = 0, []
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.batches += 1
         self.keys += list(batch["key"])
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps({"rank": trainer.global_rank, "epoch": trainer.current_epoch,
-                                     "batches": self.batches, "keys": self.keys}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "rank": trainer.global_rank,
+                        "epoch": trainer.current_epoch,
+                        "batches": self.batches,
+                        "keys": self.keys,
+                    }
+                )
+                + "\n"
+            )
 
 
 class FirstStep(L.Callback):
@@ -39,15 +49,17 @@ class FirstStep(L.Callback):
         self.record["weights"] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         self.record["hparams"] = dict(pl_module.hparams)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == 0:
             self.record["batch"] = {k: v.detach().clone() for k, v in batch.items() if hasattr(v, "detach")}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == 0:
-            self.record["grads"] = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()
-                                    if p.grad is not None}
+            self.record["grads"] = {
+                n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None
+            }
             self.record["loss"] = float(trainer.callback_metrics["train/loss_step"])
             self.folder.mkdir(parents=True, exist_ok=True)
             import torch
@@ -66,13 +78,17 @@ class StepLog(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.val_seen = not trainer.sanity_checking or self.val_seen
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         negatives = batch.get("negative_text")
         self.steps[trainer.global_step] = {
-            "keys": list(batch["key"]), "loss": float(trainer.callback_metrics["train/loss_step"]),
-            "negatives": None if negatives is None else negatives.sum(dim=1).tolist(), "val_seen": self.val_seen,
-            "epoch": trainer.current_epoch}
+            "keys": list(batch["key"]),
+            "loss": float(trainer.callback_metrics["train/loss_step"]),
+            "negatives": None if negatives is None else negatives.sum(dim=1).tolist(),
+            "val_seen": self.val_seen,
+            "epoch": trainer.current_epoch,
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.steps))
 

@@ -37,8 +37,7 @@ def test_every_recipe_parses():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     items = [f"{_command(path)}={path}" for path in CONFIGS]
     assert "pretrain-text" in {item.split("=")[0] for item in items}
-    result = subprocess.run([sys.executable, "-c", _LOOP, *items], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", _LOOP, *items], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     for path, (code, out, err) in json.loads(result.stdout.splitlines()[-1]).items():
         assert code == 0, (path, err)

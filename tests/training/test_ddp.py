@@ -15,8 +15,13 @@ def _fit(config: dict, tmp_path, command: str = "fit") -> None:
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "convirt.cli.main", command, "--config", str(path)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "convirt.cli.main", command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -60,20 +65,36 @@ def test_two_rank_fit_step_equals_one_process_over_both_batches(phantom_shards, 
     import torch
 
     steps = tmp_path / "first-step"
-    model = {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model,
-             "text_dropout": False, "freeze_image_norm": True, "learning_rate": 1e-3}
+    model = {
+        "model_name": TINY_MODEL,
+        "pretrained": False,
+        "text_model_path": tiny_text_model,
+        "text_dropout": False,
+        "freeze_image_norm": True,
+        "learning_rate": 1e-3,
+    }
     data = {"shards": str(phantom_shards), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8}
     if variant != "plain":
         model["sub_batch_size"] = 2  # GradCache under DDP
         data.update(negative_texts=str(phantom_shards), negatives_per_batch=3)
     config = {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 2, "logger": False,
-                    "enable_progress_bar": False, "default_root_dir": str(tmp_path), "precision": "32-true",
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True,
-                                                 "save_top_k": 0}},
-                                  {"class_path": "tests.training.batch_counter.FirstStep",
-                                   "init_args": {"folder": str(steps)}}]},
+        "trainer": {
+            "accelerator": "cpu",
+            "strategy": "ddp",
+            "devices": 2,
+            "max_steps": 2,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path),
+            "precision": "32-true",
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "save_top_k": 0},
+                },
+                {"class_path": "tests.training.batch_counter.FirstStep", "init_args": {"folder": str(steps)}},
+            ],
+        },
         "model": model,
         "data": data,
     }
@@ -95,26 +116,49 @@ def test_two_rank_fit_step_equals_one_process_over_both_batches(phantom_shards, 
 
 
 @pytest.mark.slow  # 2 gloo processes, 2 epochs (about 40 s on 2 cores)
-def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_workers(phantom_csv, tiny_text_model,
-                                                                                       tmp_path):
+def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_workers(
+    phantom_csv, tiny_text_model, tmp_path
+):
     import json
 
     from convirt.data.sources import read_rows
     from convirt.data.writer import write_shards
 
     shards = tmp_path / "shards"
-    manifest = write_shards(read_rows("csv", str(phantom_csv)), shards, image_size=64, shard_size=1000,
-                            val_fraction=0, test_fraction=0.2, progress=False)
+    manifest = write_shards(
+        read_rows("csv", str(phantom_csv)),
+        shards,
+        image_size=64,
+        shard_size=1000,
+        val_fraction=0,
+        test_fraction=0.2,
+        progress=False,
+    )
     assert len(manifest["splits"]["train"]["shards"]) == 1  # one shard for 2 ranks x 2 workers
     counts = tmp_path / "counts.jsonl"
     config = {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_epochs": 2, "logger": False,
-                    "enable_progress_bar": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path),
-                    "callbacks": [{"class_path": "tests.training.batch_counter.BatchCounter",
-                                   "init_args": {"path": str(counts)}}]},
+        "trainer": {
+            "accelerator": "cpu",
+            "strategy": "ddp",
+            "devices": 2,
+            "max_epochs": 2,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_checkpointing": False,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [
+                {"class_path": "tests.training.batch_counter.BatchCounter", "init_args": {"path": str(counts)}}
+            ],
+        },
         "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model},
-        "data": {"shards": str(shards), "batch_size": 4, "num_workers": 2, "shuffle_buffer": 8, "resampled": True,
-                 "samples_per_epoch": 32},
+        "data": {
+            "shards": str(shards),
+            "batch_size": 4,
+            "num_workers": 2,
+            "shuffle_buffer": 8,
+            "resampled": True,
+            "samples_per_epoch": 32,
+        },
     }
     _fit(config, tmp_path)
     records = [json.loads(line) for line in counts.read_text().splitlines()]
@@ -130,8 +174,16 @@ def test_resampled_ranks_get_equal_batches_with_fewer_shards_than_ranks_times_wo
 def test_pretrain_text_with_two_gloo_processes(phantom_shards, tiny_text_model, tmp_path):
     output = tmp_path / "text-model"
     config = {
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": 3, "logger": False,
-                    "enable_progress_bar": False, "enable_checkpointing": False, "default_root_dir": str(tmp_path)},
+        "trainer": {
+            "accelerator": "cpu",
+            "strategy": "ddp",
+            "devices": 2,
+            "max_steps": 3,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_checkpointing": False,
+            "default_root_dir": str(tmp_path),
+        },
         "model": {"model_name": TINY_MODEL, "text_model_path": tiny_text_model, "output": str(output)},
         "data": {"shards": str(phantom_shards), "batch_size": 4},
     }

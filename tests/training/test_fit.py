@@ -1,18 +1,16 @@
-import lightning as L
 import torch
 
 from convirt.models import load_checkpoint
-from convirt.training import ContrastiveModule, ShardDataModule
-from tests.conftest import TINY_MODEL
+from convirt.training import ContrastiveModule
+from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
 
 
 def test_fit_a_few_steps_then_reload_the_checkpoint(phantom_shards, tiny_text_model, tmp_path):
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, learning_rate=1e-3,
-                               warmup_steps=1)
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2)
+    module = ContrastiveModule(
+        TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, learning_rate=1e-3, warmup_steps=1
+    )
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
+    trainer = quiet_trainer(tmp_path, enable_checkpointing=True, max_steps=4, limit_val_batches=2)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 4
     path = tmp_path / "model.ckpt"
@@ -28,8 +26,7 @@ def test_fit_a_few_steps_then_reload_the_checkpoint(phantom_shards, tiny_text_mo
 
 
 def test_train_epoch_length_follows_the_manifest(phantom_shards, tiny_text_model):
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0)
+    data = tiny_datamodule(phantom_shards, tiny_text_model, shuffle_buffer=1000)
     data.setup("fit")
     train = data.manifest["splits"]["train"]["samples"]
     assert len(data.train_dataloader()) == max(1, train // 8)
@@ -39,8 +36,7 @@ def test_every_epoch_yields_the_batches_its_length_promises_with_two_workers(pha
     # The phantom's training shards hold 20, 20, 20 and 2 samples: split over 2 workers, each
     # worker's shards ran dry after 3 batches, 6 of the 8 the epoch promised (so that Lightning
     # never reached the end-of-epoch validation): the stream now cycles the shards without end.
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=2, shuffle_buffer=16)
+    data = tiny_datamodule(phantom_shards, tiny_text_model, num_workers=2)
     data.setup("fit")
     loader = data.train_dataloader()
     assert len(loader) == 8
@@ -52,18 +48,22 @@ def test_every_epoch_yields_the_batches_its_length_promises_with_two_workers(pha
 def test_convirt_loss_with_repeated_reports_trains(phantom_shards, tiny_text_model, tmp_path):
     import pytest
 
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, loss="convirt",
-                               repeated_reports_as_positives=True, warmup_steps=1)
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=1)
+    module = ContrastiveModule(
+        TINY_MODEL,
+        pretrained=False,
+        text_model_path=tiny_text_model,
+        loss="convirt",
+        repeated_reports_as_positives=True,
+        warmup_steps=1,
+    )
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2
     with pytest.raises(ValueError, match="needs loss 'convirt'"):
-        ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model,
-                          repeated_reports_as_positives=True)
+        ContrastiveModule(
+            TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, repeated_reports_as_positives=True
+        )
 
 
 def test_retrieval_recalls_by_hand():
@@ -79,10 +79,8 @@ def test_retrieval_recalls_by_hand():
 
 def test_validation_logs_recall_at_k(phantom_shards, tiny_text_model, tmp_path):
     module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
+    trainer = quiet_trainer(tmp_path, max_steps=1)
     trainer.validate(module, datamodule=data)
     metrics = trainer.callback_metrics
     assert {"val/i2t_R@1", "val/i2t_R@5", "val/i2t_R@10", "val/t2i_R@10", "val/loss"} <= set(metrics)
@@ -95,12 +93,9 @@ def test_zero_shot_callback_logs_auroc_during_training(phantom_shards, tiny_text
     from convirt.training.callbacks import ZeroShotEvaluation
 
     module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
     callback = ZeroShotEvaluation("phantom", every_n_steps=2, split="test", max_batches=2)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=0, callbacks=[callback])
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[callback])
     trainer.fit(module, datamodule=data)
     assert "zeroshot/mean_auroc" in trainer.callback_metrics and "zeroshot/Edema" in trainer.callback_metrics
     assert module.model.training  # train mode restored after the evaluation
@@ -108,8 +103,9 @@ def test_zero_shot_callback_logs_auroc_during_training(phantom_shards, tiny_text
         ZeroShotEvaluation("nope")
 
 
-def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(phantom_shards, tiny_text_model,
-                                                                              tmp_path):
+def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(
+    phantom_shards, tiny_text_model, tmp_path
+):
     import pytest
 
     from convirt.data.shards import shard_urls
@@ -117,14 +113,18 @@ def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(ph
     train, val = shard_urls(phantom_shards, "train"), shard_urls(phantom_shards, "val")
     pattern = str(phantom_shards / f"train-{{000000..{len(train) - 1:06d}}}.tar")
     with pytest.raises(ValueError, match="give data.samples_per_epoch"):
-        ShardDataModule(pattern, model_name=TINY_MODEL, text_model_path=tiny_text_model).setup("fit")
-    data = ShardDataModule(pattern, model_name=TINY_MODEL, text_model_path=tiny_text_model, batch_size=8,
-                           num_workers=0, samples_per_epoch=24, val_shards="::".join(val), resampled=True,
-                           text_sampling="sentence")
+        tiny_datamodule(pattern, tiny_text_model, batch_size=32, num_workers=1, shuffle_buffer=1000).setup("fit")
+    data = tiny_datamodule(
+        pattern,
+        tiny_text_model,
+        shuffle_buffer=1000,
+        samples_per_epoch=24,
+        val_shards="::".join(val),
+        resampled=True,
+        text_sampling="sentence",
+    )
     module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, learning_rate=1e-3)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1,
-                        enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3
     assert trainer.callback_metrics["train/skipped_samples"] == 0
@@ -134,22 +134,22 @@ def test_shard_pattern_with_samples_per_epoch_trains_and_logs_skipped_samples(ph
 def test_text_only_negatives_join_training_batches(phantom_shards, tiny_text_model, tmp_path):
     import pytest
 
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16, negative_texts=str(phantom_shards),
-                           negative_labels=["No Finding"], negatives_per_batch=5)
+    data = tiny_datamodule(
+        phantom_shards,
+        tiny_text_model,
+        negative_texts=str(phantom_shards),
+        negative_labels=["No Finding"],
+        negatives_per_batch=5,
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch["negative_text"].shape[0] == 5 and batch["negative_text"].dtype == batch["text"].dtype
     assert "negative_text" not in next(iter(data.val_dataloader()))
     module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=1)
+    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2
     siglip = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, loss="siglip")
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=0)
+    trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     with pytest.raises(ValueError, match="need model.loss 'clip'"):
         trainer.fit(siglip, datamodule=data)

@@ -5,13 +5,14 @@ import torch
 
 from convirt.losses import create_loss
 from convirt.training import ContrastiveModule
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
 
 
 def _module(text_model, loss, sub_batch_size=None):
     torch.manual_seed(0)
-    module = ContrastiveModule(model_name=TINY_MODEL, pretrained=False, text_model_path=text_model, loss=loss,
-                               sub_batch_size=sub_batch_size)
+    module = ContrastiveModule(
+        model_name=TINY_MODEL, pretrained=False, text_model_path=text_model, loss=loss, sub_batch_size=sub_batch_size
+    )
     module.loss_fn = create_loss(loss)
     module.eval()  # no dropout, batch-norm on running statistics: the step is a function of the batch alone
     return module
@@ -21,8 +22,9 @@ def _grads(module, batch, grad_cache):
     module.zero_grad(set_to_none=True)
     out = module.training_step(batch, 0) if grad_cache else module._step(batch, "train")
     out.backward()
-    return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()
-            if p.requires_grad}
+    return {
+        name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters() if p.requires_grad
+    }
 
 
 def _batch(text_model, shards):
@@ -64,8 +66,9 @@ def _sub_batch_reference(module, batch, size, seed):
     features = [module(batch["image"][part], batch["text"][part]) for part in parts]
     loss = module._loss(torch.cat([f[0] for f in features]), torch.cat([f[1] for f in features]), batch)
     loss.backward()
-    return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()
-            if p.requires_grad}
+    return {
+        name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters() if p.requires_grad
+    }
 
 
 def _grad_cache(module, batch, seed):
@@ -85,12 +88,14 @@ def _close(expected, got):
 
 def _same(first, second):
     return first.keys() == second.keys() and all(
-        (a is None) == (b is None) and (a is None or _close(a, b)) for a, b in zip(first.values(), second.values()))
+        (a is None) == (b is None) and (a is None or _close(a, b)) for a, b in zip(first.values(), second.values())
+    )
 
 
 @pytest.mark.parametrize("loss", ["clip", "convirt"])
-def test_grad_cache_in_train_mode_replays_the_dropout_of_its_first_pass(tiny_text_model, phantom_shards, loss,
-                                                                         monkeypatch):
+def test_grad_cache_in_train_mode_replays_the_dropout_of_its_first_pass(
+    tiny_text_model, phantom_shards, loss, monkeypatch
+):
     from convirt.training import grad_cache as module_code
 
     batch = _batch(tiny_text_model, phantom_shards)
@@ -109,18 +114,18 @@ def test_sub_batch_size_must_be_positive(tiny_text_model):
 
 
 def test_grad_cache_trains_through_lightning_with_clipping(phantom_shards, tiny_text_model, tmp_path):
-    import lightning as L
 
-    from convirt.training import ShardDataModule
-
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, sub_batch_size=3,
-                               warmup_steps=1, learning_rate=1e-3)
+    module = ContrastiveModule(
+        TINY_MODEL,
+        pretrained=False,
+        text_model_path=tiny_text_model,
+        sub_batch_size=3,
+        warmup_steps=1,
+        learning_rate=1e-3,
+    )
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
-    data = ShardDataModule(str(phantom_shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                           batch_size=8, num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        limit_val_batches=1, gradient_clip_val=1.0)
+    data = tiny_datamodule(phantom_shards, tiny_text_model)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, gradient_clip_val=1.0)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 3
     moved = [n for n, p in module.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
@@ -128,25 +133,29 @@ def test_grad_cache_trains_through_lightning_with_clipping(phantom_shards, tiny_
 
 
 def _first_step_grads(shards, text_model, folder, precision, sub_batch_size):
-    import lightning as L
 
-    from convirt.training import ShardDataModule
     from tests.training.batch_counter import FirstStep
 
     torch.manual_seed(0)
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=text_model,
-                               sub_batch_size=sub_batch_size, text_dropout=False, freeze_image_norm=True)
-    data = ShardDataModule(str(shards), model_name=TINY_MODEL, text_model_path=text_model, batch_size=8,
-                           num_workers=0, shuffle_buffer=16)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", precision=precision, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=folder, limit_val_batches=0, callbacks=[FirstStep(str(folder))])
+    module = ContrastiveModule(
+        TINY_MODEL,
+        pretrained=False,
+        text_model_path=text_model,
+        sub_batch_size=sub_batch_size,
+        text_dropout=False,
+        freeze_image_norm=True,
+    )
+    data = tiny_datamodule(shards, text_model)
+    trainer = quiet_trainer(
+        folder, max_steps=1, precision=precision, limit_val_batches=0, callbacks=[FirstStep(str(folder))]
+    )
     trainer.fit(module, datamodule=data)
     return torch.load(folder / "rank0.pt", weights_only=False)["grads"]
 
 
-def test_grad_cache_under_bf16_mixed_precision_gives_the_full_batch_gradients(phantom_shards, tiny_text_model,
-                                                                              tmp_path):
+def test_grad_cache_under_bf16_mixed_precision_gives_the_full_batch_gradients(
+    phantom_shards, tiny_text_model, tmp_path
+):
     # Lightning's autocast wraps the training step, so both GradCache passes run in bf16 and the
     # surrogate's backward hands Lightning the gradients (no scaler with bf16).
     full = _first_step_grads(phantom_shards, tiny_text_model, tmp_path / "full", "bf16-mixed", None)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from convirt.training import ContrastiveModule, ShardDataModule
-from tests.conftest import TINY_MODEL
+from convirt.training import ContrastiveModule
+from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
 from tests.training.batch_counter import StepLog
 
 STEPS = 12
@@ -34,17 +34,18 @@ class _Kill(L.Callback):
 
 def run(shards, text_model, out, workers, ckpt_path=None, kill_at=None):
     L.seed_everything(0, verbose=False)
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=text_model, learning_rate=1e-3,
-                               warmup_steps=2)
-    data = ShardDataModule(str(shards), model_name=TINY_MODEL, text_model_path=text_model, batch_size=8,
-                           num_workers=workers, shuffle_buffer=16, negative_texts=str(shards), negatives_per_batch=4)
+    module = ContrastiveModule(
+        TINY_MODEL, pretrained=False, text_model_path=text_model, learning_rate=1e-3, warmup_steps=2
+    )
+    data = tiny_datamodule(shards, text_model, num_workers=workers, negative_texts=str(shards), negatives_per_batch=4)
     log = StepLog(str(out / "steps"))
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), every_n_train_steps=CHECKPOINT_EVERY,
-                                                      save_top_k=-1, filename="step{step}")
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=str(out), every_n_train_steps=CHECKPOINT_EVERY, save_top_k=-1, filename="step{step}"
+    )
     callbacks = [log, checkpoints] + ([_Kill(kill_at)] if kill_at is not None else [])
-    trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(out), limit_val_batches=2,
-                        callbacks=callbacks)
+    trainer = quiet_trainer(
+        str(out), enable_checkpointing=True, max_steps=STEPS, limit_val_batches=2, callbacks=callbacks
+    )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return trainer
 
@@ -80,17 +81,31 @@ def _assert_resumed_like_the_whole(whole_dir, resumed_dir, ranks=1):
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(phantom_shards, tiny_text_model, tmp_path,
-                                                                        workers):
+def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(
+    phantom_shards, tiny_text_model, tmp_path, workers
+):
     # Before, the negatives of a resumed epoch were drawn anew (seeded by the skip count), so the
     # resumed steps' negatives, losses and final weights differed.
     trainer = run(phantom_shards, tiny_text_model, tmp_path / "whole", workers)
     # the kill falls mid-epoch, and the resumed run crosses an epoch boundary
     assert CHECKPOINT_EVERY + 1 < trainer.num_training_batches < STEPS and trainer.current_epoch >= 1
 
-    killed = subprocess.run([sys.executable, "-c", _KILLED, str(phantom_shards), tiny_text_model,
-                             str(tmp_path / "killed"), str(workers), str(CHECKPOINT_EVERY + 2)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _KILLED,
+            str(phantom_shards),
+            tiny_text_model,
+            str(tmp_path / "killed"),
+            str(workers),
+            str(CHECKPOINT_EVERY + 2),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     checkpoint = next((tmp_path / "killed").glob(f"step*{CHECKPOINT_EVERY}*.ckpt"))
 
@@ -103,18 +118,45 @@ def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(phantom_
 def _ddp_fit(tmp_path, out, shards, text_model, ckpt_path=None):
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "strategy": "ddp", "devices": 2, "max_steps": STEPS, "logger": False,
-                    "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(out),
-                    "limit_val_batches": 2, "precision": "32-true",
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(out), "every_n_train_steps": CHECKPOINT_EVERY,
-                                                 "save_top_k": -1, "filename": "step{step}"}},
-                                  {"class_path": "tests.training.batch_counter.StepLog",
-                                   "init_args": {"folder": str(out / "steps")}}]},
-        "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": text_model,
-                  "learning_rate": 1e-3, "warmup_steps": 2},
-        "data": {"shards": str(shards), "batch_size": 4, "num_workers": 0, "shuffle_buffer": 8,
-                 "negative_texts": str(shards), "negatives_per_batch": 4},
+        "trainer": {
+            "accelerator": "cpu",
+            "strategy": "ddp",
+            "devices": 2,
+            "max_steps": STEPS,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(out),
+            "limit_val_batches": 2,
+            "precision": "32-true",
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(out),
+                        "every_n_train_steps": CHECKPOINT_EVERY,
+                        "save_top_k": -1,
+                        "filename": "step{step}",
+                    },
+                },
+                {"class_path": "tests.training.batch_counter.StepLog", "init_args": {"folder": str(out / "steps")}},
+            ],
+        },
+        "model": {
+            "model_name": TINY_MODEL,
+            "pretrained": False,
+            "text_model_path": text_model,
+            "learning_rate": 1e-3,
+            "warmup_steps": 2,
+        },
+        "data": {
+            "shards": str(shards),
+            "batch_size": 4,
+            "num_workers": 0,
+            "shuffle_buffer": 8,
+            "negative_texts": str(shards),
+            "negatives_per_batch": 4,
+        },
     }
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -8,7 +8,7 @@ import torch
 
 from convirt.data.section_pairs import read_section_pairs
 from convirt.models import create_model, create_tokenizer
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, quiet_trainer
 
 
 def test_section_pairs_are_findings_and_impression_of_one_report(phantom_shards):
@@ -31,12 +31,36 @@ def test_section_pair_errors_name_the_problem(phantom_shards):
 
 def test_pretrain_text_writes_a_text_model_that_fit_can_load(phantom_shards, tiny_text_model, tmp_path):
     output = tmp_path / "text-model"
-    command = [sys.executable, "-m", "convirt.cli.main", "pretrain-text", "--model.model_name", TINY_MODEL,
-               "--model.text_model_path", tiny_text_model, "--model.output", str(output),
-               "--model.learning_rate", "1e-3", "--model.warmup_steps", "1", "--data.shards", str(phantom_shards),
-               "--data.batch_size", "8", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
-               "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-               "--trainer.default_root_dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "convirt.cli.main",
+        "pretrain-text",
+        "--model.model_name",
+        TINY_MODEL,
+        "--model.text_model_path",
+        tiny_text_model,
+        "--model.output",
+        str(output),
+        "--model.learning_rate",
+        "1e-3",
+        "--model.warmup_steps",
+        "1",
+        "--data.shards",
+        str(phantom_shards),
+        "--data.batch_size",
+        "8",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (output / "config.json").is_file() and (output / "tokenizer_config.json").is_file()
@@ -69,8 +93,9 @@ def test_a_checkpoint_finds_its_text_model_folder_from_anywhere(tiny_text_model,
     copy = tmp_path / "texts" / "model"
     shutil.copytree(tiny_text_model, copy)
     monkeypatch.chdir(tmp_path)
-    checkpoint = save_initial_checkpoint(str(tmp_path / "a.ckpt"), TINY_MODEL, pretrained=False,
-                                         text_model_path="texts/model")  # relative, as in a recipe
+    checkpoint = save_initial_checkpoint(
+        str(tmp_path / "a.ckpt"), TINY_MODEL, pretrained=False, text_model_path="texts/model"
+    )  # relative, as in a recipe
     monkeypatch.chdir(Path(tiny_text_model).parent)
     assert load_checkpoint(checkpoint).text_model_path == str(copy)
 
@@ -81,20 +106,19 @@ def test_a_checkpoint_finds_its_text_model_folder_from_anywhere(tiny_text_model,
 
 
 def test_pretrain_text_without_validation_reports(phantom_csv, tiny_text_model, tmp_path):
-    import lightning as L
 
     from convirt.data.sources import read_rows
     from convirt.data.writer import write_shards
     from convirt.training.text_pretrain import SectionMatchingModule, SectionPairsDataModule
 
     shards = tmp_path / "shards"
-    write_shards(read_rows("csv", str(phantom_csv)), shards, image_size=64, val_fraction=0, test_fraction=0.2,
-                 progress=False)
-    data = SectionPairsDataModule(str(shards), model_name=TINY_MODEL, text_model_path=tiny_text_model,
-                                  batch_size=8)
-    module = SectionMatchingModule(TINY_MODEL, text_model_path=tiny_text_model, output=str(tmp_path / "out"),
-                                   warmup_steps=1)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    write_shards(
+        read_rows("csv", str(phantom_csv)), shards, image_size=64, val_fraction=0, test_fraction=0.2, progress=False
+    )
+    data = SectionPairsDataModule(str(shards), model_name=TINY_MODEL, text_model_path=tiny_text_model, batch_size=8)
+    module = SectionMatchingModule(
+        TINY_MODEL, text_model_path=tiny_text_model, output=str(tmp_path / "out"), warmup_steps=1
+    )
+    trainer = quiet_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2 and (tmp_path / "out" / "config.json").is_file()

@@ -40,7 +40,7 @@ def test_vit_towers_get_a_patch_similarity_map(tiny_text_model):
     # a direction along one patch's projected token lights that patch up most
     trunk = model.visual.trunk
     with torch.no_grad():
-        tokens = trunk.forward_features(image.unsqueeze(0))[0, trunk.num_prefix_tokens:]
+        tokens = trunk.forward_features(image.unsqueeze(0))[0, trunk.num_prefix_tokens :]
         target = torch.nn.functional.normalize(model.visual.head(tokens[0]), dim=-1)
     heat = patch_similarity(model, image, target)
     patch = trunk.patch_embed.patch_size[0]

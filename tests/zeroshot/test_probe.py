@@ -15,8 +15,7 @@ def _blobs(n=120, seed=0):
 def test_probes_learn_a_separable_finding_and_more_labels_help():
     embeddings, labels, groups = _blobs()
     outputs = run_probes(embeddings, labels, groups, ["A"], fractions=(0.05, 1.0), bootstrap=50)
-    assert [(o.probe, o.fraction) for o in outputs] == [("linear", 0.05), ("linear", 1.0), ("knn", 0.05),
-                                                         ("knn", 1.0)]
+    assert [(o.probe, o.fraction) for o in outputs] == [("linear", 0.05), ("linear", 1.0), ("knn", 0.05), ("knn", 1.0)]
     full = {o.probe: o.metrics["findings"]["A"]["auroc"] for o in outputs if o.fraction == 1.0}
     assert full["linear"] > 0.8 and full["knn"] > 0.7
     assert outputs[1].probabilities.shape == (120, 1) and not np.isnan(outputs[1].probabilities).any()

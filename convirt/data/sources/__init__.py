@@ -58,8 +58,10 @@ def read_rows(source: str, path: str, **options: Any) -> Iterator[Row]:
     unknown = sorted(set(given) - accepted)
     if unknown:
         flag = {"columns": "--column", "images": "--images", "uncertain": "--uncertain"}
-        raise ValueError(f"source {source!r} does not take {', '.join(flag.get(u, u) for u in unknown)}"
-                         f" (it takes: {', '.join(flag.get(a, a) for a in sorted(accepted)) or 'no options'})")
+        raise ValueError(
+            f"source {source!r} does not take {', '.join(flag.get(u, u) for u in unknown)}"
+            f" (it takes: {', '.join(flag.get(a, a) for a in sorted(accepted)) or 'no options'})"
+        )
     return reader(path, **given)
 
 

@@ -19,16 +19,23 @@ from convirt.data.sources.csv import key_from_path
 SOURCE = "chexpert-plus"
 # CheXpert Plus column -> canonical section.
 _SECTIONS = {
-    "section_findings": FINDINGS, "section_impression": IMPRESSION, "section_end_of_impression": IMPRESSION,
-    "section_summary": IMPRESSION, "section_clinical_history": HISTORY, "section_history": HISTORY,
-    "section_comparison": COMPARISON, "section_technique": TECHNIQUE, "section_narrative": OTHER,
+    "section_findings": FINDINGS,
+    "section_impression": IMPRESSION,
+    "section_end_of_impression": IMPRESSION,
+    "section_summary": IMPRESSION,
+    "section_clinical_history": HISTORY,
+    "section_history": HISTORY,
+    "section_comparison": COMPARISON,
+    "section_technique": TECHNIQUE,
+    "section_narrative": OTHER,
 }
 _SPLITS = {"train": "train", "valid": "val", "validate": "val", "test": "test"}
 _REQUIRED = ("path_to_image", "deid_patient_id", "report")
 
 
-def read_chexpert_plus_rows(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None
-                            ) -> Iterator[Row]:
+def read_chexpert_plus_rows(
+    path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None
+) -> Iterator[Row]:
     """One row per CSV line.
 
     Raises:
@@ -60,7 +67,14 @@ def _rows(table: Path, root: Path) -> Iterator[Row]:
                     raw[name] = f"{raw[name]} {value}" if name in raw else value
             sections = clean_sections(raw)
             view = (record.get("ap_pa") or record.get("frontal_lateral") or "").strip()
-            yield Row(key=key_from_path(relative), image_path=str(_image(root, relative)),
-                      text=(record.get("report") or "").strip(), patient_id=patient, view=view, source=SOURCE,
-                      split=_SPLITS.get((record.get("split") or "").strip().lower()),
-                      study_id=f"{patient}-{study}", sections=sections)
+            yield Row(
+                key=key_from_path(relative),
+                image_path=str(_image(root, relative)),
+                text=(record.get("report") or "").strip(),
+                patient_id=patient,
+                view=view,
+                source=SOURCE,
+                split=_SPLITS.get((record.get("split") or "").strip().lower()),
+                study_id=f"{patient}-{study}",
+                sections=sections,
+            )

@@ -42,8 +42,10 @@ def read_covid_collection_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
     with open(table, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         columns = next(csv.reader(handle), [])
     if missing := [c for c in _REQUIRED if c not in columns]:
-        raise ValueError(f"{table}: not the collection's metadata.csv: columns {missing} not found; columns: "
-                         f"{', '.join(columns) or '(none)'}")
+        raise ValueError(
+            f"{table}: not the collection's metadata.csv: columns {missing} not found; columns: "
+            f"{', '.join(columns) or '(none)'}"
+        )
     return _rows(table)
 
 
@@ -51,8 +53,11 @@ def _rows(table: Path) -> Iterator[Row]:
     with open(table, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         for record in csv.DictReader(handle):
             relative = f"{(record.get('folder') or 'images').strip()}/{record['filename'].strip()}"
-            notes = " ".join(part.strip() for part in (record.get("clinical_notes"), record.get("other_notes"))
-                             if part and part.strip())
+            notes = " ".join(
+                part.strip()
+                for part in (record.get("clinical_notes"), record.get("other_notes"))
+                if part and part.strip()
+            )
             modality = (record.get("modality") or "X-ray").strip().lower()
             try:
                 notes.encode("utf-8")
@@ -61,6 +66,13 @@ def _rows(table: Path) -> Iterator[Row]:
                 notes, problem = "", "non_utf8_text"
             if modality not in ("x-ray", "xray", "cr", "dx"):
                 problem = "not_xray"
-            yield Row(key=key_from_path(relative), image_path=str(table.parent / relative), text=notes,
-                      patient_id=f"covid-{record['patientid'].strip()}", labels=finding_labels(record["finding"]),
-                      view=(record.get("view") or "").strip(), source=SOURCE, problem=problem)
+            yield Row(
+                key=key_from_path(relative),
+                image_path=str(table.parent / relative),
+                text=notes,
+                patient_id=f"covid-{record['patientid'].strip()}",
+                labels=finding_labels(record["finding"]),
+                view=(record.get("view") or "").strip(),
+                source=SOURCE,
+                problem=problem,
+            )

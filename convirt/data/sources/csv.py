@@ -52,8 +52,10 @@ def resolve_columns(columns: Mapping[str, str] | None) -> dict[str, str]:
 def _check_columns(path: Path, found: Sequence[str], named: Mapping[str, str], required: Sequence[str]) -> None:
     for column in (named.get(name, name) for name in required):
         if column not in found:
-            raise ValueError(f"{path}: column {column!r} not found; columns: {', '.join(found) or '(none)'} "
-                             f"(choose another with --column FIELD=NAME)")
+            raise ValueError(
+                f"{path}: column {column!r} not found; columns: {', '.join(found) or '(none)'} "
+                f"(choose another with --column FIELD=NAME)"
+            )
 
 
 def _text(value: Any) -> tuple[str, bool]:
@@ -72,8 +74,9 @@ def _labels(value: Any) -> list[str]:
     return parse_labels(value)
 
 
-def rows_from_records(records: Iterable[Mapping[str, Any]], root: Path, named: Mapping[str, str],
-                      source_name: str) -> Iterator[Row]:
+def rows_from_records(
+    records: Iterable[Mapping[str, Any]], root: Path, named: Mapping[str, str], source_name: str
+) -> Iterator[Row]:
     """Rows from table records (dicts keyed by column name), image paths relative to ``root``."""
     seen: dict[str, int] = {}
     for number, record in enumerate(records, 1):
@@ -91,8 +94,9 @@ def _problem_row(key: str, problem: str, source_name: str) -> Row:
     return Row(key=key, image_path="", text="", patient_id=key, source=source_name, problem=problem)
 
 
-def _row_from_record(record: Mapping[str, Any], root: Path, named: Mapping[str, str], source_name: str,
-                     seen: dict[str, int]) -> Row:
+def _row_from_record(
+    record: Mapping[str, Any], root: Path, named: Mapping[str, str], source_name: str, seen: dict[str, int]
+) -> Row:
     """One record as a row; ``seen`` counts keys, so that repeated image paths get distinct keys."""
     image, _ = _text(record.get(named["image"]))
     key = key_from_path(image)
@@ -138,8 +142,15 @@ def read_csv_rows(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV not found: {path}")
-    named = resolve_columns({"image": image_column, "text": text_column, "patient_id": patient_column,
-                             "labels": labels_column, **(columns or {})})
+    named = resolve_columns(
+        {
+            "image": image_column,
+            "text": text_column,
+            "patient_id": patient_column,
+            "labels": labels_column,
+            **(columns or {}),
+        }
+    )
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         _check_columns(path, csv.DictReader(handle).fieldnames or [], named, required)
     return _csv_rows(path, named, source_name)
@@ -171,8 +182,9 @@ def _csv_rows(path: Path, named: Mapping[str, str], source_name: str) -> Iterato
         yield from rows_from_records(_csv_records(handle, path), path.parent, named, source_name)
 
 
-def read_jsonl_rows(path: str | os.PathLike[str], columns: Mapping[str, str] | None = None,
-                    source_name: str = "jsonl") -> Iterator[Row]:
+def read_jsonl_rows(
+    path: str | os.PathLike[str], columns: Mapping[str, str] | None = None, source_name: str = "jsonl"
+) -> Iterator[Row]:
     """One :class:`Row` per line of a JSON Lines file (objects with the same fields as the CSV).
 
     Raises:

@@ -25,8 +25,10 @@ def _table(root: Path, name: str, required: bool) -> Path | None:
         if candidate.is_file():
             return candidate
     if required:
-        raise FileNotFoundError(f"{root}: mimic-cxr-2.0.0-{name}.csv(.gz) not found; --input must be the "
-                                f"MIMIC-CXR-JPG root (the folder that holds files/ and the CSV files)")
+        raise FileNotFoundError(
+            f"{root}: mimic-cxr-2.0.0-{name}.csv(.gz) not found; --input must be the "
+            f"MIMIC-CXR-JPG root (the folder that holds files/ and the CSV files)"
+        )
     return None
 
 
@@ -35,8 +37,9 @@ def _records(path: Path) -> Iterator[dict[str, str]]:
         yield from csv.DictReader(handle)  # type: ignore[arg-type]
 
 
-def read_mimic_cxr_rows(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None,
-                        uncertain: str = "zeros") -> Iterator[Row]:
+def read_mimic_cxr_rows(
+    path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None, uncertain: str = "zeros"
+) -> Iterator[Row]:
     """One row per image of the split file, in its order.
 
     Args:
@@ -57,8 +60,9 @@ def read_mimic_cxr_rows(path: str | os.PathLike[str], images: str | os.PathLike[
     return _rows(root, Path(images) if images else root, split_table, metadata, labels, uncertain)
 
 
-def _rows(root: Path, tree: Path, split_table: Path, metadata: Path | None, labels: Path | None,
-          uncertain: str) -> Iterator[Row]:
+def _rows(
+    root: Path, tree: Path, split_table: Path, metadata: Path | None, labels: Path | None, uncertain: str
+) -> Iterator[Row]:
     views = {r["dicom_id"]: (r.get("ViewPosition") or "").strip() for r in _records(metadata)} if metadata else {}
     findings: dict[str, tuple[list[str], list[str]]] = {}
     if labels:
@@ -73,10 +77,19 @@ def _rows(root: Path, tree: Path, split_table: Path, metadata: Path | None, labe
             report_cache = (study, *_report(study_dir))
         text, problem = report_cache[1], report_cache[2]
         found, unsure = findings.get(study, ([], []))
-        yield Row(key=f"mimic-{dicom}", image_path=str(study_dir / f"{dicom}.jpg"), text=text,
-                  patient_id=f"mimic-{subject}", labels=found, view=views.get(dicom, ""), source=SOURCE,
-                  split=_SPLITS.get(record.get("split", "").strip().lower()), study_id=f"mimic-{study}",
-                  uncertain=unsure, problem=problem)
+        yield Row(
+            key=f"mimic-{dicom}",
+            image_path=str(study_dir / f"{dicom}.jpg"),
+            text=text,
+            patient_id=f"mimic-{subject}",
+            labels=found,
+            view=views.get(dicom, ""),
+            source=SOURCE,
+            split=_SPLITS.get(record.get("split", "").strip().lower()),
+            study_id=f"mimic-{study}",
+            uncertain=unsure,
+            problem=problem,
+        )
 
 
 def _report(study_dir: Path) -> tuple[str, str]:
@@ -88,4 +101,3 @@ def _report(study_dir: Path) -> tuple[str, str]:
         return path.read_bytes().decode("utf-8"), ""
     except UnicodeDecodeError:
         return "", "non_utf8_text"
-

@@ -14,6 +14,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from convirt.data.reports import COMPARISON, FINDINGS, IMPRESSION, INDICATION, clean_sections
 from convirt.data.schema import NO_FINDING, Row
@@ -82,22 +83,32 @@ def _rows(documents: list[tuple[str, bytes]], image_root: Path | None) -> Iterat
         try:
             root = ET.fromstring(data.decode("utf-8"))
         except (UnicodeDecodeError, ET.ParseError):
-            yield Row(key=f"openi-{report_id}", image_path="", text="", patient_id=report_id, source=SOURCE,
-                      problem="unreadable_report")
+            yield Row(
+                key=f"openi-{report_id}",
+                image_path="",
+                text="",
+                patient_id=report_id,
+                source=SOURCE,
+                problem="unreadable_report",
+            )
             continue
         uid = root.find("uId")
         report_id = uid.get("id", report_id) if uid is not None else report_id
-        raw = {_SECTIONS[label]: element.text or ""
-               for element in root.iter("AbstractText")
-               if (label := (element.get("Label") or "").upper()) in _SECTIONS}
+        raw = {
+            _SECTIONS[label]: element.text or ""
+            for element in root.iter("AbstractText")
+            if (label := (element.get("Label") or "").upper()) in _SECTIONS
+        }
         sections = clean_sections(raw)
-        common = dict(text="", patient_id=report_id, labels=_labels(root), source=SOURCE, study_id=report_id,
-                      sections=sections)
+        common: dict[str, Any] = dict(
+            text="", patient_id=report_id, labels=_labels(root), source=SOURCE, study_id=report_id, sections=sections
+        )
         if image_root is None:
-            yield Row(key=f"openi-{report_id}", image_path="", **common)  # type: ignore[arg-type]
+            yield Row(key=f"openi-{report_id}", image_path="", **common)
             continue
         for image in root.findall("parentImage"):
             image_id = image.get("id") or ""
             if image_id:
-                yield Row(key=f"openi-{image_id.replace('.', '_')}", image_path=str(image_root / f"{image_id}.png"),
-                          **common)  # type: ignore[arg-type]
+                yield Row(
+                    key=f"openi-{image_id.replace('.', '_')}", image_path=str(image_root / f"{image_id}.png"), **common
+                )

@@ -47,8 +47,7 @@ def parse_padchest_labels(value: str) -> list[str]:
     return labels
 
 
-def read_padchest_rows(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None
-                       ) -> Iterator[Row]:
+def read_padchest_rows(path: str | os.PathLike[str], images: str | os.PathLike[str] | None = None) -> Iterator[Row]:
     """One row per CSV line.
 
     Raises:
@@ -68,8 +67,14 @@ def _rows(table: Path, root: Path) -> Iterator[Row]:
                 labels, problem = parse_padchest_labels(record.get("Labels") or ""), ""
             except ValueError:  # the writer drops and counts the row rather than calling it normal
                 labels, problem = [], "unparseable_labels"
-            yield Row(key=f"padchest-{key_from_path(image)}", image_path=str(root / folder / image),
-                      text=(record.get("Report") or "").strip(), patient_id=f"padchest-{record['PatientID'].strip()}",
-                      labels=labels, problem=problem,
-                      view=(record.get("Projection") or "").strip(), source=SOURCE,
-                      study_id=f"padchest-{record['StudyID'].strip()}")
+            yield Row(
+                key=f"padchest-{key_from_path(image)}",
+                image_path=str(root / folder / image),
+                text=(record.get("Report") or "").strip(),
+                patient_id=f"padchest-{record['PatientID'].strip()}",
+                labels=labels,
+                problem=problem,
+                view=(record.get("Projection") or "").strip(),
+                source=SOURCE,
+                study_id=f"padchest-{record['StudyID'].strip()}",
+            )

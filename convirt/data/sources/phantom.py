@@ -36,9 +36,22 @@ from convirt.data.sources.phantom_image import render_image
 from convirt.data.sources.phantom_report import write_report
 
 __all__ = [
-    "CARDIOMEGALY", "CONSOLIDATION", "EDEMA", "EFFUSION", "FINDINGS", "NODULE", "PNEUMOTHORAX", "SOURCE",
-    "PhantomCase", "generate_cases", "make_sample", "read_phantom_rows", "render_image", "sample_case",
-    "write_phantom", "write_report",
+    "CARDIOMEGALY",
+    "CONSOLIDATION",
+    "EDEMA",
+    "EFFUSION",
+    "FINDINGS",
+    "NODULE",
+    "PNEUMOTHORAX",
+    "SOURCE",
+    "PhantomCase",
+    "generate_cases",
+    "make_sample",
+    "read_phantom_rows",
+    "render_image",
+    "sample_case",
+    "write_phantom",
+    "write_report",
 ]
 
 
@@ -101,8 +114,17 @@ def write_phantom(
         if not (out / image_rel).exists():
             jobs.append((str(out / image_rel), case, seed, index, size))
         text = write_report(case, _stream(seed, index, "report"))
-        rows.append(Row(key=key, image_path=image_rel, text=text, patient_id=key,
-                        labels=list(case.findings) or [NO_FINDING], view="PA", source=SOURCE))
+        rows.append(
+            Row(
+                key=key,
+                image_path=image_rel,
+                text=text,
+                patient_id=key,
+                labels=list(case.findings) or [NO_FINDING],
+                view="PA",
+                source=SOURCE,
+            )
+        )
     bar = tqdm(total=len(jobs), desc="phantom", unit="img", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -106,8 +106,13 @@ def render_image(case: PhantomCase, rng: np.random.Generator, size: int = 256) -
         )
         ptx_air = np.clip(lungs[side] - collapsed, 0, 1)
         lungs[side] = lungs[side] * collapsed
-        pleural_line = np.exp(-(_ellipse(x, y, cx + towards * ax * (1 - shrink), lung_cy + 0.02,
-                                         ax * shrink, lung_ay * (shrink + 0.08)) ** 2) / 0.0006)
+        pleural_line = np.exp(
+            -(
+                _ellipse(x, y, cx + towards * ax * (1 - shrink), lung_cy + 0.02, ax * shrink, lung_ay * (shrink + 0.08))
+                ** 2
+            )
+            / 0.0006
+        )
         img += 0.1 * pleural_line * (ptx_air > 0.01)
 
     lung = np.clip(lungs["right"] + lungs["left"], 0, 1)
@@ -126,8 +131,9 @@ def render_image(case: PhantomCase, rng: np.random.Generator, size: int = 256) -
             cx, ax, base = dome[side]
             edge = cx - ax * 0.85 if side == "right" else cx + ax * 0.85
             n = int(rng.integers(4, 8))
-            starts = np.stack([np.full(n, edge) + (0 if side == "right" else -0.035),
-                               base - 0.08 - rng.uniform(0, 0.1, n)], axis=1)
+            starts = np.stack(
+                [np.full(n, edge) + (0 if side == "right" else -0.035), base - 0.08 - rng.uniform(0, 0.1, n)], axis=1
+            )
             _lines(markings, rng, starts, np.zeros(n), np.full(n, 0.035), 0.16, size)
     markings = gaussian_filter(markings, 0.7 * size / 256)
     img += markings * lung
@@ -172,8 +178,7 @@ def render_image(case: PhantomCase, rng: np.random.Generator, size: int = 256) -
         zy = {"upper": -0.55, "mid": -0.1, "lower": 0.3}[case.lesion_zone] * lung_ay + lung_cy
         radius = rng.uniform(0.04, 0.065) if case.lesion_is_mass else rng.uniform(0.018, 0.03)
         lx = cx + rng.uniform(-0.45, 0.45) * ax
-        lesion = _soft(_ellipse(x, y, lx, zy + rng.normal(0, 0.02), radius, radius * rng.uniform(0.85, 1.15)),
-                       0.08)
+        lesion = _soft(_ellipse(x, y, lx, zy + rng.normal(0, 0.02), radius, radius * rng.uniform(0.85, 1.15)), 0.08)
         img += 0.3 * lesion
 
     # Consolidation: patchy airspace opacity in one zone, with dark air bronchograms.

@@ -41,51 +41,68 @@ def _positive_sentence(case: PhantomCase, finding: str, rng: np.random.Generator
     name: tuple[str, ...]
     hedge: tuple[str, ...]
     if finding == CARDIOMEGALY:
-        describe = ("Enlarged cardiac silhouette.", "The cardiac silhouette is enlarged.",
-                    "Increased cardiothoracic ratio.", "The heart shadow is widened.",
-                    "The cardiomediastinal silhouette is enlarged.")
+        describe = (
+            "Enlarged cardiac silhouette.",
+            "The cardiac silhouette is enlarged.",
+            "Increased cardiothoracic ratio.",
+            "The heart shadow is widened.",
+            "The cardiomediastinal silhouette is enlarged.",
+        )
         name = ("Cardiomegaly.", "Moderate cardiomegaly.", "The heart is enlarged.", "Mild cardiomegaly is noted.")
         hedge = ("Borderline enlarged cardiac silhouette.", "Heart size is upper limits of normal to mildly enlarged.")
         impression = "Cardiomegaly."
     elif finding == EFFUSION:
         side = _side_words(case.effusion_side)
         plural = "s" if side == "bilateral" else ""
-        describe = (f"Blunting of the {side} costophrenic angle{plural}.",
-                    f"Blunted {side} costophrenic angle{plural}.",
-                    f"Meniscus-shaped opacity at the {side} lung base{plural}.",
-                    f"Fluid layering at the {side} base{plural}.")
+        describe = (
+            f"Blunting of the {side} costophrenic angle{plural}.",
+            f"Blunted {side} costophrenic angle{plural}.",
+            f"Meniscus-shaped opacity at the {side} lung base{plural}.",
+            f"Fluid layering at the {side} base{plural}.",
+        )
         name = (f"{size.capitalize()} {side} pleural effusion{plural}.", f"There is a {size} {side} pleural effusion.")
         hedge = (f"Possible small {side} pleural effusion.", f"Trace {side} pleural fluid is not excluded.")
         impression = f"{side.capitalize()} pleural effusion{plural}."
     elif finding == PNEUMOTHORAX:
         side = case.pneumothorax_side
-        describe = (f"Visible pleural line at the {side} apex with absent lung markings peripherally.",
-                    f"Hyperlucent {side} hemithorax without lung markings laterally.",
-                    f"A {side} visceral pleural line is seen, with no lung markings beyond it.")
+        describe = (
+            f"Visible pleural line at the {side} apex with absent lung markings peripherally.",
+            f"Hyperlucent {side} hemithorax without lung markings laterally.",
+            f"A {side} visceral pleural line is seen, with no lung markings beyond it.",
+        )
         name = (f"{size.capitalize()} {side} pneumothorax.", f"There is a {size} {side}-sided pneumothorax.")
         hedge = (f"Questionable small {side} apical pneumothorax.",)
         impression = f"{side.capitalize()} pneumothorax."
     elif finding == NODULE:
         side, zone = case.lesion_side, case.lesion_zone
         kind = "mass" if case.lesion_is_mass else "nodule"
-        describe = (f"Rounded opacity in the {side} {zone} zone.", f"Well-circumscribed density in the {side} lung.",
-                    f"Focal round opacity projecting over the {side} {zone} lung.")
+        describe = (
+            f"Rounded opacity in the {side} {zone} zone.",
+            f"Well-circumscribed density in the {side} lung.",
+            f"Focal round opacity projecting over the {side} {zone} lung.",
+        )
         name = (f"{side.capitalize()} {zone} lung {kind}.", f"A {kind} is seen in the {side} {zone} lung.")
         hedge = (f"Possible {kind} in the {side} lung, CT recommended.",)
         impression = f"{side.capitalize()} lung {kind}."
     elif finding == CONSOLIDATION:
         side, zone = case.consolidation_side, case.consolidation_zone
-        describe = (f"Airspace opacity in the {side} {zone} zone.",
-                    f"Patchy opacity with air bronchograms in the {side} {zone} lung.",
-                    f"Dense airspace opacification of the {side} {zone} lobe.")
-        name = (f"{side.capitalize()} {zone} lobe consolidation.",
-                f"Consolidation in the {side} {zone} lobe, compatible with pneumonia.")
+        describe = (
+            f"Airspace opacity in the {side} {zone} zone.",
+            f"Patchy opacity with air bronchograms in the {side} {zone} lung.",
+            f"Dense airspace opacification of the {side} {zone} lobe.",
+        )
+        name = (
+            f"{side.capitalize()} {zone} lobe consolidation.",
+            f"Consolidation in the {side} {zone} lobe, compatible with pneumonia.",
+        )
         hedge = (f"Patchy {side} {zone} opacity may represent early consolidation.",)
         impression = f"{side.capitalize()} {zone} lobe consolidation."
     elif finding == EDEMA:
-        describe = ("Perihilar haziness and interstitial markings.",
-                    "Bilateral perihilar opacities with Kerley B lines.",
-                    "Pulmonary vascular congestion with interstitial thickening.")
+        describe = (
+            "Perihilar haziness and interstitial markings.",
+            "Bilateral perihilar opacities with Kerley B lines.",
+            "Pulmonary vascular congestion with interstitial thickening.",
+        )
         name = ("Pulmonary edema.", "Mild interstitial pulmonary edema.", "Findings consistent with pulmonary edema.")
         hedge = ("Possible mild interstitial edema.",)
         impression = "Pulmonary edema."
@@ -95,8 +112,12 @@ def _positive_sentence(case: PhantomCase, finding: str, rng: np.random.Generator
 
 
 _NEGATIONS: dict[str, tuple[str, ...]] = {
-    CARDIOMEGALY: ("Heart size is normal.", "Normal cardiac silhouette.", "No cardiomegaly.",
-                   "The cardiomediastinal silhouette is within normal limits."),
+    CARDIOMEGALY: (
+        "Heart size is normal.",
+        "Normal cardiac silhouette.",
+        "No cardiomegaly.",
+        "The cardiomediastinal silhouette is within normal limits.",
+    ),
     EFFUSION: ("No pleural effusion.", "The costophrenic angles are sharp.", "No effusion."),
     PNEUMOTHORAX: ("No pneumothorax.", "No evidence of pneumothorax.", "No visible pleural line."),
     NODULE: ("No suspicious pulmonary nodules.", "No focal mass or nodule."),

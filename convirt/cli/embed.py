@@ -1,0 +1,73 @@
+"""``convirt embed``: image (or report text) embeddings of shards, a CSV or an image folder, in resumable parts."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any
+
+from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, load_model
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    embed = sub.add_parser("embed", help="embed the images (or report texts) of shards, a CSV or an image folder")
+    add_checkpoint_arguments(embed)
+    add_input_arguments(embed)
+    embed.add_argument("--output", required=True)
+    embed.add_argument("--texts", action="store_true", help="embed the report texts instead of the images")
+    embed.add_argument("--chunk-size", type=int, default=4096, help="vectors per part file (resume granularity)")
+    embed.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    embed.add_argument("--devices", default="1", help="processes (DDP ranks; each writes its own parts)")
+    embed.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    embed.add_argument(
+        "--precision",
+        default=None,
+        help="Lightning precision (default: chosen for the device: bf16-mixed where bf16 is native, "
+        "16-mixed on older CUDA cards, else 32-true)",
+    )
+    embed.add_argument("--workers", type=int, default=0, help="data-loading processes per rank")
+    embed.set_defaults(run=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    from convirt.data.inputs import parse_where
+    from convirt.models import model_fingerprint
+    from convirt.training.predict import embed_to_folder
+
+    loaded = load_model(args)
+    modality = "text" if args.texts else "image"
+
+    def batches(done: set[str]) -> Iterable[dict[str, Any]]:  # what is left after a resume
+        return eval_batches(
+            loaded,
+            args.data,
+            args.split,
+            args.batch_size,
+            skip_keys=done,
+            where=parse_where(args.where),
+            num_workers=args.workers,
+            split_by_rank=args.devices not in ("1", 1),
+            texts_only=bool(args.texts),
+        )
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    count, skipped = embed_to_folder(
+        loaded.model,
+        batches,
+        args.output,
+        model_fingerprint(loaded),
+        modality,
+        args.chunk_size,
+        args.dtype,
+        args.accelerator,
+        devices,
+        args.precision,
+    )
+    if count == 0:
+        raise ValueError(
+            f"nothing to embed in {args.data}"
+            + (f" ({args.split})" if args.split else "")
+            + (f": {skipped} corrupt samples skipped" if skipped else "")
+        )
+    note = f" ({skipped} corrupt samples skipped)" if skipped else ""
+    print(f"embedded {count} {modality}s -> {args.output}{note}")
