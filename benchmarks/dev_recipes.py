@@ -12,8 +12,9 @@ trained with seeds 0, 1 and 2, and scored by `convirt zeroshot --descriptors pne
 images (the three methods, AUROC), by a patient-grouped 5-fold linear probe on their image-trunk
 features, by image<->text recall on the covid-pairs test split (mean of R@5 and R@10 both ways) and by the Open-i text
 stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
-`python benchmarks/dev_recipes.py` (about 60 minutes on 2 CPU cores; runs on disk are reused when
-made at the same commit and config).
+`python benchmarks/dev_recipes.py`: 36 trainings (12 variants x 3 seeds) and their evaluations, hours on 2 CPU
+cores (one 10-epoch training with its evaluations took about 21 minutes on 2026-12-02, sharing the 2 cores with
+another job); runs on disk are reused when made at the same commit and config.
 """
 
 from __future__ import annotations
