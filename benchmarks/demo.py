@@ -18,6 +18,8 @@ import yaml
 from _markdown import commit, machine_line, write_section
 from _recipe import CI_LEVEL
 
+from convirt.zeroshot import load_zeroshot_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "demo"
 DEMO = ROOT / "artifacts" / "demo"
@@ -35,7 +37,7 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run(["make", "demo"], cwd=ROOT, check=True)
     total = time.perf_counter() - start
-    zeroshot = json.loads((DEMO / "zeroshot" / "metrics.json").read_text(encoding="utf-8"))
+    zeroshot = load_zeroshot_folder(DEMO / "zeroshot").metrics
     retrieval = json.loads((DEMO / "retrieval.json").read_text(encoding="utf-8"))
     summary = json.loads((DEMO / "metrics.json").read_text(encoding="utf-8"))
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from convirt.cli.main import main
+from convirt.zeroshot import load_zeroshot_folder
 
 
 def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint, labels_csv, tmp_path):
@@ -35,6 +36,12 @@ def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint
     assert {"auprc", "f1", "sensitivity", "specificity", "threshold"} <= set(edema)
     assert (out / "roc.png").stat().st_size > 10_000
     assert len((out / "predictions.csv").read_text().splitlines()) == 97
+    # The library reads the whole folder back: the same metrics, one row per image, aligned arrays.
+    folder = load_zeroshot_folder(out)
+    assert folder.metrics == metrics and len(folder.keys) == 96 == len(folder.explanations)
+    assert folder.findings == list(metrics["positives"]) and folder.probabilities.shape == folder.labels.shape
+    assert int((folder.labels == 1).sum(0)[folder.findings.index("Edema")]) == metrics["positives"]["Edema"]
+    assert ((folder.probabilities >= 0) & (folder.probabilities <= 1)).all()
 
 
 def test_label_and_descriptor_mismatch_lists_both_sets(tiny_checkpoint, labels_csv, tmp_path, capsys):
