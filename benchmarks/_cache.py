@@ -16,7 +16,7 @@ from typing import Any
 
 from _markdown import commit
 
-from convirt._io import file_sha256
+from convirt._io import file_sha256, write_json
 
 KEY_FILE = "cache-key.json"
 
@@ -60,3 +60,18 @@ def cached_commands(out: Path, result: str, commands: Any, run: Callable[..., No
             run(*command)
         mark_done(out, key)
     return dict(json.loads((out / result).read_text(encoding="utf-8")))
+
+
+def load_result(path: Path, key: dict[str, object]) -> dict | None:
+    """The result stored in ``path`` (a small JSON kept in git, so that a benchmark of many hours can
+    go on in a later session) when it was made with ``key``; ``None`` otherwise."""
+    if not path.is_file():
+        return None
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    return dict(stored["result"]) if stored.get("key") == key else None
+
+
+def save_result(path: Path, key: dict[str, object], result: dict) -> None:
+    """Store ``result`` made with ``key`` in ``path``, atomically (a run killed midway leaves none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"key": key, "result": result})

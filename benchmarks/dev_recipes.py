@@ -14,7 +14,11 @@ features, by image<->text recall on the covid-pairs test split (mean of R@5 and 
 stand-in (`_openi_text.py`). Writes the ``dev-recipes`` section of BENCHMARKS.md.
 `python benchmarks/dev_recipes.py`: 36 trainings (12 variants x 3 seeds) and their evaluations, hours on 2 CPU
 cores (one 10-epoch training with its evaluations took about 21 minutes on 2026-12-02, sharing the 2 cores with
-another job); runs on disk are reused when made at the same commit and config.
+another job). Each run's figures are kept in `benchmarks/results/dev-recipes/` (one small JSON per variant and seed,
+keyed on the commit; `--results` elsewhere), and the section is written once all of them are there, so the work can
+span sessions: run it from a clone pinned at the commit the kept results name (`git clone . ../bench && git -C
+../bench checkout COMMIT`, `make install` there), with `--results` pointing at this tree's folder, and commit what it
+adds; a run killed midway loses only the run in progress. Checkpoints and evaluation folders stay in `--work`.
 """
 
 from __future__ import annotations
@@ -22,16 +26,19 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
-from _cache import cached_commands, mark_done, reusable
-from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
+from _cache import cached_commands, load_result, mark_done, reusable, save_result
+from _markdown import commit, machine_line, shared_data_parser, write_section
 from _openi_text import openi_stand_in, read_test_reports
 from _recipe import baseline_checkpoint, ensure_recipe_text_model, real_data_inputs, recipe_key, write_recipe
 from heldout_recipes import OPENI_TEXT, convirt, heldout
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "dev-recipes"
+RESULTS = ROOT / "benchmarks" / "results" / SECTION  # one small JSON per run, kept in git
 KERMANY = "source=kermany-pediatric-pneumonia-test (224px)"
 SEEDS = (0, 1, 2)
 _GENERAL = {
@@ -201,6 +208,12 @@ def kermany_probe(checkpoint: Path, labels: Path, out: Path) -> float:
     return float(kermany_probe_metrics(checkpoint, labels, out)["probes"][0]["findings"]["Pneumonia"]["auroc"])
 
 
+def _counted(values: Iterable[str]) -> str:
+    """Distinct values with how many runs had each."""
+    counts = Counter(values)
+    return "; ".join(f"{value} ({count} run{'s' if count > 1 else ''})" for value, count in sorted(counts.items()))
+
+
 def _spread(values: list[float]) -> str:
     return (
         f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ("
@@ -209,55 +222,105 @@ def _spread(values: list[float]) -> str:
     )
 
 
+def make_shards(pairs: Path, work: Path, flavour: str) -> Path:
+    """The covid-pairs shards of one ``SHARDS`` flavour (made once per work folder)."""
+    shards = work / f"shards-{flavour}"
+    if not (shards / "manifest.json").is_file():
+        convirt(
+            "shards",
+            "--input",
+            str(pairs),
+            "--output",
+            str(shards),
+            "--workers",
+            "2",
+            "--image-size",
+            "256",
+            *SHARDS[flavour],
+        )
+    return shards
+
+
+def baseline_result(work: Path, labels: Path, name: str, pretrained: bool) -> dict:
+    """Zero-shot AUROCs and the probe of untrained towers or a random initialisation (for scale)."""
+    checkpoint = baseline_checkpoint(work, pretrained)
+    return {
+        "zero": kermany(checkpoint, labels, work / f"{name}-kermany"),
+        "probe": kermany_probe(checkpoint, labels, work / f"{name}-probe"),
+    }
+
+
+def run_result(
+    work: Path, shards: Path, folder: str, overrides: dict[str, object], seed: int, labels: Path, reports: tuple
+) -> dict:
+    """Train one variant with one seed and evaluate it: every figure of its row, and what the
+    section's text says of the sets it was measured on."""
+    from convirt.models.checkpoint import read_run
+
+    run = work / f"{folder}-s{seed}"
+    checkpoint = fit(run, shards, overrides, seed)
+    zeroshot = kermany_metrics(checkpoint, labels, run / "kermany")
+    probe = kermany_probe_metrics(checkpoint, labels, run / "probe")
+    pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
+    manifest = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))
+    return {
+        "zero": {method: zeroshot[method]["findings"]["Pneumonia"]["auroc"] for method in METHODS},
+        "probe": float(probe["probes"][0]["findings"]["Pneumonia"]["auroc"]),
+        "recall": statistics.mean(
+            pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text", "text_to_image") for k in RECALL_KS
+        ),
+        "stand_in": openi_stand_in(checkpoint, reports, run / "openi")["names"],
+        "kermany_samples": zeroshot["samples"],
+        "kermany_positives": zeroshot["positives"]["Pneumonia"],
+        "probe_folds": probe["folds"],
+        "test_images": manifest["splits"]["test"]["samples"],
+        "precision": read_run(checkpoint).get("precision", "not recorded"),
+        "machine": machine_line(),
+    }
+
+
 def main() -> None:
     parser = shared_data_parser(__doc__, ROOT / "artifacts" / "dev-recipes")
+    parser.add_argument(
+        "--results",
+        default=str(RESULTS),
+        help="where each run's figures are kept (in git, so that a later session goes on from them)",
+    )
     args = parser.parse_args()
-    shared, work = Path(args.shared), Path(args.work)
+    shared, work, stored = Path(args.shared), Path(args.work), Path(args.results)
     if (inputs := real_data_inputs(shared)) is None:
         return
     pairs, labels = inputs
     reports = read_test_reports(ensure_recipe_text_model(shared))
+    at = commit()
     scale = {}
     for name, pretrained in (("untrained", True), ("random", False)):
-        checkpoint = baseline_checkpoint(work, pretrained)
-        zero = " / ".join(f"{v:.3f}" for v in kermany(checkpoint, labels, work / f"{name}-kermany").values())
-        scale[name] = f"{zero}, linear probe {kermany_probe(checkpoint, labels, work / f'{name}-probe'):.3f}"
-    trained: list[Path] = []  # the checkpoints evaluated, for the precision they recorded
-    rows, results, test_sizes = [], {}, {}
-    for name, (folder, flavour, overrides) in VARIANTS.items():
-        shards = work / f"shards-{flavour}"
-        if not (shards / "manifest.json").is_file():
-            convirt(
-                "shards",
-                "--input",
-                str(pairs),
-                "--output",
-                str(shards),
-                "--workers",
-                "2",
-                "--image-size",
-                "256",
-                *SHARDS[flavour],
-            )
-        test_sizes[flavour] = json.loads((shards / "manifest.json").read_text(encoding="utf-8"))["splits"]["test"][
-            "samples"
-        ]
-        zero: dict[str, list[float]] = {method: [] for method in METHODS}
-        recall, stand_in, probe = [], [], []
+        key = {"commit": at, "baseline": name}
+        if (result := load_result(stored / f"{name}.json", key)) is None:
+            result = baseline_result(work, labels, name, pretrained)
+            save_result(stored / f"{name}.json", key, result)
+        zero = " / ".join(f"{v:.3f}" for v in result["zero"].values())
+        scale[name] = f"{zero}, linear probe {result['probe']:.3f}"
+    runs: dict[tuple[str, int], dict] = {}
+    for folder, flavour, overrides in VARIANTS.values():
         for seed in SEEDS:
-            run = work / f"{folder}-s{seed}"
-            checkpoint = fit(run, shards, overrides, seed)
-            trained.append(checkpoint)
-            for method, value in kermany(checkpoint, labels, run / "kermany").items():
-                zero[method].append(value)
-            pairs_recall = heldout(checkpoint, shards, run / "heldout")["image_text"]
-            recall.append(
-                statistics.mean(
-                    pairs_recall[way][f"recall_at_{k}"] for way in ("image_to_text", "text_to_image") for k in RECALL_KS
-                )
-            )
-            stand_in.append(openi_stand_in(checkpoint, reports, run / "openi")["names"])
-            probe.append(kermany_probe(checkpoint, labels, run / "probe"))
+            key = {"commit": at, "variant": folder, "seed": seed}
+            path = stored / f"{folder}-s{seed}.json"
+            if (result := load_result(path, key)) is None:
+                started = time.perf_counter()
+                shards = make_shards(pairs, work, flavour)
+                result = run_result(work, shards, folder, overrides, seed, labels, reports)
+                save_result(path, key, result)
+                print(f"[dev-recipes] {folder} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+            runs[folder, seed] = result
+    rows, results, test_sizes = [], {}, {}
+    for name, (folder, flavour, _) in VARIANTS.items():
+        own = [runs[folder, seed] for seed in SEEDS]
+        zero = {method: [r["zero"][method] for r in own] for method in METHODS}
+        probe = [r["probe"] for r in own]
+        recall = [r["recall"] for r in own]
+        stand_in = [r["stand_in"] for r in own]
+        test_sizes[flavour] = own[0]["test_images"]
         results[folder] = {
             "zero": statistics.mean(statistics.mean(v) for v in zero.values()),
             "probe": statistics.mean(probe),
@@ -270,10 +333,8 @@ def main() -> None:
             + " | ".join(_spread(zero[method]) for method in METHODS)
             + f" | {_spread(probe)} | {statistics.mean(recall):.3f} | {statistics.mean(stand_in):.3f} |"
         )
-    first_run = work / f"{VARIANTS[next(iter(VARIANTS))][0]}-s{SEEDS[0]}"
-    kermany_set = kermany_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "kermany")
-    folds = kermany_probe_metrics(first_run / "checkpoints" / "last.ckpt", labels, first_run / "probe")["folds"]
-    positives = kermany_set["positives"]["Pneumonia"]
+    first = runs[VARIANTS[next(iter(VARIANTS))][0], SEEDS[0]]
+    samples, positives, folds = first["kermany_samples"], first["kermany_positives"], first["probe_folds"]
 
     def change(before: str, after: str) -> str:
         a, b = results[before], results[after]
@@ -297,11 +358,12 @@ def main() -> None:
     lines = [
         "## Real data: recipe candidates on a development set (Kermany pediatric images)",
         "",
-        f"`python benchmarks/dev_recipes.py` on {time.strftime('%Y-%m-%d')} at commit {commit()}: variants of "
+        f"`python benchmarks/dev_recipes.py` at commit {at} (runs kept in `benchmarks/results/{SECTION}/`, "
+        f"finished {time.strftime('%Y-%m-%d')}): variants of "
         f"`configs/covid_pairs.yaml` trained on covid-pairs ({_PREVIOUS['trainer.max_epochs']} epochs unless named), "
         f"seeds {', '.join(map(str, SEEDS))}. Zero-shot AUROC of `convirt zeroshot --descriptors pneumonia` on the "
-        f"{kermany_set['samples']} Kermany pediatric images of cxr-eval ({positives} pneumonia, "
-        f"{kermany_set['samples'] - positives} normal; another hospital and age group, used only to choose between "
+        f"{samples} Kermany pediatric images of cxr-eval ({positives} pneumonia, "
+        f"{samples - positives} normal; another hospital and age group, used only to choose between "
         "recipes; the NIH images are not read). Mean ± sd over seeds, then each seed. Linear probe: `convirt probe "
         f"--fractions 1 --probes linear` on the same images (image-trunk features, {folds} patient-grouped folds). "
         f"Mean R: image<->text recall at {' and '.join(map(str, RECALL_KS))}, both ways, on the covid-pairs test "
@@ -320,7 +382,8 @@ def main() -> None:
         "|---|---|---|---|---|---:|---:|",
         *rows,
     ]
-    lines += ["", f"{machine_line()}; trained with precision {trained_precisions(trained)}."]
+    lines += ["", "Runs made on: " + _counted(r["machine"].removeprefix("Machine: ") for r in runs.values()) + "."]
+    lines += ["Trained with precision " + _counted(r["precision"] for r in runs.values()) + "."]
     write_section(Path(args.output), SECTION, "\n".join(lines))
     print("\n".join(lines))
 
