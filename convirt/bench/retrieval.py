@@ -151,6 +151,7 @@ def query_index_folder(
     if image is not None:
         vector = embed_image_files(loaded.model, [image], loaded.preprocess_cfg)
     else:
+        loaded.require_text("a text query")
         vector = embed_texts(loaded.model, loaded.tokenizer, [str(text)]).numpy()
     excluded = patient_rows(folder.metadata, patient, image) if exclude_same_patient else set()
     return search_index_folder(folder, vector, k, excluded)

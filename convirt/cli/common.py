@@ -43,23 +43,32 @@ def eval_batches(
 
 
 def add_checkpoint_arguments(
-    parser: argparse.ArgumentParser, required: bool = True, help: str = "checkpoint of `convirt fit`"
+    parser: argparse.ArgumentParser, required: bool = True, help: str = "the model to load"
 ) -> None:
-    """``--checkpoint`` and ``--text-model``: the model a command loads."""
-    parser.add_argument("--checkpoint", required=required, help=help)
+    """``--model`` (alias ``--checkpoint``) and ``--text-model``: the model a command loads."""
+    from convirt.models.sources import describe_sources
+
+    parser.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        metavar="SOURCE",
+        required=required,
+        help=f"{help}: {describe_sources()}",
+    )
     parser.add_argument(
         "--text-model",
         metavar="DIR",
-        help="the local text-model folder the checkpoint was trained with, where it has moved "
+        help="the local text-model folder a `convirt fit` checkpoint was trained with, where it has moved "
         "(config and tokenizer are read from it; the weights come from the checkpoint)",
     )
 
 
-def load_model(args: argparse.Namespace, checkpoint: str | None = None) -> LoadedModel:
-    """The checkpoint named by ``--checkpoint`` (or ``checkpoint``), with ``--text-model`` if given."""
-    from convirt.models import load_checkpoint
+def model_from_args(args: argparse.Namespace, source: str | None = None) -> LoadedModel:
+    """The model named by ``--model`` (or ``source``), with ``--text-model`` if given."""
+    from convirt.models.sources import load_model
 
-    return load_checkpoint(checkpoint or args.checkpoint, text_model_path=getattr(args, "text_model", None))
+    return load_model(source or args.model, text_model_path=getattr(args, "text_model", None))
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
-from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, load_model
+from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, model_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,9 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.models import model_fingerprint
     from convirt.training.predict import embed_to_folder
 
-    loaded = load_model(args)
+    loaded = model_from_args(args)
+    if args.texts:
+        loaded.require_text("`convirt embed --texts`")
     modality = "text" if args.texts else "image"
 
     def batches(done: set[str]) -> Iterable[dict[str, Any]]:  # what is left after a resume

@@ -15,13 +15,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from convirt.cli.common import load_model
-    from convirt.models import is_open_clip_name, model_fingerprint
+    from convirt.cli.common import model_from_args
+    from convirt.models import list_models, model_fingerprint
     from convirt.models.export import export_open_clip
 
-    loaded = load_model(args)
-    if is_open_clip_name(loaded.model_name):
-        raise ValueError(f"{args.checkpoint} holds an open_clip model ({loaded.model_name}) already")
+    loaded = model_from_args(args)
+    if loaded.model_name not in list_models():
+        raise ValueError(
+            f"{args.model} is a {loaded.model_name} model, which loads as it is (--model takes it); "
+            "export writes models of convirt's registry (`convirt fit` checkpoints, registry names)"
+        )
     folder = export_open_clip(
         loaded.model, loaded.model_name, loaded.tokenizer, args.output, provenance=model_fingerprint(loaded)
     )

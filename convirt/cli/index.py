@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from convirt.cli.common import add_checkpoint_arguments, load_model
+from convirt.cli.common import add_checkpoint_arguments, model_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -105,11 +105,12 @@ def run_query(args: argparse.Namespace) -> None:
     from convirt.retrieval import load_index_folder
 
     folder = load_index_folder(args.index, mmap=args.mmap)
-    checkpoint = args.checkpoint or folder.info.fingerprint.get("checkpoint")
-    if not checkpoint:
-        raise ValueError(f"{args.index} records no checkpoint; pass --checkpoint")
+    fingerprint = folder.info.fingerprint
+    source = args.model or fingerprint.get("source") or fingerprint.get("checkpoint")
+    if not source:
+        raise ValueError(f"{args.index} records no model source; pass --model")
     hits = query_index_folder(
-        folder, load_model(args, checkpoint), args.image, args.text, args.k, args.exclude_same_patient, args.patient
+        folder, model_from_args(args, source), args.image, args.text, args.k, args.exclude_same_patient, args.patient
     )
     if args.json:
         print(json.dumps(hits, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, load_model, with_ci
+from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, model_from_args, with_ci
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def run_probe(args: argparse.Namespace) -> None:
     from convirt.models.features import TrunkEncoder
     from convirt.zeroshot.probe import probe_embedded
 
-    loaded = load_model(args)
+    loaded = model_from_args(args)
     where = parse_where(args.where)
     encoder = TrunkEncoder(loaded.model) if args.features == "trunk" else loaded.model
     embedded = embed_batches(
@@ -51,7 +51,7 @@ def run_probe(args: argparse.Namespace) -> None:
         "data": args.data,
         "split": args.split,
         "where": where,
-        "checkpoint": str(args.checkpoint),
+        "model": str(args.model),
         "features": args.features,
     }
     metrics, outputs = probe_embedded(

@@ -9,7 +9,7 @@ from convirt.cli.common import (
     add_input_arguments,
     eval_batches,
     fmt_value,
-    load_model,
+    model_from_args,
     with_ci,
 )
 
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> None:
     from convirt.zeroshot.plots import plot_explained_batch
 
     descriptors = load_descriptors(args.descriptors)
-    loaded = load_model(args)
+    loaded = model_from_args(args)
+    loaded.require_text("zero-shot diagnosis")
     where = parse_where(args.where)
     embedded = embed_batches(
         loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where, table=args)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
         if args.threshold_split
         else None
     )
-    about = {"data": args.data, "split": args.split, "where": where, "checkpoint": str(args.checkpoint)}
+    about = {"data": args.data, "split": args.split, "where": where, "model": str(args.model)}
     evaluation = evaluate_zeroshot(
         loaded.model,
         loaded.tokenizer,

@@ -131,7 +131,7 @@ class RowDataset(Dataset[Sample]):
 def build_input_batches(
     path: str | os.PathLike[str],
     image_transform: Callable[[Image.Image], torch.Tensor],
-    tokenizer: Callable[..., torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor] | None,
     batch_size: int,
     split: str = "test",
     text_transform: Callable[[str], str] | None = None,
@@ -200,7 +200,7 @@ def build_input_batches(
 def build_eval_batches(
     path: str | os.PathLike[str],
     preprocess_cfg: dict[str, Any],
-    tokenizer: Callable[..., torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor] | None,
     batch_size: int = 64,
     **options: Any,
 ) -> Iterable[dict[str, Any]]:

@@ -34,7 +34,7 @@ def trim_padding(tokens: torch.Tensor, pad_id: int | None) -> torch.Tensor:
     return tokens[:, : int(used.max()) + 1] if len(used) else tokens
 
 
-def pad_id_of(tokenizer: Callable[..., torch.Tensor]) -> int | None:
+def pad_id_of(tokenizer: Callable[..., torch.Tensor] | None) -> int | None:
     inner = getattr(tokenizer, "tokenizer", None)
     value = getattr(inner, "pad_token_id", None)
     return int(value) if value is not None else None
@@ -76,17 +76,17 @@ class SkipCounter:
 
 def collate_samples(
     samples: Sequence[Sample],
-    tokenizer: Callable[..., torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor] | None,
     pad_id: int | None,
     skipped: SkipCounter | None = None,
 ) -> dict[str, Any]:
     """Stack ``(key, image, text, meta, text_group)`` samples into one batch dict (no ``image``
-    when the samples have none)."""
+    when the samples have none, no token ids ``text`` without a tokenizer: an image-only model)."""
     keys, images, texts, metas, groups = zip(*samples)
     return {
         "key": list(keys),
         **({"image": torch.stack(list(images))} if images[0] is not None else {}),
-        "text": trim_padding(tokenizer(list(texts)), pad_id),
+        **({"text": trim_padding(tokenizer(list(texts)), pad_id)} if tokenizer is not None else {}),
         "raw_text": list(texts),
         "meta": list(metas),
         "text_group": torch.tensor(groups, dtype=torch.int64),
@@ -119,7 +119,7 @@ class _ShardRounds(torch.utils.data.IterableDataset):
 def build_batches(
     urls: Sequence[str],
     image_transform: Callable[[Image.Image], torch.Tensor] | None,
-    tokenizer: Callable[..., torch.Tensor],
+    tokenizer: Callable[..., torch.Tensor] | None,
     batch_size: int,
     text_transform: Callable[[str], str] | None = None,
     train: bool = False,

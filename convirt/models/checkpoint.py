@@ -26,11 +26,34 @@ class LoadedModel:
     embed_dim: int
     # How it was trained, as ``convirt fit`` records it: precision, device, world size, CPU.
     run: dict[str, Any] = field(default_factory=dict)
+    # The model source it was loaded from (``convirt.models.sources``): a path, hub or registry name.
+    source: str = ""
+    # SHA-256 of the file its weights came from, where that is not ``checkpoint`` (None: hub or registry towers).
+    weights_sha256: str | None = None
+    # Its preprocessing where the registry does not hold it (open_clip folders, hub models, timm models).
+    preprocess: dict[str, Any] | None = None
 
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
         """How its images are preprocessed (size, mean, std, resize), as open_clip names them."""
-        return get_preprocess_cfg(self.model_name)
+        return dict(self.preprocess) if self.preprocess is not None else get_preprocess_cfg(self.model_name)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether it has a text tower (an image-only encoder has no tokenizer)."""
+        return self.tokenizer is not None
+
+    def require_text(self, what: str) -> None:
+        """Refuse ``what`` (a protocol that needs texts) for an image-only encoder.
+
+        Raises:
+            ValueError: The model has no text tower; the message names the model and what works.
+        """
+        if not self.has_text:
+            raise ValueError(
+                f"{what} needs a text tower, and {self.source or self.model_name} is an image-only encoder: "
+                "use `convirt probe`, `convirt embed` (images) or `convirt index` with it"
+            )
 
 
 def load_checkpoint(
@@ -71,6 +94,7 @@ def load_checkpoint(
         text_model_path=text_model_path,
         checkpoint=str(path),
         embed_dim=embed_dim_of(hparams["model_name"]),
+        source=str(path),
         run=dict(state.get("convirt_run") or {}),
     )
 

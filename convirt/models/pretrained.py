@@ -107,6 +107,18 @@ def load_timm_pretrained(trunk: nn.Module, timm_name: str) -> None:
 
 def offline_hint(name: str) -> str:
     """The message that says how to load a model without a network."""
+    if name.startswith("hf-hub:"):
+        repo = name[len("hf-hub:") :]
+        return (
+            f"could not load {name!r} (no network, or not on the hub): copy it where there is a network "
+            f"(`huggingface-cli download {repo} --local-dir DIR`) and pass the folder, --model DIR (local-dir:DIR)"
+        )
+    if name.startswith("open_clip:"):
+        arch = name[len("open_clip:") :].partition("@")[0]
+        return (
+            f"could not load the weights of {name!r} (no network?): pass a local weights file, "
+            f"--model open_clip:{arch}@/path/weights.pt (or .safetensors)"
+        )
     return (
         f"could not load pretrained weights for {name!r} (no network, or not on the hub). "
         "Load from a local folder instead: pass text_model_path=/path/to/hf_model_dir "

@@ -205,7 +205,7 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
         (["shards", "--input", "/nonexistent.csv", "--output", "/tmp/x"], "CSV not found: /nonexistent.csv"),
         (
             ["zeroshot", "--checkpoint", "/nonexistent.ckpt", "--data", "/tmp", "--output", "/tmp/x"],
-            "checkpoint not found",
+            "model source not found: /nonexistent.ckpt",
         ),
         (["index", "eval", "--index", "/nonexistent"], "no index at /nonexistent"),
         (

@@ -129,5 +129,7 @@ def test_open_clip_architectures_by_name_and_tag(monkeypatch):
     with pytest.raises(ValueError, match="unknown open_clip architecture 'RN5'"):
         create_model("open_clip:RN5")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PretrainedUnavailableError, match="Load from a local folder instead"):
+    with pytest.raises(
+        PretrainedUnavailableError, match=r"pass a local weights file, --model open_clip:RN50@/path/weights.pt"
+    ):
         create_model("open_clip:RN50@openai", pretrained=True)
