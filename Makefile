@@ -30,7 +30,7 @@ STAGE = @bash -c 'name=$$1; shift; cmd="$$*"; echo "[demo] $$name: $${cmd\#env *
 
 demo: install
 	rm -rf $(DEMO)/shards $(DEMO)/fit $(DEMO)/checkpoints $(DEMO)/zeroshot $(DEMO)/embeddings $(DEMO)/text-embeddings \
-		$(DEMO)/index $(TIMINGS)
+		$(DEMO)/index $(DEMO)/bench $(TIMINGS)
 	mkdir -p $(DEMO)
 	$(STAGE) phantom $(RUN) phantom --output $(DEMO)/phantom --num-samples 2400 --seed 0 --workers 2
 	$(STAGE) shards $(RUN) shards --input $(DEMO)/phantom/rows.csv --output $(DEMO)/shards --image-size 192 \
@@ -48,6 +48,8 @@ demo: install
 		--output $(DEMO)/retrieval.json
 	$(RUN) report --zeroshot $(DEMO)/zeroshot/metrics.json --retrieval $(DEMO)/retrieval.json \
 		--checkpoint $(DEMO)/checkpoints/last.ckpt --timings $(TIMINGS) --output $(DEMO)/metrics.json
+	$(STAGE) bench $(RUN) bench --suite phantom --model demo-effnet-minilm --model $(DEMO)/checkpoints/last.ckpt \
+		--output $(DEMO)/bench --bootstrap 200
 
 test: install
 	$(PYTEST) -q tests --nbmake notebooks

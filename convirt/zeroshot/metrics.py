@@ -251,3 +251,33 @@ def mean_defined(values: Mapping[str, float | None]) -> float:
     """Mean over the defined (not NaN, not ``None``) values; NaN if none is."""
     defined = [v for v in values.values() if v is not None and not math.isnan(v)]
     return float(np.mean(defined)) if defined else NAN
+
+
+def mean_auroc_ci(
+    labels: np.ndarray, scores: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean AUROC over findings, images resampled together.
+
+    ``(N, F)`` labels (-1: left out of that finding) and scores (NaN: no score, left out). A
+    replicate's mean is over the findings that keep both classes in it. Seeded.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape or labels.ndim != 2 or samples <= 0 or len(labels) == 0:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        rows = rng.integers(0, len(labels), len(labels))
+        per = []
+        for column in range(labels.shape[1]):
+            y, s = labels[rows, column], scores[rows, column]
+            kept = (y >= 0) & ~np.isnan(s)
+            if _two_classes(y[kept]):
+                per.append(_plain_auroc(y[kept], s[kept]))
+        if per:
+            values.append(float(np.mean(per)))
+    if not values:
+        return NAN, NAN
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -99,3 +99,21 @@ def test_the_bootstrap_statistics_equal_scikit_learn_with_ties():
         s = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.normal(size=n)  # heavy ties, then none
         assert abs(_plain_auroc(y, s) - roc_auc_score(y, s)) < 1e-12
         assert abs(_plain_auprc(y, s) - average_precision_score(y, s)) < 1e-12
+
+
+def test_mean_auroc_ci_resamples_images_together_and_skips_undefined_cells():
+    import numpy as np
+
+    from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=(200, 3))
+    scores = labels + rng.normal(0, 1.0, size=labels.shape)
+    labels[:10, 2] = -1  # uncertain: left out of that finding
+    scores[10:20, 1] = np.nan  # no score: left out
+    low, high = mean_auroc_ci(labels, scores, samples=200, seed=1)
+    kept = ~np.isnan(scores)
+    mean = evaluate_findings(labels, np.where(kept, scores, 0.0), ["a", "b", "c"], bootstrap=0)["mean"]["auroc"]
+    assert low < high and low - 0.02 <= mean <= high + 0.02 and 0.6 < low
+    assert (low, high) == mean_auroc_ci(labels, scores, samples=200, seed=1)
+    assert np.isnan(mean_auroc_ci(labels[:, :0], scores[:, :0])[0])

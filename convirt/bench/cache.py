@@ -1,0 +1,92 @@
+"""Each image embedded once per model and dataset: embedding folders keyed on (model, data).
+
+A folder is named by the hash of the model's fingerprint (name, weights SHA-256, dim) and of the
+data (the bytes of the manifest or label table, the split and the filter), so a second run, or a
+run with another suite over the same data, reads it instead of embedding. Writing goes through
+the embedding folder's resumable path (``embed_folder``: :func:`convirt.training.predict.embed_to_folder`,
+passed in by the caller because only ``training/`` may run Lightning), so a run killed midway
+goes on from its last complete part; ``complete.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from convirt._fingerprint import FINGERPRINT_KEYS
+from convirt._io import file_sha256, write_json
+from convirt.bench.suite import Task
+from convirt.data.inputs import build_eval_batches
+from convirt.embeddings import load_embedding_folder
+from convirt.embeddings.encode import EmbeddingOutput
+from convirt.models.checkpoint import LoadedModel
+from convirt.models.fingerprint import model_fingerprint
+
+COMPLETE = "complete.json"
+# embed_folder(model, make_batches, output, fingerprint, modality) -> (count, skipped)
+EmbedFolder = Callable[..., tuple[int, int]]
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def data_sha256(task: Task) -> str:
+    """What identifies a task's images: the manifest or table bytes, the split and the filter."""
+    source = task.data / "manifest.json" if task.data.is_dir() else task.data
+    content = file_sha256(source) if source.is_file() else str(sorted(p.name for p in task.data.iterdir()))
+    return _digest({"content": content, "split": task.split, "where": task.where})
+
+
+def model_key(loaded: LoadedModel) -> str:
+    """What identifies a model's embedding space (the compared keys of its fingerprint)."""
+    fingerprint = model_fingerprint(loaded)
+    return _digest({key: fingerprint.get(key) for key in FINGERPRINT_KEYS})
+
+
+def cached_embeddings(
+    loaded: LoadedModel,
+    task: Task,
+    modality: str,
+    cache: str | os.PathLike[str],
+    embed_folder: EmbedFolder,
+    batch_size: int = 64,
+    made: list[Path] | None = None,
+) -> EmbeddingOutput:
+    """A task's image (or report) embeddings by ``loaded``, embedded unless the cache holds them.
+
+    Args:
+        made: Where the folders embedded by this call are appended (the others were read).
+    """
+    folder = Path(cache) / f"{model_key(loaded)[:16]}-{data_sha256(task)[:16]}-{modality}"
+    if not (folder / COMPLETE).is_file():
+
+        def batches(done: set[str]) -> Iterable[dict[str, Any]]:
+            return build_eval_batches(
+                str(task.data),
+                loaded.preprocess_cfg,
+                loaded.tokenizer,
+                batch_size,
+                split=task.split,
+                where=task.where or None,
+                skip_keys=done,
+                texts_only=modality == "text",
+            )
+
+        embed_folder(loaded.model, batches, folder, model_fingerprint(loaded), modality)
+        write_json(folder / COMPLETE, {"task": task.name, "modality": modality})
+        if made is not None:
+            made.append(folder)
+    embedded = load_embedding_folder(folder)
+    rows = embedded.rows
+    return EmbeddingOutput(
+        embeddings=embedded.vectors,
+        keys=[row["key"] for row in rows],
+        meta=[{k: v for k, v in row.items() if k not in ("key", "text")} for row in rows],
+        texts=[str(row.get("text", "")) for row in rows],
+        skipped=int(embedded.info.get("skipped_samples", 0)),
+    )

@@ -1,0 +1,170 @@
+"""Evaluation protocols on cached embeddings: each returns result rows (metric, value, 95% CI, n).
+
+Every protocol reads a task's embeddings, never the images again: zero-shot (descriptors, finding
+names, template ensemble), kNN diagnosis and image-to-image search (the query's own patient left
+out), linear probes at label fractions (patient-grouped folds) and image<->text recall where the
+samples have reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from convirt.bench.suite import Task
+from convirt.data.labels import label_matrix
+from convirt.data.schema import finding_set
+from convirt.data.stream import text_group
+from convirt.embeddings.encode import EmbeddingOutput
+from convirt.models.checkpoint import LoadedModel
+from convirt.retrieval import build_index, image_text_recall, knn_scores, retrieval_metrics, search
+from convirt.retrieval.metrics import same_patient_exclusions
+from convirt.zeroshot import Method, load_descriptors
+from convirt.zeroshot.evaluate import evaluate_zeroshot
+from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci
+from convirt.zeroshot.probe import probe_embedded
+
+NAN = float("nan")
+Rows = list[dict[str, Any]]
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _row(metric: str, value: float, ci: tuple[float, float] = (NAN, NAN), n: int = 0) -> dict[str, Any]:
+    """One result row; an undefined value or CI bound is ``None`` (JSON null)."""
+    return {"metric": metric, "value": _number(value), "ci_low": _number(ci[0]), "ci_high": _number(ci[1]), "n": int(n)}
+
+
+def _auroc_rows(
+    prefix: str, labels: np.ndarray, scores: np.ndarray, names: list[str], bootstrap: int, seed: int
+) -> Rows:
+    """Mean AUROC (headline, with its CI) and each finding's, for ``(N, F)`` labels and scores."""
+    evaluated = evaluate_findings(labels, scores, names, bootstrap=bootstrap, seed=seed)
+    rows = [
+        _row(
+            f"{prefix}mean_auroc",
+            evaluated["mean"]["auroc"],
+            mean_auroc_ci(labels, scores, bootstrap, seed),
+            len(labels),
+        )
+    ]
+    for name, values in evaluated["findings"].items():
+        rows.append(_row(f"{prefix}auroc/{name}", values["auroc"], tuple(values["auroc_ci"]), len(labels)))  # type: ignore[arg-type]
+    return rows
+
+
+def finding_names(task: Task, images: EmbeddingOutput) -> list[str]:
+    """The findings a task scores: its ``labels``, else its descriptor set's, else every label in the data."""
+    if task.labels:
+        return list(task.labels)
+    if task.descriptors:
+        return load_descriptors(task.descriptors).finding_names
+    return sorted(set().union(*(finding_set(m.get("labels", [])) for m in images.meta)))
+
+
+def zeroshot(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    loaded.require_text("zero-shot diagnosis")
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs zeroshot but names no descriptor set (descriptors:)")
+    descriptors = load_descriptors(task.descriptors)
+    evaluation = evaluate_zeroshot(
+        loaded.model, loaded.tokenizer, descriptors, images, task.labels, bootstrap=bootstrap, seed=seed
+    )
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    rows: Rows = []
+    for method in Method:
+        scores = evaluation.outputs[method].probabilities.numpy()
+        rows += _auroc_rows(f"{method.value}/", evaluation.labels, scores, names, bootstrap, seed)
+    return rows
+
+
+def _neighbours(images: EmbeddingOutput, depth: int) -> tuple[np.ndarray, np.ndarray, list[set[int]]]:
+    """Exact neighbours of every image among the others, and per image the ids left out (itself, its patient)."""
+    index, _ = build_index(images.embeddings, "Flat")
+    patients = [str(m.get("patient_id") or key) for m, key in zip(images.meta, images.keys)]
+    exclude = [own | {row} for row, own in enumerate(same_patient_exclusions(patients, patients))]
+    widest = max(len(e) for e in exclude)
+    similarities, ids = search(index, images.embeddings, min(depth + widest, len(images.keys)))
+    return similarities, ids, exclude
+
+
+def knn(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    k = int(options.get("k", 10))
+    names = finding_names(task, images)
+    similarities, ids, exclude = _neighbours(images, k)
+    labels = label_matrix(images.meta, names)
+    scores = knn_scores(ids, similarities, labels, k, exclude)
+    return _auroc_rows(f"k{k}/", labels, scores, names, bootstrap, seed)
+
+
+def retrieval(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    k = int(options.get("k", 5))
+    _, ids, exclude = _neighbours(images, k)
+    sets = [finding_set(m.get("labels", [])) for m in images.meta]
+    result = retrieval_metrics(ids, sets, sets, k, exclude)
+    n = int(result["queries"])
+    return [
+        _row(f"map_at_{k}", result[f"map_at_{k}"], n=n),
+        _row(f"precision_at_{k}", result[f"precision_at_{k}"], n=n),
+    ]
+
+
+def probe(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    fractions = [float(f) for f in options.get("fractions", (0.01, 0.1, 1.0))]
+    names = finding_names(task, images)
+    _, outputs = probe_embedded(images, names, fractions, ("linear",), seed=seed, bootstrap=bootstrap)
+    labels = label_matrix(images.meta, names)
+    rows: Rows = []
+    for output in sorted(outputs, key=lambda o: -o.fraction):
+        scored = np.nan_to_num(output.probabilities, nan=0.5)  # an unfittable fold scores as chance, as in probe
+        rows += _auroc_rows(f"linear@{output.fraction:g}/", labels, scored, names, bootstrap, seed)
+    return rows
+
+
+def image_text(
+    loaded: LoadedModel,
+    task: Task,
+    options: dict,
+    images: EmbeddingOutput,
+    texts: EmbeddingOutput,
+    seed: int,
+    bootstrap: int,
+) -> Rows:
+    loaded.require_text("image<->text recall")
+    result = image_text_recall(
+        images.embeddings, [text_group(t) for t in images.texts], texts.embeddings, [text_group(t) for t in texts.texts]
+    )
+    rows: Rows = []
+    for way in ("image_to_text", "text_to_image"):
+        n = len(images.keys) if way == "image_to_text" else len(texts.keys)
+        for key in sorted(
+            (key for key in result[way] if key.startswith("recall_at_")), key=lambda key: key != "recall_at_5"
+        ):
+            rows.append(_row(f"{way}/{key}", result[way][key], n=n))
+    return rows
+
+
+Protocol = Callable[..., Rows]
+PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
+    "zeroshot": zeroshot,
+    "knn": knn,
+    "retrieval": retrieval,
+    "probe": probe,
+    "image_text": image_text,
+}
+NEEDS_TEXTS = {"image_text"}
+# The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
+# mean AUROC, kNN's mean AUROC, mAP@k, the probe's mean AUROC with all labels, image->text R@5.

@@ -1,0 +1,93 @@
+"""Evaluation suites: YAML files of tasks (a dataset, its split and labels, the protocols to run).
+
+A suite names its data by path, relative to a data root (the working folder by default), so the
+same file serves every machine; a task whose data is absent is skipped with the ``obtain`` text
+that says how to get it. Shipped suites live in ``convirt/bench/suites/``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUITES = Path(__file__).parent / "suites"
+PROTOCOLS = ("zeroshot", "knn", "retrieval", "probe", "image_text")
+
+
+@dataclass
+class Task:
+    """One dataset of a suite and the protocols run on it."""
+
+    name: str
+    data: Path
+    split: str = "test"
+    descriptors: str | None = None
+    labels: list[str] | None = None
+    where: dict[str, str] = field(default_factory=dict)
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+    obtain: str = ""
+
+    @property
+    def available(self) -> bool:
+        """Whether its data is on this machine."""
+        return self.data.exists()
+
+
+@dataclass
+class Suite:
+    """A named, versioned list of tasks."""
+
+    name: str
+    version: int
+    tasks: list[Task]
+    path: Path
+
+
+def list_suites() -> list[str]:
+    """The names of the shipped suites."""
+    return sorted(path.stem for path in SUITES.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] = ".") -> Suite:
+    """Read a shipped suite by name, or a suite file, its data paths taken relative to ``root``.
+
+    Raises:
+        ValueError: Unknown suite name, a task without a name or data, or an unknown protocol.
+    """
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SUITES / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(
+                f"unknown suite {str(name_or_path)!r}; shipped: {', '.join(list_suites())} (or a YAML path)"
+            )
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    tasks = []
+    for entry in spec.get("tasks") or []:
+        if not entry.get("name") or not entry.get("data"):
+            raise ValueError(f"{path}: every task needs a name and data, got {entry!r}")
+        protocols = {name: dict(options or {}) for name, options in (entry.get("protocols") or {}).items()}
+        unknown = sorted(set(protocols) - set(PROTOCOLS))
+        if unknown:
+            raise ValueError(
+                f"{path}: task {entry['name']!r} names unknown protocols {unknown}; known: {list(PROTOCOLS)}"
+            )
+        tasks.append(
+            Task(
+                name=str(entry["name"]),
+                data=Path(root) / str(entry["data"]),
+                split=str(entry.get("split", "test")),
+                descriptors=entry.get("descriptors"),
+                labels=entry.get("labels"),
+                where={str(k): str(v) for k, v in (entry.get("where") or {}).items()},
+                protocols=protocols,
+                obtain=str(entry.get("obtain", "")),
+            )
+        )
+    if not tasks:
+        raise ValueError(f"{path} lists no tasks")
+    return Suite(str(spec.get("name", path.stem)), int(spec.get("version", 1)), tasks, path)

@@ -1,0 +1,42 @@
+"""``convirt bench``: a suite of evaluation tasks over any models -> results, leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from convirt.models.sources import describe_sources
+
+    bench = sub.add_parser("bench", help="run an evaluation suite over any models and write a leaderboard")
+    bench.add_argument("--suite", required=True, help="a shipped suite (phantom, ...) or a suite YAML file")
+    bench.add_argument(
+        "--model", action="append", required=True, metavar="SOURCE", help=f"a model (repeatable): {describe_sources()}"
+    )
+    bench.add_argument("--output", required=True, help="bench folder (results, cached embeddings, leaderboard)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the seeded protocols (probes)")
+    bench.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of every 95%% CI")
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--data-root", default=".", help="the folder the suite's data paths are relative to")
+    bench.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from functools import partial
+
+    from convirt.bench.runner import run_bench
+    from convirt.bench.suite import load_suite
+    from convirt.training.predict import embed_to_folder
+
+    suite = load_suite(args.suite, args.data_root)
+    # One process here (bench folders are small); `convirt embed --devices N` embeds at scale.
+    embed = partial(embed_to_folder, accelerator="cpu", devices=1)
+    result = run_bench(suite, args.model, args.output, embed, tuple(args.seeds), args.bootstrap, args.batch_size)
+    for model, task, protocol, reason in result.skipped:
+        print(f"skipped {model} / {task}{' / ' + protocol if protocol else ''}: {reason}")
+    print(
+        f"{len(result.computed)} results computed, {len(result.embedded)} embedding folders made "
+        f"(the rest reused from {args.output})\n"
+    )
+    print(Path(args.output, "leaderboard.md").read_text(encoding="utf-8"))

@@ -1,0 +1,199 @@
+"""`convirt bench`: a suite over several models, each image embedded once, results reused on a rerun."""
+
+import json
+
+import pytest
+import yaml
+
+from convirt.bench.runner import run_bench
+from convirt.bench.suite import list_suites, load_suite
+from convirt.cli.main import main
+from convirt.data.shards import read_manifest
+from convirt.training.predict import embed_to_folder
+
+PROTOCOLS = {
+    "zeroshot": {},
+    "knn": {"k": 5},
+    "retrieval": {"k": 5},
+    "probe": {"fractions": [1.0]},
+    "image_text": {},
+}
+
+
+def _embed(*args, **kwargs):
+    return embed_to_folder(*args, **{**kwargs, "accelerator": "cpu", "devices": 1, "progress": False})
+
+
+@pytest.fixture()
+def suite_file(phantom_shards, tmp_path):
+    spec = {
+        "name": "tiny",
+        "version": 2,
+        "tasks": [
+            {
+                "name": "phantom",
+                "data": str(phantom_shards),
+                "split": "test",
+                "descriptors": "phantom",
+                "protocols": PROTOCOLS,
+            },
+            {
+                "name": "absent",
+                "data": str(tmp_path / "nowhere"),
+                "obtain": "see datasets/absent",
+                "protocols": {"knn": {}},
+            },
+        ],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture()
+def timm_weights(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    path = tmp_path / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
+    suite_file, phantom_shards, tiny_checkpoint, timm_weights, tmp_path
+):
+    suite = load_suite(suite_file)
+    models = [str(tiny_checkpoint), f"timm:test_vit@{timm_weights}"]
+    out = tmp_path / "bench"
+    first = run_bench(suite, models, out, _embed, seeds=(0, 1), bootstrap=50)
+    # The checkpoint's images and reports, the image-only model's images: three folders.
+    assert len(first.embedded) == 3
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows == first.rows
+    by = {(r["model"], r["protocol"]) for r in rows}
+    assert {("tiny.ckpt", p) for p in PROTOCOLS} <= by
+    image_only = f"timm:test_vit@{timm_weights}"
+    assert {(image_only, p) for p in ("knn", "retrieval", "probe")} <= by
+    assert (image_only, "zeroshot") not in by and (image_only, "image_text") not in by
+    reasons = {(s[0], s[1], s[2]): s[3] for s in first.skipped}
+    assert "image-only" in reasons[image_only, "phantom", "zeroshot"]
+    assert "see datasets/absent" in reasons["tiny.ckpt", "absent", ""]
+    # Every row says what it measured: value with its CI, n, seed, settings, data hash, version.
+    headline = next(r for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "zeroshot")
+    test_images = read_manifest(phantom_shards)["splits"]["test"]["samples"]
+    assert headline["metric"] == "descriptors/mean_auroc" and headline["n"] == test_images
+    assert headline["ci_low"] <= headline["value"] <= headline["ci_high"]
+    assert (
+        len(headline["data_sha256"]) == 64
+        and headline["suite_version"] == 2
+        and headline["settings"]["bootstrap"] == 50
+    )
+    assert {r["seed"] for r in rows if r["protocol"] == "probe"} == {0, 1}
+    assert {r["seed"] for r in rows if r["protocol"] == "knn"} == {0}
+    retrieval = next(r for r in rows if r["model"] == "tiny.ckpt" and r["metric"] == "map_at_5")
+    assert retrieval["n"] == test_images and 0 <= retrieval["value"] <= 1
+    board = (out / "leaderboard.md").read_text()
+    assert "| tiny.ckpt |" in board and "**" in board and "phantom: zeroshot descriptors/mean_auroc" in board
+    assert (out / "leaderboard.csv").read_text().count("\n") == 1 + len({(r["model"], r["protocol"]) for r in rows})
+
+    again = run_bench(suite, models, out, _embed, seeds=(0, 1), bootstrap=50)
+    assert again.embedded == [] and again.computed == [] and again.rows == first.rows
+    # Another setting of one protocol recomputes that protocol only, from the cached embeddings.
+    suite.tasks[0].protocols["knn"] = {"k": 3}
+    changed = run_bench(suite, models, out, _embed, seeds=(0, 1), bootstrap=50)
+    assert changed.embedded == [] and sorted(p.name for p in changed.computed) == ["knn-s0.json", "knn-s0.json"]
+
+
+def test_bench_command_prints_the_leaderboard(suite_file, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "bench",
+                "--suite",
+                str(suite_file),
+                "--model",
+                str(tiny_checkpoint),
+                "--output",
+                str(out),
+                "--bootstrap",
+                "20",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| tiny.ckpt |" in printed and "skipped tiny.ckpt / absent" in printed
+
+
+def test_suites_are_checked_when_read(tmp_path):
+    assert "phantom" in list_suites()
+    assert load_suite("phantom", tmp_path).tasks[0].data == tmp_path / "artifacts/demo/shards"
+    with pytest.raises(ValueError, match="unknown suite 'nope'; shipped: .*phantom"):
+        load_suite("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tasks": [{"name": "t", "data": ".", "protocols": {"finetune": {}}}]}))
+    with pytest.raises(ValueError, match="unknown protocols \\['finetune'\\]"):
+        load_suite(bad)
+
+
+@pytest.mark.slow  # three runs of the command in subprocesses: about a minute on 2 idle cores
+def test_bench_killed_with_sigkill_resumes_to_the_same_results(phantom_shards, tiny_checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = {
+        "name": "resume",
+        "tasks": [
+            {
+                "name": "phantom",
+                "data": str(phantom_shards),
+                "descriptors": "phantom",
+                "protocols": {"zeroshot": {}, "probe": {"fractions": [1.0]}, "knn": {"k": 5}},
+            }
+        ],
+    }
+    suite = tmp_path / "resume.yaml"
+    suite.write_text(yaml.safe_dump(spec, sort_keys=False))  # protocols run in the order written
+    command = [
+        sys.executable,
+        "-m",
+        "convirt.cli.main",
+        "bench",
+        "--suite",
+        str(suite),
+        "--model",
+        str(tiny_checkpoint),
+    ]
+    command += [
+        "--bootstrap",
+        "1000",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--output",
+    ]  # CIs long enough to kill it between results
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    killed = tmp_path / "killed"
+    child = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(killed.glob("results/*/phantom/zeroshot-s0.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (killed / "results.jsonl").exists(), "the run ended before it was killed"
+    done = {p.name for p in killed.glob("results/*/phantom/*.json")}
+    resumed = subprocess.run([*command, str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"\n{5 - len(done)} results computed, 0 embedding folders made" in resumed.stdout
+    whole = subprocess.run([*command, str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0 and "\n5 results computed, 1 embedding folders made" in whole.stdout
+    assert (killed / "results.jsonl").read_text() == (tmp_path / "whole" / "results.jsonl").read_text()
