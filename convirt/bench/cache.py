@@ -27,7 +27,7 @@ from convirt.models.checkpoint import LoadedModel
 from convirt.models.fingerprint import model_fingerprint
 
 COMPLETE = "complete.json"
-# embed_folder(model, make_batches, output, fingerprint, modality) -> (count, skipped)
+# embed_folder(model, make_batches, output, fingerprint, modality, precision=...) -> (count, skipped)
 EmbedFolder = Callable[..., tuple[int, int]]
 
 
@@ -56,13 +56,16 @@ def cached_embeddings(
     embed_folder: EmbedFolder,
     batch_size: int = 64,
     made: list[Path] | None = None,
+    precision: str = "32-true",
 ) -> EmbeddingOutput:
     """A task's image (or report) embeddings by ``loaded``, embedded unless the cache holds them.
 
     Args:
         made: Where the folders embedded by this call are appended (the others were read).
+        precision: The Lightning precision of the embedding (part of the cache key: bf16 vectors
+            are not float32 vectors).
     """
-    folder = Path(cache) / f"{model_key(loaded)[:16]}-{data_sha256(task)[:16]}-{modality}"
+    folder = Path(cache) / f"{model_key(loaded)[:16]}-{data_sha256(task)[:16]}-{modality}-{precision}"
     if not (folder / COMPLETE).is_file():
 
         def batches(done: set[str]) -> Iterable[dict[str, Any]]:
@@ -77,7 +80,7 @@ def cached_embeddings(
                 texts_only=modality == "text",
             )
 
-        embed_folder(loaded.model, batches, folder, model_fingerprint(loaded), modality)
+        embed_folder(loaded.model, batches, folder, model_fingerprint(loaded), modality, precision=precision)
         write_json(folder / COMPLETE, {"task": task.name, "modality": modality})
         if made is not None:
             made.append(folder)

@@ -65,6 +65,7 @@ def run_bench(
     seeds: tuple[int, ...] = (0,),
     bootstrap: int = 1000,
     batch_size: int = 64,
+    precision: str = "32-true",
 ) -> BenchOutput:
     """Run every task and protocol of ``suite`` for each model source, reusing what ``output`` holds.
 
@@ -75,6 +76,8 @@ def run_bench(
         embed_folder: The resumable embedding writer (:func:`convirt.training.predict.embed_to_folder`).
         seeds: Seeds of the seeded protocols (the probes); the others use the first.
         bootstrap: Replicates of every CI.
+        precision: Of the embeddings: float32 by default, so that a result is the same on every
+            machine and equals what `convirt zeroshot` / `convirt probe` give.
 
     Raises:
         ValueError: No model, or two sources with the same label.
@@ -91,9 +94,8 @@ def run_bench(
             if not task.available:
                 result.skipped.append((label, task.name, "", f"no data at {task.data}: {task.obtain}"))
                 continue
-            result.rows += _task_rows(
-                loaded, label, suite, task, out, embed_folder, seeds, bootstrap, batch_size, result
-            )
+            run = (seeds, bootstrap, batch_size, precision)
+            result.rows += _task_rows(loaded, label, suite, task, out, embed_folder, run, result)
     write_jsonl(out / "results.jsonl", result.rows)
     write_json(out / "skipped.json", [dict(zip(("model", "task", "protocol", "reason"), s)) for s in result.skipped])
     write_leaderboard(result.rows, labels, out)
@@ -107,18 +109,17 @@ def _task_rows(
     task: Task,
     out: Path,
     embed_folder: EmbedFolder,
-    seeds: tuple[int, ...],
-    bootstrap: int,
-    batch_size: int,
+    run: tuple[tuple[int, ...], int, int, str],
     result: BenchOutput,
 ) -> list[dict[str, Any]]:
+    seeds, bootstrap, batch_size, precision = run
     data, key = data_sha256(task), model_key(loaded)
     embeddings: dict[str, Any] = {}
 
     def embedded(modality: str) -> Any:
         if modality not in embeddings:
             embeddings[modality] = cached_embeddings(
-                loaded, task, modality, out / "embeddings", embed_folder, batch_size, result.embedded
+                loaded, task, modality, out / "embeddings", embed_folder, batch_size, result.embedded, precision
             )
         return embeddings[modality]
 
@@ -138,7 +139,7 @@ def _task_rows(
                 "task": task.name,
                 "protocol": protocol,
                 "seed": seed,
-                "settings": {**options, "bootstrap": bootstrap},
+                "settings": {**options, "bootstrap": bootstrap, "precision": precision},
                 "data_sha256": data,
                 "convirt_version": convirt.__version__,
             }

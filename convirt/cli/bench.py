@@ -18,6 +18,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the seeded protocols (probes)")
     bench.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates of every 95%% CI")
     bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--accelerator", default="auto", help="where images are embedded: auto, cpu or gpu")
+    bench.add_argument(
+        "--precision",
+        default="32-true",
+        help="of the embeddings (default float32: the same numbers on every machine, as `convirt zeroshot` gives)",
+    )
     bench.add_argument("--data-root", default=".", help="the folder the suite's data paths are relative to")
     bench.set_defaults(run=run)
 
@@ -30,9 +36,11 @@ def run(args: argparse.Namespace) -> None:
     from convirt.training.predict import embed_to_folder
 
     suite = load_suite(args.suite, args.data_root)
-    # One process here (bench folders are small); `convirt embed --devices N` embeds at scale.
-    embed = partial(embed_to_folder, accelerator="cpu", devices=1)
-    result = run_bench(suite, args.model, args.output, embed, tuple(args.seeds), args.bootstrap, args.batch_size)
+    # One process (`convirt embed --devices N` embeds at scale into folders of the same format).
+    embed = partial(embed_to_folder, accelerator=args.accelerator, devices=1)
+    result = run_bench(
+        suite, args.model, args.output, embed, tuple(args.seeds), args.bootstrap, args.batch_size, args.precision
+    )
     for model, task, protocol, reason in result.skipped:
         print(f"skipped {model} / {task}{' / ' + protocol if protocol else ''}: {reason}")
     print(

@@ -108,7 +108,7 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert changed.embedded == [] and sorted(p.name for p in changed.computed) == ["knn-s0.json", "knn-s0.json"]
 
 
-def test_bench_command_prints_the_leaderboard(suite_file, tiny_checkpoint, tmp_path, capsys):
+def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "bench"
     assert (
         main(
@@ -128,6 +128,14 @@ def test_bench_command_prints_the_leaderboard(suite_file, tiny_checkpoint, tmp_p
     )
     printed = capsys.readouterr().out
     assert "| tiny.ckpt |" in printed and "skipped tiny.ckpt / absent" in printed
+    # The bench's zero-shot figures are those of `convirt zeroshot` on the same images (float32 both).
+    zeroshot = ["zeroshot", "--model", str(tiny_checkpoint), "--descriptors", "phantom", "--data", str(phantom_shards)]
+    assert main([*zeroshot, "--bootstrap", "20", "--output", str(tmp_path / "zs")]) == 0
+    alone = json.loads((tmp_path / "zs" / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    for method in ("descriptors", "names", "ensemble"):
+        bench = next(r["value"] for r in rows if r["metric"] == f"{method}/mean_auroc")
+        assert bench == pytest.approx(alone[method]["mean_auroc"], abs=1e-6)
 
 
 def test_suites_are_checked_when_read(tmp_path):
