@@ -74,6 +74,7 @@ HOMES = {
     "bench/cache": ["cached_embeddings", "data_sha256", "model_key"],
     "bench/runner": ["run_bench"],
     "bench/leaderboard": ["write_leaderboard"],
+    "bench/card": ["model_card", "bench_rows"],
     "zeroshot/metrics": ["mean_auroc_ci", "bootstrap_ci"],
     "losses/gather": ["gather_pairs", "gather_rows"],
     "training/grad_cache": ["grad_cache_step"],

@@ -11,7 +11,8 @@ from typing import Any
 from convirt._io import write_text
 
 
-def _cell(row: dict[str, Any] | None) -> str:
+def format_cell(row: dict[str, Any] | None) -> str:
+    """A result row's value with its 95% CI, ``0.953 [0.943, 0.961]``; ``n/a`` when undefined."""
     if row is None or row["value"] is None:
         return "n/a"
     ci = (
@@ -48,7 +49,7 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
         cells = []
         for task, protocol, _ in columns:
             row = best.get((model, task, protocol))
-            text = _cell(row)
+            text = format_cell(row)
             cells.append(
                 f"**{text}**" if row is not None and len(models) > 1 and row["value"] == top[task, protocol] else text
             )

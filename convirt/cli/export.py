@@ -11,6 +11,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="write a checkpoint as an open_clip folder (load with local-dir:)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument(
+        "--bench",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a `convirt bench` output folder: its results for these weights go into the model card (repeatable)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -28,7 +35,12 @@ def run(args: argparse.Namespace) -> None:
     folder = export_open_clip(
         loaded.model, loaded.model_name, loaded.tokenizer, args.output, provenance=model_fingerprint(loaded)
     )
+    from convirt._io import write_text
+    from convirt.bench.card import bench_rows, model_card
+
+    rows = bench_rows(loaded, args.bench)
+    write_text(folder / "README.md", model_card(loaded, folder, rows))
     print(
-        f"exported {loaded.model_name} -> {folder}\n"
+        f"exported {loaded.model_name} -> {folder} (model card README.md, {len(rows)} bench result rows)\n"
         f"load with: open_clip.create_model_and_transforms('local-dir:{folder}')"
     )

@@ -136,6 +136,15 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
     for method in ("descriptors", "names", "ensemble"):
         bench = next(r["value"] for r in rows if r["metric"] == f"{method}/mean_auroc")
         assert bench == pytest.approx(alone[method]["mean_auroc"], abs=1e-6)
+    # The exported model's card carries these results (the rows of its own weights), not typed-in figures.
+    exported = tmp_path / "exported"
+    assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(out)]) == 0
+    card = (exported / "README.md").read_text()
+    headline = next(r for r in rows if r["metric"] == "descriptors/mean_auroc")
+    value = f"{headline['value']:.3f} [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
+    assert f"| tiny (2) | phantom | zeroshot | descriptors/mean_auroc | {value} |" in card
+    assert "local-dir:" in card and "not a diagnostic device" in card
+    assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(tmp_path)]) != 0
 
 
 def test_suites_are_checked_when_read(tmp_path):
