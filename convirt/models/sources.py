@@ -141,13 +141,17 @@ def _open_clip_weights(name: str) -> Path | None:
     if name.startswith(OPEN_CLIP):
         tag = name.partition("@")[2]
         return Path(tag) if tag and Path(tag).is_file() else None
-    if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:") :])
-        files = sorted(p for p in folder.glob("*") if p.suffix in _WEIGHT_SUFFIXES)
-        # open_clip prefers safetensors, then its own file names (open_clip.factory._find_checkpoint_in_dir).
-        files.sort(key=lambda p: (p.suffix != ".safetensors", not p.name.startswith("open_clip")))
-        return files[0] if files else None
-    return None
+    return _folder_weights(name)
+
+
+def _folder_weights(name: str) -> Path | None:
+    """The weights file of a ``local-dir:`` folder (open_clip's or timm's), as their loaders pick it:
+    safetensors first, then their own file names (open_clip.factory._find_checkpoint_in_dir)."""
+    if not name.startswith("local-dir:"):
+        return None
+    files = sorted(p for p in Path(name[len("local-dir:") :]).glob("*") if p.suffix in _WEIGHT_SUFFIXES)
+    files.sort(key=lambda p: (p.suffix != ".safetensors", not p.name.startswith("open_clip")))
+    return files[0] if files else None
 
 
 def _load_timm(name: str) -> LoadedModel:
@@ -175,15 +179,9 @@ def _load_timm(name: str) -> LoadedModel:
         "interpolation": config.get("interpolation", "bicubic"),
         "resize_mode": "shortest",
     }
-    sha = file_sha256(weights) if weights else _timm_folder_weights(spec)
+    local = Path(weights) if weights else _folder_weights(spec)
+    sha = file_sha256(local) if local else None
     return _loaded(ImageOnlyEncoder(trunk), None, f"{TIMM}{spec}", name, sha, preprocess)
-
-
-def _timm_folder_weights(spec: str) -> str | None:
-    if not spec.startswith("local-dir:"):
-        return None
-    files = sorted(p for p in Path(spec[len("local-dir:") :]).glob("*") if p.suffix in _WEIGHT_SUFFIXES)
-    return file_sha256(files[0]) if files else None
 
 
 def _offline(name: str, error: Exception) -> PretrainedUnavailableError:
