@@ -35,11 +35,20 @@ def _digest(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def data_files(task: Task) -> dict[str, str]:
+    """The SHA-256 of each file that says what a task evaluates, by file name: the shard manifest or
+    label table, and the split file; two users with equal hashes evaluated the same images and labels."""
+    table = task.data / "manifest.json" if task.data.is_dir() else task.data
+    files = [path for path in (table, task.split_file) if path is not None and path.is_file()]
+    return {path.name: file_sha256(path) for path in files}
+
+
 def data_sha256(task: Task) -> str:
-    """What identifies a task's images: the manifest or table bytes, the split and the filter."""
-    source = task.data / "manifest.json" if task.data.is_dir() else task.data
-    content = file_sha256(source) if source.is_file() else str(sorted(p.name for p in task.data.iterdir()))
-    return _digest({"content": content, "split": task.split, "where": task.where})
+    """What identifies a task's samples and labels: its files' hashes (an image folder: its file
+    names), the split, the filter and the label policy."""
+    content: object = data_files(task) or str(sorted(p.name for p in task.data.iterdir()))
+    policy = {"format": task.label_format, "uncertain": task.uncertain, "images": str(task.images or "")}
+    return _digest({"content": content, "split": task.split, "where": task.where, "labels": policy})
 
 
 def model_key(loaded: LoadedModel) -> str:
@@ -74,10 +83,9 @@ def cached_embeddings(
                 loaded.preprocess_cfg,
                 loaded.tokenizer,
                 batch_size,
-                split=task.split,
-                where=task.where or None,
                 skip_keys=done,
                 texts_only=modality == "text",
+                **task.input_options(),
             )
 
         embed_folder(loaded.model, batches, folder, model_fingerprint(loaded), modality, precision=precision)

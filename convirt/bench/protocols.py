@@ -20,12 +20,13 @@ from convirt.data.schema import finding_set
 from convirt.data.stream import text_group
 from convirt.embeddings.encode import EmbeddingOutput
 from convirt.models.checkpoint import LoadedModel
-from convirt.retrieval import build_index, image_text_recall, knn_scores, retrieval_metrics, search
-from convirt.retrieval.metrics import same_patient_exclusions
+from convirt.retrieval import build_index, image_text_recall, knn_scores, search
+from convirt.retrieval.metrics import per_query_retrieval, same_patient_exclusions
 from convirt.zeroshot import Method, load_descriptors
 from convirt.zeroshot.evaluate import evaluate_zeroshot
-from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci
+from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci, mean_ci
 from convirt.zeroshot.probe import probe_embedded
+from convirt.zeroshot.robustness import score_phrasings
 
 NAN = float("nan")
 Rows = list[dict[str, Any]]
@@ -85,6 +86,38 @@ def zeroshot(
     return rows
 
 
+def prompts(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Prompt robustness: every phrasing of each finding scored alone; the mean AUROC over all
+    (finding, phrasing) pairs with its CI, then the mean over findings of the worst and the best."""
+    loaded.require_text("prompt robustness")
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs prompts but names no descriptor set (descriptors:)")
+    descriptors = load_descriptors(task.descriptors)
+    names = finding_names(task, images)
+    labels = label_matrix(images.meta, names, mark_uncertain=True)
+    scored = score_phrasings(loaded.model, loaded.tokenizer, descriptors, images.embeddings, labels, names)
+    columns = np.concatenate([np.repeat(labels[:, [f]], s.shape[1], axis=1) for f, s in enumerate(scored.scores)], 1)
+    every = np.concatenate(scored.scores, axis=1)
+    summary = scored.summary()
+    n = len(images.keys)
+    rows = [
+        _row(
+            "mean_auroc",
+            float(np.nanmean(np.concatenate(scored.aurocs))),
+            mean_auroc_ci(columns, every, bootstrap, seed),
+            n,
+        )
+    ]
+    for metric, key in (("worst_auroc", "min"), ("best_auroc", "max")):
+        rows.append(_row(metric, float(np.nanmean([summary[name][key] for name in names])), n=n))
+    for name in names:
+        for key in ("mean", "min", "max"):
+            rows.append(_row(f"auroc_{key}/{name}", summary[name][key], n=n))
+    return rows
+
+
 def _neighbours(images: EmbeddingOutput, depth: int) -> tuple[np.ndarray, np.ndarray, list[set[int]]]:
     """Exact neighbours of every image among the others, and per image the ids left out (itself, its patient)."""
     index, _ = build_index(images.embeddings, "Flat")
@@ -101,8 +134,8 @@ def knn(
     k = int(options.get("k", 10))
     names = finding_names(task, images)
     similarities, ids, exclude = _neighbours(images, k)
-    labels = label_matrix(images.meta, names)
-    scores = knn_scores(ids, similarities, labels, k, exclude)
+    labels = label_matrix(images.meta, names, mark_uncertain=True)
+    scores = knn_scores(ids, similarities, np.clip(labels, 0, None), k, exclude)  # an uncertain neighbour votes no
     return _auroc_rows(f"k{k}/", labels, scores, names, bootstrap, seed)
 
 
@@ -111,26 +144,30 @@ def retrieval(
 ) -> Rows:
     k = int(options.get("k", 5))
     _, ids, exclude = _neighbours(images, k)
+    # Relevant: the same findings, among the task's labels where it names them (NIH co-labels aside).
+    named = set(task.labels or ())
     sets = [finding_set(m.get("labels", [])) for m in images.meta]
-    result = retrieval_metrics(ids, sets, sets, k, exclude)
-    n = int(result["queries"])
-    return [
-        _row(f"map_at_{k}", result[f"map_at_{k}"], n=n),
-        _row(f"precision_at_{k}", result[f"precision_at_{k}"], n=n),
-    ]
+    sets = [frozenset(s & named) for s in sets] if named else sets
+    per = per_query_retrieval(ids, sets, sets, k, exclude)
+    rows = []
+    for metric, values in (("map", per["average_precision"]), ("precision", per["precision"])):
+        counted = int((~np.isnan(values)).sum())  # mAP counts the queries that have a relevant item
+        rows.append(_row(f"{metric}_at_{k}", np.nanmean(values), mean_ci(values, bootstrap, seed), counted))
+    return rows
 
 
 def probe(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
 ) -> Rows:
     fractions = [float(f) for f in options.get("fractions", (0.01, 0.1, 1.0))]
+    probes = tuple(options.get("probes", ("linear", "knn")))
     names = finding_names(task, images)
-    _, outputs = probe_embedded(images, names, fractions, ("linear",), seed=seed, bootstrap=bootstrap)
+    _, outputs = probe_embedded(images, names, fractions, probes, seed=seed, bootstrap=bootstrap)
     labels = label_matrix(images.meta, names)
     rows: Rows = []
-    for output in sorted(outputs, key=lambda o: -o.fraction):
+    for output in sorted(outputs, key=lambda o: (probes.index(o.probe), -o.fraction)):
         scored = np.nan_to_num(output.probabilities, nan=0.5)  # an unfittable fold scores as chance, as in probe
-        rows += _auroc_rows(f"linear@{output.fraction:g}/", labels, scored, names, bootstrap, seed)
+        rows += _auroc_rows(f"{output.probe}@{output.fraction:g}/", labels, scored, names, bootstrap, seed)
     return rows
 
 
@@ -145,26 +182,32 @@ def image_text(
 ) -> Rows:
     loaded.require_text("image<->text recall")
     result = image_text_recall(
-        images.embeddings, [text_group(t) for t in images.texts], texts.embeddings, [text_group(t) for t in texts.texts]
+        images.embeddings,
+        [text_group(t) for t in images.texts],
+        texts.embeddings,
+        [text_group(t) for t in texts.texts],
+        per_query=True,
     )
     rows: Rows = []
     for way in ("image_to_text", "text_to_image"):
-        n = len(images.keys) if way == "image_to_text" else len(texts.keys)
-        for key in sorted(
-            (key for key in result[way] if key.startswith("recall_at_")), key=lambda key: key != "recall_at_5"
-        ):
-            rows.append(_row(f"{way}/{key}", result[way][key], n=n))
+        hits = result["per_query"][way]
+        for key in sorted(hits, key=lambda key: key != "recall_at_5"):
+            found = hits[key].astype(float)
+            rows.append(_row(f"{way}/{key}", found.mean(), mean_ci(found, bootstrap, seed), len(found)))
     return rows
 
 
 Protocol = Callable[..., Rows]
 PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "zeroshot": zeroshot,
+    "prompts": prompts,
     "knn": knn,
     "retrieval": retrieval,
     "probe": probe,
     "image_text": image_text,
 }
-NEEDS_TEXTS = {"image_text"}
+NEEDS_TEXTS = {"image_text"}  # protocols that read the task's report embeddings
+NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text"}  # refused on an image-only encoder
 # The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
-# mean AUROC, kNN's mean AUROC, mAP@k, the probe's mean AUROC with all labels, image->text R@5.
+# mean AUROC over phrasings, kNN's mean AUROC, mAP@k, the linear probe's mean AUROC with all labels,
+# image->text R@5.

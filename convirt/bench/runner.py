@@ -17,12 +17,15 @@ from typing import Any
 
 import convirt
 from convirt._io import write_json, write_jsonl
-from convirt.bench.cache import EmbedFolder, cached_embeddings, data_sha256, model_key
+from convirt.bench.cache import EmbedFolder, cached_embeddings, data_files, data_sha256, model_key
 from convirt.bench.leaderboard import write_leaderboard
-from convirt.bench.protocols import NEEDS_TEXTS, PROTOCOL_FUNCTIONS
+from convirt.bench.leakage import audit, cached_signatures, training_task, without
+from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS
 from convirt.bench.suite import Suite, Task
+from convirt.data.inputs import is_shard_folder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.sources import load_model
+from convirt.retrieval.duplicates import NEAR_THRESHOLD
 
 # Protocols whose result depends on the seed beyond its bootstrap (the probes' folds); the others run once.
 SEEDED = {"probe"}
@@ -57,6 +60,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:48] or "model"
 
 
+@dataclass(frozen=True)
+class BenchSettings:
+    """How a bench run evaluates (see :func:`run_bench`)."""
+
+    seeds: tuple[int, ...] = (0,)
+    bootstrap: int = 1000
+    batch_size: int = 64
+    precision: str = "32-true"
+    train_shards: str | None = None
+    exclude_leaked: bool = False
+
+
 def run_bench(
     suite: Suite,
     sources: list[str],
@@ -66,6 +81,8 @@ def run_bench(
     bootstrap: int = 1000,
     batch_size: int = 64,
     precision: str = "32-true",
+    train_shards: str | os.PathLike[str] | None = None,
+    exclude_leaked: bool = False,
 ) -> BenchOutput:
     """Run every task and protocol of ``suite`` for each model source, reusing what ``output`` holds.
 
@@ -78,28 +95,53 @@ def run_bench(
         bootstrap: Replicates of every CI.
         precision: Of the embeddings: float32 by default, so that a result is the same on every
             machine and equals what `convirt zeroshot` / `convirt probe` give.
+        train_shards: The shard folder every model was trained on, for the leakage audit; by
+            default each `convirt fit` checkpoint's own (recorded in it), none for other sources.
+        exclude_leaked: Leave the test images found in a model's training shards out of its
+            other protocols on that task.
 
     Raises:
-        ValueError: No model, or two sources with the same label.
+        ValueError: No model, two sources with the same label, or training shards that are not a shard folder.
     """
     if not sources:
         raise ValueError("name at least one model (--model SOURCE)")
     labels = [model_label(source) for source in sources]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two models share a name in {labels}: pass paths that differ in their last part")
+    if train_shards is not None and not is_shard_folder(train_shards):
+        raise ValueError(f"--train-shards {train_shards}: not a shard folder (no manifest.json)")
+    settings = BenchSettings(
+        seeds, bootstrap, batch_size, precision, str(train_shards) if train_shards else None, exclude_leaked
+    )
     out, result = Path(output), BenchOutput()
     for source, label in zip(sources, labels):
         loaded = load_model(source)
+        shards = settings.train_shards or _recorded_shards(loaded)
         for task in suite.tasks:
             if not task.available:
-                result.skipped.append((label, task.name, "", f"no data at {task.data}: {task.obtain}"))
+                result.skipped.append((label, task.name, "", f"no data at {task.missing}: {task.obtain}"))
                 continue
-            run = (seeds, bootstrap, batch_size, precision)
-            result.rows += _task_rows(loaded, label, suite, task, out, embed_folder, run, result)
+            result.rows += _task_rows(loaded, label, suite, task, out, embed_folder, settings, shards, result)
     write_jsonl(out / "results.jsonl", result.rows)
     write_json(out / "skipped.json", [dict(zip(("model", "task", "protocol", "reason"), s)) for s in result.skipped])
     write_leaderboard(result.rows, labels, out)
     return result
+
+
+def _recorded_shards(loaded: LoadedModel) -> str | None:
+    """The training shards a checkpoint records, where they are on this machine."""
+    recorded = loaded.run.get("train_shards")
+    return str(recorded) if recorded and is_shard_folder(recorded) else None
+
+
+def _stored(path: Path, about: dict[str, Any], compute: Any, result: BenchOutput) -> dict[str, Any]:
+    """The result file at ``path`` when it was made for ``about``, else ``compute()``'s, written there."""
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if stored is None or stored.get("about") != about:
+        stored = {"about": about, **compute()}
+        write_json(path, stored)
+        result.computed.append(path)
+    return stored
 
 
 def _task_rows(
@@ -109,46 +151,78 @@ def _task_rows(
     task: Task,
     out: Path,
     embed_folder: EmbedFolder,
-    run: tuple[tuple[int, ...], int, int, str],
+    settings: BenchSettings,
+    train_shards: str | None,
     result: BenchOutput,
 ) -> list[dict[str, Any]]:
-    seeds, bootstrap, batch_size, precision = run
-    data, key = data_sha256(task), model_key(loaded)
-    embeddings: dict[str, Any] = {}
+    key = model_key(loaded)
+    folder = out / "results" / f"{_slug(label)}-{key[:8]}" / task.name
+    base = {
+        "model": label,
+        "source": loaded.source,
+        "model_key": key,
+        "suite": suite.name,
+        "suite_version": suite.version,
+        "task": task.name,
+        "data_sha256": data_sha256(task),
+        "data_files": data_files(task),
+        "label_policy": task.label_policy or f"uncertain labels: {task.uncertain}",
+        "convirt_version": convirt.__version__,
+    }
+    cache: dict[tuple[str, str], Any] = {}
 
-    def embedded(modality: str) -> Any:
-        if modality not in embeddings:
-            embeddings[modality] = cached_embeddings(
-                loaded, task, modality, out / "embeddings", embed_folder, batch_size, result.embedded, precision
+    def embedded(modality: str, of: Task = task) -> Any:
+        if (of.name, modality) not in cache:
+            cache[of.name, modality] = cached_embeddings(
+                loaded,
+                of,
+                modality,
+                out / "embeddings",
+                embed_folder,
+                settings.batch_size,
+                result.embedded,
+                settings.precision,
             )
-        return embeddings[modality]
+        return cache[of.name, modality]
 
     rows: list[dict[str, Any]] = []
+    leaked: set[str] = set()
+    if train_shards:
+        train = training_task(train_shards)
+        about = {**base, "protocol": "leakage", "seed": 0, "train_data_sha256": data_sha256(train)}
+        about["settings"] = {"threshold": NEAR_THRESHOLD, "precision": settings.precision}
+
+        def compute_audit() -> dict[str, Any]:
+            test_signed, train_signed = (cached_signatures(t, out / "signatures") for t in (task, train))
+            return audit(test_signed, train_signed, embedded("image"), embedded("image", train))
+
+        stored = _stored(folder / "leakage-s0.json", about, compute_audit, result)
+        rows += [{**about, **row} for row in stored["rows"]]
+        if settings.exclude_leaked:
+            leaked = {pair["test_key"] for pair in stored["pairs"]}
+
+    def evaluated(modality: str) -> Any:
+        return without(embedded(modality), leaked) if leaked else embedded(modality)
+
     for protocol, options in task.protocols.items():
-        if not loaded.has_text and (protocol in NEEDS_TEXTS or protocol == "zeroshot"):
+        if not loaded.has_text and protocol in NEEDS_TEXT_TOWER:
             result.skipped.append((label, task.name, protocol, "an image-only encoder has no text tower"))
             continue
-        for seed in seeds if protocol in SEEDED else seeds[:1]:
-            path = out / "results" / f"{_slug(label)}-{key[:8]}" / task.name / f"{protocol}-s{seed}.json"
+        for seed in settings.seeds if protocol in SEEDED else settings.seeds[:1]:
             about = {
-                "model": label,
-                "source": loaded.source,
-                "model_key": key,
-                "suite": suite.name,
-                "suite_version": suite.version,
-                "task": task.name,
+                **base,
                 "protocol": protocol,
                 "seed": seed,
-                "settings": {**options, "bootstrap": bootstrap, "precision": precision},
-                "data_sha256": data,
-                "convirt_version": convirt.__version__,
+                "settings": {**options, "bootstrap": settings.bootstrap, "precision": settings.precision},
             }
-            stored = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-            if stored is None or stored.get("about") != about:
-                texts = embedded("text") if protocol in NEEDS_TEXTS else None
-                found = PROTOCOL_FUNCTIONS[protocol](loaded, task, options, embedded("image"), texts, seed, bootstrap)
-                stored = {"about": about, "rows": found}
-                write_json(path, stored)
-                result.computed.append(path)
+            if leaked:
+                about["excluded_leaked"] = sorted(leaked)
+
+            def compute(protocol: str = protocol, options: dict = options, seed: int = seed) -> dict[str, Any]:
+                texts = evaluated("text") if protocol in NEEDS_TEXTS else None
+                function = PROTOCOL_FUNCTIONS[protocol]
+                return {"rows": function(loaded, task, options, evaluated("image"), texts, seed, settings.bootstrap)}
+
+            stored = _stored(folder / f"{protocol}-s{seed}.json", about, compute, result)
             rows += [{**about, **row} for row in stored["rows"]]
     return rows

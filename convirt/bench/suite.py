@@ -15,12 +15,23 @@ from typing import Any
 import yaml
 
 SUITES = Path(__file__).parent / "suites"
-PROTOCOLS = ("zeroshot", "knn", "retrieval", "probe", "image_text")
+PROTOCOLS = ("zeroshot", "prompts", "knn", "retrieval", "probe", "image_text")
+UNCERTAIN = ("zeros", "ones", "ignore")
 
 
 @dataclass
 class Task:
-    """One dataset of a suite and the protocols run on it."""
+    """One dataset of a suite and the protocols run on it.
+
+    Attributes:
+        data: A shard folder (its ``split`` is read), a label table or an image folder.
+        split: The shard split; for a table, the name of the split its ``split_file`` lists.
+        split_file: The file the archive distributes to name its test images (ChestX-ray14's
+            ``test_list.txt``); only the listed rows of the table are evaluated.
+        label_format, images: How the table is read (:func:`convirt.data.labels.read_label_rows`).
+        uncertain: The label policy for uncertain (CheXpert ``-1``) labels: zeros, ones or ignore.
+        label_policy: The policy in words, as the suite writes it down (shown with the results).
+    """
 
     name: str
     data: Path
@@ -30,11 +41,33 @@ class Task:
     where: dict[str, str] = field(default_factory=dict)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     obtain: str = ""
+    split_file: Path | None = None
+    label_format: str = "auto"
+    images: Path | None = None
+    uncertain: str = "zeros"
+    label_policy: str = ""
 
     @property
     def available(self) -> bool:
-        """Whether its data is on this machine."""
-        return self.data.exists()
+        """Whether its data (and split file) are on this machine."""
+        return self.data.exists() and (self.split_file is None or self.split_file.is_file())
+
+    @property
+    def missing(self) -> Path:
+        """The first of its files that is absent."""
+        return self.data if not self.data.exists() else self.split_file or self.data
+
+    def input_options(self) -> dict[str, Any]:
+        """The options of :func:`convirt.data.inputs.build_eval_batches` that select its samples."""
+        options: dict[str, Any] = {"split": self.split, "where": self.where or None}
+        if not (self.data / "manifest.json").is_file():
+            options.update(
+                label_format=self.label_format,
+                images=str(self.images) if self.images else None,
+                uncertain=self.uncertain,
+                split_file=self.split_file,
+            )
+        return options
 
 
 @dataclass
@@ -76,10 +109,17 @@ def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
             raise ValueError(
                 f"{path}: task {entry['name']!r} names unknown protocols {unknown}; known: {list(PROTOCOLS)}"
             )
+        if entry.get("uncertain", "zeros") not in UNCERTAIN:
+            raise ValueError(f"{path}: task {entry['name']!r}: uncertain must be one of {list(UNCERTAIN)}")
         tasks.append(
             Task(
                 name=str(entry["name"]),
                 data=Path(root) / str(entry["data"]),
+                split_file=Path(root) / str(entry["split_file"]) if entry.get("split_file") else None,
+                label_format=str(entry.get("label_format", "auto")),
+                images=Path(root) / str(entry["images"]) if entry.get("images") else None,
+                uncertain=str(entry.get("uncertain", "zeros")),
+                label_policy=str(entry.get("label_policy", "")),
                 split=str(entry.get("split", "test")),
                 descriptors=entry.get("descriptors"),
                 labels=entry.get("labels"),

@@ -25,6 +25,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="of the embeddings (default float32: the same numbers on every machine, as `convirt zeroshot` gives)",
     )
     bench.add_argument("--data-root", default=".", help="the folder the suite's data paths are relative to")
+    bench.add_argument(
+        "--train-shards",
+        help="leakage audit: the shard folder the models were trained on (default: each fit checkpoint's own)",
+    )
+    bench.add_argument(
+        "--exclude-leaked",
+        action="store_true",
+        help="leave test images found in a model's training shards out of its other protocols",
+    )
     bench.set_defaults(run=run)
 
 
@@ -39,7 +48,16 @@ def run(args: argparse.Namespace) -> None:
     # One process (`convirt embed --devices N` embeds at scale into folders of the same format).
     embed = partial(embed_to_folder, accelerator=args.accelerator, devices=1)
     result = run_bench(
-        suite, args.model, args.output, embed, tuple(args.seeds), args.bootstrap, args.batch_size, args.precision
+        suite,
+        args.model,
+        args.output,
+        embed,
+        tuple(args.seeds),
+        args.bootstrap,
+        args.batch_size,
+        args.precision,
+        args.train_shards,
+        args.exclude_leaked,
     )
     for model, task, protocol, reason in result.skipped:
         print(f"skipped {model} / {task}{' / ' + protocol if protocol else ''}: {reason}")

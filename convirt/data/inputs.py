@@ -55,6 +55,31 @@ def metadata_matches(meta: dict[str, Any], where: dict[str, str]) -> bool:
     return True
 
 
+def read_split_file(path: str | os.PathLike[str]) -> set[str]:
+    """The image file names a split file lists, as archives distribute them.
+
+    Each line names one image: its first token with an image suffix, so ChestX-ray14's
+    ``test_list.txt`` (a bare name per line) and COVIDx's ``test.txt`` (``patient file class
+    source``) both read; a path keeps its last part. Blank lines and ``#`` comments are skipped.
+
+    Raises:
+        FileNotFoundError: No file at ``path``.
+        ValueError: No line names an image.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"split file not found: {source}")
+    names = set()
+    for line in source.read_text(encoding="utf-8").splitlines():
+        tokens = [t.strip(",") for t in line.split("#", 1)[0].replace(",", " ").split()]
+        name = next((t for t in tokens if Path(t).suffix.lower() in IMAGE_SUFFIXES), None)
+        if name:
+            names.add(Path(name).name)
+    if not names:
+        raise ValueError(f"{source} names no image file ({', '.join(IMAGE_SUFFIXES)}), one per line")
+    return names
+
+
 def is_shard_folder(path: str | os.PathLike[str]) -> bool:
     """A folder written by :func:`convirt.data.writer.write_shards` (it holds a manifest)."""
     return (Path(path) / MANIFEST).is_file()
@@ -66,17 +91,19 @@ def read_image_rows(
     label_format: str = "auto",
     images: str | None = None,
     uncertain: str = "zeros",
+    split_file: str | os.PathLike[str] | None = None,
 ) -> list[Row]:
     """Rows of a label table or of every image under a folder.
 
     A table is read by :func:`convirt.data.labels.read_label_rows` (generic CSV with an ``image``
     column, CheXpert or NIH ``Data_Entry_2017``; ``label_format``, ``images`` and ``uncertain``
     are passed on). Folder rows are sorted by path; their key is the relative path, their
-    patient the key.
+    patient the key. With ``split_file`` (:func:`read_split_file`), only the rows whose image
+    file name it lists are kept: the official split, named by the file its archive distributes.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or a folder holds no image.
-        ValueError: No row is left after the ``where`` filter; the message names the filter.
+        FileNotFoundError: ``path`` or ``split_file`` does not exist, or a folder holds no image.
+        ValueError: No row is left after the ``where`` filter or the split file; the message says which.
     """
     source = Path(path)
     if source.is_file():
@@ -91,6 +118,11 @@ def read_image_rows(
             rows.append(Row(key=key, image_path=str(file), text="", patient_id=key, source=source.name))
     else:
         raise FileNotFoundError(f"no such file or folder: {source}")
+    if split_file is not None:
+        listed = read_split_file(split_file)
+        rows = [row for row in rows if Path(row.image_path).name in listed]
+        if not rows:
+            raise ValueError(f"no image of {source} is listed in {split_file}")
     if where:
         rows = [row for row in rows if metadata_matches({**row.metadata(), "split": row.split or ""}, where)]
         if not rows:
@@ -143,6 +175,7 @@ def build_input_batches(
     images: str | None = None,
     uncertain: str = "zeros",
     texts_only: bool = False,
+    split_file: str | os.PathLike[str] | None = None,
 ) -> Iterable[dict[str, Any]]:
     """Batch dicts (as :func:`convirt.data.stream.build_batches` makes them) of any input, in order.
 
@@ -161,7 +194,8 @@ def build_input_batches(
         num_workers: Data-loader processes.
         split_by_rank: Shards only: each distributed rank reads its own shards. (A CSV or
             folder is split by the caller's sampler instead.)
-        label_format, images, uncertain: How to read a label table (see :func:`read_image_rows`).
+        label_format, images, uncertain, split_file: How to read a label table and which of
+            its rows (see :func:`read_image_rows`); a shard folder carries its own split.
 
     Returns:
         A :class:`torch.utils.data.DataLoader` over the batches; for a CSV or folder its
@@ -170,6 +204,8 @@ def build_input_batches(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if is_shard_folder(path):
+        if split_file is not None:
+            raise ValueError(f"{path} is a shard folder: it carries its own split (split=...), not a split file")
         if not texts_only:
             require_images(path)
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
@@ -184,7 +220,7 @@ def build_input_batches(
             split_by_rank=split_by_rank,
         )
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
-    rows = read_image_rows(path, where, label_format, images, uncertain)
+    rows = read_image_rows(path, where, label_format, images, uncertain, split_file)
     if skip_keys:
         rows = [row for row in rows if row.key not in skip_keys]
     pad_id = pad_id_of(tokenizer)
@@ -209,7 +245,7 @@ def build_eval_batches(
 
     Each sample comes once and in order. ``options`` are those of :func:`build_input_batches`
     (``split``, ``where``, ``skip_keys``, ``num_workers``, ``split_by_rank``, ``label_format``,
-    ``images``, ``uncertain``, ``texts_only``).
+    ``images``, ``uncertain``, ``split_file``, ``texts_only``).
     """
     from convirt.data.transforms import clean_report, image_transform_for
 

@@ -95,20 +95,30 @@ def load_checkpoint(
         checkpoint=str(path),
         embed_dim=embed_dim_of(hparams["model_name"]),
         source=str(path),
-        run=dict(state.get("convirt_run") or {}),
+        run=_run_of(state),
     )
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
-    """How a ``convirt fit`` checkpoint was trained (precision, device, world size, CPU), without
-    building its model; ``{}`` for a checkpoint from before this was recorded.
+    """How a ``convirt fit`` checkpoint was trained (precision, device, world size, CPU, training
+    shards), without building its model; ``{}`` for a checkpoint from before this was recorded.
 
     Raises:
         FileNotFoundError: No file at ``path``.
         ValueError: The file is not a readable checkpoint.
     """
     state = _read_state(Path(path))
-    return dict(state.get("convirt_run") or {}) if isinstance(state, dict) else {}
+    return _run_of(state) if isinstance(state, dict) else {}
+
+
+def _run_of(state: dict[str, Any]) -> dict[str, Any]:
+    """What ``convirt fit`` recorded, plus ``train_shards``: the shard folder its data module read
+    (as the config named it, relative to where the run started), for the leakage audit."""
+    run = dict(state.get("convirt_run") or {})
+    shards = (state.get("datamodule_hyper_parameters") or {}).get("shards")
+    if shards:
+        run["train_shards"] = str(shards)
+    return run
 
 
 def _read_state(path: Path) -> Any:

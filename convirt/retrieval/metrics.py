@@ -30,6 +30,45 @@ def _kept(ids: np.ndarray, excluded: set[int], k: int, row: int) -> list[int]:
     return kept
 
 
+def per_query_retrieval(
+    neighbour_ids: np.ndarray,
+    query_sets: Sequence[frozenset[str]],
+    index_sets: Sequence[frozenset[str]],
+    k: int,
+    exclude: Sequence[set[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each query's precision@k, average precision@k and recall@k (arguments as
+    :func:`retrieval_metrics`); the last two are NaN for a query with no relevant item, so that a
+    bootstrap over queries can resample them.
+
+    Raises:
+        ValueError: Shapes do not match, no queries, or fewer than ``k`` candidates remain.
+    """
+    if neighbour_ids.shape[0] != len(query_sets):
+        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(query_sets)} queries")
+    if len(query_sets) == 0:
+        raise ValueError("no queries")
+    exclude = exclude if exclude is not None else [set() for _ in query_sets]
+    totals = Counter(index_sets)
+    shape = (len(query_sets),)
+    precision, average_precision, recall = np.zeros(shape), np.full(shape, np.nan), np.full(shape, np.nan)
+    for row, ids in enumerate(neighbour_ids):
+        target = query_sets[row]
+        hits = np.array([index_sets[i] == target for i in _kept(ids, exclude[row], k, row)], dtype=float)
+        precision[row] = hits.mean()
+        relevant = totals[target] - sum(1 for i in exclude[row] if i < len(index_sets) and index_sets[i] == target)
+        if relevant > 0:
+            precision_at_i = np.cumsum(hits) / np.arange(1, k + 1)
+            average_precision[row] = float((precision_at_i * hits).sum() / min(relevant, k))
+            recall[row] = float(hits.sum() / relevant)
+    return {"precision": precision, "average_precision": average_precision, "recall": recall}
+
+
+def _nanmean(values: np.ndarray) -> float:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if len(kept) else float("nan")
+
+
 def retrieval_metrics(
     neighbour_ids: np.ndarray,
     query_sets: Sequence[frozenset[str]],
@@ -55,31 +94,13 @@ def retrieval_metrics(
     Raises:
         ValueError: Shapes do not match, no queries, or fewer than ``k`` candidates remain.
     """
-    if neighbour_ids.shape[0] != len(query_sets):
-        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(query_sets)} queries")
-    if len(query_sets) == 0:
-        raise ValueError("no queries")
-    exclude = exclude if exclude is not None else [set() for _ in query_sets]
-    totals = Counter(index_sets)
-    precisions, average_precisions, recalls = [], [], []
-    without_relevant = 0
-    for row, ids in enumerate(neighbour_ids):
-        target = query_sets[row]
-        hits = np.array([index_sets[i] == target for i in _kept(ids, exclude[row], k, row)], dtype=float)
-        precisions.append(hits.mean())
-        relevant = totals[target] - sum(1 for i in exclude[row] if i < len(index_sets) and index_sets[i] == target)
-        if relevant <= 0:
-            without_relevant += 1
-            continue
-        precision_at_i = np.cumsum(hits) / np.arange(1, k + 1)
-        average_precisions.append(float((precision_at_i * hits).sum() / min(relevant, k)))
-        recalls.append(float(hits.sum() / relevant))
+    per = per_query_retrieval(neighbour_ids, query_sets, index_sets, k, exclude)
     return {
-        f"precision_at_{k}": float(np.mean(precisions)),
-        f"map_at_{k}": float(np.mean(average_precisions)) if average_precisions else float("nan"),
-        f"recall_at_{k}": float(np.mean(recalls)) if recalls else float("nan"),
+        f"precision_at_{k}": float(per["precision"].mean()),
+        f"map_at_{k}": _nanmean(per["average_precision"]),
+        f"recall_at_{k}": _nanmean(per["recall"]),
         "queries": len(query_sets),
-        "queries_without_relevant": without_relevant,
+        "queries_without_relevant": int(np.isnan(per["recall"]).sum()),
     }
 
 
@@ -99,6 +120,27 @@ def label_precision_at_k(
     return float(retrieval_metrics(neighbour_ids, query_sets, index_sets, k, exclude)[f"precision_at_{k}"])
 
 
+def per_query_recall(
+    neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, np.ndarray]:
+    """Per query and cut-off, whether a target is among its top ``k`` (``recall_at_K``: ``(Q,)``
+    booleans); arguments and errors as :func:`recall_at_ks`."""
+    if neighbour_ids.shape[0] != len(targets):
+        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(targets)} queries")
+    if len(targets) == 0:
+        raise ValueError("no queries")
+    if any(not target for target in targets):
+        raise ValueError("every query needs at least one target")
+    if neighbour_ids.shape[1] < max(ks):
+        raise ValueError(f"{neighbour_ids.shape[1]} neighbours per query, fewer than k={max(ks)}")
+    return {
+        f"recall_at_{k}": np.array(
+            [bool(targets[q] & {int(i) for i in row[:k]}) for q, row in enumerate(neighbour_ids)]
+        )
+        for k in ks
+    }
+
+
 def recall_at_ks(
     neighbour_ids: np.ndarray, targets: Sequence[set[int]], ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, float]:
@@ -116,20 +158,7 @@ def recall_at_ks(
     Raises:
         ValueError: Shapes disagree, no queries, a query without target, or too few columns.
     """
-    if neighbour_ids.shape[0] != len(targets):
-        raise ValueError(f"{neighbour_ids.shape[0]} result rows for {len(targets)} queries")
-    if len(targets) == 0:
-        raise ValueError("no queries")
-    if any(not target for target in targets):
-        raise ValueError("every query needs at least one target")
-    if neighbour_ids.shape[1] < max(ks):
-        raise ValueError(f"{neighbour_ids.shape[1]} neighbours per query, fewer than k={max(ks)}")
-    return {
-        f"recall_at_{k}": float(
-            np.mean([bool(targets[q] & {int(i) for i in row[:k]}) for q, row in enumerate(neighbour_ids)])
-        )
-        for k in ks
-    }
+    return {key: float(hits.mean()) for key, hits in per_query_recall(neighbour_ids, targets, ks).items()}
 
 
 def image_text_recall(
@@ -138,6 +167,7 @@ def image_text_recall(
     text_vectors: np.ndarray,
     text_groups: Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Image->text and text->image recall@k by exact search; a match is any item of the same group.
 
@@ -149,6 +179,7 @@ def image_text_recall(
         image_vectors: ``(I, D)`` image embeddings; ``image_groups`` their reports' groups.
         text_vectors: ``(T, D)`` report embeddings; ``text_groups`` their groups.
         ks: Cut-offs (those above the gallery sizes are dropped).
+        per_query: Also return ``per_query``: each way's hits per query (:func:`per_query_recall`).
 
     Returns:
         ``image_to_text`` and ``text_to_image`` (``recall_at_K`` each), ``images``, ``texts``.
@@ -169,9 +200,14 @@ def image_text_recall(
     kept = [k for k in ks if k <= min(depth, len(text_vectors), len(image_vectors))]
     image_targets = [image_members.get(g, set()) for g in text_groups]
     answered = [i for i, target in enumerate(image_targets) if target]
-    return {
-        "image_to_text": recall_at_ks(to_text, [text_members[g] for g in image_groups], kept),
-        "text_to_image": recall_at_ks(to_image[answered], [image_targets[i] for i in answered], kept),
-        "images": len(image_vectors),
-        "texts": len(text_vectors),
+    hits = {
+        "image_to_text": per_query_recall(to_text, [text_members[g] for g in image_groups], kept),
+        "text_to_image": per_query_recall(to_image[answered], [image_targets[i] for i in answered], kept),
     }
+    result: dict[str, Any] = {
+        way: {key: float(found.mean()) for key, found in by_k.items()} for way, by_k in hits.items()
+    }
+    result.update(images=len(image_vectors), texts=len(text_vectors))
+    if per_query:
+        result["per_query"] = hits
+    return result

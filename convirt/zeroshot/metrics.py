@@ -281,3 +281,17 @@ def mean_auroc_ci(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def mean_ci(values: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-query values (NaN: the query does not
+    count, as a query without a relevant item in mAP). Seeded; NaNs when fewer than two values."""
+    kept = np.asarray(values, dtype=float)
+    kept = kept[~np.isnan(kept)]
+    if len(kept) < 2 or samples <= 0:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    means = kept[rng.integers(0, len(kept), (samples, len(kept)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from convirt.zeroshot.descriptors import DescriptorSet
+from convirt.zeroshot.descriptors import DescriptorSet, Finding
 
 POSITIVE_TEMPLATE = "There is {observation} indicating {finding}."
 NEGATIVE_TEMPLATE = "There is no {observation} indicating {finding}."
@@ -75,3 +75,20 @@ def ensemble_prompts(descriptors: DescriptorSet) -> tuple[list[str], list[int], 
             negatives.append(_negative_sentence(finding.negative_prompt))
             negative_owner.append(index)
     return positives, positive_owner, negatives, negative_owner
+
+
+def phrasing_pairs(finding: Finding) -> list[tuple[str, str]]:
+    """Every (positive, negative) phrasing of one finding that prompt robustness scores: each
+    template-ensemble pair over the finding's prompt and synonyms, and its name-prompt pair."""
+    pairs = [
+        (positive.format(finding=phrase), negative.format(finding=phrase))
+        for phrase in (finding.prompt, *finding.synonyms)
+        for positive, negative in zip(ENSEMBLE_POSITIVE_TEMPLATES, ENSEMBLE_NEGATIVE_TEMPLATES)
+    ]
+    name_pair = (
+        NAME_POSITIVE_TEMPLATE.format(finding=finding.prompt),
+        _negative_sentence(finding.negative_prompt)
+        if finding.negative_prompt
+        else NAME_NEGATIVE_TEMPLATE.format(finding=finding.prompt),
+    )
+    return pairs if name_pair in pairs else [*pairs, name_pair]

@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from convirt._io import file_sha256
 from convirt.bench.runner import run_bench
 from convirt.bench.suite import list_suites, load_suite
 from convirt.cli.main import main
@@ -13,6 +14,7 @@ from convirt.training.predict import embed_to_folder
 
 PROTOCOLS = {
     "zeroshot": {},
+    "prompts": {},
     "knn": {"k": 5},
     "retrieval": {"k": 5},
     "probe": {"fractions": [1.0]},
@@ -78,7 +80,7 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert {("tiny.ckpt", p) for p in PROTOCOLS} <= by
     image_only = f"timm:test_vit@{timm_weights}"
     assert {(image_only, p) for p in ("knn", "retrieval", "probe")} <= by
-    assert (image_only, "zeroshot") not in by and (image_only, "image_text") not in by
+    assert not {(image_only, p) for p in ("zeroshot", "prompts", "image_text")} & by
     reasons = {(s[0], s[1], s[2]): s[3] for s in first.skipped}
     assert "image-only" in reasons[image_only, "phantom", "zeroshot"]
     assert "see datasets/absent" in reasons["tiny.ckpt", "absent", ""]
@@ -95,7 +97,17 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert {r["seed"] for r in rows if r["protocol"] == "probe"} == {0, 1}
     assert {r["seed"] for r in rows if r["protocol"] == "knn"} == {0}
     retrieval = next(r for r in rows if r["model"] == "tiny.ckpt" and r["metric"] == "map_at_5")
-    assert retrieval["n"] == test_images and 0 <= retrieval["value"] <= 1
+    # mAP counts the queries that have a relevant image; every CI is a bootstrap over queries.
+    assert 0 < retrieval["n"] <= test_images and retrieval["ci_low"] <= retrieval["value"] <= retrieval["ci_high"]
+    recall = next(r for r in rows if r["model"] == "tiny.ckpt" and r["metric"] == "image_to_text/recall_at_5")
+    assert recall["n"] == test_images and recall["ci_low"] <= recall["value"] <= recall["ci_high"]
+    assert headline["data_files"] == {"manifest.json": file_sha256(phantom_shards / "manifest.json")}
+    # Prompt robustness: the mean over phrasings lies between the means of the worst and best phrasing.
+    spread = {r["metric"]: r["value"] for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "prompts"}
+    assert spread["worst_auroc"] <= spread["mean_auroc"] <= spread["best_auroc"]
+    # Linear and kNN probes, each at its label fractions.
+    probes = {r["metric"].split("/")[0] for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "probe"}
+    assert probes == {"linear@1", "knn@1"}
     board = (out / "leaderboard.md").read_text()
     assert "| tiny.ckpt |" in board and "**" in board and "phantom: zeroshot descriptors/mean_auroc" in board
     assert (out / "leaderboard.csv").read_text().count("\n") == 1 + len({(r["model"], r["protocol"]) for r in rows})
