@@ -10,6 +10,9 @@ from typing import Any
 
 from convirt._io import write_text
 
+# Protocols that count rather than score (the leakage audit's copies): shown, never marked best.
+UNRANKED = {"leakage"}
+
 
 def format_cell(row: dict[str, Any] | None) -> str:
     """A result row's value with its 95% CI, ``0.953 [0.943, 0.961]``; ``n/a`` when undefined."""
@@ -51,7 +54,12 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
             row = best.get((model, task, protocol))
             text = format_cell(row)
             cells.append(
-                f"**{text}**" if row is not None and len(models) > 1 and row["value"] == top[task, protocol] else text
+                f"**{text}**"
+                if row is not None
+                and len(models) > 1
+                and protocol not in UNRANKED
+                and row["value"] == top[task, protocol]
+                else text
             )
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -70,7 +70,7 @@ def finding_names(task: Task, images: EmbeddingOutput) -> list[str]:
 
 def zeroshot(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
-) -> Rows:
+) -> dict[str, Any]:
     loaded.require_text("zero-shot diagnosis")
     if not task.descriptors:
         raise ValueError(f"task {task.name!r} runs zeroshot but names no descriptor set (descriptors:)")
@@ -80,10 +80,13 @@ def zeroshot(
     )
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
     rows: Rows = []
+    scores = {}
     for method in Method:
-        scores = evaluation.outputs[method].probabilities.numpy()
-        rows += _auroc_rows(f"{method.value}/", evaluation.labels, scores, names, bootstrap, seed)
-    return rows
+        scores[method.value] = evaluation.outputs[method].probabilities.numpy()
+        rows += _auroc_rows(f"{method.value}/", evaluation.labels, scores[method.value], names, bootstrap, seed)
+    # The per-image scores go with the result, for ROC curves (:mod:`convirt.bench.figures`).
+    curves = {"keys": images.keys, "findings": names, "labels": evaluation.labels.tolist()}
+    return {"rows": rows, "scores": {**curves, "methods": {m: v.tolist() for m, v in scores.items()}}}
 
 
 def prompts(
@@ -197,7 +200,8 @@ def image_text(
     return rows
 
 
-Protocol = Callable[..., Rows]
+# A protocol returns its rows, or a dict of them (``rows``) and what else its result file keeps (``scores``).
+Protocol = Callable[..., Rows | dict[str, Any]]
 PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "zeroshot": zeroshot,
     "prompts": prompts,

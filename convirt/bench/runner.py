@@ -3,7 +3,8 @@
 Each (model, task, protocol, seed) result is its own JSON file, keyed on the model's weights, the
 data, the protocol's options and the bootstrap, so a rerun (or a run after ``kill -9``) computes
 only what is missing; images are embedded once per model and dataset (:mod:`convirt.bench.cache`).
-``results.jsonl`` holds every row and ``leaderboard.md`` / ``.csv`` the headline of each protocol.
+``results.jsonl`` holds every row, ``leaderboard.md`` / ``.csv`` the headline of each protocol and
+``figures/`` a bar chart per task (headlines with CIs) and zero-shot ROC curves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import convirt
 from convirt._io import write_json, write_jsonl
 from convirt.bench.cache import EmbedFolder, cached_embeddings, data_files, data_sha256, model_key
+from convirt.bench.figures import write_figures
 from convirt.bench.leaderboard import write_leaderboard
 from convirt.bench.leakage import audit, cached_signatures, training_task, without
 from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS
@@ -40,12 +42,16 @@ class BenchOutput:
         skipped: ``(model, task, protocol or "", reason)`` of what could not run (absent data, image-only models).
         embedded: The embedding folders this run made (the others came from the cache).
         computed: The result files this run computed (the others were read).
+        scores: ``(model, task, protocol) -> `` the per-image scores a protocol keeps (zero-shot's).
+        figures: The figures written.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str, str, str]] = field(default_factory=list)
     embedded: list[Path] = field(default_factory=list)
     computed: list[Path] = field(default_factory=list)
+    scores: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
 
 
 def model_label(source: str) -> str:
@@ -125,6 +131,7 @@ def run_bench(
     write_jsonl(out / "results.jsonl", result.rows)
     write_json(out / "skipped.json", [dict(zip(("model", "task", "protocol", "reason"), s)) for s in result.skipped])
     write_leaderboard(result.rows, labels, out)
+    result.figures = write_figures(result.rows, labels, result.scores, out / "figures")
     return result
 
 
@@ -221,8 +228,11 @@ def _task_rows(
             def compute(protocol: str = protocol, options: dict = options, seed: int = seed) -> dict[str, Any]:
                 texts = evaluated("text") if protocol in NEEDS_TEXTS else None
                 function = PROTOCOL_FUNCTIONS[protocol]
-                return {"rows": function(loaded, task, options, evaluated("image"), texts, seed, settings.bootstrap)}
+                found = function(loaded, task, options, evaluated("image"), texts, seed, settings.bootstrap)
+                return found if isinstance(found, dict) else {"rows": found}
 
             stored = _stored(folder / f"{protocol}-s{seed}.json", about, compute, result)
             rows += [{**about, **row} for row in stored["rows"]]
+            if "scores" in stored and seed == settings.seeds[0]:
+                result.scores[label, task.name, protocol] = stored["scores"]
     return rows

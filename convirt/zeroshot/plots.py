@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]  # matplotlib, drawing to files outside notebooks
     import matplotlib
     import matplotlib.pyplot as plt
 
@@ -29,7 +29,7 @@ def plot_roc(
 
     A finding with one class only gets an empty panel that says so.
     """
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(4, len(names))
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
@@ -72,7 +72,7 @@ def plot_observations(
     Returns:
         The matplotlib figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     labels, values, colours = [], [], []
     for finding, probability in finding_probabilities.items():
         labels.append(finding)
@@ -109,7 +109,7 @@ def plot_saliency(
     Draws on ``axis`` when given; otherwise makes a figure (saved to ``path`` when given).
     Returns the figure (or the axis).
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure = None
     if axis is None:
         figure, axis = plt.subplots(figsize=(4, 4))
@@ -134,7 +134,7 @@ def plot_explained_batch(batch: dict[str, Any], classifier: Any, folder: str | o
         classifier: A descriptor-method :class:`convirt.zeroshot.ZeroShotClassifier`.
         folder: Made if missing.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     output = classifier.predict(batch["image"])

@@ -112,6 +112,10 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert "| tiny.ckpt |" in board and "**" in board and "phantom: zeroshot descriptors/mean_auroc" in board
     assert (out / "leaderboard.csv").read_text().count("\n") == 1 + len({(r["model"], r["protocol"]) for r in rows})
 
+    # Figures: a bar chart per task, zero-shot ROC curves where a model scored zero-shot.
+    assert sorted(p.name for p in first.figures) == ["phantom-bars.png", "phantom-roc.png"]
+    assert all(p.stat().st_size > 5000 for p in first.figures)
+
     again = run_bench(suite, models, out, _embed, seeds=(0, 1), bootstrap=50)
     assert again.embedded == [] and again.computed == [] and again.rows == first.rows
     # Another setting of one protocol recomputes that protocol only, from the cached embeddings.
