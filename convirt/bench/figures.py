@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from convirt.bench.leaderboard import UNRANKED, headlines
-from convirt.zeroshot.plots import pyplot, plot_roc
+from convirt.zeroshot.plots import plot_roc, pyplot
 
 ROC_METHOD = "descriptors"  # the zero-shot method whose curves are drawn (the leaderboard's headline)
 
