@@ -14,9 +14,13 @@ from typing import Any
 
 import yaml
 
+from convirt.data.labels import FORMATS
+from convirt.data.test_sets import TEST_SET_FORMATS
+
 SUITES = Path(__file__).parent / "suites"
 PROTOCOLS = ("zeroshot", "prompts", "knn", "retrieval", "probe", "image_text")
 UNCERTAIN = ("zeros", "ones", "ignore")
+LABEL_FORMATS = (*FORMATS, *TEST_SET_FORMATS)
 
 
 @dataclass
@@ -109,6 +113,8 @@ def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
             raise ValueError(
                 f"{path}: task {entry['name']!r} names unknown protocols {unknown}; known: {list(PROTOCOLS)}"
             )
+        if entry.get("label_format", "auto") not in LABEL_FORMATS:
+            raise ValueError(f"{path}: task {entry['name']!r}: label_format must be one of {list(LABEL_FORMATS)}")
         if entry.get("uncertain", "zeros") not in UNCERTAIN:
             raise ValueError(f"{path}: task {entry['name']!r}: uncertain must be one of {list(UNCERTAIN)}")
         tasks.append(

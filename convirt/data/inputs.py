@@ -23,6 +23,7 @@ from convirt.data.schema import MANIFEST, Row
 from convirt.data.shards import require_images, shard_urls
 from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
+from convirt.data.test_sets import TEST_SET_FORMATS, read_test_set
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 
@@ -97,16 +98,21 @@ def read_image_rows(
 
     A table is read by :func:`convirt.data.labels.read_label_rows` (generic CSV with an ``image``
     column, CheXpert or NIH ``Data_Entry_2017``; ``label_format``, ``images`` and ``uncertain``
-    are passed on). Folder rows are sorted by path; their key is the relative path, their
-    patient the key. With ``split_file`` (:func:`read_split_file`), only the rows whose image
-    file name it lists are kept: the official split, named by the file its archive distributes.
+    are passed on), or, with a ``label_format`` of :data:`convirt.data.test_sets.TEST_SET_FORMATS`,
+    by that public test set's reader (``images``: its archive folder, by default the table's).
+    Folder rows are sorted by path; their key is the relative path, their patient the key. With
+    ``split_file`` (:func:`read_split_file`), only the rows whose image file name it lists are
+    kept: the official split, named by the file its archive distributes.
 
     Raises:
         FileNotFoundError: ``path`` or ``split_file`` does not exist, or a folder holds no image.
         ValueError: No row is left after the ``where`` filter or the split file; the message says which.
     """
     source = Path(path)
-    if source.is_file():
+    if label_format in TEST_SET_FORMATS:
+        root = Path(images) if images else (source if source.is_dir() else source.parent)
+        rows = list(read_test_set(label_format, source, root))
+    elif source.is_file():
         rows = list(read_label_rows(source, label_format, images, uncertain))
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

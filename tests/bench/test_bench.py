@@ -230,3 +230,28 @@ def test_bench_killed_with_sigkill_resumes_to_the_same_results(phantom_shards, t
     whole = subprocess.run([*command, str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0 and "\n5 results computed, 1 embedding folders made" in whole.stdout
     assert (killed / "results.jsonl").read_text() == (tmp_path / "whole" / "results.jsonl").read_text()
+
+
+def test_the_public_suite_runs_what_is_there_and_says_how_to_get_the_rest(phantom_csv, tiny_checkpoint, tmp_path):
+    import csv
+    import shutil
+
+    root = tmp_path / "archives"
+    folder = root / "shenzhen" / "CXR_png"
+    folder.mkdir(parents=True)
+    rows = list(csv.DictReader(open(phantom_csv, newline="", encoding="utf-8")))[:24]
+    for i, row in enumerate(rows):  # the Shenzhen layout: CHNCXR_NNNN_{0,1}.png, 1 = tuberculosis
+        shutil.copy(phantom_csv.parent / row["image"], folder / f"CHNCXR_{i:04d}_{i % 2}.png")
+    suite = load_suite("public", root)
+    result = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20)
+    reasons = {task: reason for _, task, protocol, reason in result.skipped if not protocol}
+    assert set(reasons) == {t.name for t in suite.tasks} - {"shenzhen-tb"}
+    assert "test_list.txt" in reasons["chestxray14-test"] and str(root / "chexpert") in reasons["chexpert-test"]
+    shenzhen = [r for r in result.rows if r["task"] == "shenzhen-tb"]
+    assert {r["protocol"] for r in shenzhen} == {"zeroshot", "prompts", "knn", "retrieval", "probe"}
+    headline = next(r for r in shenzhen if r["protocol"] == "zeroshot")
+    assert headline["n"] == 24 and "_1 Tuberculosis" in headline["label_policy"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tasks": [{"name": "t", "data": ".", "label_format": "dicom-sr"}]}))
+    with pytest.raises(ValueError, match="label_format must be one of"):
+        load_suite(bad)

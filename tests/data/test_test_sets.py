@@ -1,0 +1,88 @@
+"""Public test sets' label files, in their archives' own layouts, and split files that name test images."""
+
+import gzip
+import shutil
+
+import pytest
+
+from convirt.data.inputs import read_image_rows, read_split_file
+from tests.conftest import SHARED_DATA, requires_shared_data
+
+
+def _labels(rows):
+    return {row.key: row.labels for row in rows}
+
+
+def test_rsna_rows_are_one_per_patient_positive_when_any_box_is(tmp_path):
+    table = tmp_path / "stage_2_train_labels.csv"
+    table.write_text(
+        "patientId,x,y,width,height,Target\naaa,,,,,0\nbbb,264.0,152.0,213.0,379.0,1\nbbb,562.0,152.0,256.0,453.0,1\n"
+    )
+    rows = read_image_rows(table, label_format="rsna")
+    assert _labels(rows) == {"aaa": ["No Finding"], "bbb": ["Pneumonia"]}
+    assert rows[1].image_path == str(tmp_path / "stage_2_train_images" / "bbb.dcm")
+
+
+def test_siim_reads_kaggles_spaced_column_and_finds_nested_dicoms(tmp_path):
+    table = tmp_path / "train-rle.csv"
+    table.write_text("ImageId, EncodedPixels\n1.2.3, -1\n1.2.4, 175349 7 1013 12\n1.2.4, 9 3\n")
+    nested = tmp_path / "dicom-images-train" / "study" / "series"
+    nested.mkdir(parents=True)
+    (nested / "1.2.4.dcm").write_bytes(b"")
+    rows = read_image_rows(table, label_format="siim")
+    assert _labels(rows) == {"1_2_3": ["No Finding"], "1_2_4": ["Pneumothorax"]}
+    assert rows[1].image_path == str(nested / "1.2.4.dcm")
+
+
+def test_vindr_marks_every_finding_column_set_to_one(tmp_path):
+    table = tmp_path / "image_labels_test.csv"
+    table.write_text(
+        "image_id,Aortic enlargement,Pleural effusion,Tuberculosis,No finding\nimg1,0,0,0,1\nimg2,1,1,0,0\n"
+    )
+    rows = read_image_rows(table, label_format="vindr")
+    assert _labels(rows) == {"img1": ["No Finding"], "img2": ["Aortic enlargement", "Pleural effusion"]}
+    assert rows[0].image_path == str(tmp_path / "test" / "img1.dicom")
+
+
+def test_shenzhen_and_montgomery_labels_come_from_the_file_names(tmp_path):
+    folder = tmp_path / "CXR_png"
+    folder.mkdir()
+    for name in ("CHNCXR_0001_0.png", "CHNCXR_0327_1.png", "MCUCXR_0104_1.png", "notes.png"):
+        (folder / name).write_bytes(b"")
+    rows = read_image_rows(folder, label_format="tb")
+    assert _labels(rows) == {
+        "CHNCXR_0001_0": ["No Finding"],
+        "CHNCXR_0327_1": ["Tuberculosis"],
+        "MCUCXR_0104_1": ["Tuberculosis"],
+    }
+    assert {row.source for row in rows} == {"shenzhen", "montgomery"}
+
+
+def test_covidx_split_file_is_its_label_table(tmp_path):
+    table = tmp_path / "test.txt"
+    table.write_text("419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png positive rsna\n8 ab.png negative sirm\n")
+    rows = read_image_rows(table, label_format="covidx")
+    assert [row.labels for row in rows] == [["COVID-19"], ["No Finding"]]
+    assert rows[0].image_path == str(tmp_path / "test" / "MIDRC-RICORD-1C-419639-003251-46647-0.png")
+    table.write_text("only-two fields\n")
+    with pytest.raises(ValueError, match="line 1: expected 'patient_id filename class source'"):
+        read_image_rows(table, label_format="covidx")
+
+
+@requires_shared_data("metadata-samples", "Data_Entry_2017_v2020.csv.gz")
+def test_the_official_nih_table_filtered_by_a_test_list(tmp_path):
+    table = tmp_path / "Data_Entry_2017_v2020.csv"
+    with gzip.open(SHARED_DATA / "metadata-samples" / "Data_Entry_2017_v2020.csv.gz", "rb") as source:
+        with open(table, "wb") as target:
+            shutil.copyfileobj(source, target)
+    listed = tmp_path / "test_list.txt"
+    listed.write_text("00000003_000.png\n00000003_001.png\n\n# a comment\n00030805_000.png\n")
+    assert read_split_file(listed) == {"00000003_000.png", "00000003_001.png", "00030805_000.png"}
+    rows = read_image_rows(table, label_format="nih", split_file=listed)
+    assert sorted(row.key for row in rows) == ["00000003_000", "00000003_001", "00030805_000"]
+    listed.write_text("nothing.png\n")
+    with pytest.raises(ValueError, match="no image of .* is listed in"):
+        read_image_rows(table, label_format="nih", split_file=listed)
+    listed.write_text("no images here\n")
+    with pytest.raises(ValueError, match="names no image file"):
+        read_split_file(listed)
