@@ -52,9 +52,11 @@ def data_sha256(task: Task) -> str:
 
 
 def model_key(loaded: LoadedModel) -> str:
-    """What identifies a model's embedding space (the compared keys of its fingerprint)."""
+    """What identifies a model's embeddings: the compared keys of its fingerprint and its
+    preprocessing (a source may override the statistics, ``SOURCE?mean=...``)."""
     fingerprint = model_fingerprint(loaded)
-    return _digest({key: fingerprint.get(key) for key in FINGERPRINT_KEYS})
+    compared = {key: fingerprint.get(key) for key in FINGERPRINT_KEYS}
+    return _digest({**compared, "preprocess": {k: str(v) for k, v in sorted(loaded.preprocess_cfg.items())}})
 
 
 def cached_embeddings(

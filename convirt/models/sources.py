@@ -34,7 +34,7 @@ def describe_sources() -> str:
         "a `convirt fit` checkpoint; a `convirt export` or open_clip folder (local-dir:DIR); hf-hub:ORG/NAME; "
         "open_clip:ARCH@TAG or open_clip:ARCH@/path/weights.pt (an OpenAI-format state dict, e.g. CheXzero's); "
         f"a registry name, untrained ({', '.join(list_models())}); timm:NAME[@/path/weights] or a timm folder "
-        "(image only)"
+        "(image only); any of them followed by ?mean=M,M,M&std=S,S,S&size=N to override its preprocessing"
     )
 
 
@@ -76,7 +76,7 @@ def load_model(
         PretrainedUnavailableError: Hub weights that cannot be fetched (offline); the message says
             how to pass a local copy.
     """
-    name = str(source)
+    name, overrides = split_preprocess(str(source))
     if name.startswith(TIMM):
         loaded = _load_timm(name)
     elif is_open_clip_name(name):
@@ -91,8 +91,39 @@ def load_model(
         raise FileNotFoundError(f"model source not found: {name} (a path that is not there)")
     else:
         raise ValueError(f"unknown model source {name!r}; a source is {describe_sources()}")
+    if overrides:
+        loaded.preprocess = {**loaded.preprocess_cfg, **overrides}
+        loaded.source = str(source)
     loaded.model.to(device).eval()
     return loaded
+
+
+PREPROCESS_KEYS = {"mean": 3, "std": 3, "size": 1}
+
+
+def split_preprocess(source: str) -> tuple[str, dict[str, Any]]:
+    """A source and the preprocessing it overrides after ``?``: ``SOURCE?mean=M,M,M&std=S,S,S&size=N``
+    (for weights trained with other statistics than their architecture's, as CheXzero's were).
+
+    Raises:
+        ValueError: An unknown key, or a value that is not that many numbers.
+    """
+    name, mark, query = source.partition("?")
+    if not mark:
+        return source, {}
+    overrides: dict[str, Any] = {}
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key not in PREPROCESS_KEYS:
+            raise ValueError(f"model source {source!r}: unknown preprocessing {key!r}; known: mean, std, size")
+        try:
+            numbers = [float(part) for part in value.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) != PREPROCESS_KEYS[key]:
+            raise ValueError(f"model source {source!r}: {key} takes {PREPROCESS_KEYS[key]} numbers, got {value!r}")
+        overrides[key] = int(numbers[0]) if key == "size" else tuple(numbers)
+    return name, overrides
 
 
 # The seed of the new layers (projection heads) of a registry model loaded untrained: every load of

@@ -109,6 +109,23 @@ def test_an_openai_format_state_dict_loads_as_the_openai_reader_builds_it(openai
     assert model_fingerprint(loaded)["checkpoint_sha256"] == file_sha256(path)
 
 
+def test_a_source_can_override_its_preprocessing_as_chexzero_needs(openai_state_dict):
+    from convirt.bench.cache import model_key
+
+    arch, path = openai_state_dict
+    plain = load_model(f"open_clip:{arch}@{path}")
+    # CheXzero normalised with its own statistics (101.48 / 83.44 on the 0-255 scale), not OpenAI's.
+    source = f"open_clip:{arch}@{path}?mean=0.398,0.398,0.398&std=0.327,0.327,0.327"
+    chexzero = load_model(source)
+    assert chexzero.preprocess_cfg["mean"] == (0.398,) * 3 and chexzero.preprocess_cfg["std"] == (0.327,) * 3
+    assert plain.preprocess_cfg["mean"] != chexzero.preprocess_cfg["mean"]
+    assert chexzero.source == source and model_key(chexzero) != model_key(plain)  # embeddings cached apart
+    with pytest.raises(ValueError, match="unknown preprocessing 'gamma'"):
+        load_model(f"open_clip:{arch}@{path}?gamma=2")
+    with pytest.raises(ValueError, match="mean takes 3 numbers"):
+        load_model(f"open_clip:{arch}@{path}?mean=0.5")
+
+
 def test_a_timm_model_loads_as_an_image_only_encoder(tmp_path, phantom_shards, capsys):
     import timm
     from safetensors.torch import save_file
