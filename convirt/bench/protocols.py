@@ -41,7 +41,7 @@ def _row(metric: str, value: float, ci: tuple[float, float] = (NAN, NAN), n: int
     return {"metric": metric, "value": _number(value), "ci_low": _number(ci[0]), "ci_high": _number(ci[1]), "n": int(n)}
 
 
-def _auroc_rows(
+def auroc_rows(
     prefix: str, labels: np.ndarray, scores: np.ndarray, names: list[str], bootstrap: int, seed: int
 ) -> Rows:
     """Mean AUROC (headline, with its CI) and each finding's, for ``(N, F)`` labels and scores."""
@@ -83,7 +83,7 @@ def zeroshot(
     scores = {}
     for method in Method:
         scores[method.value] = evaluation.outputs[method].probabilities.numpy()
-        rows += _auroc_rows(f"{method.value}/", evaluation.labels, scores[method.value], names, bootstrap, seed)
+        rows += auroc_rows(f"{method.value}/", evaluation.labels, scores[method.value], names, bootstrap, seed)
     # The per-image scores go with the result, for ROC curves (:mod:`convirt.bench.figures`).
     curves = {"keys": images.keys, "findings": names, "labels": evaluation.labels.tolist()}
     return {"rows": rows, "scores": {**curves, "methods": {m: v.tolist() for m, v in scores.items()}}}
@@ -139,7 +139,7 @@ def knn(
     similarities, ids, exclude = _neighbours(images, k)
     labels = label_matrix(images.meta, names, mark_uncertain=True)
     scores = knn_scores(ids, similarities, np.clip(labels, 0, None), k, exclude)  # an uncertain neighbour votes no
-    return _auroc_rows(f"k{k}/", labels, scores, names, bootstrap, seed)
+    return auroc_rows(f"k{k}/", labels, scores, names, bootstrap, seed)
 
 
 def retrieval(
@@ -170,7 +170,7 @@ def probe(
     rows: Rows = []
     for output in sorted(outputs, key=lambda o: (probes.index(o.probe), -o.fraction)):
         scored = np.nan_to_num(output.probabilities, nan=0.5)  # an unfittable fold scores as chance, as in probe
-        rows += _auroc_rows(f"{output.probe}@{output.fraction:g}/", labels, scored, names, bootstrap, seed)
+        rows += auroc_rows(f"{output.probe}@{output.fraction:g}/", labels, scored, names, bootstrap, seed)
     return rows
 
 

@@ -20,6 +20,7 @@ import convirt
 from convirt._io import write_json, write_jsonl
 from convirt.bench.cache import EmbedFolder, cached_embeddings, data_files, data_sha256, model_key
 from convirt.bench.figures import write_figures
+from convirt.bench.finetune import Finetune, finetune_protocol
 from convirt.bench.leaderboard import write_leaderboard
 from convirt.bench.leakage import audit, cached_signatures, training_task, without
 from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS
@@ -29,8 +30,8 @@ from convirt.models.checkpoint import LoadedModel
 from convirt.models.sources import load_model
 from convirt.retrieval.duplicates import NEAR_THRESHOLD
 
-# Protocols whose result depends on the seed beyond its bootstrap (the probes' folds); the others run once.
-SEEDED = {"probe"}
+# Protocols whose result depends on the seed beyond its bootstrap (folds, training); the others run once.
+SEEDED = {"probe", "finetune"}
 
 
 @dataclass
@@ -76,6 +77,7 @@ class BenchSettings:
     precision: str = "32-true"
     train_shards: str | None = None
     exclude_leaked: bool = False
+    finetune: Finetune | None = None
 
 
 def run_bench(
@@ -89,6 +91,7 @@ def run_bench(
     precision: str = "32-true",
     train_shards: str | os.PathLike[str] | None = None,
     exclude_leaked: bool = False,
+    finetune: Finetune | None = None,
 ) -> BenchOutput:
     """Run every task and protocol of ``suite`` for each model source, reusing what ``output`` holds.
 
@@ -105,6 +108,8 @@ def run_bench(
             default each `convirt fit` checkpoint's own (recorded in it), none for other sources.
         exclude_leaked: Leave the test images found in a model's training shards out of its
             other protocols on that task.
+        finetune: The fine-tuning trainer (:func:`convirt.training.finetune.finetune_predict`
+            with its settings, as the CLI passes it); without it, ``finetune`` protocols are skipped.
 
     Raises:
         ValueError: No model, two sources with the same label, or training shards that are not a shard folder.
@@ -117,7 +122,7 @@ def run_bench(
     if train_shards is not None and not is_shard_folder(train_shards):
         raise ValueError(f"--train-shards {train_shards}: not a shard folder (no manifest.json)")
     settings = BenchSettings(
-        seeds, bootstrap, batch_size, precision, str(train_shards) if train_shards else None, exclude_leaked
+        seeds, bootstrap, batch_size, precision, str(train_shards) if train_shards else None, exclude_leaked, finetune
     )
     out, result = Path(output), BenchOutput()
     for source, label in zip(sources, labels):
@@ -215,6 +220,11 @@ def _task_rows(
         if not loaded.has_text and protocol in NEEDS_TEXT_TOWER:
             result.skipped.append((label, task.name, protocol, "an image-only encoder has no text tower"))
             continue
+        if protocol == "finetune" and settings.finetune is None:
+            result.skipped.append(
+                (label, task.name, protocol, "no fine-tuning trainer given (`convirt bench` gives one)")
+            )
+            continue
         for seed in settings.seeds if protocol in SEEDED else settings.seeds[:1]:
             about = {
                 **base,
@@ -226,6 +236,12 @@ def _task_rows(
                 about["excluded_leaked"] = sorted(leaked)
 
             def compute(protocol: str = protocol, options: dict = options, seed: int = seed) -> dict[str, Any]:
+                if protocol == "finetune":
+                    assert settings.finetune is not None
+                    trained = finetune_protocol(
+                        settings.finetune, loaded, task, options, seed, settings.bootstrap, leaked
+                    )
+                    return {"rows": trained}
                 texts = evaluated("text") if protocol in NEEDS_TEXTS else None
                 function = PROTOCOL_FUNCTIONS[protocol]
                 found = function(loaded, task, options, evaluated("image"), texts, seed, settings.bootstrap)

@@ -42,11 +42,17 @@ def run(args: argparse.Namespace) -> None:
 
     from convirt.bench.runner import run_bench
     from convirt.bench.suite import load_suite
+    from convirt.training.finetune import FinetuneSettings, finetune_predict
     from convirt.training.predict import embed_to_folder
 
     suite = load_suite(args.suite, args.data_root)
     # One process (`convirt embed --devices N` embeds at scale into folders of the same format).
     embed = partial(embed_to_folder, accelerator=args.accelerator, devices=1)
+
+    def finetune(loaded, train, val, test, names, seed, options):  # type: ignore[no-untyped-def]
+        settings = FinetuneSettings(**options, accelerator=args.accelerator)
+        return finetune_predict(loaded, train, val, test, names, seed, settings)
+
     result = run_bench(
         suite,
         args.model,
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
         args.precision,
         args.train_shards,
         args.exclude_leaked,
+        finetune,
     )
     for model, task, protocol, reason in result.skipped:
         print(f"skipped {model} / {task}{' / ' + protocol if protocol else ''}: {reason}")

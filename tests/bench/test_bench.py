@@ -169,8 +169,8 @@ def test_suites_are_checked_when_read(tmp_path):
     with pytest.raises(ValueError, match="unknown suite 'nope'; shipped: .*phantom"):
         load_suite("nope")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"tasks": [{"name": "t", "data": ".", "protocols": {"finetune": {}}}]}))
-    with pytest.raises(ValueError, match="unknown protocols \\['finetune'\\]"):
+    bad.write_text(yaml.safe_dump({"tasks": [{"name": "t", "data": ".", "protocols": {"segmentation": {}}}]}))
+    with pytest.raises(ValueError, match="unknown protocols \\['segmentation'\\]"):
         load_suite(bad)
 
 
