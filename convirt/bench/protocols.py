@@ -89,6 +89,32 @@ def zeroshot(
     return {"rows": rows, "scores": {**curves, "methods": {m: v.tolist() for m, v in scores.items()}}}
 
 
+def reports(
+    loaded: LoadedModel, task: Task, options: dict, images: Any, texts: EmbeddingOutput, seed: int, bootstrap: int
+) -> Rows:
+    """Zero-shot diagnosis of the reports themselves: each report's embedding scored against the
+    descriptor prompts as an image's would be (a text tower that cannot tell a normal report from
+    a pneumonia report in the joint space cannot guide an image there either). Needs no image."""
+    loaded.require_text("report zero-shot")
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs reports but names no descriptor set (descriptors:)")
+    evaluation = evaluate_zeroshot(
+        loaded.model,
+        loaded.tokenizer,
+        load_descriptors(task.descriptors),
+        texts,
+        task.labels,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    rows: Rows = []
+    for method in Method:
+        scores = evaluation.outputs[method].probabilities.numpy()
+        rows += auroc_rows(f"{method.value}/", evaluation.labels, scores, names, bootstrap, seed)
+    return rows
+
+
 def prompts(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
 ) -> Rows:
@@ -209,9 +235,11 @@ PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "retrieval": retrieval,
     "probe": probe,
     "image_text": image_text,
+    "reports": reports,
 }
-NEEDS_TEXTS = {"image_text"}  # protocols that read the task's report embeddings
-NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text"}  # refused on an image-only encoder
+NEEDS_TEXTS = {"image_text", "reports"}  # protocols that read the task's report embeddings
+NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text", "reports"}  # refused on an image-only encoder
+TEXT_ONLY = {"reports"}  # protocols that read no image (a task of text-only shards, such as Open-i's reports)
 # The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
 # mean AUROC over phrasings, kNN's mean AUROC, mAP@k, the linear probe's mean AUROC with all labels,
 # image->text R@5.

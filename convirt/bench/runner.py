@@ -23,7 +23,7 @@ from convirt.bench.figures import write_figures
 from convirt.bench.finetune import Finetune, finetune_protocol
 from convirt.bench.leaderboard import write_leaderboard
 from convirt.bench.leakage import audit, cached_signatures, training_task, without
-from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS
+from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS, TEXT_ONLY
 from convirt.bench.suite import Suite, Task
 from convirt.data.inputs import is_shard_folder
 from convirt.models.checkpoint import LoadedModel
@@ -199,7 +199,7 @@ def _task_rows(
 
     rows: list[dict[str, Any]] = []
     leaked: set[str] = set()
-    if train_shards:
+    if train_shards and any(protocol not in TEXT_ONLY for protocol in task.protocols):  # a text-only task has no image
         train = training_task(train_shards)
         about = {**base, "protocol": "leakage", "seed": 0, "train_data_sha256": data_sha256(train)}
         about["settings"] = {"threshold": NEAR_THRESHOLD, "precision": settings.precision}
@@ -244,7 +244,8 @@ def _task_rows(
                     return {"rows": trained}
                 texts = evaluated("text") if protocol in NEEDS_TEXTS else None
                 function = PROTOCOL_FUNCTIONS[protocol]
-                found = function(loaded, task, options, evaluated("image"), texts, seed, settings.bootstrap)
+                images = None if protocol in TEXT_ONLY else evaluated("image")
+                found = function(loaded, task, options, images, texts, seed, settings.bootstrap)
                 return found if isinstance(found, dict) else {"rows": found}
 
             stored = _stored(folder / f"{protocol}-s{seed}.json", about, compute, result)

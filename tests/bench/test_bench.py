@@ -19,6 +19,7 @@ PROTOCOLS = {
     "retrieval": {"k": 5},
     "probe": {"fractions": [1.0]},
     "image_text": {},
+    "reports": {},
 }
 
 
@@ -80,7 +81,7 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert {("tiny.ckpt", p) for p in PROTOCOLS} <= by
     image_only = f"timm:test_vit@{timm_weights}"
     assert {(image_only, p) for p in ("knn", "retrieval", "probe")} <= by
-    assert not {(image_only, p) for p in ("zeroshot", "prompts", "image_text")} & by
+    assert not {(image_only, p) for p in ("zeroshot", "prompts", "image_text", "reports")} & by
     reasons = {(s[0], s[1], s[2]): s[3] for s in first.skipped}
     assert "image-only" in reasons[image_only, "phantom", "zeroshot"]
     assert "see datasets/absent" in reasons["tiny.ckpt", "absent", ""]
@@ -105,6 +106,9 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     # Prompt robustness: the mean over phrasings lies between the means of the worst and best phrasing.
     spread = {r["metric"]: r["value"] for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "prompts"}
     assert spread["worst_auroc"] <= spread["mean_auroc"] <= spread["best_auroc"]
+    # The reports scored zero-shot on their own embeddings, as many as the images.
+    report = next(r for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "reports")
+    assert report["metric"] == "descriptors/mean_auroc" and report["n"] == test_images
     # Linear and kNN probes, each at its label fractions.
     probes = {r["metric"].split("/")[0] for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "probe"}
     assert probes == {"linear@1", "knn@1"}
@@ -150,13 +154,13 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
     alone = json.loads((tmp_path / "zs" / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     for method in ("descriptors", "names", "ensemble"):
-        bench = next(r["value"] for r in rows if r["metric"] == f"{method}/mean_auroc")
+        bench = next(r["value"] for r in rows if r["protocol"] == "zeroshot" and r["metric"] == f"{method}/mean_auroc")
         assert bench == pytest.approx(alone[method]["mean_auroc"], abs=1e-6)
     # The exported model's card carries these results (the rows of its own weights), not typed-in figures.
     exported = tmp_path / "exported"
     assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(out)]) == 0
     card = (exported / "README.md").read_text()
-    headline = next(r for r in rows if r["metric"] == "descriptors/mean_auroc")
+    headline = next(r for r in rows if r["protocol"] == "zeroshot" and r["metric"] == "descriptors/mean_auroc")
     value = f"{headline['value']:.3f} [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
     assert f"| tiny (2) | phantom | zeroshot | descriptors/mean_auroc | {value} |" in card
     assert "local-dir:" in card and "not a diagnostic device" in card
