@@ -50,6 +50,8 @@ demo: install
 		--checkpoint $(DEMO)/checkpoints/last.ckpt --timings $(TIMINGS) --output $(DEMO)/metrics.json
 	$(STAGE) bench $(RUN) bench --suite phantom --model demo-effnet-minilm --model $(DEMO)/checkpoints/last.ckpt \
 		--output $(DEMO)/bench --bootstrap 200
+	@echo "[demo] serve its index (API docs at http://127.0.0.1:8000/docs): $(BIN)/convirt serve --model \
+	$(DEMO)/checkpoints/last.ckpt --index $(DEMO)/index --descriptors phantom --images $(DEMO)/shards"
 
 test: install
 	$(PYTEST) -q tests --nbmake notebooks

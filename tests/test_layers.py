@@ -19,7 +19,9 @@ ALLOWED = {
     "training": {"data", "models", "losses", "embeddings", "zeroshot"},
     # bench composes the layers into evaluation protocols (metadata in, metrics out)
     "bench": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot"},
-    "cli": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot", "training", "bench"},
+    # serve puts a model, an index and a descriptor set behind HTTP; it trains nothing
+    "serve": {"data", "models", "retrieval", "embeddings", "zeroshot"},
+    "cli": {"data", "models", "losses", "retrieval", "embeddings", "zeroshot", "training", "bench", "serve"},
 }
 LIGHTNING = ("lightning", "pytorch_lightning")
 
@@ -75,6 +77,18 @@ HOMES = {
     "bench/runner": ["run_bench"],
     "bench/leaderboard": ["write_leaderboard"],
     "bench/card": ["model_card", "bench_rows"],
+    "bench/leakage": ["audit", "cached_signatures"],
+    "bench/finetune": ["finetune_protocol", "patient_parts"],
+    "bench/figures": ["write_figures"],
+    "data/signatures": ["read_signatures", "signature"],
+    "data/test_sets": ["read_test_set"],
+    "retrieval/duplicates": ["find_duplicates"],
+    "training/finetune": ["finetune_predict"],
+    "zeroshot/robustness": ["score_phrasings"],
+    "serve/service": ["CaseService"],
+    "serve/app": ["create_app"],
+    "serve/uploads": ["read_upload", "sniff"],
+    "serve/batching": ["MicroBatcher"],
     "zeroshot/metrics": ["mean_auroc_ci", "bootstrap_ci"],
     "losses/gather": ["gather_pairs", "gather_rows"],
     "training/grad_cache": ["grad_cache_step"],

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convirt.cli import bench, data, embed, export, index, probe, report, zeroshot
+    from convirt.cli import bench, data, embed, export, index, probe, report, serve, zeroshot
 
     parser = _Parser(prog="convirt", description="medical vision-language contrastive pretraining")
     parser.add_argument("--version", action="version", version=f"convirt {__version__}")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command",
         required=True,
-        metavar="{phantom,shards,fit,validate,test,pretrain-text,zeroshot,probe,embed,index,export,report,bench}",
+        metavar="{phantom,shards,fit,validate,test,pretrain-text,zeroshot,probe,embed,index,export,report,bench,serve}",
     )
     data.add_parsers(sub)
     for name in _LIGHTNING:
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(sub)
     report.add_parsers(sub)
     bench.add_parsers(sub)
+    serve.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,58 @@
+"""``convirt serve``: the case-search and explained-diagnosis API over an index folder (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+
+from convirt.cli.common import add_checkpoint_arguments, model_from_args
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="serve case search and explained diagnosis over an index (API + docs)")
+    add_checkpoint_arguments(serve, help="the model the index was built with")
+    serve.add_argument("--index", required=True, help="index folder (`convirt index build`)")
+    serve.add_argument(
+        "--descriptors", help="descriptor set for /v1/diagnose (a shipped name or YAML); none: search only"
+    )
+    serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs --token)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--token", default=os.environ.get("CONVIRT_TOKEN"), help="bearer token of every /v1 call (or CONVIRT_TOKEN)"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted")
+    serve.add_argument("--knn", type=int, default=10, help="neighbours of the kNN vote beside each diagnosis")
+    serve.set_defaults(run=run)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> None:
+    if not is_loopback(args.host) and not args.token:
+        raise ValueError(f"--host {args.host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
+    import logging
+
+    import uvicorn
+
+    from convirt.serve.app import create_app
+    from convirt.serve.service import CaseService
+
+    service = CaseService(model_from_args(args), args.index, args.descriptors, args.images, args.knn)
+    app = create_app(service, token=args.token, max_upload=int(args.max_upload_mb * 1024 * 1024))
+    print(f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases)", flush=True)
+    # The app's own request lines (request id, route, status, time, upload hash) instead of uvicorn's access log.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("convirt.serve").addHandler(handler)
+    logging.getLogger("convirt.serve").setLevel(logging.INFO)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)

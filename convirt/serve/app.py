@@ -1,0 +1,139 @@
+"""The HTTP API of the case service (FastAPI): diagnose, search, cases, info, health.
+
+Every refusal is a 4xx with a one-line ``detail``; an unexpected error answers 500 with only a
+request id. Logs carry request ids, timings and upload hashes, never file names, patient ids or
+report text. With a token, every ``/v1`` call needs ``Authorization: Bearer TOKEN`` (compared in
+constant time); `convirt serve` requires one for any host but loopback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+import convirt
+from convirt.serve.service import CaseNotFound, CaseService
+from convirt.serve.uploads import MAX_UPLOAD_BYTES, UploadError, read_upload
+
+log = logging.getLogger("convirt.serve")
+MAX_K = 100
+
+
+def create_app(service: CaseService, token: str | None = None, max_upload: int = MAX_UPLOAD_BYTES) -> FastAPI:
+    """The FastAPI app over ``service``; ``token``: the bearer token every ``/v1`` call must carry."""
+    app = FastAPI(
+        title="convirt serve",
+        version=convirt.__version__,
+        description="Case search and explained zero-shot diagnosis of chest radiographs. A research tool, "
+        "not a diagnostic device.",
+    )
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def request_log(request: Request, call_next: Any) -> Response:
+        request.state.id = uuid.uuid4().hex[:12]
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("request %s failed", request.state.id)
+            response = JSONResponse({"detail": f"internal error (request {request.state.id})"}, status_code=500)
+        route = request.scope.get("route")
+        log.info(
+            "request %s %s %s -> %d in %.1f ms",
+            request.state.id,
+            request.method,
+            getattr(route, "path", "?"),  # the route's template: no case id or query text
+            response.status_code,
+            (time.perf_counter() - start) * 1000,
+        )
+        response.headers["X-Request-Id"] = request.state.id
+        return response
+
+    @app.exception_handler(UploadError)
+    async def refused(request: Request, error: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": error.reason}, status_code=error.status)
+
+    def upload(request: Request, image: UploadFile) -> Any:
+        data = image.file.read(max_upload + 1)
+        log.info(
+            "request %s upload sha256 %s (%d bytes)", request.state.id, hashlib.sha256(data).hexdigest()[:16], len(data)
+        )
+        return read_upload(data, max_upload)
+
+    def bounded(k: int) -> int:
+        if not 1 <= k <= MAX_K:
+            raise HTTPException(400, f"k must lie in 1..{MAX_K}, got {k}")
+        return k
+
+    def case_id(text: str) -> int:
+        # Ids are looked up in the index, never used as paths: anything but a plain number is unknown.
+        if not text.isdigit() or len(text) > 12:
+            raise HTTPException(404, "unknown case id")
+        return int(text)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=[Depends(authorised)])
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.post("/v1/diagnose", dependencies=[Depends(authorised)])
+    def diagnose(
+        request: Request, image: UploadFile = File(...), saliency: bool = Form(False), k: int = Form(10)
+    ) -> dict[str, Any]:
+        """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote."""
+        if service.classifier is None:
+            raise HTTPException(
+                409, "this service was started without --descriptors: it searches, it does not diagnose"
+            )
+        return service.diagnose(upload(request, image), saliency=saliency, k=bounded(k))
+
+    @app.post("/v1/search", dependencies=[Depends(authorised)])
+    def search(
+        request: Request,
+        image: UploadFile | None = File(None),
+        text: str | None = Form(None),
+        k: int = Form(10),
+        patient_id: str | None = Form(None),
+    ) -> dict[str, Any]:
+        """The k nearest archive cases of an image (its patient left out when given) or of a text."""
+        if (image is None) == (not text):
+            raise HTTPException(400, "send either an image or a text")
+        if image is not None:
+            return {"cases": service.search_image(upload(request, image), bounded(k), patient_id)}
+        if not service.loaded.has_text:
+            raise HTTPException(409, "this model has no text tower: search by image")
+        return {"cases": service.search_text(str(text)[:2000], bounded(k))}
+
+    @app.get("/v1/cases/{case}", dependencies=[Depends(authorised)])
+    def case(case: str) -> dict[str, Any]:
+        try:
+            return service.case(case_id(case))
+        except CaseNotFound:
+            raise HTTPException(404, "unknown case id") from None
+
+    @app.get("/v1/cases/{case}/image", dependencies=[Depends(authorised)])
+    def case_image(case: str) -> Response:
+        try:
+            return Response(service.case_image(case_id(case)), media_type="image/jpeg")
+        except CaseNotFound:
+            raise HTTPException(404, "unknown case id, or a case without an image") from None
+
+    return app

@@ -1,0 +1,191 @@
+"""The case service: a model, an index folder of archive cases and a descriptor set, as a library.
+
+`convirt serve` puts it behind HTTP (:mod:`convirt.serve.app`); everything the API answers comes
+from here: an explained diagnosis (descriptor probabilities with their observations, optional
+saliency maps, and the kNN vote of the nearest labelled cases: two independent opinions), case
+search by image or text, and the cases themselves. Embedding goes through a micro-batcher so that
+concurrent requests share one forward pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convirt.data.labels import label_matrix
+from convirt.data.schema import finding_set
+from convirt.data.transforms import image_transform_for
+from convirt.models.checkpoint import LoadedModel
+from convirt.models.fingerprint import model_fingerprint
+from convirt.retrieval import knn_scores, load_index_folder, search
+from convirt.retrieval.metrics import same_patient_exclusions
+from convirt.serve.batching import MicroBatcher
+from convirt.serve.cases import CaseImages
+from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
+
+SHOWN_METADATA = ("key", "labels", "view", "source", "study_id")  # never the patient id or a file path
+
+
+class CaseNotFound(KeyError):
+    """No case with that id in the index."""
+
+
+class CaseService:
+    """Diagnosis and search over an index folder with the model that built it.
+
+    Args:
+        loaded: The model (:func:`convirt.models.sources.load_model`); it must be the one the
+            index was built with (checked by fingerprint).
+        index: An index folder (`convirt index build`).
+        descriptors: A descriptor set for diagnosis (a shipped name or a YAML path); ``None``: search only.
+        shards: Where the indexed images are when the index rows name no files (built from shards).
+        knn_k: Neighbours of the kNN vote.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        index: str | os.PathLike[str],
+        descriptors: str | None = None,
+        shards: str | os.PathLike[str] | None = None,
+        knn_k: int = 10,
+    ) -> None:
+        self.loaded = loaded
+        self.folder = load_index_folder(index, fingerprint=model_fingerprint(loaded))
+        self.metadata = self.folder.metadata
+        self.images = CaseImages(self.metadata, shards)
+        self.transform = image_transform_for(loaded.preprocess_cfg, train=False)
+        self.knn_k = knn_k
+        self.classifier: ZeroShotClassifier | None = None
+        if descriptors is not None:
+            loaded.require_text("diagnosis from descriptors")
+            self.descriptors = load_descriptors(descriptors)
+            self.classifier = ZeroShotClassifier(loaded.model, loaded.tokenizer, self.descriptors, Method.DESCRIPTORS)
+        names = self.classifier.descriptors.finding_names if self.classifier else sorted(self._all_labels())
+        self.finding_names = list(names)
+        self.labels = label_matrix(self.metadata, self.finding_names)
+        self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
+        self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
+        self.embed_images = MicroBatcher(self._embed_image_batch)
+
+    def _all_labels(self) -> set[str]:
+        return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
+
+    @torch.no_grad()
+    def _embed_image_batch(self, images: list[Image.Image]) -> list[np.ndarray]:
+        batch = torch.stack([self.transform(image) for image in images])
+        with self._model_lock:
+            vectors = self.loaded.model.encode_image(batch, normalize=True).float().numpy()
+        return list(vectors)
+
+    @torch.no_grad()
+    def embed_text(self, text: str) -> np.ndarray:
+        """The normalised embedding of a query text."""
+        self.loaded.require_text("text search")
+        with self._model_lock:
+            tokens = self.loaded.tokenizer([text])
+            return self.loaded.model.encode_text(tokens, normalize=True).float().numpy()[0]
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
+        k = max(1, min(int(k), len(self.metadata)))
+        excluded = same_patient_exclusions([patient_id], self.patients)[0] if patient_id else set()
+        scores, ids = search(
+            self.folder.index, vector[None].astype(np.float32), min(k + len(excluded), len(self.metadata))
+        )
+        found: list[dict[str, Any]] = []
+        for score, case in zip(scores[0], ids[0]):
+            if case >= 0 and int(case) not in excluded and len(found) < k:
+                found.append({**self.case(int(case)), "score": float(score)})
+        return found
+
+    def search_image(self, image: Image.Image, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` nearest cases of an image."""
+        return self.search_vector(self.embed_images(image), k, patient_id)
+
+    def search_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` cases whose images lie nearest a text ("blunted left costophrenic angle")."""
+        return self.search_vector(self.embed_text(text), k)
+
+    def diagnose(self, image: Image.Image, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
+        """Per finding: the descriptor probability with its observations (and saliency map), and the
+        kNN vote of the nearest labelled cases; the neighbours themselves.
+
+        Raises:
+            ValueError: The service has no descriptor set.
+        """
+        if self.classifier is None:
+            raise ValueError("this service was started without --descriptors: it searches, it does not diagnose")
+        vector = self.embed_images(image)
+        scored = self.classifier.predict_features(torch.from_numpy(vector[None]))
+        neighbours = self.search_vector(vector, k or self.knn_k)
+        ids = np.array([[n["id"] for n in neighbours]])
+        sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
+        votes = knn_scores(ids, sims, self.labels, len(neighbours))[0]
+        observations = scored.observation_probabilities
+        findings = []
+        for f, name in enumerate(scored.finding_names):
+            explained = [
+                {"observation": obs, "probability": float(observations[0, j])}
+                for j, (owner, obs) in enumerate(scored.observations)
+                if owner == name and observations is not None
+            ]
+            entry: dict[str, Any] = {
+                "finding": name,
+                "probability": float(scored.probabilities[0, f]),
+                "observations": sorted(explained, key=lambda o: -o["probability"]),
+                "knn_vote": float(votes[f]),
+            }
+            if saliency:
+                entry["saliency_png"] = self._saliency_png(image, name)
+            findings.append(entry)
+        return {"findings": findings, "neighbours": neighbours, "knn_k": len(neighbours)}
+
+    def _saliency_png(self, image: Image.Image, finding: str) -> str:
+        assert self.classifier is not None
+        with self._model_lock, torch.enable_grad():
+            heat = self.classifier.saliency(self.transform(image), finding).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    def case(self, case: int) -> dict[str, Any]:
+        """A case's id, shown metadata and report, and its image URL where it has one.
+
+        Raises:
+            CaseNotFound: No such id.
+        """
+        if not 0 <= case < len(self.metadata):
+            raise CaseNotFound(case)
+        row = self.metadata[case]
+        shown = {key: row[key] for key in SHOWN_METADATA if key in row}
+        image = f"/v1/cases/{case}/image" if self.images.has_image(case) else None
+        return {"id": case, **shown, "report": str(row.get("text", "")), "image_url": image}
+
+    def case_image(self, case: int) -> bytes:
+        """A case's downsized JPEG.
+
+        Raises:
+            CaseNotFound: No such id, or the case has no image this service may serve.
+        """
+        if not 0 <= case < len(self.metadata) or not self.images.has_image(case):
+            raise CaseNotFound(case)
+        return self.images.jpeg(case)
+
+    def info(self) -> dict[str, Any]:
+        """What the service runs: the model's fingerprint, the index and the descriptor set."""
+        fingerprint = {k: v for k, v in model_fingerprint(self.loaded).items() if k != "model_config"}
+        return {
+            "model": fingerprint,
+            "index": {"factory": self.folder.info.factory, "count": len(self.metadata), "dim": self.folder.info.dim},
+            "descriptors": self.classifier.descriptors.name if self.classifier else None,
+            "findings": self.finding_names,
+            "knn_k": self.knn_k,
+        }

@@ -1,0 +1,145 @@
+"""`convirt serve`'s API through FastAPI's test client: every endpoint, every refusal, logs that name nobody."""
+
+import io
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from convirt.data.inputs import read_image_rows
+from convirt.embeddings.encode import embed_image_files
+from convirt.models.fingerprint import model_fingerprint
+from convirt.models.sources import load_model
+from convirt.retrieval import build_index_folder
+from convirt.serve.app import create_app
+from convirt.serve.batching import MicroBatcher
+from convirt.serve.service import CaseService
+from tests.conftest import write_dicom
+
+
+@pytest.fixture(scope="module")
+def archive(labels_csv, tiny_checkpoint, tmp_path_factory):
+    """An index folder of the phantom label table (with its image paths and reports) by the tiny model."""
+    loaded = load_model(str(tiny_checkpoint))
+    rows = read_image_rows(labels_csv)
+    vectors = embed_image_files(loaded.model, [row.image_path for row in rows], loaded.preprocess_cfg)
+    metadata = [
+        {
+            "key": row.key,
+            **row.metadata(),
+            "path": row.image_path,
+            "text": f"report of {row.patient_id}: lungs are clear",
+        }
+        for row in rows
+    ]
+    folder = tmp_path_factory.mktemp("serve") / "index"
+    build_index_folder(vectors, metadata, folder, fingerprint=model_fingerprint(loaded))
+    return loaded, folder, rows
+
+
+@pytest.fixture(scope="module")
+def service(archive):
+    loaded, folder, _ = archive
+    return CaseService(loaded, folder, descriptors="phantom", knn_k=5)
+
+
+def _png(path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_endpoint_answers(service, archive):
+    _, _, rows = archive
+    client = TestClient(create_app(service))
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/info").json()
+    assert info["index"]["count"] == len(rows) and info["descriptors"] == "phantom"
+    upload = {"image": ("x-ray.png", _png(rows[0].image_path), "image/png")}
+    answer = client.post("/v1/diagnose", files=upload, data={"saliency": "true", "k": "5"}).json()
+    names = [f["finding"] for f in answer["findings"]]
+    assert names == info["findings"] and len(answer["neighbours"]) == 5
+    first = answer["findings"][0]
+    assert 0 <= first["probability"] <= 1 and 0 <= first["knn_vote"] <= 1 and first["observations"]
+    assert first["saliency_png"].startswith("data:image/png;base64,")
+    # Search by image, the query's patient left out; by text.
+    found = client.post("/v1/search", files=upload, data={"k": "3", "patient_id": rows[0].patient_id}).json()["cases"]
+    assert len(found) == 3 and all(case["key"] != rows[0].key for case in found)
+    assert "patient_id" not in found[0] and "path" not in found[0]  # shown metadata only
+    by_text = client.post("/v1/search", data={"text": "enlarged cardiac silhouette", "k": "4"}).json()["cases"]
+    assert len(by_text) == 4 and by_text[0]["score"] >= by_text[-1]["score"]
+    case = client.get(f"/v1/cases/{found[0]['id']}").json()
+    assert case["report"].startswith("report of") and case["image_url"] == f"/v1/cases/{found[0]['id']}/image"
+    image = client.get(case["image_url"])
+    assert image.headers["content-type"] == "image/jpeg" and image.content[:3] == b"\xff\xd8\xff"
+    assert "/docs" in client.get("/docs").text or client.get("/openapi.json").status_code == 200
+
+
+def test_bad_inputs_get_the_right_4xx_and_the_logs_name_nobody(service, archive, tmp_path, caplog):
+    _, _, rows = archive
+    client = TestClient(create_app(service, max_upload=200_000))
+    png = _png(rows[0].image_path)
+    frames = tmp_path / "multi.dcm"
+    write_dicom(frames, np.zeros((3, 40, 48), dtype=np.uint16) + 500, frames=3)
+    cases = {
+        "wrong type": (("notes.png", b"FINDINGS: clear lungs", "image/png"), 415, "not a PNG, JPEG or DICOM"),
+        "truncated": (("x.png", png[: len(png) // 2], "image/png"), 400, "cannot read the png image"),
+        "multi-frame DICOM": (("x.dcm", frames.read_bytes(), "application/dicom"), 400, "multi-frame DICOM"),
+        "oversized": (("x.png", png + b"\0" * 200_000, "image/png"), 413, "over the limit"),
+        "empty": (("x.png", b"", "image/png"), 400, "empty upload"),
+    }
+    caplog.set_level(logging.INFO, logger="convirt.serve")
+    for name, (upload, status, reason) in cases.items():
+        answer = client.post("/v1/diagnose", files={"image": upload})
+        assert answer.status_code == status, name
+        assert reason in answer.json()["detail"] and "Traceback" not in answer.text, name
+    for bad in ("999999", "-1", "..%2F..%2Fetc%2Fpasswd", "1.5", "0x1"):
+        assert client.get(f"/v1/cases/{bad}").status_code == 404, bad
+        assert client.get(f"/v1/cases/{bad}/image").status_code == 404, bad
+    assert client.post("/v1/search", data={}).status_code == 400
+    assert client.post("/v1/search", data={"text": "x", "k": "0"}).status_code == 400
+    logged = caplog.text
+    assert "request " in logged and "upload sha256" in logged
+    for secret in (rows[0].patient_id, "notes.png", "x-ray.png", "lungs are clear", str(frames)):
+        assert secret not in logged
+
+
+def test_a_token_guards_every_api_call(service):
+    client = TestClient(create_app(service, token="s3cret"))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/v1/info").status_code == 401
+    assert client.get("/v1/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/v1/cases/0", headers={"Authorization": "s3cret"}).status_code == 401
+    assert client.get("/v1/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_concurrent_calls_share_batches():
+    def slow(items):
+        time.sleep(0.05)
+        return [item * 2 for item in items]
+
+    batcher = MicroBatcher(slow, max_batch=8, max_wait_s=0.02)
+    results: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher(i))) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: 2 * i for i in range(8)}
+    assert max(batcher.batches) > 1 and sum(batcher.batches) == 8
+
+
+def test_the_command_refuses_another_host_without_a_token(archive, monkeypatch, capsys):
+    from convirt.cli.main import main
+    from convirt.cli.serve import is_loopback
+
+    _, folder, _ = archive
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+    monkeypatch.delenv("CONVIRT_TOKEN", raising=False)
+    assert main(["serve", "--model", "m.ckpt", "--index", str(folder), "--host", "0.0.0.0"]) == 2
+    assert "--host 0.0.0.0 reaches other machines: pass --token" in capsys.readouterr().err
