@@ -13,16 +13,18 @@ import hmac
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 import convirt
 from convirt.serve.service import CaseNotFound, CaseService
 from convirt.serve.uploads import MAX_UPLOAD_BYTES, UploadError, read_upload
 
 log = logging.getLogger("convirt.serve")
+PAGE = Path(__file__).parent / "static" / "index.html"
 MAX_K = 100
 
 
@@ -86,6 +88,11 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
             raise HTTPException(404, "unknown case id")
         return int(text)
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        """The page: drop a radiograph, read its findings, browse similar cases (one file, no CDN)."""
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -96,14 +103,14 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
 
     @app.post("/v1/diagnose", dependencies=[Depends(authorised)])
     def diagnose(
-        request: Request, image: UploadFile = File(...), saliency: bool = Form(False), k: int = Form(10)
+        request: Request, image: UploadFile = File(...), saliency: bool = Form(False), k: int | None = Form(None)
     ) -> dict[str, Any]:
         """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote."""
         if service.classifier is None:
             raise HTTPException(
                 409, "this service was started without --descriptors: it searches, it does not diagnose"
             )
-        return service.diagnose(upload(request, image), saliency=saliency, k=bounded(k))
+        return service.diagnose(upload(request, image), saliency=saliency, k=bounded(k) if k is not None else None)
 
     @app.post("/v1/search", dependencies=[Depends(authorised)])
     def search(

@@ -1,0 +1,76 @@
+"""The page in a real browser: headless Chromium reads a phantom radiograph, shows its findings and
+similar cases, runs a text search, and leaves a screenshot in artifacts/."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from convirt.serve.app import create_app
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "artifacts" / "serve-page.png"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="Chromium and ChromeDriver not installed (apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+@pytest.fixture()
+def served(service):
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archive):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, _, rows = archive
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        browser.get(served + "/")
+        wait = WebDriverWait(browser, 60)
+        assert "not a diagnostic device" in browser.find_element(By.CSS_SELECTOR, ".notice").text
+        browser.find_element(By.ID, "file").send_keys(rows[0].image_path)
+        wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#findings .finding")))
+        wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#cases .case")))
+        findings = browser.find_elements(By.CSS_SELECTOR, "#findings .finding")
+        assert len(findings) == len(service.finding_names) and "%" in findings[0].text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#cases .case")) == 5
+        browser.find_element(By.ID, "show-heat").click()  # the heat map over the image
+        wait.until(lambda b: b.find_element(By.ID, "heat").is_displayed())
+        query = browser.find_element(By.ID, "query")
+        query.send_keys("enlarged cardiac silhouette")
+        query.submit()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "status"), 'cases for "enlarged cardiac silhouette"'))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#cases .case")) == 12
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
+    finally:
+        browser.quit()
