@@ -79,6 +79,7 @@ bench: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/real_data.py --seeds 0 1 2 \
 		--output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/bench_shared.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/serve.py --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) artifacts build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -74,6 +74,7 @@ class CaseService:
         self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
         self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
         self.embed_images = MicroBatcher(self._embed_image_batch)
+        self.embed_texts = MicroBatcher(self._embed_text_batch)
 
     def _all_labels(self) -> set[str]:
         return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
@@ -86,12 +87,15 @@ class CaseService:
         return list(vectors)
 
     @torch.no_grad()
-    def embed_text(self, text: str) -> np.ndarray:
-        """The normalised embedding of a query text."""
-        self.loaded.require_text("text search")
+    def _embed_text_batch(self, texts: list[str]) -> list[np.ndarray]:
         with self._model_lock:
-            tokens = self.loaded.tokenizer([text])
-            return self.loaded.model.encode_text(tokens, normalize=True).float().numpy()[0]
+            vectors = self.loaded.model.encode_text(self.loaded.tokenizer(texts), normalize=True).float().numpy()
+        return list(vectors)
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The normalised embedding of a query text (batched with concurrent queries)."""
+        self.loaded.require_text("text search")
+        return self.embed_texts(text)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
