@@ -27,7 +27,7 @@ def training_task(shards: str | Path) -> Task:
 
 def cached_signatures(task: Task, cache: Path) -> Signatures:
     """A task's pixel signatures, read from ``cache`` or signed and stored there."""
-    path = cache / f"{data_sha256(task)[:16]}.npz"
+    path = cache / f"{data_sha256(task)[:16]}-v2.npz"  # v2: with details
     if not path.is_file():
         signed = read_signatures(task.data, **task.input_options())
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +64,8 @@ def audit(
         _aligned(test_embedded, test.keys) if both and test_embedded else None,
         _aligned(train_embedded, train.keys) if both and train_embedded else None,
         threshold=threshold,
+        test_details=test.details,
+        train_details=train.details,
     )
     n = len(test.keys)
     counts = {kind: sum(1 for d in found if d.kind == kind) for kind in ("exact", "near")}

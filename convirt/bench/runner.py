@@ -28,7 +28,7 @@ from convirt.bench.suite import Suite, Task
 from convirt.data.inputs import is_shard_folder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.sources import load_model
-from convirt.retrieval.duplicates import NEAR_THRESHOLD
+from convirt.retrieval.duplicates import DETAIL_THRESHOLD, NEAR_THRESHOLD
 
 # Protocols whose result depends on the seed beyond its bootstrap (folds, training); the others run once.
 SEEDED = {"probe", "finetune"}
@@ -202,7 +202,11 @@ def _task_rows(
     if train_shards and any(protocol not in TEXT_ONLY for protocol in task.protocols):  # a text-only task has no image
         train = training_task(train_shards)
         about = {**base, "protocol": "leakage", "seed": 0, "train_data_sha256": data_sha256(train)}
-        about["settings"] = {"threshold": NEAR_THRESHOLD, "precision": settings.precision}
+        about["settings"] = {
+            "threshold": NEAR_THRESHOLD,
+            "detail_threshold": DETAIL_THRESHOLD,
+            "precision": settings.precision,
+        }
 
         def compute_audit() -> dict[str, Any]:
             test_signed, train_signed = (cached_signatures(t, out / "signatures") for t in (task, train))

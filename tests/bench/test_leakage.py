@@ -15,7 +15,7 @@ from convirt.models.checkpoint import _run_of
 from convirt.retrieval.duplicates import find_duplicates
 from convirt.training.predict import embed_to_folder
 
-TEST = 40  # the first 40 phantom images are the test set, the other 56 are distinct training images
+TEST = 40  # the first 40 phantom images are the test set, the other 40 are distinct training images
 
 
 def _embed(*args, **kwargs):
@@ -31,11 +31,15 @@ def _write_table(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def planted(phantom_csv, tmp_path_factory):
+def planted(tmp_path_factory):
     """A test table and a training table holding distinct images plus planted copies of test images:
     the same file, the same pixels re-encoded, a 3/4 resize saved as JPEG, a JPEG at full size and a
-    contrast change."""
+    contrast change. Phantoms of 256 px, a radiograph's smallest usual size (the suite's 96 px
+    phantoms keep too little detail for a resized copy to be told from a look-alike)."""
+    from convirt.data.sources.phantom import write_phantom
+
     out = tmp_path_factory.mktemp("planted")
+    phantom_csv = write_phantom(out / "phantom", num_samples=2 * TEST, seed=5, size=256, progress=False)
     rows = list(csv.DictReader(open(phantom_csv, newline="", encoding="utf-8")))
     for row in rows:
         row["image"] = str(phantom_csv.parent / row["image"])
@@ -60,7 +64,14 @@ def planted(phantom_csv, tmp_path_factory):
 def test_every_planted_copy_is_found_and_no_distinct_image_is_flagged(planted):
     test_csv, train_csv, test = planted
     test_signed, train_signed = read_signatures(test_csv), read_signatures(train_csv)
-    found = find_duplicates(test_signed.digests, test_signed.thumbnails, train_signed.digests, train_signed.thumbnails)
+    found = find_duplicates(
+        test_signed.digests,
+        test_signed.thumbnails,
+        train_signed.digests,
+        train_signed.thumbnails,
+        test_details=test_signed.details,
+        train_details=train_signed.details,
+    )
     kinds = {test_signed.keys[d.test]: (d.kind, train_signed.keys[d.train].split("copies_")[-1]) for d in found}
     keys = [test_signed.keys[i] for i in range(5)]
     assert kinds == {
@@ -88,7 +99,7 @@ def test_bench_audits_against_training_shards_and_can_leave_the_copies_out(plant
     shards = tmp_path / "train-shards"
     # Everything in the training split: the shards resize every image, so all five copies are near ones now.
     write_shards(
-        read_rows("csv", str(train_csv)), shards, image_size=80, val_fraction=0, test_fraction=0, progress=False
+        read_rows("csv", str(train_csv)), shards, image_size=192, val_fraction=0, test_fraction=0, progress=False
     )
     task = Task(name="planted", data=test_csv, labels=["Nodule"], protocols={"knn": {"k": 5}})
     suite = Suite("leak", 1, [task], tmp_path / "leak.yaml")
