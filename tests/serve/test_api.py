@@ -69,6 +69,10 @@ def test_bad_inputs_get_the_right_4xx_and_the_logs_name_nobody(service, archive,
     for bad in ("999999", "-1", "..%2F..%2Fetc%2Fpasswd", "1.5", "0x1"):
         assert client.get(f"/v1/cases/{bad}").status_code == 404, bad
         assert client.get(f"/v1/cases/{bad}/image").status_code == 404, bad
+    single = tmp_path / "single.dcm"
+    write_dicom(single, (np.arange(40 * 48).reshape(40, 48) % 4000).astype(np.uint16))
+    dicom = client.post("/v1/diagnose", files={"image": ("any-name.bin", single.read_bytes(), "text/plain")})
+    assert dicom.status_code == 200 and dicom.json()["findings"]  # typed by content: a DICOM, whatever its name
     assert client.post("/v1/search", data={}).status_code == 400
     assert client.post("/v1/search", data={"text": "x", "k": "0"}).status_code == 400
     logged = caplog.text
