@@ -15,9 +15,12 @@ UNRANKED = {"leakage"}
 
 
 def format_cell(row: dict[str, Any] | None) -> str:
-    """A result row's value with its 95% CI, ``0.953 [0.943, 0.961]``; ``n/a`` when undefined."""
+    """A result row's value with its 95% CI, ``0.953 [0.943, 0.961]``; a count as ``3 of 467``; ``n/a``
+    when undefined."""
     if row is None or row["value"] is None:
         return "n/a"
+    if row.get("protocol") in UNRANKED:  # counts (the leakage audit's copies)
+        return f"{int(row['value'])} of {row['n']}"
     ci = (
         f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         if row["ci_low"] is not None and row["ci_high"] is not None
