@@ -117,12 +117,21 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         request: Request,
         image: UploadFile | None = File(None),
         text: str | None = Form(None),
+        case: str | None = Form(None),
         k: int = Form(10),
         patient_id: str | None = Form(None),
     ) -> dict[str, Any]:
-        """The k nearest archive cases of an image (its patient left out when given) or of a text."""
-        if (image is None) == (not text):
-            raise HTTPException(400, "send either an image or a text")
+        """The k nearest archive cases of an image (its patient left out when given), of a text, or of
+        an archive case (its stored vector; the case and its patient left out)."""
+        if sum((image is not None, bool(text), case is not None)) != 1:
+            raise HTTPException(400, "send one of an image, a text or a case id")
+        if case is not None:
+            try:
+                return {"cases": service.search_case(case_id(case), bounded(k))}
+            except CaseNotFound:
+                raise HTTPException(404, "unknown case id") from None
+            except ValueError as error:
+                raise HTTPException(409, str(error)) from None
         if image is not None:
             return {"cases": service.search_image(upload(request, image), bounded(k), patient_id)}
         if not service.loaded.has_text:

@@ -13,7 +13,7 @@ import base64
 import io
 import os
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +31,14 @@ from convirt.serve.cases import CaseImages
 from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
 
 SHOWN_METADATA = ("key", "labels", "view", "source", "study_id")  # never the patient id or a file path
+
+
+class _Hits(NamedTuple):
+    """One query's embedding and its nearest index entries (deepest the batch asked for)."""
+
+    vector: np.ndarray
+    scores: np.ndarray
+    ids: np.ndarray
 
 
 class CaseNotFound(KeyError):
@@ -73,50 +81,89 @@ class CaseService:
         self.labels = label_matrix(self.metadata, self.finding_names)
         self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
         self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
-        self.embed_images = MicroBatcher(self._embed_image_batch)
-        self.embed_texts = MicroBatcher(self._embed_text_batch)
+        # Concurrent queries share one forward pass and one index search (a matrix product over the
+        # archive for the whole batch instead of one scan per query).
+        self.image_queries = MicroBatcher(self._image_batch)
+        self.text_queries = MicroBatcher(self._text_batch)
 
     def _all_labels(self) -> set[str]:
         return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
 
     @torch.no_grad()
-    def _embed_image_batch(self, images: list[Image.Image]) -> list[np.ndarray]:
-        batch = torch.stack([self.transform(image) for image in images])
+    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[_Hits]:
+        batch = torch.stack([pixels for pixels, _ in items])
         with self._model_lock:
             vectors = self.loaded.model.encode_image(batch, normalize=True).float().numpy()
-        return list(vectors)
+        return self._search_batch(vectors, [depth for _, depth in items])
 
     @torch.no_grad()
-    def _embed_text_batch(self, texts: list[str]) -> list[np.ndarray]:
+    def _text_batch(self, items: list[tuple[str, int]]) -> list[_Hits]:
         with self._model_lock:
-            vectors = self.loaded.model.encode_text(self.loaded.tokenizer(texts), normalize=True).float().numpy()
-        return list(vectors)
+            tokens = self.loaded.tokenizer([text for text, _ in items])
+            vectors = self.loaded.model.encode_text(tokens, normalize=True).float().numpy()
+        return self._search_batch(vectors, [depth for _, depth in items])
 
-    def embed_text(self, text: str) -> np.ndarray:
-        """The normalised embedding of a query text (batched with concurrent queries)."""
-        self.loaded.require_text("text search")
-        return self.embed_texts(text)
+    def _search_batch(self, vectors: np.ndarray, depths: list[int]) -> list[_Hits]:
+        depth = max(1, min(max(depths), len(self.metadata)))
+        scores, ids = search(self.folder.index, vectors.astype(np.float32), depth)
+        return [_Hits(vectors[i], scores[i], ids[i]) for i in range(len(vectors))]
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
-        """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
-        k = max(1, min(int(k), len(self.metadata)))
-        excluded = same_patient_exclusions([patient_id], self.patients)[0] if patient_id else set()
-        scores, ids = search(
-            self.folder.index, vector[None].astype(np.float32), min(k + len(excluded), len(self.metadata))
-        )
+    def _exclusions(self, patient_id: str | None) -> set[int]:
+        return same_patient_exclusions([patient_id], self.patients)[0] if patient_id else set()
+
+    def _nearest(self, hits: _Hits, k: int, excluded: set[int]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        for score, case in zip(scores[0], ids[0]):
+        for score, case in zip(hits.scores, hits.ids):
             if case >= 0 and int(case) not in excluded and len(found) < k:
                 found.append({**self.case(int(case)), "score": float(score)})
         return found
 
+    def _image_hits(self, image: Image.Image, k: int, excluded: set[int]) -> _Hits:
+        # The transform runs in the caller's thread, beside the batch in flight.
+        return self.image_queries((self.transform(image), k + len(excluded)))
+
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        """The normalised embedding of an image (batched with concurrent queries)."""
+        return self._image_hits(image, 1, set()).vector
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The normalised embedding of a query text (batched with concurrent queries)."""
+        self.loaded.require_text("text search")
+        return self.text_queries((text, 1)).vector
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
+        k = max(1, int(k))
+        excluded = self._exclusions(patient_id)
+        return self._nearest(self._search_batch(vector[None], [k + len(excluded)])[0], k, excluded)
+
     def search_image(self, image: Image.Image, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an image."""
-        return self.search_vector(self.embed_images(image), k, patient_id)
+        k, excluded = max(1, int(k)), self._exclusions(patient_id)
+        return self._nearest(self._image_hits(image, k, excluded), k, excluded)
+
+    def search_case(self, case: int, k: int = 10) -> list[dict[str, Any]]:
+        """The ``k`` nearest cases of an archive case (its stored vector: nothing is embedded), the
+        case itself and its patient's other images left out.
+
+        Raises:
+            CaseNotFound: No such id.
+            ValueError: The index cannot give its vectors back (IVF without refinement).
+        """
+        if not 0 <= case < len(self.metadata):
+            raise CaseNotFound(case)
+        try:
+            vector = np.asarray(self.folder.index.reconstruct(case), dtype=np.float32)
+        except RuntimeError:
+            raise ValueError("this index cannot give its vectors back: search by image or text") from None
+        k, excluded = max(1, int(k)), {case, *self._exclusions(self.patients[case])}
+        return self._nearest(self._search_batch(vector[None], [k + len(excluded)])[0], k, excluded)
 
     def search_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` cases whose images lie nearest a text ("blunted left costophrenic angle")."""
-        return self.search_vector(self.embed_text(text), k)
+        self.loaded.require_text("text search")
+        k = max(1, int(k))
+        return self._nearest(self.text_queries((text, k)), k, set())
 
     def diagnose(self, image: Image.Image, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
         """Per finding: the descriptor probability with its observations (and saliency map), and the
@@ -127,9 +174,10 @@ class CaseService:
         """
         if self.classifier is None:
             raise ValueError("this service was started without --descriptors: it searches, it does not diagnose")
-        vector = self.embed_images(image)
-        scored = self.classifier.predict_features(torch.from_numpy(vector[None]))
-        neighbours = self.search_vector(vector, k or self.knn_k)
+        k = max(1, int(k or self.knn_k))
+        hits = self._image_hits(image, k, set())
+        scored = self.classifier.predict_features(torch.from_numpy(hits.vector[None]))
+        neighbours = self._nearest(hits, k, set())
         ids = np.array([[n["id"] for n in neighbours]])
         sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
         votes = knn_scores(ids, sims, self.labels, len(neighbours))[0]

@@ -39,6 +39,11 @@ def test_every_endpoint_answers(service, archive):
     assert "patient_id" not in found[0] and "path" not in found[0]  # shown metadata only
     by_text = client.post("/v1/search", data={"text": "enlarged cardiac silhouette", "k": "4"}).json()["cases"]
     assert len(by_text) == 4 and by_text[0]["score"] >= by_text[-1]["score"]
+    # Search by an archive case: its stored vector, the case and its patient left out.
+    like = client.post("/v1/search", data={"case": "0", "k": "3"}).json()["cases"]
+    assert len(like) == 3 and all(rows[c["id"]].patient_id != rows[0].patient_id for c in like)
+    assert client.post("/v1/search", data={"case": "99999"}).status_code == 404
+    assert client.post("/v1/search", data={"case": "0", "text": "x"}).status_code == 400
     case = client.get(f"/v1/cases/{found[0]['id']}").json()
     assert case["report"].startswith("report of") and case["image_url"] == f"/v1/cases/{found[0]['id']}/image"
     image = client.get(case["image_url"])
@@ -104,6 +109,27 @@ def test_concurrent_calls_share_batches():
         thread.join()
     assert results == {i: 2 * i for i in range(8)}
     assert max(batcher.batches) > 1 and sum(batcher.batches) == 8
+
+
+def test_concurrent_searches_share_one_forward_pass_and_one_index_search(service, archive):
+    _, _, rows = archive
+    images = [Image.open(row.image_path) for row in rows[:8]]
+    alone = [service.search_image(image, k=4, patient_id=row.patient_id) for image, row in zip(images, rows)]
+    service.image_queries.batches.clear()
+    together: dict[int, list] = {}
+
+    def query(i: int) -> None:
+        together[i] = service.search_image(images[i], k=4, patient_id=rows[i].patient_id)
+
+    threads = [threading.Thread(target=query, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(service.image_queries.batches) > 1  # at least two queries in one batch
+    for i, found in enumerate(alone):  # each query answered as if alone, its own patient still left out
+        assert [c["id"] for c in together[i]] == [c["id"] for c in found]
+        assert np.allclose([c["score"] for c in together[i]], [c["score"] for c in found], atol=1e-5)
 
 
 def test_the_command_refuses_another_host_without_a_token(archive, monkeypatch, capsys):
