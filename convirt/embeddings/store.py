@@ -180,7 +180,7 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
     counts of skipped samples are cleared.
 
     Raises:
-        ValueError: The folder holds parts of another model or modality.
+        ValueError: The folder holds parts of another model, modality or precision.
     """
     out = Path(folder)
     modality = fingerprint.get("modality", "image")
@@ -191,6 +191,12 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
             raise ValueError(
                 f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
                 "embeddings: use another output folder"
+            )
+        made, making = before.get("precision"), fingerprint.get("precision")
+        if made is not None and making is not None and made != making:
+            raise ValueError(
+                f"{out} holds vectors made with precision {made}; this run uses {making}: pass --precision {made} "
+                "or use another output folder"
             )
     write_json(out / INFO, fingerprint)
     for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before

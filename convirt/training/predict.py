@@ -167,7 +167,12 @@ def embed_to_folder(
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    info = {**(fingerprint or {}), "modality": modality}
+    if precision is None:
+        choice = choose_precision(accelerator)
+        precision = choice.precision
+        rank_zero_info(f"convirt: precision {precision} ({choice.reason}; --precision chooses another)")
+    # The precision is part of what made the vectors: recorded, and a resume must use the same.
+    info = {**(fingerprint or {}), "modality": modality, "precision": precision}
     done = open_embedding_folder(output, info)
     predict_features(
         model,

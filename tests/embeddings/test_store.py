@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from convirt._hardware import choose_precision
 from convirt.embeddings import read_embeddings
 from convirt.embeddings.store import completed_parts
 from convirt.training.predict import embed_to_folder
@@ -37,10 +40,23 @@ def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
     assert 0 < len(completed_parts(parted)) < len(completed_parts(whole))
     count, _ = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
     assert count == 22
+    chosen = choose_precision("auto").precision  # bf16-mixed where bf16 is native, else 32-true: recorded
+    assert json.loads((parted / "info.json").read_text())["precision"] == chosen
     a, rows_a = read_embeddings(whole)
     b, rows_b = read_embeddings(parted)
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]
     assert np.array_equal(a, b) and a.shape == (22, 3)
+
+
+def test_a_resume_with_another_precision_is_refused(tmp_path):
+    out = tmp_path / "e"
+    with pytest.raises(RuntimeError, match="dies here"):
+        embed_to_folder(
+            _Encoder(), lambda done: _batches(22, done, fail_after=3), out, chunk_size=5, precision="32-true",
+            progress=False,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="made with precision 32-true; this run uses bf16-mixed"):
+        embed_to_folder(_Encoder(), lambda done: _batches(22, done), out, precision="bf16-mixed", progress=False)
 
 
 def test_float16_storage_and_errors(tmp_path):
