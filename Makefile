@@ -46,7 +46,7 @@ demo: install
 	$(STAGE) query $(RUN) index query --index $(DEMO)/index --image $(DEMO)/phantom/images/phantom-0-000000.png -k 5
 	$(STAGE) index-eval $(RUN) index eval --index $(DEMO)/index -k 5 --texts $(DEMO)/text-embeddings \
 		--output $(DEMO)/retrieval.json
-	$(RUN) report --zeroshot $(DEMO)/zeroshot/metrics.json --retrieval $(DEMO)/retrieval.json \
+	$(RUN) report --zeroshot $(DEMO)/zeroshot --retrieval $(DEMO)/retrieval.json \
 		--checkpoint $(DEMO)/checkpoints/last.ckpt --timings $(TIMINGS) --output $(DEMO)/metrics.json
 	$(STAGE) bench $(RUN) bench --suite phantom --model demo-effnet-minilm --model $(DEMO)/checkpoints/last.ckpt \
 		--output $(DEMO)/bench --bootstrap 200

@@ -12,7 +12,9 @@ from convirt._io import write_json
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="merge zero-shot and retrieval metrics into one table and JSON")
-    parser.add_argument("--zeroshot", required=True, help="metrics.json of `convirt zeroshot`")
+    parser.add_argument(
+        "--zeroshot", required=True, help="the output folder of `convirt zeroshot` (or its metrics.json)"
+    )
     parser.add_argument("--retrieval", required=True, help="JSON of `convirt index eval --output`")
     parser.add_argument(
         "--checkpoint", help="the evaluated checkpoint: its training precision and machine are recorded too"
@@ -23,6 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(path: str) -> dict:
+    if Path(path).is_dir():  # an output folder: the metrics.json its command wrote
+        path = str(Path(path) / "metrics.json")
     if not Path(path).is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
     return json.loads(Path(path).read_text(encoding="utf-8"))

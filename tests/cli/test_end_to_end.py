@@ -187,7 +187,7 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
             [
                 "report",
                 "--zeroshot",
-                str(tmp_path / "zs" / "metrics.json"),
+                str(tmp_path / "zs"),  # the command's output folder (its metrics.json is read)
                 "--retrieval",
                 str(tmp_path / "ret.json"),
                 "--output",
