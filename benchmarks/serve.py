@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _markdown import commit, machine_line, write_section
@@ -27,15 +28,16 @@ from _markdown import commit, machine_line, write_section
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "artifacts" / "demo"
 CLIENTS = (1, 4, 16)
+FACTORIES = ("Flat", "HNSW32")  # exact search, and the graph index an archive of this size would use
 REQUESTS = {"search (image)": 160, "search (text)": 160, "search (case)": 320, "diagnose": 64}  # per concurrency level
 
 
-def archive_index(out: Path, size: int) -> Path:
-    """The demo's index padded to ``size`` vectors with random unit vectors (kept in ``out``)."""
+def archive_index(out: Path, size: int, factory: str = "Flat") -> Path:
+    """The demo's index padded to ``size`` random unit vectors, as a ``factory`` index (kept in ``out``)."""
     from convirt.models.sources import load_model
     from convirt.retrieval import build_index_folder, index_vectors, load_index_folder
 
-    folder = out / f"index-{size}"
+    folder = out / (f"index-{size}" if factory == "Flat" else f"index-{size}-{factory}")
     if (folder / "info.json").is_file():
         return folder
     demo = load_index_folder(DEMO / "index")
@@ -48,7 +50,7 @@ def archive_index(out: Path, size: int) -> Path:
         from convirt.models.fingerprint import model_fingerprint
 
         fingerprint = model_fingerprint(load_model(str(DEMO / "checkpoints" / "last.ckpt")))
-    build_index_folder(np.concatenate([vectors, filler]), rows, folder, fingerprint=fingerprint)
+    build_index_folder(np.concatenate([vectors, filler]), rows, folder, factory, fingerprint=fingerprint)
     return folder
 
 
@@ -103,19 +105,10 @@ def load(url: str, kind: str, clients: int, total: int, image: bytes) -> dict[st
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
-    parser.add_argument("--work", default=str(ROOT / "artifacts" / "serve-bench"))
-    parser.add_argument("--vectors", type=int, default=100_000)
-    parser.add_argument(
-        "--quick", action="store_true", help="a check: 8 requests per level (write to a scratch --output)"
-    )
-    args = parser.parse_args()
-    requests = {kind: 8 for kind in REQUESTS} if args.quick else REQUESTS
-    if not (DEMO / "checkpoints" / "last.ckpt").is_file() or not (DEMO / "index" / "info.json").is_file():
-        raise SystemExit("run `make demo` first: this benchmark serves its model and index")
-    index = archive_index(Path(args.work), args.vectors)
+def serve_and_load(index: Path, requests: dict[str, int]) -> dict[str, Any]:
+    """Start `convirt serve` on ``index``, send the requests at each level; results and resident memory."""
+    import httpx
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -125,8 +118,6 @@ def main() -> None:
     server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **quiet)  # type: ignore[call-overload]
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
         deadline = time.time() + 180
         while time.time() < deadline:
             try:
@@ -144,42 +135,65 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    return {"results": results, "before": before, "after": after}
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--work", default=str(ROOT / "artifacts" / "serve-bench"))
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument(
+        "--quick", action="store_true", help="a check: 8 requests per level (write to a scratch --output)"
+    )
+    args = parser.parse_args()
+    requests = {kind: 8 for kind in REQUESTS} if args.quick else REQUESTS
+    if not (DEMO / "checkpoints" / "last.ckpt").is_file() or not (DEMO / "index" / "info.json").is_file():
+        raise SystemExit("run `make demo` first: this benchmark serves its model and index")
+    runs = {
+        factory: serve_and_load(archive_index(Path(args.work), args.vectors, factory), requests)
+        for factory in FACTORIES
+    }
     lines = [
         "## `convirt serve` under load",
         "",
         f"{machine_line()}; commit {commit()}. Command: `python benchmarks/serve.py` (server and clients on the same "
-        f"2 cores, 127.0.0.1). The demo model, an index of {args.vectors:,} vectors (Flat: the demo's 467 test cases "
-        "plus random unit vectors), a fixed number of requests per level, each client a thread with its own "
-        "connection; image requests upload one 192 px phantom PNG.",
+        f"2 cores, 127.0.0.1). The demo model, an index of {args.vectors:,} vectors (the demo's 467 test cases "
+        f"plus random unit vectors), built as {' and as '.join(FACTORIES)}; a fixed number of requests per level, "
+        "each client a thread with its own connection; image requests upload one 192 px phantom PNG; "
+        "search by case sends an archive case id (its stored vector: nothing is embedded).",
         "",
-        "| endpoint | clients | requests | p50 ms | p95 ms | p99 ms | requests/s | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| index | endpoint | clients | requests | p50 ms | p95 ms | p99 ms | requests/s | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for kind, levels in results.items():
-        for clients, r in levels.items():
-            lines.append(
-                f"| {kind} | {clients} | {r['n']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
-                f"{r['rps']:.1f} | {r['errors']} |"
-            )
-    diagnose = results["diagnose"]
-    ratio = diagnose[16]["rps"] / diagnose[1]["rps"]
-    met = {kind: levels[16]["p95"] <= 50 for kind, levels in results.items() if kind.startswith("search")}
-    verdicts = [
-        "search p95 at 16 clients <= 50 ms: "
-        + "; ".join(f"{k} {'met' if ok else 'not met'} ({results[k][16]['p95']:.0f} ms)" for k, ok in met.items()),
-        f"diagnose p95 at 1 client <= 500 ms: {'met' if diagnose[1]['p95'] <= 500 else 'not met'} "
-        f"({diagnose[1]['p95']:.0f} ms)",
-        f"diagnose throughput at 16 clients >= 2x at 1: {'met' if ratio >= 2 else 'not met'} ({ratio:.2f}x)",
-        f"errors: {sum(r['errors'] for levels in results.values() for r in levels.values())}",
-    ]
-    lines += [
-        "",
-        f"Server resident memory: {before:.0f} MiB after warm-up, {after:.0f} MiB after all "
-        f"{sum(r['n'] for levels in results.values() for r in levels.values())} requests. Goals: "
-        + "; ".join(verdicts)
-        + ".",
-    ]
+    for factory, run in runs.items():
+        for kind, levels in run["results"].items():
+            for clients, r in levels.items():
+                lines.append(
+                    f"| {factory} | {kind} | {clients} | {r['n']} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+                    f"{r['rps']:.1f} | {r['errors']} |"
+                )
+    lines.append("")
+    for factory, run in runs.items():
+        results = run["results"]
+        diagnose = results["diagnose"]
+        ratio = diagnose[16]["rps"] / diagnose[1]["rps"]
+        met = {kind: levels[16]["p95"] <= 50 for kind, levels in results.items() if kind.startswith("search")}
+        verdicts = [
+            "search p95 at 16 clients <= 50 ms: "
+            + "; ".join(f"{k} {'met' if ok else 'not met'} ({results[k][16]['p95']:.0f} ms)" for k, ok in met.items()),
+            f"diagnose p95 at 1 client <= 500 ms: {'met' if diagnose[1]['p95'] <= 500 else 'not met'} "
+            f"({diagnose[1]['p95']:.0f} ms)",
+            f"diagnose throughput at 16 clients >= 2x at 1: {'met' if ratio >= 2 else 'not met'} ({ratio:.2f}x)",
+            f"errors: {sum(r['errors'] for levels in results.values() for r in levels.values())}",
+        ]
+        lines.append(
+            f"{factory}: server resident memory {run['before']:.0f} MiB after warm-up, {run['after']:.0f} MiB after "
+            f"all {sum(r['n'] for levels in results.values() for r in levels.values())} requests. Goals: "
+            + "; ".join(verdicts)
+            + "."
+        )
+        lines.append("")
     write_section(Path(args.output), "serve", "\n".join(lines))
     print("\n".join(lines))
 

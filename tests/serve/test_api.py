@@ -132,6 +132,15 @@ def test_concurrent_searches_share_one_forward_pass_and_one_index_search(service
         assert np.allclose([c["score"] for c in together[i]], [c["score"] for c in found], atol=1e-5)
 
 
+def test_a_text_query_embeds_as_its_full_length_tokens_do(service):
+    import torch
+
+    loaded = service.loaded
+    with torch.no_grad():
+        full = loaded.model.encode_text(loaded.tokenizer(["blunted left costophrenic angle"]), normalize=True)
+    assert np.allclose(service.embed_text("blunted left costophrenic angle"), full[0].numpy(), atol=1e-5)
+
+
 def test_the_command_refuses_another_host_without_a_token(archive, monkeypatch, capsys):
     from convirt.cli.main import main
     from convirt.cli.serve import is_loopback
