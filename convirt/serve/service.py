@@ -92,6 +92,7 @@ class CaseService:
         faiss.cvar.distance_compute_blas_threshold = 2  # batches of 2+ queries: one BLAS product (default 20)
         self.image_queries = MicroBatcher(self._image_batch)
         self.text_queries = MicroBatcher(self._text_batch)
+        self.vector_queries = MicroBatcher(self._vector_batch)
 
     def _all_labels(self) -> set[str]:
         return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
@@ -110,6 +111,9 @@ class CaseService:
             tokens = trim_padding(self.loaded.tokenizer([text for text, _ in items]), self._pad_id)
             vectors = self.loaded.model.encode_text(tokens, normalize=True).float().numpy()
         return self._search_batch(vectors, [depth for _, depth in items])
+
+    def _vector_batch(self, items: list[tuple[np.ndarray, int]]) -> list[_Hits]:
+        return self._search_batch(np.stack([vector for vector, _ in items]), [depth for _, depth in items])
 
     def _search_batch(self, vectors: np.ndarray, depths: list[int]) -> list[_Hits]:
         depth = max(1, min(max(depths), len(self.metadata)))
@@ -146,7 +150,7 @@ class CaseService:
         """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
         k = max(1, int(k))
         excluded = self._exclusions(patient_id)
-        return self._nearest(self._search_batch(vector[None], [k + len(excluded)])[0], k, excluded)
+        return self._nearest(self.vector_queries((vector, k + len(excluded))), k, excluded)
 
     def search_image(self, image: Image.Image, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an image."""
@@ -168,7 +172,7 @@ class CaseService:
         except RuntimeError:
             raise ValueError("this index cannot give its vectors back: search by image or text") from None
         k, excluded = max(1, int(k)), {case, *self._exclusions(self.patients[case])}
-        return self._nearest(self._search_batch(vector[None], [k + len(excluded)])[0], k, excluded)
+        return self._nearest(self.vector_queries((vector, k + len(excluded))), k, excluded)
 
     def search_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` cases whose images lie nearest a text ("blunted left costophrenic angle")."""
