@@ -23,7 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--labels",
         nargs="+",
         metavar="NAME",
-        help="the label names to score (default: every label in the data); each must be a descriptor finding",
+        help="the label names to score (default: every label in the data); each must be a descriptor finding, "
+        "and only these findings of the set are scored",
     )
     parser.add_argument(
         "--threshold-split",
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
     from convirt.zeroshot.plots import plot_explained_batch
 
     descriptors = load_descriptors(args.descriptors)
+    if args.labels:  # only the named labels are scored
+        descriptors = descriptors.only(args.labels)
     loaded = model_from_args(args)
     loaded.require_text("zero-shot diagnosis")
     where = parse_where(args.where)

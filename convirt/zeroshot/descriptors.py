@@ -43,6 +43,18 @@ class DescriptorSet:
     def finding_names(self) -> list[str]:
         return [finding.name for finding in self.findings]
 
+    def only(self, names: list[str] | tuple[str, ...]) -> DescriptorSet:
+        """The set restricted to ``names``, in the set's order (a test set that labels 5 of its 14 findings).
+
+        Raises:
+            ValueError: A name is not a finding of the set.
+        """
+        if unknown := sorted(set(names) - set(self.finding_names)):
+            raise ValueError(
+                f"labels without a descriptor finding: {unknown}; {self.name} describes {self.finding_names}"
+            )
+        return DescriptorSet(self.name, tuple(f for f in self.findings if f.name in set(names)))
+
 
 class _LineLoader(yaml.SafeLoader):
     """A safe YAML loader that refuses duplicate keys and remembers each finding's line."""

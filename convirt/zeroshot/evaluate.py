@@ -107,6 +107,8 @@ def evaluate_zeroshot(
     Raises:
         ValueError: Labels and descriptor findings do not match (see :func:`aligned_labels`).
     """
+    if selected:  # only the selected labels are scored: the other findings of the set need no labels
+        descriptors = descriptors.only(selected)
     names = descriptors.finding_names
     labels = aligned_labels(embedded.meta, names, selected)
     classifiers = {method: ZeroShotClassifier(model, tokenizer, descriptors, method) for method in Method}

@@ -259,3 +259,26 @@ def test_the_public_suite_runs_what_is_there_and_says_how_to_get_the_rest(phanto
     bad.write_text(yaml.safe_dump({"tasks": [{"name": "t", "data": ".", "label_format": "dicom-sr"}]}))
     with pytest.raises(ValueError, match="label_format must be one of"):
         load_suite(bad)
+
+
+def test_a_task_labelling_some_of_its_descriptor_findings_scores_those(phantom_shards, tiny_checkpoint, tmp_path):
+    # CheXpert's test set labels 5 of the chexpert set's 14 findings; Open-i's reports 2 of them.
+    spec = {
+        "name": "subset",
+        "tasks": [
+            {
+                "name": "two-findings",
+                "data": str(phantom_shards),
+                "split": "test",
+                "labels": ["Cardiomegaly", "Edema"],
+                "descriptors": "phantom",
+                "protocols": {"zeroshot": {}, "prompts": {}, "reports": {}},
+            }
+        ],
+    }
+    path = tmp_path / "subset.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    rows = run_bench(load_suite(path), [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20).rows
+    assert {r["protocol"] for r in rows} == {"zeroshot", "prompts", "reports"}
+    per_finding = {r["metric"].split("/")[-1] for r in rows if r["protocol"] == "zeroshot" and "/auroc/" in r["metric"]}
+    assert per_finding == {"Cardiomegaly", "Edema"}

@@ -69,8 +69,13 @@ def test_label_and_descriptor_mismatch_lists_both_sets(tiny_checkpoint, labels_c
             }
         )
     )
-    assert main([*common, "--descriptors", str(extra), "--labels", "Edema"]) == 2
+    assert main([*common, "--descriptors", str(extra), "--labels", "Edema", "Fracture"]) == 2
     assert "descriptor findings missing from the labels: ['Fracture']" in capsys.readouterr().err
+    # Naming the labels scores those findings only (CheXpert's test set labels 5 of its 14 findings).
+    assert main([*common, "--descriptors", str(extra), "--labels", "Edema"]) == 0
+    assert list(load_zeroshot_folder(tmp_path / "zs").metrics["positives"]) == ["Edema"]
+    assert main([*common, "--descriptors", str(extra), "--labels", "Edema", "Nodule"]) == 2
+    assert "labels without a descriptor finding: ['Nodule']" in capsys.readouterr().err
 
 
 def test_probe_command(tiny_checkpoint, labels_csv, tmp_path):
