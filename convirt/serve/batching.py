@@ -3,8 +3,7 @@
 Written here because the serving libraries that batch (Triton, Ray Serve, TorchServe) are whole
 servers; this is the one piece a FastAPI app needs. Callers (the app's worker threads) put an item
 and wait; one thread takes whatever is queued, up to ``max_batch``, waiting at most ``max_wait_s``
-for more once the first arrives while other calls are in flight (a lone call runs at once), and
-runs ``function`` on the list.
+for more once the first arrives, and runs ``function`` on the list.
 """
 
 from __future__ import annotations
@@ -25,28 +24,19 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks (last 1000)
         self._queue: queue.Queue[tuple[Any, Future]] = queue.Queue()
-        self._callers = 0  # calls in flight: queued, being run, or about to be queued
-        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="convirt-microbatch", daemon=True)
         self._thread.start()
 
     def __call__(self, item: Any) -> Any:
         """The result of ``item``, computed in a batch with the items queued beside it."""
         future: Future = Future()
-        with self._lock:
-            self._callers += 1
-        try:
-            self._queue.put((item, future))
-            return future.result()
-        finally:
-            with self._lock:
-                self._callers -= 1
+        self._queue.put((item, future))
+        return future.result()
 
     def _run(self) -> None:
         while True:
             pending = [self._queue.get()]
-            # Wait for more only while other callers are on their way: a lone request runs at once.
-            while len(pending) < min(self.max_batch, self._callers):
+            while len(pending) < self.max_batch:
                 try:
                     pending.append(self._queue.get(timeout=self.max_wait_s))
                 except queue.Empty:
