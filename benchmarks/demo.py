@@ -20,6 +20,7 @@ import yaml
 from _markdown import commit, machine_line, write_section
 from _recipe import CI_LEVEL
 
+from convirt.cli.report import read_timings
 from convirt.zeroshot import load_zeroshot_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +32,6 @@ METHODS = (
     ("names", "finding-name prompts"),
     ("ensemble", "template ensemble"),
 )
-
-
-def stage_seconds(path: Path) -> dict[str, float]:
-    """The demo's stage wall times, from the ``stage<TAB>seconds`` lines `make demo` appends."""
-    stages: dict[str, float] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, _, seconds = line.rpartition("\t")
-        stages[name] = stages.get(name, 0.0) + float(seconds)
-    return stages
 
 
 def main() -> None:
@@ -54,7 +46,7 @@ def main() -> None:
     summary = json.loads((DEMO / "metrics.json").read_text(encoding="utf-8"))
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     manifest = json.loads((DEMO / "shards" / "manifest.json").read_text(encoding="utf-8"))
-    stages = stage_seconds(DEMO / "timings.tsv")  # every timed stage, the bench after the report included
+    stages = read_timings(str(DEMO / "timings.tsv"))  # every timed stage, the bench after the report included
     names = list(zeroshot["positives"])
     model, trainer = config["model"], config["trainer"]
     lines = [

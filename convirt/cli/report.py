@@ -32,7 +32,8 @@ def _load(path: str) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _read_timings(path: str) -> dict[str, float]:
+def read_timings(path: str) -> dict[str, float]:
+    """Stage wall times from ``stage<TAB>seconds`` lines (a stage named twice adds up)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"timings file not found: {path}")
     stages: dict[str, float] = {}
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
 
         metrics["training"] = read_run(args.checkpoint)
     if args.timings:
-        metrics["stage_seconds"] = _read_timings(args.timings)
+        metrics["stage_seconds"] = read_timings(args.timings)
     write_json(args.output, metrics)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "n/a"
     print("\n| finding | positives | AUROC (descriptors) | AUROC (finding name) |\n|---|---|---|---|")

@@ -76,6 +76,15 @@ class SinkWriter(BasePredictionWriter):
             self.sink.close()
 
 
+def _resolved_precision(precision: str | None, accelerator: str) -> str:
+    """``precision``, or the one chosen for the device (logged) when ``None``."""
+    if precision is not None:
+        return precision
+    choice = choose_precision(accelerator)
+    rank_zero_info(f"convirt: precision {choice.precision} ({choice.reason}; --precision chooses another)")
+    return choice.precision
+
+
 def predict_features(
     model: torch.nn.Module,
     batches: Iterable[dict[str, Any]],
@@ -102,10 +111,7 @@ def predict_features(
         progress: Show a progress bar.
     """
     many = devices not in (1, "1")
-    if precision is None:
-        choice = choose_precision(accelerator)
-        precision = choice.precision
-        rank_zero_info(f"convirt: precision {precision} ({choice.reason}; --precision chooses another)")
+    precision = _resolved_precision(precision, accelerator)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -167,10 +173,7 @@ def embed_to_folder(
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if precision is None:
-        choice = choose_precision(accelerator)
-        precision = choice.precision
-        rank_zero_info(f"convirt: precision {precision} ({choice.reason}; --precision chooses another)")
+    precision = _resolved_precision(precision, accelerator)
     # The precision is part of what made the vectors: recorded, and a resume must use the same.
     info = {**(fingerprint or {}), "modality": modality, "precision": precision}
     done = open_embedding_folder(output, info)
