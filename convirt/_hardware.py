@@ -192,3 +192,15 @@ def choose_num_threads(cores: int | None = None) -> int:
     step for each choice; BENCHMARKS.md, "CPU threads").
     """
     return cores or _cores()
+
+
+def choose_serve_threads(cores: int | None = None) -> int:
+    """Intra-op threads (torch and faiss) for a serving process: every core it may run on but one,
+    which is left to the event loop that parses requests and to the image decodes (at least one).
+
+    A parallel region waits at its barrier for its slowest thread; when the machine has no core to
+    spare, a thread pre-empted by the request work stalls every region of a forward pass (the demo
+    model's 16-image pass took 1,300 ms on two threads of a two-core machine whose other core was
+    busy, 127 ms on one).
+    """
+    return max(1, (cores or _cores()) - 1)

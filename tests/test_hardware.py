@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from convirt import _hardware
-from convirt._hardware import choose_num_threads, choose_precision, cpu_info
+from convirt._hardware import choose_num_threads, choose_precision, choose_serve_threads, cpu_info
 
 
 @pytest.fixture
@@ -101,6 +101,11 @@ def test_other_accelerators_get_fp32():
 def test_threads_go_to_the_model_on_every_core_this_process_may_use():
     assert choose_num_threads(cores=2) == 2
     assert choose_num_threads() == _hardware._cores() >= 1
+
+
+def test_a_server_leaves_one_core_to_its_requests():
+    assert choose_serve_threads(cores=2) == 1 and choose_serve_threads(cores=16) == 15
+    assert choose_serve_threads(cores=1) == 1
 
 
 def test_the_cli_fills_in_the_precision_only_where_the_config_leaves_it_open(cpu):

@@ -24,6 +24,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted")
     serve.add_argument("--knn", type=int, default=10, help="neighbours of the kNN vote beside each diagnosis")
+    serve.add_argument(
+        "--threads", type=int, help="torch and faiss threads (default: every core this process may use but one)"
+    )
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch of queries waits for company (0: never)"
+    )
     serve.set_defaults(run=run)
 
 
@@ -42,14 +48,25 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--host {args.host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
     import logging
 
+    import torch
     import uvicorn
 
+    from convirt._hardware import choose_serve_threads
     from convirt.serve.app import create_app
     from convirt.serve.service import CaseService
 
-    service = CaseService(model_from_args(args), args.index, args.descriptors, args.images, args.knn)
+    threads = args.threads if args.threads is not None else choose_serve_threads()
+    if threads < 1 or args.batch_wait_ms < 0:
+        raise ValueError(f"--threads must be >= 1 and --batch-wait-ms >= 0, got {threads} and {args.batch_wait_ms}")
+    torch.set_num_threads(threads)
+    service = CaseService(
+        model_from_args(args), args.index, args.descriptors, args.images, args.knn, args.batch_wait_ms, threads
+    )
     app = create_app(service, token=args.token, max_upload=int(args.max_upload_mb * 1024 * 1024))
-    print(f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases)", flush=True)
+    print(
+        f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",
+        flush=True,
+    )
     # The app's own request lines (request id, route, status, time, upload hash) instead of uvicorn's access log.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -4,6 +4,9 @@ Every refusal is a 4xx with a one-line ``detail``; an unexpected error answers 5
 request id. Logs carry request ids, timings and upload hashes, never file names, patient ids or
 report text. With a token, every ``/v1`` call needs ``Authorization: Bearer TOKEN`` (compared in
 constant time); `convirt serve` requires one for any host but loopback.
+
+The query endpoints are coroutines that await the service's micro-batches: a request holds no
+worker thread while its batch runs, and only an upload's decode goes to one.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 import convirt
+from convirt.serve.schema import Case, Diagnosis, Info, Search
 from convirt.serve.service import CaseNotFound, CaseService
 from convirt.serve.uploads import MAX_UPLOAD_BYTES, UploadError, read_upload
 
@@ -37,7 +43,7 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         "not a diagnostic device.",
     )
 
-    def authorised(request: Request) -> None:
+    async def authorised(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
@@ -70,12 +76,12 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
     async def refused(request: Request, error: UploadError) -> JSONResponse:
         return JSONResponse({"detail": error.reason}, status_code=error.status)
 
-    def upload(request: Request, image: UploadFile) -> Any:
-        data = image.file.read(max_upload + 1)
+    async def upload(request: Request, image: UploadFile) -> Image.Image:
+        data = await image.read(max_upload + 1)
         log.info(
             "request %s upload sha256 %s (%d bytes)", request.state.id, hashlib.sha256(data).hexdigest()[:16], len(data)
         )
-        return read_upload(data, max_upload)
+        return await run_in_threadpool(read_upload, data, max_upload)  # decoding: not in the event loop
 
     def bounded(k: int) -> int:
         if not 1 <= k <= MAX_K:
@@ -97,12 +103,12 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/info", dependencies=[Depends(authorised)])
-    def info() -> dict[str, Any]:
+    @app.get("/v1/info", dependencies=[Depends(authorised)], response_model=Info)
+    async def info() -> dict[str, Any]:
         return service.info()
 
-    @app.post("/v1/diagnose", dependencies=[Depends(authorised)])
-    def diagnose(
+    @app.post("/v1/diagnose", dependencies=[Depends(authorised)], response_model=Diagnosis)
+    async def diagnose(
         request: Request, image: UploadFile = File(...), saliency: bool = Form(False), k: int | None = Form(None)
     ) -> dict[str, Any]:
         """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote."""
@@ -110,10 +116,11 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
             raise HTTPException(
                 409, "this service was started without --descriptors: it searches, it does not diagnose"
             )
-        return service.diagnose(upload(request, image), saliency=saliency, k=bounded(k) if k is not None else None)
+        k = bounded(k) if k is not None else None
+        return await service.diagnose_async(await upload(request, image), saliency=saliency, k=k)
 
-    @app.post("/v1/search", dependencies=[Depends(authorised)])
-    def search(
+    @app.post("/v1/search", dependencies=[Depends(authorised)], response_model=Search)
+    async def search(
         request: Request,
         image: UploadFile | None = File(None),
         text: str | None = Form(None),
@@ -127,19 +134,19 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
             raise HTTPException(400, "send one of an image, a text or a case id")
         if case is not None:
             try:
-                return {"cases": service.search_case(case_id(case), bounded(k))}
+                return {"cases": await service.search_case_async(case_id(case), bounded(k))}
             except CaseNotFound:
                 raise HTTPException(404, "unknown case id") from None
             except ValueError as error:
                 raise HTTPException(409, str(error)) from None
         if image is not None:
-            return {"cases": service.search_image(upload(request, image), bounded(k), patient_id)}
+            return {"cases": await service.search_image_async(await upload(request, image), bounded(k), patient_id)}
         if not service.loaded.has_text:
             raise HTTPException(409, "this model has no text tower: search by image")
-        return {"cases": service.search_text(str(text)[:2000], bounded(k))}
+        return {"cases": await service.search_text_async(str(text)[:2000], bounded(k))}
 
-    @app.get("/v1/cases/{case}", dependencies=[Depends(authorised)])
-    def case(case: str) -> dict[str, Any]:
+    @app.get("/v1/cases/{case}", dependencies=[Depends(authorised)], response_model=Case)
+    async def case(case: str) -> dict[str, Any]:
         try:
             return service.case(case_id(case))
         except CaseNotFound:

@@ -151,3 +151,115 @@ def test_the_command_refuses_another_host_without_a_token(archive, monkeypatch, 
     monkeypatch.delenv("CONVIRT_TOKEN", raising=False)
     assert main(["serve", "--model", "m.ckpt", "--index", str(folder), "--host", "0.0.0.0"]) == 2
     assert "--host 0.0.0.0 reaches other machines: pass --token" in capsys.readouterr().err
+
+
+def test_a_batch_waits_at_most_its_wait_from_its_first_item_and_a_lone_call_not_at_all():
+    seen: list[list[int]] = []
+
+    def record(items):
+        seen.append(list(items))
+        return items
+
+    eager = MicroBatcher(record)  # no wait: a lone call runs at once
+    start = time.perf_counter()
+    assert eager(1) == 1 and time.perf_counter() - start < 0.05
+    patient = MicroBatcher(record, max_batch=64, max_wait_s=0.05)
+    seen.clear()
+    stop = time.perf_counter() + 0.3
+    futures = []
+    while time.perf_counter() < stop:  # a steady trickle, one item every 10 ms, for 0.3 s
+        futures.append(patient.submit(len(futures)))
+        time.sleep(0.01)
+    assert [f.result() for f in futures] == list(range(len(futures)))
+    # The trickle never stops, yet each batch closes 50 ms after its first item: several batches.
+    assert len(seen) >= 4 and max(len(batch) for batch in seen) <= 8
+
+
+def test_awaited_calls_share_batches_without_threads():
+    import asyncio
+
+    def double(items):
+        time.sleep(0.02)
+        return [2 * item for item in items]
+
+    batcher = MicroBatcher(double, max_wait_s=0.01)
+
+    async def many():
+        return await asyncio.gather(*(batcher.run(i) for i in range(8)))
+
+    assert asyncio.run(many()) == [2 * i for i in range(8)]
+    assert max(batcher.batches) > 1 and sum(batcher.batches) == 8
+
+
+def test_concurrent_requests_to_the_app_share_batches_and_answer_as_alone(service):
+    import asyncio
+
+    import httpx
+
+    app = create_app(service)
+    alone = [TestClient(app).post("/v1/search", data={"case": str(i), "k": "3"}).json() for i in range(8)]
+
+    async def together():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = await asyncio.gather(
+                *(client.post("/v1/search", data={"case": str(i), "k": "3"}) for i in range(8))
+            )
+        return [answer.json() for answer in answers]
+
+    service.vector_queries.batches.clear()
+    assert asyncio.run(together()) == alone
+    assert max(service.vector_queries.batches) > 1  # the coroutines' queries met in one batch
+
+
+def test_the_awaited_methods_answer_as_the_blocking_ones(service, archive):
+    import asyncio
+
+    _, _, rows = archive
+    image = Image.open(rows[2].image_path)
+
+    async def awaited():
+        return (
+            await service.search_image_async(image, k=4, patient_id=rows[2].patient_id),
+            await service.search_text_async("enlarged cardiac silhouette", k=4),
+            await service.search_case_async(2, k=4),
+            await service.diagnose_async(image, k=4),
+        )
+
+    blocking = (
+        service.search_image(image, k=4, patient_id=rows[2].patient_id),
+        service.search_text("enlarged cardiac silhouette", k=4),
+        service.search_case(2, k=4),
+        service.diagnose(image, k=4),
+    )
+    for got, expected in zip(asyncio.run(awaited()), blocking):
+        assert got == expected
+
+
+def test_index_searches_run_on_the_services_thread_count(archive, monkeypatch):
+    import faiss
+
+    import convirt.serve.service as module
+    from convirt.serve.service import CaseService
+
+    loaded, folder, _ = archive
+    counts: list[int] = []
+    real = module.search
+
+    def counting(*args, **kwargs):
+        counts.append(faiss.omp_get_max_threads())  # in the batcher's thread, where OpenMP's count is its own
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "search", counting)
+    one = CaseService(loaded, folder, search_threads=1)
+    one.search_case(0, k=2)
+    one.search_text("clear lungs", k=2)
+    assert counts == [1, 1]
+
+
+def test_the_openapi_page_documents_typed_answers(service):
+    spec = TestClient(create_app(service)).get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"Diagnosis", "Finding", "Observation", "Search", "Neighbour", "Case", "Info"} <= schemas.keys()
+    answer = spec["paths"]["/v1/search"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/Search"}
