@@ -109,14 +109,30 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
 
     @app.post("/v1/diagnose", dependencies=[Depends(authorised)], response_model=Diagnosis)
     async def diagnose(
-        request: Request, image: UploadFile = File(...), saliency: bool = Form(False), k: int | None = Form(None)
+        request: Request,
+        image: UploadFile | None = File(None),
+        case: str | None = Form(None),
+        saliency: bool = Form(False),
+        k: int | None = Form(None),
     ) -> dict[str, Any]:
-        """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote."""
+        """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote,
+        of an uploaded image or of an archive case (its stored vector; it and its patient left out of
+        the vote)."""
         if service.classifier is None:
             raise HTTPException(
                 409, "this service was started without --descriptors: it searches, it does not diagnose"
             )
+        if (image is None) == (case is None):
+            raise HTTPException(400, "send one of an image or a case id")
         k = bounded(k) if k is not None else None
+        if case is not None:
+            try:
+                return await service.diagnose_case_async(case_id(case), saliency=saliency, k=k)
+            except CaseNotFound:
+                raise HTTPException(404, "unknown case id, or a case without an image for saliency") from None
+            except ValueError as error:
+                raise HTTPException(409, str(error)) from None
+        assert image is not None
         return await service.diagnose_async(await upload(request, image), saliency=saliency, k=k)
 
     @app.post("/v1/search", dependencies=[Depends(authorised)], response_model=Search)

@@ -49,7 +49,8 @@ class CaseImages:
         row = self.metadata[case]
         return bool(row.get("path")) and Path(str(row["path"])).is_file() or str(row.get("key")) in self.members
 
-    def _image(self, case: int) -> Image.Image:
+    def image(self, case: int) -> Image.Image:
+        """Case ``case``'s grey image at its archive size (a valid id with an image)."""
         row = self.metadata[case]
         if row.get("path") and Path(str(row["path"])).is_file():
             return load_grayscale(str(row["path"]))
@@ -62,7 +63,7 @@ class CaseImages:
         return image.convert("L")
 
     def _jpeg(self, case: int, side: int = THUMBNAIL_SIDE) -> bytes:
-        image = self._image(case)
+        image = self.image(case)
         if min(image.size) > side:
             image = resize_short_side(image, side)
         return encode_jpeg(image, quality=85)

@@ -171,14 +171,23 @@ class CaseService:
         k = max(1, int(k))
         return _Ask(batcher, (query, k + len(excluded)), lambda hits: self._nearest(hits, k, excluded))
 
-    def _case_ask(self, case: int, k: int) -> _Ask:
+    def _case_vector(self, case: int) -> tuple[np.ndarray, set[int]]:
+        """An archive case's stored vector, and the rows to leave out of its neighbours (it and its patient's)."""
         if not 0 <= case < len(self.metadata):
             raise CaseNotFound(case)
         try:
             vector = np.asarray(self.folder.index.reconstruct(case), dtype=np.float32)
         except RuntimeError:
             raise ValueError("this index cannot give its vectors back: search by image or text") from None
-        return self._search_ask(self.vector_queries, vector, k, {case, *self._exclusions(self.patients[case])})
+        return vector, {case, *self._exclusions(self.patients[case])}
+
+    def _case_ask(self, case: int, k: int) -> _Ask:
+        vector, excluded = self._case_vector(case)
+        return self._search_ask(self.vector_queries, vector, k, excluded)
+
+    def _case_diagnosis_ask(self, case: int, k: int) -> _Ask:
+        vector, excluded = self._case_vector(case)
+        return _Ask(self.vector_queries, (vector, k + len(excluded)), lambda hits: self._diagnosis(hits, k, excluded))
 
     def _text_ask(self, text: str, k: int) -> _Ask:
         self.loaded.require_text("text search")
@@ -258,10 +267,39 @@ class CaseService:
             await asyncio.to_thread(self._add_saliency, diagnosis, image)
         return diagnosis
 
-    def _diagnosis(self, hits: _Hits, k: int) -> dict[str, Any]:
+    def diagnose_case(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
+        """:meth:`diagnose` of an archive case from its stored vector (nothing is embedded); the kNN
+        vote leaves out the case itself and its patient's other images, whose labels would be its own.
+        Saliency maps are drawn on the case's archive image.
+
+        Raises:
+            CaseNotFound: No such id, or saliency asked of a case without an image.
+            ValueError: The service has no descriptor set, or the index cannot give its vectors back.
+        """
+        k = self._diagnosis_k(k)
+        diagnosis = self._now(self._case_diagnosis_ask(case, k))
+        if saliency:
+            self._add_saliency(diagnosis, self._archive_image(case))
+        return diagnosis
+
+    async def diagnose_case_async(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
+        """:meth:`diagnose_case`, awaited."""
+        k = self._diagnosis_k(k)
+        diagnosis = await self._later(self._case_diagnosis_ask(case, k))
+        if saliency:
+            image = await asyncio.to_thread(self._archive_image, case)
+            await asyncio.to_thread(self._add_saliency, diagnosis, image)
+        return diagnosis
+
+    def _archive_image(self, case: int) -> Image.Image:
+        if not self.images.has_image(case):
+            raise CaseNotFound(case)
+        return self.images.image(case)
+
+    def _diagnosis(self, hits: _Hits, k: int, excluded: set[int] | None = None) -> dict[str, Any]:
         assert self.classifier is not None
         scored = self.classifier.predict_features(torch.from_numpy(hits.vector[None]))
-        neighbours = self._nearest(hits, k, set())
+        neighbours = self._nearest(hits, k, excluded or set())
         ids = np.array([[n["id"] for n in neighbours]])
         sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
         votes = knn_scores(ids, sims, self.labels, len(neighbours))[0]

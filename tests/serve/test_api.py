@@ -263,3 +263,23 @@ def test_the_openapi_page_documents_typed_answers(service):
     assert {"Diagnosis", "Finding", "Observation", "Search", "Neighbour", "Case", "Info"} <= schemas.keys()
     answer = spec["paths"]["/v1/search"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert answer == {"$ref": "#/components/schemas/Search"}
+
+
+def test_an_archive_case_is_diagnosed_from_its_stored_vector_without_its_own_vote(service, archive):
+    _, _, rows = archive
+    client = TestClient(create_app(service))
+    answer = client.post("/v1/diagnose", data={"case": "3", "k": "4", "saliency": "true"}).json()
+    assert answer == {**service.diagnose_case(3, saliency=True, k=4)}
+    assert len(answer["neighbours"]) == 4 and answer["findings"][0]["saliency_png"].startswith("data:image/png")
+    # The case and its patient's other images are left out of the neighbours and so of the vote.
+    assert all(rows[n["id"]].patient_id != rows[3].patient_id for n in answer["neighbours"])
+    # Its probabilities are those of its stored vector: the same as its image's, up to the index's precision.
+    from_image = service.diagnose(Image.open(rows[3].image_path), k=4)
+    assert np.allclose(
+        [f["probability"] for f in answer["findings"]], [f["probability"] for f in from_image["findings"]], atol=1e-4
+    )
+    upload = {"image": ("x.png", _png(rows[0].image_path), "image/png")}
+    assert client.post("/v1/diagnose", files=upload, data={"case": "3"}).status_code == 400
+    assert client.post("/v1/diagnose", data={}).status_code == 400
+    assert client.post("/v1/diagnose", data={"case": "99999"}).status_code == 404
+    assert client.post("/v1/diagnose", data={"case": "../1"}).status_code == 404

@@ -44,6 +44,7 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -70,6 +71,14 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
         query.submit()
         wait.until(ready.text_to_be_present_in_element((By.ID, "status"), 'cases for "enlarged cardiac silhouette"'))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#cases .case")) == 12
+        # Open an archive case with the keyboard: read from its stored vector, its own patient left out.
+        picked = browser.find_element(By.ID, "case-id")
+        picked.send_keys("3", Keys.ENTER)
+        wait.until(ready.text_to_be_present_in_element((By.ID, "status"), "findings scored"))
+        shown = [
+            int(c.text.split("case ")[1].split()[0]) for c in browser.find_elements(By.CSS_SELECTOR, "#cases .legend")
+        ]
+        assert shown and all(rows[i].patient_id != rows[3].patient_id for i in shown)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
     finally:
