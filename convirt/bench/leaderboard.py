@@ -1,4 +1,4 @@
-"""The leaderboard of a bench run: models x (task, protocol) headline metrics with CIs, best in bold."""
+"""The leaderboard of a bench run: per task, models x protocol headline metrics with CIs, best in bold."""
 
 from __future__ import annotations
 
@@ -38,34 +38,34 @@ def headlines(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
 
 
 def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
-    """A Markdown table: one row per model, one column per task and protocol (headline metric, 95% CI)."""
+    """Markdown tables, one per task (its name in bold above it): one row per model, one column per
+    protocol (headline metric, 95% CI), the best of each column in bold."""
     best = headlines(rows)
-    columns = sorted({(task, protocol, best[m, task, protocol]["metric"]) for (m, task, protocol) in best})
-    lines = [
-        "| model | " + " | ".join(f"{task}: {protocol} {metric}" for task, protocol, metric in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    top = {
-        (task, protocol): max(
-            (best[m, task, protocol]["value"] for m in models if (m, task, protocol) in best), default=math.nan
-        )
-        for task, protocol, _ in columns
-    }
-    for model in models:
-        cells = []
-        for task, protocol, _ in columns:
-            row = best.get((model, task, protocol))
-            text = format_cell(row)
-            cells.append(
-                f"**{text}**"
-                if row is not None
-                and len(models) > 1
-                and protocol not in UNRANKED
-                and row["value"] == top[task, protocol]
-                else text
+    tables = []
+    for task in sorted({task for _, task, _ in best}):
+        columns = sorted({(protocol, best[m, t, protocol]["metric"]) for (m, t, protocol) in best if t == task})
+        lines = [
+            f"**{task}**",
+            "",
+            "| model | " + " | ".join(f"{protocol} {metric}" for protocol, metric in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+        ]
+        top = {
+            protocol: max(
+                (best[m, task, protocol]["value"] for m in models if (m, task, protocol) in best), default=math.nan
             )
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            for protocol, _ in columns
+        }
+        for model in models:
+            cells = []
+            for protocol, _ in columns:
+                row = best.get((model, task, protocol))
+                text = format_cell(row)
+                ranked = row is not None and len(models) > 1 and protocol not in UNRANKED
+                cells.append(f"**{text}**" if ranked and row is not None and row["value"] == top[protocol] else text)
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables) + "\n"
 
 
 def write_leaderboard(rows: list[dict[str, Any]], models: list[str], output: str | Path) -> Path:

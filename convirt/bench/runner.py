@@ -92,6 +92,7 @@ def run_bench(
     train_shards: str | os.PathLike[str] | None = None,
     exclude_leaked: bool = False,
     finetune: Finetune | None = None,
+    audit: bool = True,
 ) -> BenchOutput:
     """Run every task and protocol of ``suite`` for each model source, reusing what ``output`` holds.
 
@@ -110,15 +111,20 @@ def run_bench(
             other protocols on that task.
         finetune: The fine-tuning trainer (:func:`convirt.training.finetune.finetune_predict`
             with its settings, as the CLI passes it); without it, ``finetune`` protocols are skipped.
+        audit: Run the leakage audit where training shards are known; ``False``: no audit, even of a
+            checkpoint that records its shards.
 
     Raises:
-        ValueError: No model, two sources with the same label, or training shards that are not a shard folder.
+        ValueError: No model, two sources with the same label, training shards that are not a shard
+            folder, or training shards or ``exclude_leaked`` without the audit.
     """
     if not sources:
         raise ValueError("name at least one model (--model SOURCE)")
     labels = [model_label(source) for source in sources]
     if len(set(labels)) != len(labels):
         raise ValueError(f"two models share a name in {labels}: pass paths that differ in their last part")
+    if not audit and (train_shards is not None or exclude_leaked):
+        raise ValueError("--train-shards and --exclude-leaked need the leakage audit: drop --no-audit")
     if train_shards is not None and not is_shard_folder(train_shards):
         raise ValueError(f"--train-shards {train_shards}: not a shard folder (no manifest.json)")
     settings = BenchSettings(
@@ -127,7 +133,7 @@ def run_bench(
     out, result = Path(output), BenchOutput()
     for source, label in zip(sources, labels):
         loaded = load_model(source)
-        shards = settings.train_shards or _recorded_shards(loaded)
+        shards = (settings.train_shards or _recorded_shards(loaded)) if audit else None
         for task in suite.tasks:
             if not task.available:
                 result.skipped.append((label, task.name, "", f"no data at {task.missing}: {task.obtain}"))

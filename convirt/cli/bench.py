@@ -34,6 +34,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="leave test images found in a model's training shards out of its other protocols",
     )
+    bench.add_argument(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        help="skip the leakage audit, even of a checkpoint that records its training shards",
+    )
     bench.set_defaults(run=run)
 
 
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> None:
         args.train_shards,
         args.exclude_leaked,
         finetune,
+        args.audit,
     )
     for model, task, protocol, reason in result.skipped:
         print(f"skipped {model} / {task}{' / ' + protocol if protocol else ''}: {reason}")

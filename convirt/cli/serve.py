@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
     service = CaseService(
         model_from_args(args), args.index, args.descriptors, args.images, args.knn, args.batch_wait_ms, threads
     )
+    service.warm_up()
     app = create_app(service, token=args.token, max_upload=int(args.max_upload_mb * 1024 * 1024))
     print(
         f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",

@@ -119,6 +119,22 @@ class CaseService:
         self.text_queries = MicroBatcher(self._text_batch, max_wait_s=wait)
         self.vector_queries = MicroBatcher(self._vector_batch, max_wait_s=wait)
 
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run the model once at every batch size a batch of queries can have.
+
+        oneDNN chooses and keeps kernels per input shape: without this the first batch of each size
+        pays for that inside a request, and the resident memory grows by steps over the first
+        hundreds of requests (measured: +60 MiB after 1,500 diagnoses) before it levels off.
+        """
+        blank = self.transform(Image.new("L", (256, 256)))
+        with self._model_lock:
+            for n in range(1, self.image_queries.max_batch + 1):
+                self.loaded.model.encode_image(blank.expand(n, *blank.shape).contiguous(memory_format=self._layout))
+                if self.loaded.has_text:
+                    tokens = trim_padding(self.loaded.tokenizer(["warm up"] * n), self._pad_id)
+                    self.loaded.model.encode_text(tokens)
+
     def _all_labels(self) -> set[str]:
         return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
 

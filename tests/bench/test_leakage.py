@@ -91,7 +91,9 @@ def test_every_planted_copy_is_found_and_no_distinct_image_is_flagged(planted):
         )
 
 
-def test_bench_audits_against_training_shards_and_can_leave_the_copies_out(planted, tiny_checkpoint, tmp_path):
+def test_bench_audits_against_training_shards_and_can_leave_the_copies_out(
+    planted, tiny_checkpoint, tmp_path, monkeypatch
+):
     from convirt.data.sources import read_rows
     from convirt.data.writer import write_shards
 
@@ -126,6 +128,17 @@ def test_bench_audits_against_training_shards_and_can_leave_the_copies_out(plant
     assert next(r for r in second.rows if r["protocol"] == "knn")["n"] == TEST - 5
     with pytest.raises(ValueError, match="not a shard folder"):
         run_bench(suite, [str(tiny_checkpoint)], tmp_path / "b2", _embed, train_shards=tmp_path)
+    # A checkpoint that records its training shards is audited by default; audit=False (--no-audit) skips it.
+    import convirt.bench.runner as runner
+
+    monkeypatch.setattr(runner, "_recorded_shards", lambda loaded: str(shards))
+    recorded = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20)
+    assert {r["metric"]: r["value"] for r in recorded.rows if r["protocol"] == "leakage"}["leaked"] == 5
+    unaudited = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20, audit=False)
+    assert [r["protocol"] for r in unaudited.rows if r["protocol"] == "leakage"] == []
+    assert next(r for r in unaudited.rows if r["protocol"] == "knn")["n"] == TEST
+    with pytest.raises(ValueError, match="need the leakage audit"):
+        run_bench(suite, [str(tiny_checkpoint)], tmp_path / "b3", _embed, train_shards=shards, audit=False)
 
 
 def test_a_checkpoint_records_the_shards_it_was_trained_on():

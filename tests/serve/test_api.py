@@ -283,3 +283,14 @@ def test_an_archive_case_is_diagnosed_from_its_stored_vector_without_its_own_vot
     assert client.post("/v1/diagnose", data={}).status_code == 400
     assert client.post("/v1/diagnose", data={"case": "99999"}).status_code == 404
     assert client.post("/v1/diagnose", data={"case": "../1"}).status_code == 404
+
+
+def test_warm_up_runs_the_model_at_every_batch_size_a_batch_can_have(service, monkeypatch):
+    sizes: dict[str, list[int]] = {"image": [], "text": []}
+    model = service.loaded.model
+    image, text = model.encode_image, model.encode_text
+    monkeypatch.setattr(model, "encode_image", lambda x, **kw: sizes["image"].append(len(x)) or image(x, **kw))
+    monkeypatch.setattr(model, "encode_text", lambda x, **kw: sizes["text"].append(len(x)) or text(x, **kw))
+    service.warm_up()
+    every = list(range(1, service.image_queries.max_batch + 1))
+    assert sizes == {"image": every, "text": every}
