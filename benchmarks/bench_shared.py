@@ -245,8 +245,8 @@ def main() -> None:
         "",
         *label_efficiency(rows, names),
         f"The whole suite over the {len(models)} models took {bench_seconds / 60:.1f} min from a cold cache. "
-        "Leakage audit of each recipe checkpoint against the shards it records (copies of test images in its "
-        "training split): "
+        "Leakage audit of each `convirt fit` checkpoint (the recipe seeds and the demo model) against the "
+        "shards it records (copies of test images in its training split): "
         + (", ".join(f"{model} / {task}: {count}" for model, task, count in leaked) or "no checkpoint audited")
         + ".",
         "",
