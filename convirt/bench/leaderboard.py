@@ -61,8 +61,8 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
             for protocol, _ in columns:
                 row = best.get((model, task, protocol))
                 text = format_cell(row)
-                ranked = row is not None and len(models) > 1 and protocol not in UNRANKED
-                cells.append(f"**{text}**" if ranked and row is not None and row["value"] == top[protocol] else text)
+                best_here = row is not None and row["value"] == top[protocol]
+                cells.append(f"**{text}**" if best_here and len(models) > 1 and protocol not in UNRANKED else text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables) + "\n"

@@ -16,6 +16,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,15 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         )
         return await run_in_threadpool(read_upload, data, max_upload)  # decoding: not in the event loop
 
+    async def of_case(pending: Awaitable[Any], unknown: str) -> Any:
+        """An archive case's answer, its refusals as 4xx: no such case (404), no stored vector (409)."""
+        try:
+            return await pending
+        except CaseNotFound:
+            raise HTTPException(404, unknown) from None
+        except ValueError as error:
+            raise HTTPException(409, str(error)) from None
+
     def bounded(k: int) -> int:
         if not 1 <= k <= MAX_K:
             raise HTTPException(400, f"k must lie in 1..{MAX_K}, got {k}")
@@ -126,12 +136,8 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
             raise HTTPException(400, "send one of an image or a case id")
         k = bounded(k) if k is not None else None
         if case is not None:
-            try:
-                return await service.diagnose_case_async(case_id(case), saliency=saliency, k=k)
-            except CaseNotFound:
-                raise HTTPException(404, "unknown case id, or a case without an image for saliency") from None
-            except ValueError as error:
-                raise HTTPException(409, str(error)) from None
+            answer = service.diagnose_case_async(case_id(case), saliency=saliency, k=k)
+            return await of_case(answer, "unknown case id, or a case without an image for saliency")
         assert image is not None
         return await service.diagnose_async(await upload(request, image), saliency=saliency, k=k)
 
@@ -149,12 +155,7 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         if sum((image is not None, bool(text), case is not None)) != 1:
             raise HTTPException(400, "send one of an image, a text or a case id")
         if case is not None:
-            try:
-                return {"cases": await service.search_case_async(case_id(case), bounded(k))}
-            except CaseNotFound:
-                raise HTTPException(404, "unknown case id") from None
-            except ValueError as error:
-                raise HTTPException(409, str(error)) from None
+            return {"cases": await of_case(service.search_case_async(case_id(case), bounded(k)), "unknown case id")}
         if image is not None:
             return {"cases": await service.search_image_async(await upload(request, image), bounded(k), patient_id)}
         if not service.loaded.has_text:

@@ -183,9 +183,13 @@ class CaseService:
     async def _later(ask: _Ask) -> Any:
         return ask.answer(await ask.batcher.run(ask.item))
 
-    def _search_ask(self, batcher: MicroBatcher, query: Any, k: int, excluded: set[int]) -> _Ask:
-        k = max(1, int(k))
-        return _Ask(batcher, (query, k + len(excluded)), lambda hits: self._nearest(hits, k, excluded))
+    def _ask(
+        self, batcher: MicroBatcher, query: Any, k: int, excluded: set[int], answer: Callable[..., Any] | None = None
+    ) -> _Ask:
+        """``query`` for ``batcher``, deep enough to leave ``excluded`` out of ``k`` hits; answered by
+        ``answer(hits, k, excluded)`` (default: the nearest cases)."""
+        k, answer = max(1, int(k)), answer or self._nearest
+        return _Ask(batcher, (query, k + len(excluded)), lambda hits: answer(hits, k, excluded))
 
     def _case_vector(self, case: int) -> tuple[np.ndarray, set[int]]:
         """An archive case's stored vector, and the rows to leave out of its neighbours (it and its patient's)."""
@@ -197,17 +201,13 @@ class CaseService:
             raise ValueError("this index cannot give its vectors back: search by image or text") from None
         return vector, {case, *self._exclusions(self.patients[case])}
 
-    def _case_ask(self, case: int, k: int) -> _Ask:
+    def _case_ask(self, case: int, k: int, answer: Callable[..., Any] | None = None) -> _Ask:
         vector, excluded = self._case_vector(case)
-        return self._search_ask(self.vector_queries, vector, k, excluded)
-
-    def _case_diagnosis_ask(self, case: int, k: int) -> _Ask:
-        vector, excluded = self._case_vector(case)
-        return _Ask(self.vector_queries, (vector, k + len(excluded)), lambda hits: self._diagnosis(hits, k, excluded))
+        return self._ask(self.vector_queries, vector, k, excluded, answer)
 
     def _text_ask(self, text: str, k: int) -> _Ask:
         self.loaded.require_text("text search")
-        return self._search_ask(self.text_queries, text, k, set())
+        return self._ask(self.text_queries, text, k, set())
 
     def embed_image(self, image: Image.Image) -> np.ndarray:
         """The normalised embedding of an image (batched with concurrent queries)."""
@@ -220,19 +220,19 @@ class CaseService:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
-        return self._now(self._search_ask(self.vector_queries, vector, k, self._exclusions(patient_id)))
+        return self._now(self._ask(self.vector_queries, vector, k, self._exclusions(patient_id)))
 
     def search_image(self, image: Image.Image, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an image, the query's patient left out when known."""
         # The transform runs in the caller's thread, beside the batch in flight.
-        return self._now(self._search_ask(self.image_queries, self.transform(image), k, self._exclusions(patient_id)))
+        return self._now(self._ask(self.image_queries, self.transform(image), k, self._exclusions(patient_id)))
 
     async def search_image_async(
         self, image: Image.Image, k: int = 10, patient_id: str | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`search_image`, awaited (the transform in a worker thread, the batch without one)."""
         pixels = await asyncio.to_thread(self.transform, image)
-        return await self._later(self._search_ask(self.image_queries, pixels, k, self._exclusions(patient_id)))
+        return await self._later(self._ask(self.image_queries, pixels, k, self._exclusions(patient_id)))
 
     def search_case(self, case: int, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an archive case (its stored vector: nothing is embedded), the
@@ -269,7 +269,7 @@ class CaseService:
             ValueError: The service has no descriptor set.
         """
         k = self._diagnosis_k(k)
-        diagnosis = self._diagnosis(self.image_queries((self.transform(image), k)), k)
+        diagnosis = self._now(self._ask(self.image_queries, self.transform(image), k, set(), self._diagnosis))
         if saliency:
             self._add_saliency(diagnosis, image)
         return diagnosis
@@ -278,7 +278,7 @@ class CaseService:
         """:meth:`diagnose`, awaited (transform and saliency in worker threads, the batch without one)."""
         k = self._diagnosis_k(k)
         pixels = await asyncio.to_thread(self.transform, image)
-        diagnosis = self._diagnosis(await self.image_queries.run((pixels, k)), k)
+        diagnosis = await self._later(self._ask(self.image_queries, pixels, k, set(), self._diagnosis))
         if saliency:
             await asyncio.to_thread(self._add_saliency, diagnosis, image)
         return diagnosis
@@ -293,7 +293,7 @@ class CaseService:
             ValueError: The service has no descriptor set, or the index cannot give its vectors back.
         """
         k = self._diagnosis_k(k)
-        diagnosis = self._now(self._case_diagnosis_ask(case, k))
+        diagnosis = self._now(self._case_ask(case, k, self._diagnosis))
         if saliency:
             self._add_saliency(diagnosis, self._archive_image(case))
         return diagnosis
@@ -301,7 +301,7 @@ class CaseService:
     async def diagnose_case_async(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
         """:meth:`diagnose_case`, awaited."""
         k = self._diagnosis_k(k)
-        diagnosis = await self._later(self._case_diagnosis_ask(case, k))
+        diagnosis = await self._later(self._case_ask(case, k, self._diagnosis))
         if saliency:
             image = await asyncio.to_thread(self._archive_image, case)
             await asyncio.to_thread(self._add_saliency, diagnosis, image)
@@ -312,10 +312,10 @@ class CaseService:
             raise CaseNotFound(case)
         return self.images.image(case)
 
-    def _diagnosis(self, hits: _Hits, k: int, excluded: set[int] | None = None) -> dict[str, Any]:
+    def _diagnosis(self, hits: _Hits, k: int, excluded: set[int]) -> dict[str, Any]:
         assert self.classifier is not None
         scored = self.classifier.predict_features(torch.from_numpy(hits.vector[None]))
-        neighbours = self._nearest(hits, k, excluded or set())
+        neighbours = self._nearest(hits, k, excluded)
         ids = np.array([[n["id"] for n in neighbours]])
         sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
         votes = knn_scores(ids, sims, self.labels, len(neighbours))[0]
