@@ -49,6 +49,7 @@ def run_embed(args: argparse.Namespace) -> None:
             where=parse_where(args.where),
             num_workers=args.workers,
             split_by_rank=args.devices not in ("1", 1),
+            table=args,
             texts_only=bool(args.texts),
         )
 

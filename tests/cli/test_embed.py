@@ -286,3 +286,37 @@ def test_text_only_shards_embed_their_reports_and_refuse_images(tiny_checkpoint,
         )
         == 2
     )
+
+
+def test_embed_reads_a_chexpert_table_with_its_format_images_and_uncertain_options(
+    tiny_checkpoint, phantom_csv, tmp_path
+):
+    # The table lists paths relative to an image root elsewhere (--images), is read as CheXpert
+    # (--format) and keeps uncertain findings as positives (--uncertain ones): all three must
+    # reach the batch builder, as they do for zeroshot and probe.
+    import csv
+    import shutil
+
+    from convirt.data.labels import CHEXPERT_FINDINGS
+
+    root = tmp_path / "archive"
+    images = sorted(phantom_csv.parent.rglob("*.png"))[:6]
+    table = tmp_path / "tables" / "valid.csv"
+    table.parent.mkdir()
+    with open(table, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["Path", "AP/PA", *CHEXPERT_FINDINGS])
+        writer.writeheader()
+        for i, image in enumerate(images):
+            relative = f"valid/patient{i:05d}/study1/view1_frontal.png"
+            (root / relative).parent.mkdir(parents=True)
+            shutil.copy(image, root / relative)
+            writer.writerow({"Path": relative, "AP/PA": "PA", "Cardiomegaly": "-1", "Edema": "1" if i % 2 else ""})
+    out = tmp_path / "emb"
+    command = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(table), "--output", str(out)]
+    assert main([*command, "--format", "chexpert", "--images", str(root), "--uncertain", "ones"]) == 0
+    vectors, rows = _by_key(out)
+    assert vectors.shape == (6, 32) and all(row["path"].startswith(str(root)) for row in rows)
+    assert [row["labels"] for row in rows] == [
+        ["Cardiomegaly", "Edema"] if i % 2 else ["Cardiomegaly"] for i in range(6)
+    ]
+    assert {row["source"] for row in rows} == {"chexpert"}
