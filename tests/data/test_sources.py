@@ -111,8 +111,33 @@ def test_jsonl_reader_with_renamed_columns_and_non_utf8_text(tmp_path):
     with pytest.raises(ValueError, match="column 'image' not found; columns: file, report"):
         read_rows("jsonl", str(path))
     (tmp_path / "bad.jsonl").write_text('{"image": "a.png", "text": "x"}\n[1, 2]\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2: expected a JSON object"):
-        list(read_rows("jsonl", str(tmp_path / "bad.jsonl")))
+    assert [row.problem for row in read_rows("jsonl", str(tmp_path / "bad.jsonl"))] == ["", "malformed_row"]
+    (tmp_path / "none.jsonl").write_text('{"file": "a.png", "text": "x"}\n{oops\n')
+    with pytest.raises(ValueError, match="column 'image' not found; columns: file, text"):
+        read_rows("jsonl", str(tmp_path / "none.jsonl"))
+
+
+def test_a_malformed_jsonl_line_is_counted_and_the_rest_converted(tmp_path, capsys):
+    # Bad JSON (first, before any good line), not an object, an object without the report: each
+    # is dropped as malformed_row like a bad CSV line, and a rerun of the command completes.
+    from convirt.cli.main import main
+
+    good = [json.dumps({"image": f"{name}.png", "text": f"FINDINGS: clear {name}."}) for name in "abcd"]
+    for shade, name in enumerate("abcd"):
+        shaded_image((40, 40), 30 * shade + 20).save(tmp_path / f"{name}.png")
+    bad = ["{not json", "[1, 2]", json.dumps({"image": "c.png"}), '"a string"']
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(x for pair in zip(bad, good) for x in pair) + "\n", encoding="utf-8")
+    command = ["shards", "--source", "jsonl", "--input", str(path), "--output", str(tmp_path / "out")]
+    command += ["--image-size", "32", "--workers", "1", "--val-fraction", "0", "--test-fraction", "0"]
+    assert main(command) == 0
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["samples"] == 4 and manifest["dropped"] == {"malformed_row": 4}
+    drops = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["key"], d["reason"]) for d in drops] == [(f"line-{n}", "malformed_row") for n in (1, 3, 5, 7)]
+    capsys.readouterr()
+    assert main(command) == 0  # the rerun finds the finished conversion
+    assert read_manifest(tmp_path / "out") == manifest and "dropped: malformed_row 4" in capsys.readouterr().out
 
 
 def _convirt(*args: str) -> None:

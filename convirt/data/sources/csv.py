@@ -9,6 +9,7 @@ for images that are only embedded or scored).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -187,29 +188,42 @@ def read_jsonl_rows(
 ) -> Iterator[Row]:
     """One :class:`Row` per line of a JSON Lines file (objects with the same fields as the CSV).
 
+    A line that is not JSON, not an object, or an object without the image or report field is a
+    ``malformed_row`` (keyed ``line-N``), dropped and counted by the writer as a bad CSV line is.
+
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: A line is not a JSON object (the line number is named), or the first one lacks
-            a required field.
+        ValueError: None of the first objects has the image and report fields (the message lists
+            the fields of the first one).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"JSON Lines file not found: {path}")
     named = resolve_columns(columns)
-    first = next(_json_records(path), None)
-    _check_columns(path, list(first or {}), named, ("image", "text"))
-    return rows_from_records(_json_records(path), path.parent, named, source_name)
+    required = (named["image"], named["text"])
+    objects = (record for record in _json_records(path) if _PROBLEM not in record)
+    checked = list(itertools.islice(objects, _CHECKED_OBJECTS))
+    if not any(all(column in record for column in required) for record in checked):
+        _check_columns(path, list(checked[0] if checked else {}), named, ("image", "text"))
+    return rows_from_records(_json_records(path, required), path.parent, named, source_name)
 
 
-def _json_records(path: Path) -> Iterator[dict[str, Any]]:
+# Objects read for the column check: enough to look past a few malformed ones at the top.
+_CHECKED_OBJECTS = 100
+
+
+def _json_records(path: Path, required: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+    """The file's objects; a line that is not an object with the ``required`` fields becomes a
+    record that names the problem."""
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            except (ValueError, RecursionError):  # not JSON, a number past int's digit limit, deep nesting
+                record = None
+            if not isinstance(record, dict) or any(column not in record for column in required):
+                yield {_PROBLEM: "malformed_row", _PROBLEM_KEY: f"line-{number}"}
+                continue
             yield record
