@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from convirt._io import json_safe
 from convirt.zeroshot.metrics import (
@@ -39,19 +39,42 @@ def test_per_finding_and_mean_skip_undefined():
     assert mean_defined(values) == 1.0 and math.isnan(mean_defined({"x": float("nan")}))
 
 
-def test_metrics_agree_with_scikit_learn():
-    labels, scores = _data()
-    threshold = 0.3
-    result = binary_metrics(labels, scores, threshold=threshold, bootstrap=0)
-    predicted = (scores >= threshold).astype(int)
-    assert result["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert result["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-    assert result["f1"] == pytest.approx(f1_score(labels, predicted))
-    assert result["sensitivity"] == pytest.approx(recall_score(labels, predicted))
-    assert result["specificity"] == pytest.approx(recall_score(1 - labels, 1 - predicted))
+# Four positives, four negatives, and one positive-negative tie (at 0.5).
+HAND_LABELS = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+HAND_SCORES = np.array([0.9, 0.8, 0.7, 0.5, 0.5, 0.3, 0.2, 0.1])
+
+
+def test_metrics_equal_hand_computed_values():
+    from convirt.zeroshot.metrics import _plain_auprc, _plain_auroc
+
+    # AUROC: of the 16 positive-negative pairs the positive scores higher in 4 + 3 + 2 + 1 = 10 and
+    # ties in 1 (counted one half). AUPRC (average precision): recall steps by 1/4 at 0.9, 0.7, 0.5
+    # (the tie one threshold) and 0.2, where precision is 1/1, 2/3, 3/5 and 4/7. At threshold 0.5
+    # (score >= threshold): TP 3, FP 2, FN 1, TN 2.
+    auroc_value, auprc_value = 10.5 / 16, (1 + 2 / 3 + 3 / 5 + 4 / 7) / 4
+    result = binary_metrics(HAND_LABELS, HAND_SCORES, threshold=0.5, bootstrap=0)
+    assert result["auroc"] == pytest.approx(auroc_value, abs=1e-12)
+    assert result["auprc"] == pytest.approx(auprc_value, abs=1e-12)
+    assert result["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1), abs=1e-12)
+    assert result["sensitivity"] == pytest.approx(3 / 4, abs=1e-12)
+    assert result["specificity"] == pytest.approx(2 / 4, abs=1e-12)
+    assert (result["positives"], result["negatives"], result["threshold"]) == (4, 4, 0.5)
+    # The bootstrap's own statistics give the same values.
+    assert _plain_auroc(HAND_LABELS, HAND_SCORES) == pytest.approx(auroc_value, abs=1e-12)
+    assert _plain_auprc(HAND_LABELS, HAND_SCORES) == pytest.approx(auprc_value, abs=1e-12)
+    # Perfectly ranked, then perfectly reversed: 1 and 0, and average precision 1 and the base rate 1/2.
+    ranked = np.linspace(1, 0, 8)
+    perfect = binary_metrics(np.array([1] * 4 + [0] * 4), ranked, threshold=0.5, bootstrap=0)
+    reversed_ = binary_metrics(np.array([0] * 4 + [1] * 4), ranked, threshold=0.5, bootstrap=0)
+    assert (perfect["auroc"], perfect["auprc"], perfect["f1"]) == pytest.approx((1.0, 1.0, 1.0))
+    assert (reversed_["auroc"], reversed_["f1"], reversed_["sensitivity"]) == pytest.approx((0.0, 0.0, 0.0))
+    assert reversed_["auprc"] == pytest.approx((1 / 5 + 2 / 6 + 3 / 7 + 4 / 8) / 4)
 
 
 def test_youden_threshold_maximises_j():
+    # By hand: J = TPR - FPR is 1/4, 1/2, 3/4, 5/12, 2/3, 1/3, 0 at thresholds 0.7 down to 0.1: the best is 0.5.
+    hand = youden_threshold(np.array([0, 0, 1, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]))
+    assert hand == 0.5
     labels, scores = _data()
     best = youden_threshold(labels, scores)
 
