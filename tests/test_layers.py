@@ -50,7 +50,7 @@ def test_imports_point_down_the_layers(package):
 # Where each concept lives: the one module that defines it (anything else imports it from there).
 HOMES = {
     "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256"],
-    "_fingerprint": ["check_fingerprint"],
+    "_embedding_space": ["check_same_space", "canonical_precision"],
     "data/shards": ["read_manifest", "shard_urls", "require_images"],
     "data/writer": ["write_shards", "assign_split"],
     "data/journal": ["Conversion", "ShardFile"],
@@ -58,9 +58,10 @@ HOMES = {
     "data/inputs": ["build_eval_batches"],
     "models/fingerprint": ["model_fingerprint"],
     "models/sources": ["load_model", "describe_sources"],
-    "embeddings/store": ["load_embedding_folder", "open_embedding_folder", "close_embedding_folder"],
-    "embeddings/encode": ["embed_image_files"],
-    "training/predict": ["embed_to_folder"],
+    "embeddings/store": ["load_embedding_folder", "open_embedding_folder", "close_embedding_folder", "embed_to_folder"],
+    "embeddings/encode": ["embed_image_files", "Encoder"],
+    "embeddings/precision": ["planned_precision"],
+    "training/predict": ["encode_on_devices"],
     "retrieval/folder": [
         "load_index_folder",
         "build_index_folder",

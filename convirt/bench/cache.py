@@ -3,8 +3,8 @@
 A folder is named by the hash of the model's fingerprint (name, weights SHA-256, dim) and of the
 data (the bytes of the manifest or label table, the split and the filter), so a second run, or a
 run with another suite over the same data, reads it instead of embedding. Writing goes through
-the embedding folder's resumable path (``embed_folder``: :func:`convirt.training.predict.embed_to_folder`,
-passed in by the caller because only ``training/`` may run Lightning), so a run killed midway
+the embedding folder's resumable path (``embed_folder``: :func:`convirt.embeddings.store.embed_to_folder`,
+passed in by the caller, which chooses where it runs), so a run killed midway
 goes on from its last complete part; ``complete.json`` is written last.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from convirt._fingerprint import FINGERPRINT_KEYS
+from convirt._embedding_space import FINGERPRINT_KEYS
 from convirt._io import file_sha256, write_json
 from convirt.bench.suite import Task
 from convirt.data.inputs import build_eval_batches
@@ -67,13 +67,13 @@ def cached_embeddings(
     embed_folder: EmbedFolder,
     batch_size: int = 64,
     made: list[Path] | None = None,
-    precision: str = "32-true",
+    precision: str = "float32",
 ) -> EmbeddingOutput:
     """A task's image (or report) embeddings by ``loaded``, embedded unless the cache holds them.
 
     Args:
         made: Where the folders embedded by this call are appended (the others were read).
-        precision: The Lightning precision of the embedding (part of the cache key: bf16 vectors
+        precision: The embedding precision (part of the cache key: bf16 vectors
             are not float32 vectors).
     """
     folder = Path(cache) / f"{model_key(loaded)[:16]}-{data_sha256(task)[:16]}-{modality}-{precision}"

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from convirt._fingerprint import check_fingerprint
+from convirt._embedding_space import check_same_space
 from convirt.data.labels import label_matrix
 from convirt.data.schema import finding_set
-from convirt.data.stream import text_group
-from convirt.embeddings.encode import embed_image_files, embed_texts
+from convirt.data.stream import pad_id_of, text_group
+from convirt.embeddings.encode import Encoder, embed_image_files, embed_texts
 from convirt.embeddings.store import load_embedding_folder
 from convirt.models import model_fingerprint
 from convirt.models.checkpoint import LoadedModel
@@ -63,7 +63,7 @@ def evaluate_index_folder(
     metadata = folder.metadata
     if queries is not None:
         embedded = load_embedding_folder(queries)
-        check_fingerprint(folder.info.fingerprint, embedded.info, what="index (queries)")
+        check_same_space(folder.info.fingerprint, embedded.info, what="index (queries)")
         vectors, query_meta = embedded.vectors, embedded.rows
         self_ids: list[set[int]] = [set() for _ in query_meta]
     else:
@@ -110,7 +110,7 @@ def _image_text(
 ) -> dict[str, Any]:
     """Image<->text recall of the images that have a report among ``texts`` (matched by key)."""
     embedded = load_embedding_folder(texts)
-    check_fingerprint(fingerprint, embedded.info, what="index (texts)")
+    check_same_space(fingerprint, embedded.info, what="index (texts)")
     own = {row["key"]: text_group(row.get("text", "")) for row in embedded.rows}
     keep = [i for i, row in enumerate(image_meta) if row["key"] in own]
     if not keep:
@@ -147,11 +147,15 @@ def query_index_folder(
     """
     if (image is None) == (text is None):
         raise ValueError("query with an image or a text (one of them)")
-    check_fingerprint(folder.info.fingerprint, model_fingerprint(loaded))
+    check_same_space(folder.info.fingerprint, model_fingerprint(loaded))
+    encoder = Encoder(loaded.model, pad_id=pad_id_of(loaded.tokenizer))
     if image is not None:
-        vector = embed_image_files(loaded.model, [image], loaded.preprocess_cfg)
+        vector = embed_image_files(encoder, [image], loaded.preprocess_cfg)
     else:
         loaded.require_text("a text query")
-        vector = embed_texts(loaded.model, loaded.tokenizer, [str(text)]).numpy()
+        vector = embed_texts(encoder, loaded.tokenizer, [str(text)]).numpy()
+    modality = "image" if image is not None else "text"
+    made = {**model_fingerprint(loaded), **encoder.precision(modality).as_info()}
+    check_same_space(folder.info.fingerprint, made, what="index (the query's precision)")
     excluded = patient_rows(folder.metadata, patient, image) if exclude_same_patient else set()
     return search_index_folder(folder, vector, k, excluded)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import convirt
+from convirt._embedding_space import canonical_precision
 from convirt._io import write_json, write_jsonl
 from convirt.bench.cache import EmbedFolder, cached_embeddings, data_files, data_sha256, model_key
 from convirt.bench.figures import write_figures
@@ -74,7 +75,7 @@ class BenchSettings:
     seeds: tuple[int, ...] = (0,)
     bootstrap: int = 1000
     batch_size: int = 64
-    precision: str = "32-true"
+    precision: str = "float32"
     train_shards: str | None = None
     exclude_leaked: bool = False
     finetune: Finetune | None = None
@@ -88,7 +89,7 @@ def run_bench(
     seeds: tuple[int, ...] = (0,),
     bootstrap: int = 1000,
     batch_size: int = 64,
-    precision: str = "32-true",
+    precision: str = "float32",
     train_shards: str | os.PathLike[str] | None = None,
     exclude_leaked: bool = False,
     finetune: Finetune | None = None,
@@ -100,7 +101,7 @@ def run_bench(
         suite: The suite (:func:`convirt.bench.suite.load_suite`).
         sources: Model sources (:func:`convirt.models.sources.load_model`).
         output: The bench folder: ``embeddings/``, ``results/``, ``results.jsonl``, ``leaderboard.*``.
-        embed_folder: The resumable embedding writer (:func:`convirt.training.predict.embed_to_folder`).
+        embed_folder: The resumable embedding writer (:func:`convirt.embeddings.store.embed_to_folder`).
         seeds: Seeds of the seeded protocols (the probes); the others use the first.
         bootstrap: Replicates of every CI.
         precision: Of the embeddings: float32 by default, so that a result is the same on every
@@ -127,6 +128,8 @@ def run_bench(
         raise ValueError("--train-shards and --exclude-leaked need the leakage audit: drop --no-audit")
     if train_shards is not None and not is_shard_folder(train_shards):
         raise ValueError(f"--train-shards {train_shards}: not a shard folder (no manifest.json)")
+    if precision != "auto":
+        precision = canonical_precision(precision)  # `32-true` and `float32` are one cache key
     settings = BenchSettings(
         seeds, bootstrap, batch_size, precision, str(train_shards) if train_shards else None, exclude_leaked, finetune
     )

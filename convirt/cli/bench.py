@@ -21,8 +21,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--accelerator", default="auto", help="where images are embedded: auto, cpu or gpu")
     bench.add_argument(
         "--precision",
-        default="32-true",
-        help="of the embeddings (default float32: the same numbers on every machine, as `convirt zeroshot` gives)",
+        default="float32",
+        help="of the embeddings: float32 (the same numbers on every machine, as `convirt zeroshot` gives), "
+        "auto (the embedding policy: a reduced precision on a GPU only where it agrees with float32), bfloat16",
     )
     bench.add_argument("--data-root", default=".", help="the folder the suite's data paths are relative to")
     bench.add_argument(
@@ -48,12 +49,13 @@ def run(args: argparse.Namespace) -> None:
 
     from convirt.bench.runner import run_bench
     from convirt.bench.suite import load_suite
+    from convirt.embeddings.store import embed_to_folder
     from convirt.training.finetune import FinetuneSettings, finetune_predict
-    from convirt.training.predict import embed_to_folder
+    from convirt.training.predict import encode_on_devices
 
     suite = load_suite(args.suite, args.data_root)
-    # One process (`convirt embed --devices N` embeds at scale into folders of the same format).
-    embed = partial(embed_to_folder, accelerator=args.accelerator, devices=1)
+    # One process on the accelerator (`convirt embed --devices N` embeds at scale into folders of the same format).
+    embed = partial(embed_to_folder, encode_all=partial(encode_on_devices, accelerator=args.accelerator, devices=1))
 
     def finetune(loaded, train, val, test, names, seed, options):  # type: ignore[no-untyped-def]
         settings = FinetuneSettings(**options, accelerator=args.accelerator)

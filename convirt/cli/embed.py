@@ -21,18 +21,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     embed.add_argument(
         "--precision",
-        default=None,
-        help="Lightning precision (default: chosen for the device: bf16-mixed where bf16 is native, "
-        "16-mixed on older CUDA cards, else 32-true)",
+        default="auto",
+        help="auto (float32 on CPUs; on a GPU bf16 or fp16 only where the first batch agrees with float32 "
+        "to cosine 0.999), or float32, bfloat16, float16 as asked",
     )
     embed.add_argument("--workers", type=int, default=0, help="data-loading processes per rank")
     embed.set_defaults(run=run_embed)
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    from functools import partial
+
     from convirt.data.inputs import parse_where
+    from convirt.data.stream import pad_id_of
+    from convirt.embeddings.encode import Encoder
+    from convirt.embeddings.store import embed_to_folder
     from convirt.models import model_fingerprint
-    from convirt.training.predict import embed_to_folder
+    from convirt.training.predict import encode_on_devices
 
     loaded = model_from_args(args)
     if args.texts:
@@ -54,17 +59,16 @@ def run_embed(args: argparse.Namespace) -> None:
         )
 
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    encoder = Encoder(loaded.model, args.precision, pad_id_of(loaded.tokenizer))
     count, skipped = embed_to_folder(
-        loaded.model,
+        encoder,
         batches,
         args.output,
         model_fingerprint(loaded),
         modality,
         args.chunk_size,
         args.dtype,
-        args.accelerator,
-        devices,
-        args.precision,
+        encode_all=partial(encode_on_devices, accelerator=args.accelerator, devices=devices),
     )
     if count == 0:
         raise ValueError(
@@ -73,4 +77,4 @@ def run_embed(args: argparse.Namespace) -> None:
             + (f": {skipped} corrupt samples skipped" if skipped else "")
         )
     note = f" ({skipped} corrupt samples skipped)" if skipped else ""
-    print(f"embedded {count} {modality}s -> {args.output}{note}")
+    print(f"embedded {count} {modality}s at {encoder.precision(modality).describe()} -> {args.output}{note}")

@@ -9,6 +9,7 @@ import os
 import struct
 import zlib
 from collections import Counter
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -27,14 +28,31 @@ MAX_REPORT_CHARS = 65_536
 # Smaller images hold no radiograph at any size anyone trains on (MedMNIST's are 28 px).
 MIN_IMAGE_SIDE = 16
 
-Prepared = tuple[bytes | None, str | None, str | None, str]
+
+class Prepared(NamedTuple):
+    """One image made ready for a shard, or the reason it is skipped.
+
+    Attributes:
+        jpeg: The stored JPEG bytes (``None`` when skipped).
+        digest: SHA-256 of the stored pixels: equal digests are exact duplicate images (``None`` when skipped).
+        reason: Why the image is skipped (a drop reason of the manifest); ``None`` when it is kept.
+        detail: The error's message behind ``reason`` (``""`` when there is none).
+    """
+
+    jpeg: bytes | None
+    digest: str | None
+    reason: str | None
+    detail: str
+
+
+def _skipped(reason: str, detail: str = "") -> Prepared:
+    return Prepared(None, None, reason, detail)
 
 
 def prepare_image(path: str, image_size: int, reraise: bool = False) -> Prepared:
-    """Load, resize and encode one image: ``(jpeg, pixel digest, None, "")``, or
-    ``(None, None, reason, detail)`` for an image that is skipped.
+    """Load, resize and encode one image (:class:`Prepared`: its JPEG and pixel digest, or the reason
+    it is skipped).
 
-    The digest is the SHA-256 of the stored pixels: equal digests are exact duplicate images.
     Reasons: ``missing_image``, ``unreadable_image``, ``refused_image`` (multi-frame or colour
     DICOM), ``image_too_small``, ``image_too_elongated``, ``image_too_large`` (past PIL's
     decompression-bomb limit), ``constant_image`` (one value everywhere), and
@@ -42,24 +60,24 @@ def prepare_image(path: str, image_size: int, reraise: bool = False) -> Prepared
     ``reraise`` raises instead (``--strict``: its traceback is kept behind the error).
     """
     if not path or not os.path.isfile(path):
-        return None, None, "missing_image", ""
+        return _skipped("missing_image", "")
     try:
         image = load_grayscale(path, image_size, min_side=MIN_IMAGE_SIDE)
         low, high = image.getextrema()  # type: ignore[misc]
         if low == high:
-            return None, None, "constant_image", f"every pixel is {low}"
+            return _skipped("constant_image", f"every pixel is {low}")
         digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
-        return encode_jpeg(image), digest, None, ""
+        return Prepared(encode_jpeg(image), digest, None, "")
     except RefusedImageError as error:  # a readable file the converter refuses by name
-        return None, None, error.reason, str(error)
+        return _skipped(error.reason, str(error))
     except Image.DecompressionBombError as error:
-        return None, None, "image_too_large", str(error)
+        return _skipped("image_too_large", str(error))
     except _UNREADABLE as error:
-        return None, None, "unreadable_image", f"{type(error).__name__}: {error}"
+        return _skipped("unreadable_image", f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 (one row must not end the run; counted by type)
         if reraise:
             raise
-        return None, None, f"unexpected_error:{type(error).__name__}", str(error)
+        return _skipped(f"unexpected_error:{type(error).__name__}", str(error))
 
 
 def check_row(

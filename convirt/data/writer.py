@@ -248,7 +248,7 @@ def _write_split(
         if not batch:
             break
         if config["text_only"]:
-            prepared: Iterable[Prepared] = [(None, None, None, "")] * len(batch)
+            prepared: Iterable[Prepared] = [Prepared(None, None, None, "")] * len(batch)
         else:
             jobs = [(row.image_path, config["image_size"], strict) for row in batch]
             prepared = (

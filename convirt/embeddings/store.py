@@ -3,7 +3,8 @@
 A folder holds ``part-RRR-NNNNNN.npy`` (vectors) and ``part-RRR-NNNNNN.jsonl`` (one metadata row
 per vector) for rank ``RRR``; a part is complete once its ``.jsonl`` exists, which is renamed
 into place last. ``info.json`` holds the fingerprint of the model that made the vectors, their
-modality and the count of corrupt samples skipped; ``skipped-RRR.json`` each rank's count of
+modality, the precision they were made at (dtype, device kind, measured agreement with float32)
+and the count of corrupt samples skipped; ``skipped-RRR.json`` each rank's count of
 the last run. Reading concatenates the complete parts in name order.
 """
 
@@ -11,20 +12,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convirt._fingerprint import check_fingerprint
+from convirt._embedding_space import check_same_space
 from convirt._io import atomic_path, write_json, write_jsonl
-from convirt.embeddings.encode import batch_rows
+from convirt.embeddings.encode import MODALITIES, Encoder, as_encoder, batch_rows
 
 INFO = "info.json"
 PART_PREFIX = "part-"
 SKIPPED_PREFIX = "skipped-"
 DTYPES = ("float32", "float16")
+PRECISION_KEYS = ("precision", "device", "precision_agreement")
 
 
 def _part_name(rank: int, index: int) -> str:
@@ -168,48 +171,133 @@ def load_embedding_folder(folder: str | os.PathLike[str]) -> EmbeddingFolderOutp
         ValueError: A part's vectors and rows disagree in number.
     """
     vectors, rows = read_embeddings(folder)
-    path = Path(folder) / INFO
-    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info = _info_of(folder)
     return EmbeddingFolderOutput(vectors, rows, {**info, "dim": int(vectors.shape[1])})
 
 
 def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> set[str]:
     """Start (or resume) a run into ``folder``: the keys already embedded there, to skip.
 
-    ``fingerprint`` (the model's, with ``modality``) is written to ``info.json``; the last run's
-    counts of skipped samples are cleared.
+    ``fingerprint`` (the model's, with ``modality`` and the planned ``precision``) is written to
+    ``info.json``, keeping the precision of the vectors already there; the last run's counts of
+    skipped samples are cleared.
 
     Raises:
-        ValueError: The folder holds parts of another model, modality or precision.
+        ValueError: The folder holds parts of another model or modality, or of another precision
+            not shown to agree with this one (:func:`convirt._embedding_space.check_same_space`).
     """
     out = Path(folder)
     modality = fingerprint.get("modality", "image")
+    info = dict(fingerprint)
     if completed_parts(out) and (out / INFO).is_file():
         before = json.loads((out / INFO).read_text(encoding="utf-8"))
-        check_fingerprint(before, fingerprint, what="output folder")
+        check_same_space(before, fingerprint, what="output folder")
         if before.get("modality", "image") != modality:
             raise ValueError(
                 f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
                 "embeddings: use another output folder"
             )
-        made, making = before.get("precision"), fingerprint.get("precision")
-        if made is not None and making is not None and made != making:
-            raise ValueError(
-                f"{out} holds vectors made with precision {made}; this run uses {making}: pass --precision {made} "
-                "or use another output folder"
-            )
-    write_json(out / INFO, fingerprint)
+        info.update({key: before[key] for key in PRECISION_KEYS if key in before})
+    write_json(out / INFO, info)
     for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
         stale.unlink()
     return embedded_keys(out)
 
 
 def close_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> tuple[int, int]:
-    """End a run into ``folder``: record the skipped samples in ``info.json``.
+    """End a run into ``folder``: record the skipped samples (and ``fingerprint``'s precision, where it
+    names one) in ``info.json``.
 
     Returns:
         The vectors the folder holds, and the corrupt samples this run skipped (all ranks).
     """
     skipped = skipped_samples(folder)
-    write_json(Path(folder) / INFO, {**fingerprint, "skipped_samples": skipped})
+    write_json(Path(folder) / INFO, {**_info_of(folder), **fingerprint, "skipped_samples": skipped})
     return len(embedded_keys(folder)), skipped
+
+
+def _info_of(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(folder) / INFO
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# Encodes every batch into the sinks it opens by rank (one process, or the ranks of a data-parallel run).
+EncodeAll = Callable[[Encoder, Iterable[dict[str, Any]], Callable[[int], "PartWriter"], str, bool], None]
+
+
+def encode_here(
+    encoder: Encoder,
+    batches: Iterable[dict[str, Any]],
+    open_sink: Callable[[int], PartWriter],
+    modality: str = "image",
+    progress: bool = True,
+) -> None:
+    """Encode every batch in this process into the sink of rank 0."""
+    from tqdm.auto import tqdm
+
+    sink = open_sink(0)
+    for batch in tqdm(batches, desc=f"embed {modality}s", unit="batch", disable=not progress):
+        sink.add_batch(encoder.batch(batch, modality), batch)
+    sink.close()
+
+
+def embed_to_folder(
+    model: Any,
+    make_batches: Callable[[set[str]], Iterable[dict[str, Any]]],
+    output: str | os.PathLike[str],
+    fingerprint: dict[str, Any] | None = None,
+    modality: str = "image",
+    chunk_size: int = 4096,
+    dtype: str = "float32",
+    precision: str | None = None,
+    encode_all: EncodeAll | None = None,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Embed into an embedding folder, resuming what is there.
+
+    Each rank writes its own parts of ``chunk_size`` vectors, so a run killed at any point carries on
+    from its last complete part when run again with the same arguments. The precision the vectors
+    were made at (:mod:`convirt.embeddings.precision`) is recorded in ``info.json``, and a resume at
+    a precision not shown to agree with the folder's is refused.
+
+    Args:
+        model: An :class:`~convirt.embeddings.encode.Encoder` (its precision and padding id), or a
+            model with ``encode_image`` / ``encode_text`` (float32 on a CPU, the policy elsewhere).
+        make_batches: Called with the keys already in the folder; returns the batches of the
+            others (e.g. :func:`convirt.data.inputs.build_eval_batches` with ``skip_keys``).
+        output: The folder.
+        fingerprint: The model's (:func:`convirt.models.model_fingerprint`), checked against the
+            folder's when resuming and stored with ``modality`` and the precision.
+        modality, chunk_size, dtype: What to embed, vectors per part, ``float32`` or ``float16`` on disk.
+        precision: A precision to use as asked (``float32``, ``bfloat16``, ``32-true``...); ``None``:
+            the encoder's (the policy for a model).
+        encode_all: Runs the encoding (default :func:`encode_here`, this process; ``convirt embed
+            --devices N`` passes the data-parallel runner of :mod:`convirt.training.predict`).
+        progress: Show a progress bar.
+
+    Returns:
+        The vectors the folder holds, and the corrupt samples this run skipped.
+
+    Raises:
+        ValueError: The folder holds another model's or modality's vectors, or vectors of another
+            precision not shown to agree.
+    """
+    from functools import partial
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+    encoder = as_encoder(model)
+    if precision is not None:
+        encoder.requested = precision
+    before = _info_of(output)
+    if encoder.requested is None and before.get("precision") == "float32" and completed_parts(output):
+        encoder.requested = "float32"  # a resume goes on at the folder's float32, whatever the device
+    info = {**(fingerprint or {}), "modality": modality, **encoder.precision(modality).as_info()}
+    done = open_embedding_folder(output, info)
+    (encode_all or encode_here)(
+        encoder, make_batches(done), partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype), modality, progress
+    )
+    made = encoder.settled.get(modality)  # None when nothing was left to embed: the folder keeps its own
+    return close_embedding_folder(output, {**info, **made.as_info()} if made else {})

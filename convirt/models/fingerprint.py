@@ -11,7 +11,7 @@ from convirt.models.factory import get_model_config, list_models
 
 def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
     """The model's name, weights hash and dimension (compared by
-    :func:`convirt._fingerprint.check_fingerprint`); its source (what ``--model`` loads it from again),
+    :func:`convirt._embedding_space.check_same_space`); its source (what ``--model`` loads it from again),
     checkpoint path and architecture config (recorded: ``None`` for models whose config open_clip
     or timm holds).
 

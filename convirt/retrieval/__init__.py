@@ -1,6 +1,6 @@
 """Retrieval: FAISS index folders (index + info + metadata), search, label-aware metrics, kNN. Arrays in."""
 
-from convirt._fingerprint import check_fingerprint
+from convirt._embedding_space import check_same_space
 from convirt.retrieval.folder import IndexFolderOutput, build_index_folder, load_index_folder, merge_index_folders
 from convirt.retrieval.index import (
     IndexInfo,
@@ -25,7 +25,7 @@ __all__ = [
     "IndexInfo",
     "build_index",
     "build_index_folder",
-    "check_fingerprint",
+    "check_same_space",
     "image_text_recall",
     "index_vectors",
     "knn_scores",

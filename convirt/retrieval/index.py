@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from convirt._fingerprint import check_fingerprint
+from convirt._embedding_space import check_same_space
 from convirt._io import atomic_folder
 
 INDEX_FILE = "index.faiss"
@@ -190,7 +190,7 @@ def load_index(
         raise FileNotFoundError(f"no index at {folder}: build one with `convirt index build`")
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
     if fingerprint is not None:
-        check_fingerprint(info.fingerprint, fingerprint)
+        check_same_space(info.fingerprint, fingerprint)
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     index = faiss.read_index(str(folder / INDEX_FILE), flags)
     set_search_params(index, info.search_params)
@@ -246,7 +246,7 @@ def merge_indexes(
                 f"cannot merge a {info.factory!r} index of dim {info.dim} into a "
                 f"{first.factory!r} index of dim {first.dim}"
             )
-        check_fingerprint(first.fingerprint, info.fingerprint, what="part")
+        check_same_space(first.fingerprint, info.fingerprint, what="part")
     all_ids, all_vectors = zip(*(index_vectors(index) for index, _ in parts))
     ids = np.arange(sum(len(i) for i in all_ids), dtype=np.int64) if renumber else np.concatenate(all_ids)
     if len(np.unique(ids)) != len(ids):

@@ -84,7 +84,7 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         )
         return await run_in_threadpool(read_upload, data, max_upload)  # decoding: not in the event loop
 
-    async def of_case(pending: Awaitable[Any], unknown: str) -> Any:
+    async def answer_for_case(pending: Awaitable[Any], unknown: str) -> Any:
         """An archive case's answer, its refusals as 4xx: no such case (404), no stored vector (409)."""
         try:
             return await pending
@@ -93,7 +93,8 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         except ValueError as error:
             raise HTTPException(409, str(error)) from None
 
-    def bounded(k: int) -> int:
+    def k_in_range(k: int) -> int:
+        """``k`` itself, or a 400 when it lies outside ``1..MAX_K``."""
         if not 1 <= k <= MAX_K:
             raise HTTPException(400, f"k must lie in 1..{MAX_K}, got {k}")
         return k
@@ -134,10 +135,10 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
             )
         if (image is None) == (case is None):
             raise HTTPException(400, "send one of an image or a case id")
-        k = bounded(k) if k is not None else None
+        k = k_in_range(k) if k is not None else None
         if case is not None:
             answer = service.diagnose_case_async(case_id(case), saliency=saliency, k=k)
-            return await of_case(answer, "unknown case id, or a case without an image for saliency")
+            return await answer_for_case(answer, "unknown case id, or a case without an image for saliency")
         assert image is not None
         return await service.diagnose_async(await upload(request, image), saliency=saliency, k=k)
 
@@ -155,12 +156,16 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         if sum((image is not None, bool(text), case is not None)) != 1:
             raise HTTPException(400, "send one of an image, a text or a case id")
         if case is not None:
-            return {"cases": await of_case(service.search_case_async(case_id(case), bounded(k)), "unknown case id")}
+            return {
+                "cases": await answer_for_case(
+                    service.search_case_async(case_id(case), k_in_range(k)), "unknown case id"
+                )
+            }
         if image is not None:
-            return {"cases": await service.search_image_async(await upload(request, image), bounded(k), patient_id)}
+            return {"cases": await service.search_image_async(await upload(request, image), k_in_range(k), patient_id)}
         if not service.loaded.has_text:
             raise HTTPException(409, "this model has no text tower: search by image")
-        return {"cases": await service.search_text_async(str(text)[:2000], bounded(k))}
+        return {"cases": await service.search_text_async(str(text)[:2000], k_in_range(k))}
 
     @app.get("/v1/cases/{case}", dependencies=[Depends(authorised)], response_model=Case)
     async def case(case: str) -> dict[str, Any]:

@@ -27,11 +27,12 @@ from PIL import Image
 from convirt._hardware import choose_serve_threads
 from convirt.data.labels import label_matrix
 from convirt.data.schema import finding_set
-from convirt.data.stream import pad_id_of, trim_padding
+from convirt.data.stream import pad_id_of
 from convirt.data.transforms import image_transform_for
+from convirt.embeddings.encode import Encoder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.fingerprint import model_fingerprint
-from convirt.retrieval import knn_scores, load_index_folder, search
+from convirt.retrieval import check_same_space, knn_scores, load_index_folder, search
 from convirt.retrieval.metrics import same_patient_exclusions
 from convirt.serve.batching import MicroBatcher
 from convirt.serve.cases import CaseImages
@@ -40,7 +41,7 @@ from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
 SHOWN = ("key", "labels", "view", "source", "study_id")  # metadata a reader sees: never the patient id or a path
 
 
-class _Hits(NamedTuple):
+class _QueryHits(NamedTuple):
     """One query's embedding and its nearest index entries (deepest the batch asked for)."""
 
     vector: np.ndarray
@@ -48,12 +49,12 @@ class _Hits(NamedTuple):
     ids: np.ndarray
 
 
-class _Ask(NamedTuple):
+class _BatchedQuery(NamedTuple):
     """A query for a batcher, and how its answer is made from the query's hits."""
 
     batcher: MicroBatcher
     item: Any
-    answer: Callable[[_Hits], Any]
+    answer: Callable[[_QueryHits], Any]
 
 
 class CaseNotFound(KeyError):
@@ -104,12 +105,11 @@ class CaseService:
         # Each patient's rows, built once: a per-request scan costs ~0.2 s at 100k cases.
         unique = list(dict.fromkeys(self.patients))
         self._patient_rows = dict(zip(unique, same_patient_exclusions(unique, self.patients)))
-        self._pad_id = pad_id_of(loaded.tokenizer)
         self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
-        # Convolutions run in oneDNN's channels-last layout, its fastest on CPUs (the demo's
-        # EfficientNet: 83 against 127 ms for 16 images on one core); the same function of the image.
-        self._layout = torch.channels_last
-        loaded.model.to(memory_format=self._layout)
+        # Vectors are made the one way every command makes them (precision policy, channels-last
+        # images: oneDNN's fastest layout, 83 against 127 ms for the demo's 16 images on one core).
+        self.encoder = Encoder(loaded.model, pad_id=pad_id_of(loaded.tokenizer))
+        self._check_precision()
         # Concurrent queries share one forward pass and one index search (a matrix product over the
         # archive for the whole batch instead of one scan per query).
         faiss.cvar.distance_compute_blas_threshold = 2  # batches of 2+ queries: one BLAS product (default 20)
@@ -118,6 +118,12 @@ class CaseService:
         self.image_queries = MicroBatcher(self._image_batch, max_wait_s=wait)
         self.text_queries = MicroBatcher(self._text_batch, max_wait_s=wait)
         self.vector_queries = MicroBatcher(self._vector_batch, max_wait_s=wait)
+
+    def _check_precision(self) -> None:
+        """Settle the encoder's precision on one image and check it against the index's vectors."""
+        self.encoder.images(self.transform(Image.new("L", (64, 64)))[None])
+        made = {**model_fingerprint(self.loaded), **self.encoder.precision("image").as_info()}
+        check_same_space(self.folder.info.fingerprint, made, what="index (the service's precision)")
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -130,45 +136,40 @@ class CaseService:
         blank = self.transform(Image.new("L", (256, 256)))
         with self._model_lock:
             for n in range(1, self.image_queries.max_batch + 1):
-                self.loaded.model.encode_image(blank.expand(n, *blank.shape).contiguous(memory_format=self._layout))
+                self.encoder.images(blank.expand(n, *blank.shape))
                 if self.loaded.has_text:
-                    tokens = trim_padding(self.loaded.tokenizer(["warm up"] * n), self._pad_id)
-                    self.loaded.model.encode_text(tokens)
+                    self.encoder.texts(self.loaded.tokenizer(["warm up"] * n))
 
     def _all_labels(self) -> set[str]:
         return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
 
-    @torch.no_grad()
-    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[_Hits]:
-        batch = torch.stack([pixels for pixels, _ in items]).contiguous(memory_format=self._layout)
+    def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[_QueryHits]:
         with self._model_lock:
-            vectors = self.loaded.model.encode_image(batch, normalize=True).float().numpy()
+            vectors = self.encoder.images(torch.stack([pixels for pixels, _ in items]))
         return self._search_batch(vectors, [depth for _, depth in items])
 
-    @torch.no_grad()
-    def _text_batch(self, items: list[tuple[str, int]]) -> list[_Hits]:
+    def _text_batch(self, items: list[tuple[str, int]]) -> list[_QueryHits]:
         with self._model_lock:
-            # A query is a few words: trailing padding to the context length would be most of the cost.
-            tokens = trim_padding(self.loaded.tokenizer([text for text, _ in items]), self._pad_id)
-            vectors = self.loaded.model.encode_text(tokens, normalize=True).float().numpy()
+            # A query is a few words: the encoder drops the padding to the context length.
+            vectors = self.encoder.texts(self.loaded.tokenizer([text for text, _ in items]))
         return self._search_batch(vectors, [depth for _, depth in items])
 
-    def _vector_batch(self, items: list[tuple[np.ndarray, int]]) -> list[_Hits]:
+    def _vector_batch(self, items: list[tuple[np.ndarray, int]]) -> list[_QueryHits]:
         return self._search_batch(np.stack([vector for vector, _ in items]), [depth for _, depth in items])
 
-    def _search_batch(self, vectors: np.ndarray, depths: list[int]) -> list[_Hits]:
+    def _search_batch(self, vectors: np.ndarray, depths: list[int]) -> list[_QueryHits]:
         depth = max(1, min(max(depths), len(self.metadata)))
         # OpenMP's thread count belongs to the calling thread, and a batcher thread starts with every
         # core: set it here. With no core to spare (requests are parsed beside the search), two threads
         # made a 16-query scan of 100,000 vectors take 1.1-1.3 s where one took 26 ms.
         faiss.omp_set_num_threads(self.search_threads)
         scores, ids = search(self.folder.index, vectors.astype(np.float32), depth)
-        return [_Hits(vectors[i], scores[i], ids[i]) for i in range(len(vectors))]
+        return [_QueryHits(vectors[i], scores[i], ids[i]) for i in range(len(vectors))]
 
     def _exclusions(self, patient_id: str | None) -> set[int]:
         return self._patient_rows.get(patient_id, set()) if patient_id else set()
 
-    def _nearest(self, hits: _Hits, k: int, excluded: set[int]) -> list[dict[str, Any]]:
+    def _nearest(self, hits: _QueryHits, k: int, excluded: set[int]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         for score, case in zip(hits.scores, hits.ids):
             if case >= 0 and int(case) not in excluded and len(found) < k:
@@ -176,20 +177,22 @@ class CaseService:
         return found
 
     @staticmethod
-    def _now(ask: _Ask) -> Any:
-        return ask.answer(ask.batcher(ask.item))
+    def _answer(query: _BatchedQuery) -> Any:
+        """The query's answer, its batch waited for in this thread."""
+        return query.answer(query.batcher(query.item))
 
     @staticmethod
-    async def _later(ask: _Ask) -> Any:
-        return ask.answer(await ask.batcher.run(ask.item))
+    async def _answer_async(query: _BatchedQuery) -> Any:
+        """The query's answer, its batch awaited (no thread held)."""
+        return query.answer(await query.batcher.run(query.item))
 
-    def _ask(
+    def _query(
         self, batcher: MicroBatcher, query: Any, k: int, excluded: set[int], answer: Callable[..., Any] | None = None
-    ) -> _Ask:
+    ) -> _BatchedQuery:
         """``query`` for ``batcher``, deep enough to leave ``excluded`` out of ``k`` hits; answered by
         ``answer(hits, k, excluded)`` (default: the nearest cases)."""
         k, answer = max(1, int(k)), answer or self._nearest
-        return _Ask(batcher, (query, k + len(excluded)), lambda hits: answer(hits, k, excluded))
+        return _BatchedQuery(batcher, (query, k + len(excluded)), lambda hits: answer(hits, k, excluded))
 
     def _case_vector(self, case: int) -> tuple[np.ndarray, set[int]]:
         """An archive case's stored vector, and the rows to leave out of its neighbours (it and its patient's)."""
@@ -201,13 +204,13 @@ class CaseService:
             raise ValueError("this index cannot give its vectors back: search by image or text") from None
         return vector, {case, *self._exclusions(self.patients[case])}
 
-    def _case_ask(self, case: int, k: int, answer: Callable[..., Any] | None = None) -> _Ask:
+    def _case_query(self, case: int, k: int, answer: Callable[..., Any] | None = None) -> _BatchedQuery:
         vector, excluded = self._case_vector(case)
-        return self._ask(self.vector_queries, vector, k, excluded, answer)
+        return self._query(self.vector_queries, vector, k, excluded, answer)
 
-    def _text_ask(self, text: str, k: int) -> _Ask:
+    def _text_query(self, text: str, k: int) -> _BatchedQuery:
         self.loaded.require_text("text search")
-        return self._ask(self.text_queries, text, k, set())
+        return self._query(self.text_queries, text, k, set())
 
     def embed_image(self, image: Image.Image) -> np.ndarray:
         """The normalised embedding of an image (batched with concurrent queries)."""
@@ -220,19 +223,19 @@ class CaseService:
 
     def search_vector(self, vector: np.ndarray, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of a normalised query vector, the query's patient left out when known."""
-        return self._now(self._ask(self.vector_queries, vector, k, self._exclusions(patient_id)))
+        return self._answer(self._query(self.vector_queries, vector, k, self._exclusions(patient_id)))
 
     def search_image(self, image: Image.Image, k: int = 10, patient_id: str | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an image, the query's patient left out when known."""
         # The transform runs in the caller's thread, beside the batch in flight.
-        return self._now(self._ask(self.image_queries, self.transform(image), k, self._exclusions(patient_id)))
+        return self._answer(self._query(self.image_queries, self.transform(image), k, self._exclusions(patient_id)))
 
     async def search_image_async(
         self, image: Image.Image, k: int = 10, patient_id: str | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`search_image`, awaited (the transform in a worker thread, the batch without one)."""
         pixels = await asyncio.to_thread(self.transform, image)
-        return await self._later(self._ask(self.image_queries, pixels, k, self._exclusions(patient_id)))
+        return await self._answer_async(self._query(self.image_queries, pixels, k, self._exclusions(patient_id)))
 
     def search_case(self, case: int, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` nearest cases of an archive case (its stored vector: nothing is embedded), the
@@ -242,19 +245,19 @@ class CaseService:
             CaseNotFound: No such id.
             ValueError: The index cannot give its vectors back (IVF without refinement).
         """
-        return self._now(self._case_ask(case, k))
+        return self._answer(self._case_query(case, k))
 
     async def search_case_async(self, case: int, k: int = 10) -> list[dict[str, Any]]:
         """:meth:`search_case`, awaited."""
-        return await self._later(self._case_ask(case, k))
+        return await self._answer_async(self._case_query(case, k))
 
     def search_text(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """The ``k`` cases whose images lie nearest a text ("blunted left costophrenic angle")."""
-        return self._now(self._text_ask(text, k))
+        return self._answer(self._text_query(text, k))
 
     async def search_text_async(self, text: str, k: int = 10) -> list[dict[str, Any]]:
         """:meth:`search_text`, awaited."""
-        return await self._later(self._text_ask(text, k))
+        return await self._answer_async(self._text_query(text, k))
 
     def _diagnosis_k(self, k: int | None) -> int:
         if self.classifier is None:
@@ -269,7 +272,7 @@ class CaseService:
             ValueError: The service has no descriptor set.
         """
         k = self._diagnosis_k(k)
-        diagnosis = self._now(self._ask(self.image_queries, self.transform(image), k, set(), self._diagnosis))
+        diagnosis = self._answer(self._query(self.image_queries, self.transform(image), k, set(), self._diagnosis))
         if saliency:
             self._add_saliency(diagnosis, image)
         return diagnosis
@@ -278,7 +281,7 @@ class CaseService:
         """:meth:`diagnose`, awaited (transform and saliency in worker threads, the batch without one)."""
         k = self._diagnosis_k(k)
         pixels = await asyncio.to_thread(self.transform, image)
-        diagnosis = await self._later(self._ask(self.image_queries, pixels, k, set(), self._diagnosis))
+        diagnosis = await self._answer_async(self._query(self.image_queries, pixels, k, set(), self._diagnosis))
         if saliency:
             await asyncio.to_thread(self._add_saliency, diagnosis, image)
         return diagnosis
@@ -293,7 +296,7 @@ class CaseService:
             ValueError: The service has no descriptor set, or the index cannot give its vectors back.
         """
         k = self._diagnosis_k(k)
-        diagnosis = self._now(self._case_ask(case, k, self._diagnosis))
+        diagnosis = self._answer(self._case_query(case, k, self._diagnosis))
         if saliency:
             self._add_saliency(diagnosis, self._archive_image(case))
         return diagnosis
@@ -301,7 +304,7 @@ class CaseService:
     async def diagnose_case_async(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
         """:meth:`diagnose_case`, awaited."""
         k = self._diagnosis_k(k)
-        diagnosis = await self._later(self._case_ask(case, k, self._diagnosis))
+        diagnosis = await self._answer_async(self._case_query(case, k, self._diagnosis))
         if saliency:
             image = await asyncio.to_thread(self._archive_image, case)
             await asyncio.to_thread(self._add_saliency, diagnosis, image)
@@ -312,7 +315,7 @@ class CaseService:
             raise CaseNotFound(case)
         return self.images.image(case)
 
-    def _diagnosis(self, hits: _Hits, k: int, excluded: set[int]) -> dict[str, Any]:
+    def _diagnosis(self, hits: _QueryHits, k: int, excluded: set[int]) -> dict[str, Any]:
         assert self.classifier is not None
         scored = self.classifier.predict_features(torch.from_numpy(hits.vector[None]))
         neighbours = self._nearest(hits, k, excluded)

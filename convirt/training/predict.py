@@ -1,13 +1,16 @@
-"""Embedding through Lightning predict: the same code on one CPU, one GPU or many DDP ranks.
+"""Embedding on several devices: the ranks of a Lightning predict run each encode their share.
 
-Each rank encodes its share of the batches and hands the features to its own sink (for
-``convirt embed``, a part writer: rank ``r`` writes ``part-r-*``). Predictions are not kept in
-memory (``return_predictions=False``), so memory stays flat in the number of images.
+The vectors are made the one way (:class:`convirt.embeddings.encode.Encoder`, the same as in one
+process); Lightning only places the model, splits the batches across DDP ranks and launches them.
+Its own precision plugin stays at ``32-true``: the encoder applies the embedding precision policy,
+and the ranks agree on it (the least first-batch cosine over all ranks decides for all). Each rank
+hands its features to its own sink (for ``convirt embed``, a part writer: rank ``r`` writes
+``part-r-*``). Predictions are not kept in memory (``return_predictions=False``), so memory stays
+flat in the number of images.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -16,10 +19,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
 
-from convirt._hardware import choose_precision
-from convirt.embeddings.encode import MODALITIES, encode_batch
+from convirt.embeddings.encode import MODALITIES, Encoder
 
 
 class FeatureSink(Protocol):
@@ -33,18 +34,26 @@ class FeatureSink(Protocol):
 
 
 class EncodeModule(pl.LightningModule):
-    """Wraps a model with ``encode_image`` / ``encode_text``; ``predict_step`` returns the batch's
-    normalised ``(B, D)`` float32 features as an array (:func:`convirt.embeddings.encode.encode_batch`)."""
+    """An :class:`~convirt.embeddings.encode.Encoder` as a LightningModule: ``predict_step`` returns the
+    batch's ``(B, D)`` float32 vectors; the first-batch precision check is agreed across ranks."""
 
-    def __init__(self, model: torch.nn.Module, modality: str = "image") -> None:
+    def __init__(self, encoder: Encoder, modality: str = "image") -> None:
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
-        self.model = model
+        self.model = encoder.model  # a submodule, so that Lightning moves it to the rank's device
+        self.encoder = encoder
         self.modality = modality
+        encoder.combine_agreement = self._least_over_ranks
+
+    def _least_over_ranks(self, value: float) -> float:
+        if self.trainer.world_size == 1:
+            return value
+        gathered = self.all_gather(torch.tensor(value, dtype=torch.float64, device=self.device))
+        return float(gathered.min())  # type: ignore[union-attr]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
-        return encode_batch(self.model, batch, self.device, self.modality)
+        return self.encoder.batch(batch, self.modality)
 
 
 class SinkWriter(BasePredictionWriter):
@@ -76,47 +85,36 @@ class SinkWriter(BasePredictionWriter):
             self.sink.close()
 
 
-def _resolved_precision(precision: str | None, accelerator: str) -> str:
-    """``precision``, or the one chosen for the device (logged) when ``None``."""
-    if precision is not None:
-        return precision
-    choice = choose_precision(accelerator)
-    rank_zero_info(f"convirt: precision {choice.precision} ({choice.reason}; --precision chooses another)")
-    return choice.precision
-
-
-def predict_features(
-    model: torch.nn.Module,
+def encode_on_devices(
+    encoder: Encoder,
     batches: Iterable[dict[str, Any]],
     open_sink: Callable[[int], FeatureSink],
     modality: str = "image",
+    progress: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
-    precision: str | None = None,
-    progress: bool = True,
 ) -> None:
     """Encode every batch on ``devices`` processes; each rank's features go to ``open_sink(rank)``.
 
+    The runner that :func:`convirt.embeddings.store.embed_to_folder` takes as ``encode_all`` (bind
+    ``accelerator`` and ``devices``).
+
     Args:
-        model: Has ``encode_image`` / ``encode_text``.
+        encoder: Makes the vectors (its model is moved to each rank's device).
         batches: A data loader of batch dicts. With several devices a map-style dataset is split
             across ranks without repeats; an iterable one must split itself (shards by rank).
         open_sink: Called once per rank with the rank.
         modality: ``image`` or ``text``.
+        progress: Show a progress bar.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         devices: Number of processes (DDP when more than one).
-        precision: Lightning precision; ``None`` chooses for the device
-            (:func:`convirt._hardware.choose_precision`: bf16 where it is native, else fp16 on
-            CUDA, else fp32) and logs the choice.
-        progress: Show a progress bar.
     """
     many = devices not in (1, "1")
-    precision = _resolved_precision(precision, accelerator)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
         strategy="ddp" if many else "auto",
-        precision=precision,  # type: ignore[arg-type]
+        precision="32-true",  # the encoder applies the embedding precision policy itself
         callbacks=[SinkWriter(open_sink)],
         logger=False,
         enable_checkpointing=False,
@@ -127,64 +125,7 @@ def predict_features(
         # Batch indices are only known for samplers; the sink does not need them.
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
         trainer.predict(
-            EncodeModule(model, modality).eval(),
+            EncodeModule(encoder, modality).eval(),
             dataloaders=batches,  # type: ignore[arg-type]
             return_predictions=False,
         )
-
-
-def embed_to_folder(
-    model: torch.nn.Module,
-    make_batches: Callable[[set[str]], Iterable[dict[str, Any]]],
-    output: str | os.PathLike[str],
-    fingerprint: dict[str, Any] | None = None,
-    modality: str = "image",
-    chunk_size: int = 4096,
-    dtype: str = "float32",
-    accelerator: str = "auto",
-    devices: int | str = 1,
-    precision: str | None = None,
-    progress: bool = True,
-) -> tuple[int, int]:
-    """Embed into an embedding folder (:mod:`convirt.embeddings.store`), resuming what is there.
-
-    Each rank writes its own parts of ``chunk_size`` vectors, so a run killed at any point
-    carries on from its last complete part when run again with the same arguments.
-
-    Args:
-        model: Has ``encode_image`` / ``encode_text``.
-        make_batches: Called with the keys already in the folder; returns the batches of the
-            others (e.g. :func:`convirt.data.inputs.build_eval_batches` with ``skip_keys``).
-        output: The folder.
-        fingerprint: The model's (:func:`convirt.models.model_fingerprint`), checked against the
-            folder's when resuming and stored with ``modality``.
-        modality, chunk_size, dtype: What to embed, vectors per part, ``float32`` or ``float16``.
-        accelerator, devices, precision, progress: As :func:`predict_features`.
-
-    Returns:
-        The vectors the folder holds, and the corrupt samples this run skipped.
-
-    Raises:
-        ValueError: The folder holds another model's or modality's vectors.
-    """
-    from functools import partial
-
-    from convirt.embeddings.store import DTYPES, PartWriter, close_embedding_folder, open_embedding_folder
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    precision = _resolved_precision(precision, accelerator)
-    # The precision is part of what made the vectors: recorded, and a resume must use the same.
-    info = {**(fingerprint or {}), "modality": modality, "precision": precision}
-    done = open_embedding_folder(output, info)
-    predict_features(
-        model,
-        make_batches(done),
-        partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
-        modality=modality,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        progress=progress,
-    )
-    return close_embedding_folder(output, info)

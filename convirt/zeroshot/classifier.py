@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 import torch
 from torch import nn
 
-from convirt.embeddings import embed_texts
+from convirt.data.stream import pad_id_of
+from convirt.embeddings.encode import Encoder, embed_texts
 from convirt.zeroshot.descriptors import DescriptorSet
 from convirt.zeroshot.prompts import descriptor_prompts, ensemble_prompts, name_prompts
 from convirt.zeroshot.scoring import class_embeddings, combine_observations, pair_probabilities
@@ -71,8 +73,9 @@ class ZeroShotClassifier:
         else:
             positives, positive_owner, negatives, negative_owner = ensemble_prompts(descriptors)
             self.owner = list(range(count))
-        self.positive = embed_texts(model, tokenizer, positives, device=device)
-        self.negative = embed_texts(model, tokenizer, negatives, device=device)
+        self.encoder = Encoder(model, pad_id=pad_id_of(tokenizer))
+        self.positive = embed_texts(self.encoder, tokenizer, positives)
+        self.negative = embed_texts(self.encoder, tokenizer, negatives)
         if self.method is Method.ENSEMBLE:
             self.positive = class_embeddings(self.positive, positive_owner, count)
             self.negative = class_embeddings(self.negative, negative_owner, count)
@@ -80,16 +83,13 @@ class ZeroShotClassifier:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 64) -> ZeroShotOutput:
-        """Score ``(N, 3, H, W)`` preprocessed images (embedded in batches through ``encode_image``)."""
+        """Score ``(N, 3, H, W)`` preprocessed images (embedded in batches the one way: :class:`Encoder`)."""
         if images.ndim != 4:
             raise ValueError(f"images must be (N, 3, H, W), got shape {tuple(images.shape)}")
-        features = torch.cat(
-            [
-                self.model.encode_image(images[i : i + batch_size].to(self.device), normalize=True).float().cpu()  # type: ignore[operator]
-                for i in range(0, len(images), batch_size)
-            ]
+        features = np.concatenate(
+            [self.encoder.images(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         )
-        return self.predict_features(features)
+        return self.predict_features(torch.from_numpy(features))
 
     def saliency(self, image: torch.Tensor, finding: str) -> torch.Tensor:
         """``(H, W)`` saliency map in ``[0, 1]`` of one preprocessed ``(3, H, W)`` image for a finding.

@@ -10,7 +10,7 @@ from convirt.bench.runner import run_bench
 from convirt.bench.suite import list_suites, load_suite
 from convirt.cli.main import main
 from convirt.data.shards import read_manifest
-from convirt.training.predict import embed_to_folder
+from convirt.embeddings.store import embed_to_folder
 
 PROTOCOLS = {
     "zeroshot": {},
@@ -24,7 +24,7 @@ PROTOCOLS = {
 
 
 def _embed(*args, **kwargs):
-    return embed_to_folder(*args, **{**kwargs, "accelerator": "cpu", "devices": 1, "progress": False})
+    return embed_to_folder(*args, **{**kwargs, "progress": False})
 
 
 @pytest.fixture()

@@ -13,13 +13,13 @@ from convirt.bench.suite import Suite, Task
 from convirt.data.signatures import read_signatures
 from convirt.models.checkpoint import _run_of
 from convirt.retrieval.duplicates import find_duplicates
-from convirt.training.predict import embed_to_folder
+from convirt.embeddings.store import embed_to_folder
 
 TEST = 40  # the first 40 phantom images are the test set, the other 40 are distinct training images
 
 
 def _embed(*args, **kwargs):
-    return embed_to_folder(*args, **{**kwargs, "accelerator": "cpu", "devices": 1, "progress": False})
+    return embed_to_folder(*args, **{**kwargs, "progress": False})
 
 
 def _write_table(path: Path, rows: list[dict]) -> Path:

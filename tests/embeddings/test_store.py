@@ -5,10 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convirt._hardware import choose_precision
 from convirt.embeddings import read_embeddings
-from convirt.embeddings.store import completed_parts
-from convirt.training.predict import embed_to_folder
+from convirt.embeddings.store import completed_parts, embed_to_folder
 
 
 class _Encoder(torch.nn.Module):
@@ -40,8 +38,8 @@ def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
     assert 0 < len(completed_parts(parted)) < len(completed_parts(whole))
     count, _ = embed_to_folder(_Encoder(), lambda done: _batches(22, done), parted, chunk_size=5, progress=False)
     assert count == 22
-    chosen = choose_precision("auto").precision  # bf16-mixed where bf16 is native, else 32-true: recorded
-    assert json.loads((parted / "info.json").read_text())["precision"] == chosen
+    info = json.loads((parted / "info.json").read_text())
+    assert (info["precision"], info["device"]) == ("float32", "cpu")  # float32 on every CPU: recorded
     a, rows_a = read_embeddings(whole)
     b, rows_b = read_embeddings(parted)
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]
@@ -55,7 +53,9 @@ def test_a_resume_with_another_precision_is_refused(tmp_path):
             _Encoder(), lambda done: _batches(22, done, fail_after=3), out, chunk_size=5, precision="32-true",
             progress=False,
         )  # fmt: skip
-    with pytest.raises(ValueError, match="made with precision 32-true; this run uses bf16-mixed"):
+    with pytest.raises(
+        ValueError, match="made at float32 on cpu; these are made at bfloat16 on cpu.*not shown to agree"
+    ):
         embed_to_folder(_Encoder(), lambda done: _batches(22, done), out, precision="bf16-mixed", progress=False)
 
 
@@ -72,7 +72,7 @@ def test_float16_storage_and_errors(tmp_path):
 _CHILD = """
 import sys, time, torch
 import torch.nn.functional as F
-from convirt.training.predict import embed_to_folder
+from convirt.embeddings.store import embed_to_folder
 
 class Encoder(torch.nn.Module):
     def encode_image(self, images, normalize=False):

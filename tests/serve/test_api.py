@@ -11,6 +11,7 @@ from PIL import Image
 
 from convirt.serve.app import create_app
 from convirt.serve.batching import MicroBatcher
+from tests.answers import assert_answers_match
 from tests.conftest import write_dicom
 
 
@@ -208,7 +209,7 @@ def test_concurrent_requests_to_the_app_share_batches_and_answer_as_alone(servic
         return [answer.json() for answer in answers]
 
     service.vector_queries.batches.clear()
-    assert asyncio.run(together()) == alone
+    assert_answers_match(asyncio.run(together()), alone)  # a batch's BLAS product may differ in the last digits
     assert max(service.vector_queries.batches) > 1  # the coroutines' queries met in one batch
 
 
@@ -233,7 +234,7 @@ def test_the_awaited_methods_answer_as_the_blocking_ones(service, archive):
         service.diagnose(image, k=4),
     )
     for got, expected in zip(asyncio.run(awaited()), blocking):
-        assert got == expected
+        assert_answers_match(got, expected)
 
 
 def test_index_searches_run_on_the_services_thread_count(archive, monkeypatch):
