@@ -39,8 +39,19 @@ def test_bench_fine_tunes_at_each_fraction_on_the_test_part(labels_csv, phantom_
         protocols={"finetune": {"fractions": [0.5, 1.0], "max_epochs": 2, "patience": 1, "batch_size": 16}},
     )
     suite = Suite("ft", 1, [task], tmp_path / "ft.yaml")
-    before = {k: v.clone() for k, v in load_model(str(tiny_checkpoint)).model.state_dict().items()}
-    result = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20, finetune=_finetune)
+    probe = torch.linspace(-1, 1, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    seen = []  # (the model bench handed the trainer, its weights, its mode, its output on ``probe``) at each call
+
+    def state(loaded):
+        with torch.no_grad():
+            output = loaded.model.encode_image(probe)
+        return {k: v.clone() for k, v in loaded.model.state_dict().items()}, loaded.model.training, output
+
+    def finetune(loaded, *args):
+        seen.append((loaded, *state(loaded)))
+        return _finetune(loaded, *args)
+
+    result = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "bench", _embed, bootstrap=20, finetune=finetune)
     rows = [r for r in result.rows if r["protocol"] == "finetune"]
     rows_of_task = task_rows(task)
     _, _, test = patient_parts(
@@ -49,9 +60,16 @@ def test_bench_fine_tunes_at_each_fraction_on_the_test_part(labels_csv, phantom_
     assert rows[0]["metric"] == "finetune@1/mean_auroc" and rows[0]["n"] == len(test)
     assert {r["metric"] for r in rows} >= {"finetune@1/mean_auroc", "finetune@0.5/mean_auroc"}
     assert 0 <= rows[0]["value"] <= 1
-    # The tower was trained on a copy: the model the other protocols use is unchanged.
-    after = load_model(str(tiny_checkpoint)).model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The tower was trained on a copy: the model bench loaded, which the next fraction and the other
+    # protocols use, keeps its weights, its eval mode and so its outputs, from the first call to the end.
+    assert len(seen) == 2 and seen[0][0] is seen[1][0]
+    loaded, weights, training, output = seen[0]
+    stored = load_model(str(tiny_checkpoint)).model.state_dict()
+    assert weights.keys() == stored.keys() and all(torch.equal(weights[k], stored[k]) for k in stored)
+    assert not training
+    for now_weights, now_training, now_output in (seen[1][1:], state(loaded)):
+        assert all(torch.equal(weights[k], now_weights[k]) for k in weights) and not now_training
+        assert torch.equal(output, now_output)
     # Without a trainer the protocol is skipped by name; on shards it is refused with the reason.
     skipped = run_bench(suite, [str(tiny_checkpoint)], tmp_path / "b2", _embed, bootstrap=20)
     assert any(s[2] == "finetune" and "no fine-tuning trainer" in s[3] for s in skipped.skipped)
