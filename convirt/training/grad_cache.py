@@ -21,6 +21,10 @@ def grad_cache_step(module: Any, batch: dict[str, Any], size: int) -> torch.Tens
     Gradients are collected with ``torch.autograd.grad`` and handed to Lightning as a linear
     surrogate ``sum(p * grad)``: its one backward sets exactly those gradients, so mixed
     precision scaling, clipping, DDP's all-reduce and the optimizer step stay Lightning's.
+    Under ``16-mixed`` steps 2 and 3 take the gradients of the loss times the scale of
+    Lightning's ``GradScaler`` (fp16 feature gradients and activations would underflow
+    otherwise, as in a plain step without the scaler), and the parameter gradients are divided by
+    it again before the surrogate, whose backward Lightning scales itself.
     """
     parts = [slice(start, start + size) for start in range(0, batch["image"].shape[0], size)]
     params = [p for p in module.model.parameters() if p.requires_grad]
@@ -34,7 +38,9 @@ def grad_cache_step(module: Any, batch: dict[str, Any], size: int) -> torch.Tens
     image_all = torch.cat([c[0] for c in cached]).detach().requires_grad_(True)
     text_all = torch.cat([c[1] for c in cached]).detach().requires_grad_(True)
     loss = module._step(batch, "train", (image_all, text_all))
-    image_grad, text_grad, *direct = torch.autograd.grad(loss, [image_all, text_all, *params], allow_unused=True)
+    scale = _loss_scale(module)
+    scaled = loss if scale is None else loss * scale
+    image_grad, text_grad, *direct = torch.autograd.grad(scaled, [image_all, text_all, *params], allow_unused=True)
     grads: list[torch.Tensor | None] = list(direct)  # None: the parameter plays no part (as in a plain step)
     with _frozen_norm_statistics(module.model):  # step 1 already updated the running statistics
         for part, state in zip(parts, states):
@@ -46,7 +52,19 @@ def grad_cache_step(module: Any, batch: dict[str, Any], size: int) -> torch.Tens
                     previous = grads[i]
                     grads[i] = g if previous is None else previous + g
     set_rng_state(after)
+    if scale is not None:  # an overflow stays inf, for the scaler to skip the step
+        grads = [None if g is None else g / scale for g in grads]
     return sum((p * g.detach()).sum() for p, g in zip(params, grads) if g is not None)  # type: ignore[return-value]
+
+
+def _loss_scale(module: Any) -> float | None:
+    """The scale of the ``GradScaler`` of the module's Lightning precision plugin (``16-mixed``);
+    None without one (``32-true``, ``bf16-mixed``, or no trainer attached)."""
+    trainer = getattr(module, "_trainer", None)
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled():
+        return scaler.get_scale()
+    return None
 
 
 class _frozen_norm_statistics:  # noqa: N801 (used as a context manager)
