@@ -9,6 +9,7 @@ import sys
 from typing import NoReturn
 
 from convirt import __version__
+from convirt._quiet import quiet_dependencies
 
 _LIGHTNING = ("fit", "validate", "test")
 _TEXT_PRETRAINING = "pretrain-text"
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # also propagate here, so this handler keeps to warnings, or each would print twice.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.WARNING)
+    quiet_dependencies()  # Lightning's adverts and warnings about what convirt does on purpose
     try:
         if argv and argv[0] in _LIGHTNING:
             from convirt.training.cli import run_lightning_cli
