@@ -112,9 +112,12 @@ def read_run(path: str | Path) -> dict[str, Any]:
 
 
 def _run_of(state: dict[str, Any]) -> dict[str, Any]:
-    """What ``convirt fit`` recorded, plus ``train_shards``: the shard folder its data module read
+    """What ``convirt fit`` recorded (``precision_choice``: how its precision was chosen), plus
+    ``train_shards``: the shard folder its data module read
     (as the config named it, relative to where the run started), for the leakage audit."""
     run = dict(state.get("convirt_run") or {})
+    if state.get("convirt_precision"):  # how the precision was chosen (timed on a CPU with native bf16)
+        run["precision_choice"] = dict(state["convirt_precision"])
     shards = (state.get("datamodule_hyper_parameters") or {}).get("shards")
     if shards:
         run["train_shards"] = str(shards)

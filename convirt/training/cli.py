@@ -6,10 +6,11 @@ import warnings
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from convirt._hardware import choose_num_threads, choose_precision, resolve_device
+from convirt._hardware import choose_num_threads, choose_precision, cpu_info, resolve_device
 from convirt.training.datamodule import ShardDataModule
 from convirt.training.module import ContrastiveModule
 
@@ -23,27 +24,24 @@ class ConvirtLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
-        configure_hardware(self.config.get(str(self.subcommand), self.config))
+        configure_hardware(self.config.get(str(self.subcommand), self.config), self.subcommand)
 
 
-def configure_hardware(config: Any) -> None:
+def configure_hardware(config: Any, subcommand: str | None = None) -> None:
     """Choose ``trainer.precision`` for the device when the config sets none (an explicit value
     wins) and torch's intra-op threads beside the data-loader workers; log both with the reason.
+
+    On a CPU with native bf16, a fit times a few steps of each candidate and keeps the faster
+    (:mod:`convirt.training.precision_timing`); the choice and its times are logged and recorded
+    (:class:`~convirt.training.precision_timing.PrecisionRecord` in the run's callbacks and checkpoints).
 
     Args:
         config: The parsed config of one subcommand (``trainer``, ``data``, ...), changed in place,
             so that the run's saved config records the precision it ran with.
+        subcommand: ``fit``, ``validate`` or ``test`` (only a fit times training steps).
     """
     trainer = config["trainer"]
     accelerator = trainer.get("accelerator")
-    if trainer.get("precision") is None:
-        choice = choose_precision(accelerator)
-        trainer["precision"] = choice.precision
-        rank_zero_info(
-            f"convirt: precision {choice.precision} ({choice.reason}; set --trainer.precision to choose another)"
-        )
-    else:
-        rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
     if resolve_device(accelerator) == "cpu":
         workers = int((config.get("data") or {}).get("num_workers") or 0)
         threads = choose_num_threads()
@@ -52,6 +50,53 @@ def configure_hardware(config: Any) -> None:
             f"convirt: {threads} torch threads (every core this process may use) beside {workers} "
             "data-loader worker(s): decoding a batch costs far less than the model's step"
         )
+    if trainer.get("precision") is not None:
+        rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
+        return
+    choice = _choose_training_precision(config, accelerator, subcommand)
+    trainer["precision"] = choice["precision"]
+    rank_zero_info(
+        f"convirt: precision {choice['precision']} ({choice['reason']}; set --trainer.precision to choose another)"
+    )
+    callbacks = trainer.get("callbacks") or []
+    trainer["callbacks"] = [
+        *callbacks,
+        Namespace(class_path="convirt.training.precision_timing.PrecisionRecord", init_args=Namespace(**choice)),
+    ]
+
+
+def _choose_training_precision(config: Any, accelerator: object, subcommand: str | None) -> dict[str, Any]:
+    """The precision of a run whose config names none, as :meth:`PrecisionTiming.as_dict`."""
+    from convirt.training import precision_timing as timing
+
+    rule = choose_precision(accelerator)
+    cpu = rule.device == "cpu"
+    if not (cpu and cpu_info().native_bf16):
+        return {"precision": rule.precision, "reason": rule.reason}
+    if subcommand != "fit":
+        return {"precision": "32-true", "reason": f"{subcommand} on a CPU: float32, as embeddings are made"}
+    inherited = timing.inherited_choice()
+    if inherited is not None:
+        return {"precision": inherited, "reason": "timed by the process that launched this rank"}
+    if timing.launched_externally():
+        return {
+            "precision": "32-true",
+            "reason": "one rank of an external launch (ranks timing apart could disagree): 32-true",
+        }
+    model, data = config["model"], config.get("data") or {}
+    batch_size = int(data.get("batch_size") or 32)
+
+    def build() -> tuple[Any, Any, int]:
+        from convirt.models.factory import create_tokenizer, get_preprocess_cfg
+
+        module = ContrastiveModule(**dict(model))
+        size = get_preprocess_cfg(model["model_name"])["size"]
+        side = int(size[0] if isinstance(size, (list, tuple)) else size)
+        return module, create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path")), side
+
+    found = timing.choose_by_timing(build, batch_size, timing.estimated_steps(config))
+    timing.pass_to_ranks(found.precision)
+    return found.as_dict()
 
 
 def default_logger() -> dict[str, object]:

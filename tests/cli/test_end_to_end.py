@@ -73,14 +73,17 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
     ckpt = tmp_path / "ckpt" / "last.ckpt"
     assert ckpt.is_file()
     assert (tmp_path / "fit" / "config.yaml").is_file()  # the resolved config is saved with the run
-    # The config names no precision: the one chosen for this CPU is used, saved with the run and in the checkpoint.
-    from convirt._hardware import choose_precision
+    # The config names no precision: the one chosen for this CPU (timed where bf16 is native, else
+    # 32-true) is used, saved with the run and in the checkpoint with how it was chosen.
+    from convirt._hardware import cpu_info
     from convirt.models.checkpoint import read_run
 
-    chosen = choose_precision("cpu").precision
-    assert yaml.safe_load((tmp_path / "fit" / "config.yaml").read_text())["trainer"]["precision"] == chosen
+    saved = yaml.safe_load((tmp_path / "fit" / "config.yaml").read_text())["trainer"]
     run = read_run(ckpt)
-    assert run["precision"] == chosen and run["cpu"]["capability"] and run["device"] == "cpu"
+    chosen = run["precision_choice"]["precision"]
+    assert saved["precision"] == chosen == run["precision"] and run["cpu"]["capability"] and run["device"] == "cpu"
+    assert chosen == "32-true" or cpu_info().native_bf16
+    assert any("PrecisionRecord" in str(c.get("class_path")) for c in saved["callbacks"])
 
     assert (
         main(
