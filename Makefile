@@ -10,7 +10,7 @@ DEMO ?= artifacts/demo
 RUN := env HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/convirt
 PYTEST := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest
 
-.PHONY: install demo test test-all lint typecheck bench clean
+.PHONY: install demo test test-slow test-all lint typecheck bench clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,10 @@ demo: install
 
 test: install
 	$(PYTEST) -q tests --nbmake notebooks
+
+# The tests marked slow (multi-process resume, DDP with GradCache, bench after kill -9, ...); CI runs them after `make test`.
+test-slow: install
+	$(PYTEST) -q -m slow tests
 
 test-all: install
 	$(PYTEST) -q -m "" tests --nbmake notebooks
