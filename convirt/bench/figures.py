@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from convirt.bench.leaderboard import UNRANKED, headlines
+from convirt.bench.leaderboard import UNRANKED, headlines, metric_name
 from convirt.zeroshot.plots import plot_roc, pyplot
 
 ROC_METHOD = "descriptors"  # the zero-shot method whose curves are drawn (the leaderboard's headline)
@@ -36,7 +36,7 @@ def plot_task_bars(rows: list[dict[str, Any]], models: list[str], task: str, pat
         high = [row["ci_high"] - v if row["ci_high"] is not None else 0 for v, (_, row) in zip(values, shown)]
         axis.bar(range(len(shown)), values, yerr=[low, high], capsize=3, color="#4c72b0")
         axis.set_xticks(range(len(shown)), [m[:18] for m, _ in shown], rotation=30, ha="right", fontsize=7)
-        axis.set_title(f"{protocol}: {shown[0][1]['metric']}", fontsize=8)
+        axis.set_title(metric_name(protocol, shown[0][1]["metric"]), fontsize=8)
     for j in range(len(protocols), lines * columns):
         axes[j // columns][j % columns].axis("off")
     figure.suptitle(task, fontsize=10)

@@ -1,10 +1,15 @@
-"""The leaderboard of a bench run: per task, models x protocol headline metrics with CIs, best in bold."""
+"""The leaderboard of a bench run: per task, models x protocol headline metrics with CIs, best in bold.
+
+Columns are named for people ("linear probe, 100% labels: mean AUROC", "image→text recall@5");
+the CSV keeps the machine keys (``protocol``, ``metric``) beside each name.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,68 @@ from convirt._io import write_text
 
 # Protocols that count rather than score (the leakage audit's copies): shown, never marked best.
 UNRANKED = {"leakage"}
+
+# The words people read for the parts of a metric key (convirt.bench.protocols writes the keys:
+# ``descriptors/mean_auroc``, ``k10/mean_auroc``, ``linear@0.1/mean_auroc``, ``map_at_5`` ...).
+PROTOCOL_NAMES = {
+    "zeroshot": "zero-shot",
+    "reports": "zero-shot on reports",
+    "prompts": "prompt robustness",
+    "knn": "kNN diagnosis",
+    "retrieval": "image retrieval",
+    "leakage": "leakage",
+}
+QUALIFIER_NAMES = {"descriptors": "descriptors", "names": "finding names", "ensemble": "template ensemble"}
+DIRECTION_NAMES = {"image_to_text": "image→text", "text_to_image": "text→image"}
+PROBE_NAMES = {"linear": "linear probe", "knn": "kNN probe", "finetune": "fine-tuning"}
+MEASURE_NAMES = {
+    "mean_auroc": "mean AUROC",
+    "worst_auroc": "mean worst-phrasing AUROC",
+    "best_auroc": "mean best-phrasing AUROC",
+    "map": "mAP",
+    "precision": "precision",
+    "recall": "recall",
+    "leaked": "test images in training",
+    "exact": "exact copies in training",
+    "near": "near copies in training",
+}
+
+
+def _percent(fraction: str) -> str | None:
+    try:
+        return f"{float(fraction) * 100:.6g}%"
+    except ValueError:
+        return None
+
+
+def _measure(key: str) -> str | None:
+    """``mean_auroc`` -> ``mean AUROC``, ``map_at_5`` -> ``mAP@5``; None for a key not known."""
+    if found := re.fullmatch(r"(\w+?)_at_(\d+)", key):
+        name = MEASURE_NAMES.get(found[1])
+        return f"{name}@{found[2]}" if name else None
+    return MEASURE_NAMES.get(key)
+
+
+def metric_name(protocol: str, metric: str) -> str:
+    """The name people read for a protocol's metric key: ``probe``, ``linear@1/mean_auroc`` ->
+    ``linear probe, 100% labels: mean AUROC``; ``image_text``, ``image_to_text/recall_at_5`` ->
+    ``image→text recall@5``. A key of another shape reads as ``protocol metric``."""
+    qualifier, _, key = metric.rpartition("/")
+    measure = _measure(key)
+    method, at, fraction = qualifier.partition("@")
+    what = PROTOCOL_NAMES.get(protocol)
+    if measure is not None:
+        if qualifier in DIRECTION_NAMES:
+            return f"{DIRECTION_NAMES[qualifier]} {measure}"
+        if at and method in PROBE_NAMES and (percent := _percent(fraction)):
+            return f"{PROBE_NAMES[method]}, {percent} labels: {measure}"
+        if what and re.fullmatch(r"k\d+", qualifier):
+            return f"{what} (k={qualifier[1:]}): {measure}"
+        if what and qualifier in QUALIFIER_NAMES:
+            return f"{what} ({QUALIFIER_NAMES[qualifier]}): {measure}"
+        if what and not qualifier:
+            return f"{what}: {measure}"
+    return f"{protocol} {metric}"
 
 
 def format_cell(row: dict[str, Any] | None) -> str:
@@ -47,7 +114,7 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
         lines = [
             f"**{task}**",
             "",
-            "| model | " + " | ".join(f"{protocol} {metric}" for protocol, metric in columns) + " |",
+            "| model | " + " | ".join(metric_name(protocol, metric) for protocol, metric in columns) + " |",
             "|---|" + "---:|" * len(columns),
         ]
         top = {
@@ -69,13 +136,15 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
 
 
 def write_leaderboard(rows: list[dict[str, Any]], models: list[str], output: str | Path) -> Path:
-    """Write ``leaderboard.md`` and ``leaderboard.csv`` (every headline row) into ``output``."""
+    """Write ``leaderboard.md`` and ``leaderboard.csv`` (every headline row: the keys, the values, and
+    last the column's name in ``leaderboard.md``) into ``output``."""
     out = Path(output)
     write_text(out / "leaderboard.md", leaderboard_markdown(rows, models))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["model", "task", "protocol", "metric", "value", "ci_low", "ci_high", "n"])
+    writer.writerow(["model", "task", "protocol", "metric", "value", "ci_low", "ci_high", "n", "name"])
     for (model, task, protocol), row in sorted(headlines(rows).items()):
-        writer.writerow([model, task, protocol, row["metric"], row["value"], row["ci_low"], row["ci_high"], row["n"]])
+        values = [row["metric"], row["value"], row["ci_low"], row["ci_high"], row["n"]]
+        writer.writerow([model, task, protocol, *values, metric_name(protocol, row["metric"])])
     write_text(out / "leaderboard.csv", buffer.getvalue())
     return out / "leaderboard.md"

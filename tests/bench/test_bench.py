@@ -113,7 +113,9 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     probes = {r["metric"].split("/")[0] for r in rows if r["model"] == "tiny.ckpt" and r["protocol"] == "probe"}
     assert probes == {"linear@1", "knn@1"}
     board = (out / "leaderboard.md").read_text()
-    assert board.startswith("**phantom**\n") and "| model | " in board and "zeroshot descriptors/mean_auroc" in board
+    assert (
+        board.startswith("**phantom**\n") and "| model | " in board and "zero-shot (descriptors): mean AUROC" in board
+    )
     assert "| tiny.ckpt |" in board and "**0." in board  # the best of a column in bold
     assert (out / "leaderboard.csv").read_text().count("\n") == 1 + len({(r["model"], r["protocol"]) for r in rows})
 

@@ -1,0 +1,74 @@
+"""The leaderboard reads as a table for people: columns named in words, the CSV keeps the keys."""
+
+import csv
+
+import pytest
+
+from convirt.bench.leaderboard import metric_name, write_leaderboard
+
+
+@pytest.mark.parametrize(
+    ("protocol", "metric", "name"),
+    [
+        ("probe", "linear@1/mean_auroc", "linear probe, 100% labels: mean AUROC"),
+        ("probe", "knn@0.01/mean_auroc", "kNN probe, 1% labels: mean AUROC"),
+        ("finetune", "finetune@0.1/mean_auroc", "fine-tuning, 10% labels: mean AUROC"),
+        ("image_text", "image_to_text/recall_at_5", "image→text recall@5"),
+        ("image_text", "text_to_image/recall_at_10", "text→image recall@10"),
+        ("zeroshot", "descriptors/mean_auroc", "zero-shot (descriptors): mean AUROC"),
+        ("reports", "names/mean_auroc", "zero-shot on reports (finding names): mean AUROC"),
+        ("knn", "k10/mean_auroc", "kNN diagnosis (k=10): mean AUROC"),
+        ("retrieval", "map_at_5", "image retrieval: mAP@5"),
+        ("prompts", "mean_auroc", "prompt robustness: mean AUROC"),
+        ("leakage", "leaked", "leakage: test images in training"),
+        # A key of a shape not known here reads as before, never as a wrong name.
+        ("zeroshot", "descriptors/auroc/Edema", "zeroshot descriptors/auroc/Edema"),
+        ("newprotocol", "k3/mean_auroc", "newprotocol k3/mean_auroc"),
+        ("probe", "linear@most/mean_auroc", "probe linear@most/mean_auroc"),
+    ],
+)
+def test_metric_keys_read_as_words(protocol, metric, name):
+    assert metric_name(protocol, metric) == name
+
+
+def _row(model, protocol, metric, value, low=None, high=None, n=40):
+    return {
+        "model": model,
+        "task": "phantom",
+        "protocol": protocol,
+        "metric": metric,
+        "value": value,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+    }
+
+
+def test_the_leaderboard_names_its_columns_in_words_and_the_csv_keeps_the_keys(tmp_path):
+    rows = [
+        _row("a", "probe", "linear@1/mean_auroc", 0.8, 0.7, 0.9),
+        _row("a", "probe", "linear@1/auroc/Edema", 0.6, 0.5, 0.7),  # not a headline: its protocol's second row
+        _row("b", "probe", "linear@1/mean_auroc", 0.9, 0.85, 0.95),
+        _row("a", "image_text", "image_to_text/recall_at_5", 0.5, 0.4, 0.6),
+        _row("b", "image_text", "image_to_text/recall_at_5", 0.3, 0.2, 0.4),
+        _row("a", "leakage", "leaked", 0),
+        _row("b", "leakage", "leaked", 2),
+    ]
+    board = write_leaderboard(rows, ["a", "b"], tmp_path).read_text(encoding="utf-8")
+    header = board.splitlines()[2]
+    assert header == (
+        "| model | image→text recall@5 | leakage: test images in training | linear probe, 100% labels: mean AUROC |"
+    )
+    assert "| a | **0.500 [0.400, 0.600]** | 0 of 40 | 0.800 [0.700, 0.900] |" in board
+    assert "| b | 0.300 [0.200, 0.400] | 2 of 40 | **0.900 [0.850, 0.950]** |" in board
+    with open(tmp_path / "leaderboard.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(r["model"], r["protocol"], r["metric"]) for r in table] == [
+        ("a", "image_text", "image_to_text/recall_at_5"),
+        ("a", "leakage", "leaked"),
+        ("a", "probe", "linear@1/mean_auroc"),
+        ("b", "image_text", "image_to_text/recall_at_5"),
+        ("b", "leakage", "leaked"),
+        ("b", "probe", "linear@1/mean_auroc"),
+    ]
+    assert float(table[2]["value"]) == 0.8 and table[2]["name"] == "linear probe, 100% labels: mean AUROC"
