@@ -24,10 +24,11 @@ class ConvirtLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
-        configure_hardware(self.config.get(str(self.subcommand), self.config), self.subcommand)
+        text_pretraining = getattr(self.model_class, "__name__", "") == "SectionMatchingModule"
+        configure_hardware(self.config.get(str(self.subcommand), self.config), self.subcommand, text_pretraining)
 
 
-def configure_hardware(config: Any, subcommand: str | None = None) -> None:
+def configure_hardware(config: Any, subcommand: str | None = None, text_pretraining: bool = False) -> None:
     """Choose ``trainer.precision`` for the device when the config sets none (an explicit value
     wins) and torch's intra-op threads beside the data-loader workers; log both with the reason.
 
@@ -39,6 +40,7 @@ def configure_hardware(config: Any, subcommand: str | None = None) -> None:
         config: The parsed config of one subcommand (``trainer``, ``data``, ...), changed in place,
             so that the run's saved config records the precision it ran with.
         subcommand: ``fit``, ``validate`` or ``test`` (only a fit times training steps).
+        text_pretraining: The run is ``convirt pretrain-text`` (its steps are timed on report pairs).
     """
     trainer = config["trainer"]
     accelerator = trainer.get("accelerator")
@@ -53,7 +55,7 @@ def configure_hardware(config: Any, subcommand: str | None = None) -> None:
     if trainer.get("precision") is not None:
         rank_zero_info(f"convirt: precision {trainer['precision']} (set by the config)")
         return
-    choice = _choose_training_precision(config, accelerator, subcommand)
+    choice = _choose_training_precision(config, accelerator, subcommand, text_pretraining)
     trainer["precision"] = choice["precision"]
     rank_zero_info(
         f"convirt: precision {choice['precision']} ({choice['reason']}; set --trainer.precision to choose another)"
@@ -65,7 +67,9 @@ def configure_hardware(config: Any, subcommand: str | None = None) -> None:
     ]
 
 
-def _choose_training_precision(config: Any, accelerator: object, subcommand: str | None) -> dict[str, Any]:
+def _choose_training_precision(
+    config: Any, accelerator: object, subcommand: str | None, text_pretraining: bool = False
+) -> dict[str, Any]:
     """The precision of a run whose config names none, as :meth:`PrecisionTiming.as_dict`."""
     from convirt.training import precision_timing as timing
 
@@ -83,18 +87,23 @@ def _choose_training_precision(config: Any, accelerator: object, subcommand: str
             "precision": "32-true",
             "reason": "one rank of an external launch (ranks timing apart could disagree): 32-true",
         }
-    model, data = config["model"], config.get("data") or {}
+    model, data = dict(config["model"]), config.get("data") or {}
     batch_size = int(data.get("batch_size") or 32)
 
-    def build() -> tuple[Any, Any, int]:
+    def build() -> tuple[torch.nn.Module, Any]:
         from convirt.models.factory import create_tokenizer, get_preprocess_cfg
+        from convirt.training.text_pretrain import SectionMatchingModule
 
-        module = ContrastiveModule(**dict(model))
+        tokenizer = create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path"))
+        if text_pretraining:
+            module: Any = SectionMatchingModule(**model)
+            return module, timing.section_step(module, tokenizer, batch_size)
+        module = ContrastiveModule(**model)
         size = get_preprocess_cfg(model["model_name"])["size"]
         side = int(size[0] if isinstance(size, (list, tuple)) else size)
-        return module, create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path")), side
+        return module, timing.contrastive_step(module, tokenizer, batch_size, side)
 
-    found = timing.choose_by_timing(build, batch_size, timing.estimated_steps(config))
+    found = timing.choose_by_timing(build, timing.estimated_steps(config))
     timing.pass_to_ranks(found.precision)
     return found.as_dict()
 

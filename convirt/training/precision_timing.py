@@ -31,6 +31,8 @@ BUDGET_FRACTION = 0.04
 TIMED_STEPS = 2
 # Set by the process that timed, so that the ranks it launches use its choice instead of timing again.
 CHOICE_ENV = "CONVIRT_TRAIN_PRECISION"
+# The text of a synthetic batch (its length is a short report's).
+REPORT = "the lungs are clear without focal consolidation, effusion or pneumothorax; the heart is normal in size"
 
 
 @dataclass
@@ -55,38 +57,59 @@ class PrecisionTiming:
         return asdict(self)
 
 
+def clip_loss(first: torch.Tensor, second: torch.Tensor, scale: torch.Tensor | float = 10.0) -> torch.Tensor:
+    """The symmetric InfoNCE loss of two ``(B, D)`` feature batches (what a timed step backpropagates)."""
+    logits = first.float() @ second.float().T * scale
+    targets = torch.arange(len(first), device=logits.device)
+    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)
+
+
+def contrastive_step(
+    module: Any, tokenizer: Callable[[list[str]], torch.Tensor], batch_size: int, image_size: int
+) -> Callable[[], torch.Tensor]:
+    """The loss of one synthetic image-report batch of a :class:`~convirt.training.module.ContrastiveModule`."""
+    images = torch.rand(batch_size, 3, image_size, image_size)
+    if getattr(module, "channels_last", False):
+        images = images.contiguous(memory_format=torch.channels_last)
+    tokens = tokenizer([REPORT] * batch_size)
+
+    def loss() -> torch.Tensor:
+        image_features, text_features = module(images, tokens)
+        return clip_loss(image_features, text_features, module.model.logit_scale.exp())
+
+    return loss
+
+
+def section_step(
+    module: Any, tokenizer: Callable[[list[str]], torch.Tensor], batch_size: int
+) -> Callable[[], torch.Tensor]:
+    """The loss of one synthetic pair batch of a :class:`~convirt.training.text_pretrain.SectionMatchingModule`."""
+    tokens = tokenizer([REPORT] * batch_size)
+    return lambda: clip_loss(module(tokens), module(tokens))
+
+
 def time_train_step(
-    module: Any,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    batch_size: int,
-    image_size: int,
+    module: torch.nn.Module,
+    loss: Callable[[], torch.Tensor],
     precision: str,
     steps: int = TIMED_STEPS,
     deadline: float | None = None,
 ) -> list[float]:
-    """Seconds of each of ``steps`` training steps (forward, CLIP loss, backward) on a synthetic batch,
-    after one untimed warm-up step; stops early at ``deadline`` (``time.perf_counter()`` value).
+    """Seconds of each of ``steps`` training steps (``loss()`` forward, then backward) after one untimed
+    warm-up step; stops early at ``deadline`` (a ``time.perf_counter()`` value).
 
     Args:
-        module: A :class:`~convirt.training.module.ContrastiveModule` (its ``forward`` and model).
-        tokenizer: The model's tokenizer.
-        batch_size, image_size: Of the run's batches.
+        module: The LightningModule whose parameters ``loss`` trains.
+        loss: Computes one synthetic batch's loss.
         precision: ``32-true`` or ``bf16-mixed``.
     """
-    images = torch.rand(batch_size, 3, image_size, image_size)
-    if getattr(module, "channels_last", False):
-        images = images.contiguous(memory_format=torch.channels_last)
-    tokens = tokenizer(["the lungs are clear without focal consolidation or effusion"] * batch_size)
-    targets = torch.arange(batch_size)
     module.train()
     times: list[float] = []
     for step in range(steps + 1):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            image_features, text_features = module(images, tokens)
-            logits = image_features.float() @ text_features.float().T * module.model.logit_scale.exp()
-            loss = F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)
-        loss.backward()
+            value = loss()
+        value.backward()
         module.zero_grad(set_to_none=True)
         if step > 0:
             times.append(time.perf_counter() - start)
@@ -116,8 +139,7 @@ def estimated_steps(config: Any) -> int | None:
 
 
 def choose_by_timing(
-    build: Callable[[], tuple[Any, Callable[[list[str]], torch.Tensor], int]],
-    batch_size: int,
+    build: Callable[[], tuple[torch.nn.Module, Callable[[], torch.Tensor]]],
     steps_in_run: int | None,
     candidates: tuple[str, ...] = ("32-true", "bf16-mixed"),
     budget_fraction: float = BUDGET_FRACTION,
@@ -129,18 +151,18 @@ def choose_by_timing(
     step of each candidate keeps the first candidate untimed.
 
     Args:
-        build: Makes ``(module, tokenizer, image_size)`` of the run's model.
-        batch_size: The run's batch size.
+        build: Makes the run's module and the loss of one synthetic batch of the run's size
+            (:func:`contrastive_step`, :func:`section_step`).
         steps_in_run: The run's optimizer steps (:func:`estimated_steps`); ``None``: unknown (the
             timing then takes its default number of steps).
     """
     start = time.perf_counter()
-    module, tokenizer, image_size = build()
+    module, loss = build()
     seconds: dict[str, float] = {}
     estimate: float | None = None
     deadline: float | None = None
     for candidate in candidates:
-        times = time_train_step(module, tokenizer, batch_size, image_size, candidate, deadline=deadline)
+        times = time_train_step(module, loss, candidate, deadline=deadline)
         seconds[candidate] = statistics.median(times)
         if estimate is None and steps_in_run is not None:
             estimate = seconds[candidate] * steps_in_run

@@ -51,15 +51,16 @@ def test_a_fit_times_both_candidates_keeps_the_faster_and_records_both(
 ):
     timed = []
 
-    def fake_step(module, tokenizer, batch_size, image_size, precision, steps=2, deadline=None):
-        timed.append((precision, batch_size, image_size))
+    def fake_step(module, loss, precision, steps=2, deadline=None):
+        timed.append(precision)
+        assert loss().requires_grad  # the run's own module, on a synthetic batch
         return {"32-true": [0.02, 0.02], "bf16-mixed": [0.01, 0.01]}[precision]  # bf16 faster here
 
     monkeypatch.setattr(timing, "time_train_step", fake_step)
     monkeypatch.setattr(timing, "estimated_steps", lambda config: 100_000)  # a long run: the timing pays
     config = _config(tmp_path, phantom_shards, tiny_text_model)
     assert main(["fit", "--config", str(config), "--trainer.max_steps", "2"]) == 0
-    assert [p for p, _, _ in timed] == ["32-true", "bf16-mixed"] and timed[0][1] == 8  # the run's batch size
+    assert timed == ["32-true", "bf16-mixed"]
     saved = yaml.safe_load((tmp_path / "fit" / "config.yaml").read_text())["trainer"]
     run = read_run(tmp_path / "ckpt" / "last.ckpt")
     assert saved["precision"] == run["precision"] == "bf16-mixed"
@@ -74,9 +75,10 @@ def test_the_real_timing_keeps_the_faster_and_stays_within_its_budget(phantom_sh
 
     def build():
         module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model)
-        return module, create_tokenizer(TINY_MODEL, text_model_path=tiny_text_model), 64
+        tokenizer = create_tokenizer(TINY_MODEL, text_model_path=tiny_text_model)
+        return module, timing.contrastive_step(module, tokenizer, 8, 64)
 
-    found = timing.choose_by_timing(build, 8, steps_in_run=20_000)
+    found = timing.choose_by_timing(build, steps_in_run=20_000)
     assert set(found.seconds_per_step) == {"32-true", "bf16-mixed"}
     assert found.precision == min(found.seconds_per_step, key=found.seconds_per_step.get)
     assert found.timing_seconds < timing.BUDGET_FRACTION * found.estimated_run_seconds * 3
@@ -85,12 +87,12 @@ def test_the_real_timing_keeps_the_faster_and_stays_within_its_budget(phantom_sh
 def test_a_run_too_short_to_pay_for_the_timing_keeps_float32_untimed(monkeypatch):
     calls = []
 
-    def fake_step(module, tokenizer, batch_size, image_size, precision, steps=2, deadline=None):
+    def fake_step(module, loss, precision, steps=2, deadline=None):
         calls.append(precision)
         return [1.0, 1.0]
 
     monkeypatch.setattr(timing, "time_train_step", fake_step)
-    found = timing.choose_by_timing(lambda: (None, None, 64), 8, steps_in_run=10)  # a 10 s run: 4% is 0.4 s
+    found = timing.choose_by_timing(lambda: (None, None), steps_in_run=10)  # a 10 s run: 4% is 0.4 s
     assert calls == ["32-true"] and found.precision == "32-true" and "too short" in found.reason
 
 
@@ -121,3 +123,25 @@ def test_estimated_steps_reads_the_manifest(phantom_shards):
     assert timing.estimated_steps(config) == 3 * -(-train // 8)
     assert timing.estimated_steps({"trainer": {"max_steps": 7}, "data": {}}) == 7
     assert timing.estimated_steps({"trainer": {"max_epochs": 3}, "data": {}}) is None
+
+
+def test_report_pretraining_is_timed_on_report_pairs(phantom_shards, tiny_text_model, monkeypatch, native_bf16):
+    timed = []
+
+    def fake_step(module, loss, precision, steps=2, deadline=None):
+        timed.append((type(module).__name__, precision, float(loss())))
+        return [0.01, 0.01] if precision == "32-true" else [0.02, 0.02]
+
+    monkeypatch.setattr(timing, "time_train_step", fake_step)
+    monkeypatch.setattr(timing, "estimated_steps", lambda config: 100_000)
+    config = {
+        "trainer": {"accelerator": "cpu"},
+        "model": {"model_name": TINY_MODEL, "text_model_path": tiny_text_model},
+        "data": {"batch_size": 4},
+    }
+    chosen = training_cli._choose_training_precision(config, "cpu", "fit", text_pretraining=True)
+    assert chosen["precision"] == "32-true"
+    assert [(name, precision) for name, precision, _ in timed] == [
+        ("SectionMatchingModule", "32-true"),
+        ("SectionMatchingModule", "bf16-mixed"),
+    ]
