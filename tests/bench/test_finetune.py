@@ -7,13 +7,13 @@ import torch
 from convirt.bench.finetune import fraction_of, patient_parts, task_rows
 from convirt.bench.runner import run_bench
 from convirt.bench.suite import Suite, Task
+from convirt.embeddings.store import embed_to_folder
 from convirt.models.sources import load_model
 from convirt.training.finetune import FinetuneSettings, finetune_predict
-from convirt.training.predict import embed_to_folder
 
 
 def _embed(*args, **kwargs):
-    return embed_to_folder(*args, **{**kwargs, "accelerator": "cpu", "devices": 1, "progress": False})
+    return embed_to_folder(*args, **{**kwargs, "progress": False})
 
 
 def _finetune(loaded, train, val, test, names, seed, options):
