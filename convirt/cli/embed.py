@@ -77,4 +77,5 @@ def run_embed(args: argparse.Namespace) -> None:
             + (f": {skipped} corrupt samples skipped" if skipped else "")
         )
     note = f" ({skipped} corrupt samples skipped)" if skipped else ""
-    print(f"embedded {count} {modality}s at {encoder.precision(modality).describe()} -> {args.output}{note}")
+    made = encoder.precision(modality)
+    print(f"embedded {count} {modality}s at {made.describe()} ({made.reason}) -> {args.output}{note}")
