@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._markdown import commit, machine_line, write_section  # noqa: E402
+from benchmarks._markdown import commit, write_section  # noqa: E402
 from benchmarks._process import ROOT  # noqa: E402
 
 ARMS = (("chosen by convirt fit", None), ("32-true", "32-true"), ("bf16-mixed", "bf16-mixed"))
@@ -103,12 +103,13 @@ def main() -> None:
     reason = chosen["record"].get("reason", "")
     timed = chosen["record"].get("seconds_per_step") or {}
     timed_text = ", ".join(f"{k} {v:.3f} s/step" for k, v in timed.items()) or "none (no timing on this CPU)"
+    flag = " --avx2-cap" if args.avx2_cap else ""
     cap_text = " with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`" if args.avx2_cap else " natively"
     body = f"""## Fit precision ({"AVX2 cap" if args.avx2_cap else "native"})
 
 `convirt fit --config configs/demo.yaml` three times, one after the other{cap_text}: at the
 precision the fit chooses (timed where bf16 is native, else the rule), then with each candidate
-forced. {machine.stdout.strip()}. Commit {commit()}; `python benchmarks/fit_precision.py{" --avx2-cap" if args.avx2_cap else ""}`.
+forced. {machine.stdout.strip()}. Commit {commit()}; `python benchmarks/fit_precision.py{flag}`.
 
 | fit | precision | wall s |
 |---|---|---|
