@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from _markdown import machine_line, write_section
 
-from convirt._hardware import choose_precision
-
 PHANTOM_IMAGES, PHANTOM_SIDE, SHARD_SIDE, STREAM_SIDE, STREAM_BATCH = 200, 256, 192, 160, 32
 MODEL, STEP_BATCH, STEP_SIDE, STEP_TOKENS, FROZEN = "demo-effnet-minilm", 32, 160, 40, 3
 STEPS, WARMUP, REPEATS = 5, 2, 3  # per run: the median of the steps after the warm-up; runs interleaved
@@ -182,6 +180,17 @@ def bench_faiss() -> list[tuple[str, str, str]]:
     return rows
 
 
+def _fit_choice() -> str:
+    """What `convirt fit` does about precision on this CPU, in words."""
+    from convirt._hardware import cpu_info
+
+    return (
+        "times 32-true and bf16-mixed at start here and keeps the faster"
+        if cpu_info().native_bf16
+        else ("would choose 32-true here")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", default="BENCHMARKS.md")
@@ -194,7 +203,7 @@ def main() -> None:
         "## Pipeline stages",
         "",
         f"Measured by `make bench` (`benchmarks/run.py`) on {time.strftime('%Y-%m-%d')}. {machine_line()}. "
-        f"Precision as named in each row; `convirt fit` would choose {choose_precision('cpu').precision} here. "
+        f"Precision as named in each row; `convirt fit` {_fit_choice()}. "
         f"Train steps: per run the median of {STEPS - WARMUP} steps after {WARMUP} warm-up steps; the settings "
         f"alternate over {REPEATS} runs: median [range] over runs.",
         "",

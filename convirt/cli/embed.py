@@ -77,5 +77,6 @@ def run_embed(args: argparse.Namespace) -> None:
             + (f": {skipped} corrupt samples skipped" if skipped else "")
         )
     note = f" ({skipped} corrupt samples skipped)" if skipped else ""
-    made = encoder.precision(modality)
-    print(f"embedded {count} {modality}s at {made.describe()} ({made.reason}) -> {args.output}{note}")
+    made = encoder.settled.get(modality)
+    how = f"at {made.describe()} ({made.reason})" if made else "(nothing left to embed)"
+    print(f"embedded {count} {modality}s {how} -> {args.output}{note}")

@@ -1,23 +1,32 @@
-"""Embeddings: encoding in batches through ``encode_image`` / ``encode_text``, and the embedding folder."""
+"""Embeddings: the one way vectors are made (:class:`Encoder`, its precision policy) and the embedding folder."""
 
-from convirt.embeddings.encode import EmbeddingOutput, embed_batches, embed_texts
+from convirt.embeddings.encode import EmbeddingOutput, Encoder, embed_batches, embed_image_files, embed_texts
+from convirt.embeddings.precision import EmbeddingPrecision, planned_precision
 from convirt.embeddings.store import (
     EmbeddingFolderOutput,
     PartWriter,
     close_embedding_folder,
+    embed_to_folder,
     load_embedding_folder,
     open_embedding_folder,
     read_embeddings,
+    record_precision,
 )
 
 __all__ = [
     "EmbeddingFolderOutput",
     "EmbeddingOutput",
+    "EmbeddingPrecision",
+    "Encoder",
     "PartWriter",
     "close_embedding_folder",
     "embed_batches",
+    "embed_image_files",
     "embed_texts",
+    "embed_to_folder",
     "load_embedding_folder",
     "open_embedding_folder",
+    "planned_precision",
     "read_embeddings",
+    "record_precision",
 ]

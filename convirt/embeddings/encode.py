@@ -21,7 +21,7 @@ import torch
 
 from convirt._embedding_space import AGREEMENT
 from convirt.data.stream import pad_id_of, trim_padding
-from convirt.embeddings.precision import DTYPES, EmbeddingPrecision, agreement, planned_precision
+from convirt.embeddings.precision import DTYPES, EmbeddingPrecision, agreement, parse_precision, planned_precision
 
 MODALITIES = ("image", "text")
 
@@ -59,18 +59,31 @@ class Encoder:
             (its agreement with float32 is still measured on the first batch and recorded).
         pad_id: The tokenizer's padding id (trailing padding columns are dropped); ``None``: keep all.
 
+    A module's 4-d weights are laid out channels-last once, here (the same function; convolutions
+    then run in oneDNN's and cuDNN's fastest layout without converting weights at every call).
+
     Attributes:
+        requested: The precision asked for (``None``: the policy).
+        settled: Each modality's precision, once its first batch has settled it.
         combine_agreement: How the least cosine of a first batch is combined across processes
             (identity here; a data-parallel run sets the least over its ranks, so all keep or drop
             the reduced precision together).
+        on_settle: Called with ``(modality, precision)`` when a first batch settles it, before its
+            vectors are returned (the embedding folder checks and records it there).
+
+    Raises:
+        ValueError: An unknown precision name.
     """
 
     def __init__(self, model: Any, precision: str | None = None, pad_id: int | None = None) -> None:
         self.model = model
-        self.requested = precision
+        self.requested = parse_precision(precision)
         self.pad_id = pad_id
         self.settled: dict[str, EmbeddingPrecision] = {}
         self.combine_agreement: Callable[[float], float] = lambda value: value
+        self.on_settle: Callable[[str, EmbeddingPrecision], None] | None = None
+        if isinstance(model, torch.nn.Module):
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
@@ -84,9 +97,8 @@ class Encoder:
 
     def _forward(self, inputs: torch.Tensor, modality: str, dtype: str) -> torch.Tensor:
         function = self.model.encode_image if modality == "image" else self.model.encode_text
-        if dtype == "float32":
-            return function(inputs)
-        with torch.autocast(self.device.type, dtype=DTYPES[dtype]):
+        # float32 also inside a caller's autocast (a training step's validation hook).
+        with torch.autocast(self.device.type, dtype=DTYPES[dtype], enabled=dtype != "float32"):
             return function(inputs)
 
     @torch.no_grad()
@@ -113,21 +125,22 @@ class Encoder:
     def _first_batch(self, inputs: torch.Tensor, modality: str) -> torch.Tensor:
         plan = planned_precision(self.device, self.requested)
         if not plan.reduced:
-            self.settled[modality] = plan
-            return self._forward(inputs, modality, "float32")
-        reduced = self._forward(inputs, modality, plan.dtype)
-        full = self._forward(inputs, modality, "float32")
-        least = self.combine_agreement(agreement(reduced, full))
-        if plan.reason == "requested" or least >= AGREEMENT:
-            self.settled[modality] = EmbeddingPrecision(plan.dtype, plan.device, least, plan.reason)
-            return reduced
-        self.settled[modality] = EmbeddingPrecision(
-            "float32",
-            plan.device,
-            None,
-            f"{plan.dtype} gave a first-batch vector at cosine {least:.4f} to float32 (< {AGREEMENT}): float32",
-        )
-        return full
+            features, made = self._forward(inputs, modality, "float32"), plan
+        else:
+            reduced = self._forward(inputs, modality, plan.dtype)
+            full = self._forward(inputs, modality, "float32")
+            least = self.combine_agreement(agreement(reduced, full))
+            if plan.reason == "requested" or least >= AGREEMENT:
+                features, made = reduced, EmbeddingPrecision(plan.dtype, plan.device, least, plan.reason)
+            else:
+                why = (
+                    f"{plan.dtype} gave a first-batch vector at cosine {least:.4f} to float32 (< {AGREEMENT}): float32"
+                )
+                features, made = full, EmbeddingPrecision("float32", plan.device, None, why)
+        if self.on_settle is not None:
+            self.on_settle(modality, made)
+        self.settled[modality] = made
+        return features
 
     def images(self, images: torch.Tensor) -> np.ndarray:
         """``(B, D)`` vectors of ``(B, 3, H, W)`` preprocessed images."""

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from convirt._embedding_space import check_same_space
+from convirt._embedding_space import canonical_precision, check_same_space
 from convirt._io import atomic_path, write_json, write_jsonl
 from convirt.embeddings.encode import MODALITIES, Encoder, as_encoder, batch_rows
+from convirt.embeddings.precision import EmbeddingPrecision, parse_precision
 
 INFO = "info.json"
 PART_PREFIX = "part-"
@@ -178,13 +179,13 @@ def load_embedding_folder(folder: str | os.PathLike[str]) -> EmbeddingFolderOutp
 def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> set[str]:
     """Start (or resume) a run into ``folder``: the keys already embedded there, to skip.
 
-    ``fingerprint`` (the model's, with ``modality`` and the planned ``precision``) is written to
-    ``info.json``, keeping the precision of the vectors already there; the last run's counts of
-    skipped samples are cleared.
+    ``fingerprint`` (the model's, with ``modality``) is written to ``info.json``, keeping the
+    precision of the vectors already there (a run records its own once its first batch settles it:
+    :func:`record_precision`); the last run's counts of skipped samples are cleared.
 
     Raises:
-        ValueError: The folder holds parts of another model or modality, or of another precision
-            not shown to agree with this one (:func:`convirt._embedding_space.check_same_space`).
+        ValueError: The folder holds parts of another model or modality (or of a precision that
+            ``fingerprint`` names and that is not shown to agree: :func:`convirt._embedding_space.check_same_space`).
     """
     out = Path(folder)
     modality = fingerprint.get("modality", "image")
@@ -197,22 +198,49 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
                 f"{out} holds {before.get('modality', 'image')} embeddings; this run makes {modality} "
                 "embeddings: use another output folder"
             )
-        info.update({key: before[key] for key in PRECISION_KEYS if key in before})
+        info.update({key: before[key] for key in (*PRECISION_KEYS, "precisions") if key in before})
     write_json(out / INFO, info)
     for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
         stale.unlink()
     return embedded_keys(out)
 
 
-def close_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> tuple[int, int]:
-    """End a run into ``folder``: record the skipped samples (and ``fingerprint``'s precision, where it
-    names one) in ``info.json``.
+def record_precision(folder: str | os.PathLike[str], made: dict[str, Any]) -> None:
+    """Record the precision a run makes its vectors at (``precision``, ``device``,
+    ``precision_agreement``) before it writes any of them.
+
+    Where the folder already holds vectors of another precision, both must be shown to agree with
+    float32, and the folder then records the weaker of the two (the reduced one, the least
+    agreement) with every precision it holds in ``precisions``: a resume never hides what is there.
+
+    Raises:
+        ValueError: The folder's vectors and this run's would be of precisions not shown to agree.
+    """
+    info = _info_of(folder)
+    if not (completed_parts(folder) and info.get("precision") is not None):
+        write_json(Path(folder) / INFO, {**info, **made})
+        return
+    check_same_space(info, {**info, **made}, what="output folder")
+    held, making = canonical_precision(info["precision"]), canonical_precision(made["precision"])
+    if held == making:
+        agreements = [v for v in (info.get("precision_agreement"), made.get("precision_agreement")) if v is not None]
+        merged = {"precision_agreement": min(agreements) if agreements else None}
+    else:  # both shown to agree with float32: keep the reduced one with the least agreement
+        candidates = [c for c in (info, made) if canonical_precision(c["precision"]) != "float32"]
+        weakest = min(candidates, key=lambda c: float(c.get("precision_agreement") or 0.0))
+        merged = {key: weakest.get(key) for key in PRECISION_KEYS}
+        merged["precisions"] = sorted({*info.get("precisions", [held]), making})
+    write_json(Path(folder) / INFO, {**info, **merged})
+
+
+def close_embedding_folder(folder: str | os.PathLike[str]) -> tuple[int, int]:
+    """End a run into ``folder``: record the skipped samples in ``info.json``.
 
     Returns:
         The vectors the folder holds, and the corrupt samples this run skipped (all ranks).
     """
     skipped = skipped_samples(folder)
-    write_json(Path(folder) / INFO, {**_info_of(folder), **fingerprint, "skipped_samples": skipped})
+    write_json(Path(folder) / INFO, {**_info_of(folder), "skipped_samples": skipped})
     return len(embedded_keys(folder)), skipped
 
 
@@ -290,14 +318,27 @@ def embed_to_folder(
         raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
     encoder = as_encoder(model)
     if precision is not None:
-        encoder.requested = precision
+        encoder.requested = parse_precision(precision)
     before = _info_of(output)
-    if encoder.requested is None and before.get("precision") == "float32" and completed_parts(output):
-        encoder.requested = "float32"  # a resume goes on at the folder's float32, whatever the device
-    info = {**(fingerprint or {}), "modality": modality, **encoder.precision(modality).as_info()}
-    done = open_embedding_folder(output, info)
-    (encode_all or encode_here)(
-        encoder, make_batches(done), partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype), modality, progress
-    )
-    made = encoder.settled.get(modality)  # None when nothing was left to embed: the folder keeps its own
-    return close_embedding_folder(output, {**info, **made.as_info()} if made else {})
+    if encoder.requested is None and completed_parts(output) and before.get("precision") is not None:
+        if canonical_precision(before["precision"]) == "float32":
+            encoder.requested = "float32"  # a resume goes on at the folder's float32, whatever the device
+    done = open_embedding_folder(output, {**(fingerprint or {}), "modality": modality})
+
+    def settle(made_modality: str, made: EmbeddingPrecision) -> None:
+        # Checked and recorded once the first batch settles it, before any of its vectors is written.
+        if made_modality == modality:
+            record_precision(output, made.as_info())
+
+    encoder.on_settle = settle
+    try:
+        (encode_all or encode_here)(
+            encoder,
+            make_batches(done),
+            partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
+            modality,
+            progress,
+        )
+    finally:
+        encoder.on_settle = None
+    return close_embedding_folder(output)

@@ -120,10 +120,21 @@ class CaseService:
         self.vector_queries = MicroBatcher(self._vector_batch, max_wait_s=wait)
 
     def _check_precision(self) -> None:
-        """Settle the encoder's precision on one image and check it against the index's vectors."""
-        self.encoder.images(self.transform(Image.new("L", (64, 64)))[None])
-        made = {**model_fingerprint(self.loaded), **self.encoder.precision("image").as_info()}
-        check_same_space(self.folder.info.fingerprint, made, what="index (the service's precision)")
+        """Settle the encoder's precision of each modality it serves and check it against the index's
+        vectors (on an accelerator the first batch decides: an archive image where the index names
+        its file, else a blank one)."""
+        image = Image.new("L", (256, 256))
+        for case in range(min(len(self.metadata), 8)):
+            if self.images.has_image(case):
+                image = self.images.image(case)
+                break
+        self.encoder.images(self.transform(image)[None])
+        if self.loaded.has_text:
+            self.encoder.texts(self.loaded.tokenizer(["no acute cardiopulmonary abnormality"]))
+        fingerprint = model_fingerprint(self.loaded)
+        for modality in self.encoder.settled:
+            made = {**fingerprint, **self.encoder.precision(modality).as_info()}
+            check_same_space(self.folder.info.fingerprint, made, what=f"index (the service's {modality} precision)")
 
     @torch.no_grad()
     def warm_up(self) -> None:

@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from convirt.data.labels import label_matrix
@@ -67,19 +68,23 @@ class ZeroShotEvaluation(L.Callback):
         modes = {module: module.training for module in model.modules()}
         model.eval()
         try:
+            classifier = ZeroShotClassifier(
+                model, datamodule.tokenizer, self.descriptors, self.method, device=pl_module.device
+            )
             features, metas = [], []
             for index, batch in enumerate(datamodule.eval_dataloader(self.split)):
                 if index >= self.max_batches:
                     break
                 images = pl_module.prepare_images(batch["image"].to(pl_module.device))  # type: ignore[operator]
-                features.append(model.encode_image(images, normalize=True).float())
+                # The classifier's encoder: vectors made as `convirt zeroshot` makes them (float32
+                # on a CPU whatever the training precision).
+                features.append(classifier.encoder.images(images))
                 metas.extend(batch["meta"])
             if not features:
                 return {}
-            classifier = ZeroShotClassifier(
-                model, datamodule.tokenizer, self.descriptors, self.method, device=pl_module.device
-            )
-            probabilities = classifier.predict_features(torch.cat(features)).probabilities.cpu().numpy()
+            probabilities = classifier.predict_features(
+                torch.from_numpy(np.concatenate(features))
+            ).probabilities.numpy()
         finally:
             for module, training in modes.items():
                 module.train(training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -79,16 +80,26 @@ def _choose_training_precision(
         return {"precision": rule.precision, "reason": rule.reason}
     if subcommand != "fit":
         return {"precision": "32-true", "reason": f"{subcommand} on a CPU: float32, as embeddings are made"}
-    inherited = timing.inherited_choice()
-    if inherited is not None:
-        return {"precision": inherited, "reason": "timed by the process that launched this rank"}
+    resumed = config.get("ckpt_path")
+    if resumed and os.path.isfile(str(resumed)):
+        from convirt.models.checkpoint import read_run
+
+        before = read_run(str(resumed)).get("precision")
+        if before:  # a resumed run goes on as it ran
+            return {"precision": str(before), "reason": "the precision of the checkpoint this run resumes"}
     if timing.launched_externally():
+        inherited = timing.inherited_choice()
+        if inherited is not None:
+            return {"precision": inherited, "reason": "timed by the process that launched this rank"}
         return {
             "precision": "32-true",
             "reason": "one rank of an external launch (ranks timing apart could disagree): 32-true",
         }
     model, data = dict(config["model"]), config.get("data") or {}
+    # A GradCache run never backpropagates more than a sub-batch at once: time that.
     batch_size = int(data.get("batch_size") or 32)
+    if not text_pretraining and model.get("sub_batch_size"):
+        batch_size = min(batch_size, int(model["sub_batch_size"]))
 
     def build() -> tuple[torch.nn.Module, Any]:
         from convirt.models.factory import create_tokenizer, get_preprocess_cfg
@@ -98,7 +109,8 @@ def _choose_training_precision(
         if text_pretraining:
             module: Any = SectionMatchingModule(**model)
             return module, timing.section_step(module, tokenizer, batch_size)
-        module = ContrastiveModule(**model)
+        # Random weights time as pretrained ones do, without loading them.
+        module = ContrastiveModule(**{**model, "pretrained": False})
         size = get_preprocess_cfg(model["model_name"])["size"]
         side = int(size[0] if isinstance(size, (list, tuple)) else size)
         return module, timing.contrastive_step(module, tokenizer, batch_size, side)

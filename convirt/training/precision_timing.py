@@ -2,11 +2,13 @@
 
 On a CPU with native bf16 (AMX, AVX512-BF16) bf16 autocast is faster for some models and slower for
 others: measured on a Xeon with AMX, the demo's EfficientNet fit took 201 s in bf16-mixed and 149 s in
-32-true; large ViTs run 2-3x faster in bf16 there. So before a fit on such a CPU, a few training steps
+32-true; ViT-S/16 and ViT-B/16 steps ran 2-3x faster in bf16 on the same kind of machine
+(../shared/ENVIRONMENT.md, reference speeds). So before a fit on such a CPU, a few training steps
 of the run's own model and batch size are timed at each candidate (``32-true``, ``bf16-mixed``) on a
 synthetic batch, the faster is kept, and both times and the choice are logged and recorded (in the
 run's saved config and in each checkpoint: :class:`PrecisionRecord`). The timing is bounded to a
-few percent of the run's estimated length; a run too short to pay for it keeps ``32-true``.
+few percent of the run's estimated length (:func:`choose_by_timing` says how); a run too short to pay
+for it keeps ``32-true``.
 Where bf16 is not native (AVX2 CPUs, where it is several times slower) ``32-true`` is chosen
 without timing; on CUDA the rule of :func:`convirt._hardware.choose_precision` applies.
 """
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 # Share of the run's estimated length the timing may take.
-BUDGET_FRACTION = 0.04
+BUDGET_FRACTION = 0.05
 # Timed steps per candidate (after one warm-up step, which pays for oneDNN's kernel creation).
 TIMED_STEPS = 2
 # Set by the process that timed, so that the ranks it launches use its choice instead of timing again.
@@ -146,16 +148,22 @@ def choose_by_timing(
 ) -> PrecisionTiming:
     """Time a few training steps at each candidate and keep the faster.
 
-    The first candidate's first timed step estimates the run (``steps_in_run`` steps); the timing
-    stops where it would pass ``budget_fraction`` of that estimate, and a run too short for one
-    step of each candidate keeps the first candidate untimed.
+    The first candidate is always timed (the module's build, a warm-up step and two timed steps):
+    its step time estimates the run (``steps_in_run`` steps). The other candidates are timed only
+    where the time spent so far plus theirs (estimated at the first's speed) stays within
+    ``budget_fraction`` of that estimate, and stop at that deadline; else the first candidate is
+    kept, saying so. A run of unknown length is not timed.
 
     Args:
         build: Makes the run's module and the loss of one synthetic batch of the run's size
             (:func:`contrastive_step`, :func:`section_step`).
-        steps_in_run: The run's optimizer steps (:func:`estimated_steps`); ``None``: unknown (the
-            timing then takes its default number of steps).
+        steps_in_run: The run's optimizer steps (:func:`estimated_steps`); ``None``: unknown.
     """
+    if steps_in_run is None:
+        return PrecisionTiming(
+            candidates[0], reason=f"the run's length is unknown (no max_steps, or max_epochs with a "
+            f"readable shard manifest): {candidates[0]} untimed"
+        )  # fmt: skip
     start = time.perf_counter()
     module, loss = build()
     seconds: dict[str, float] = {}
@@ -164,7 +172,7 @@ def choose_by_timing(
     for candidate in candidates:
         times = time_train_step(module, loss, candidate, deadline=deadline)
         seconds[candidate] = statistics.median(times)
-        if estimate is None and steps_in_run is not None:
+        if estimate is None:
             estimate = seconds[candidate] * steps_in_run
             budget = budget_fraction * estimate
             spent = time.perf_counter() - start
@@ -180,8 +188,7 @@ def choose_by_timing(
                 )
             deadline = start + budget
     kept = min(seconds, key=lambda name: seconds[name])
-    if estimate is not None:
-        estimate = seconds[kept] * (steps_in_run or 0)
+    estimate = seconds[kept] * steps_in_run
     times_text = ", ".join(f"{name} {value:.3f} s/step" for name, value in seconds.items())
     return PrecisionTiming(
         kept, seconds, time.perf_counter() - start, estimate, f"timed on this CPU: {times_text}; kept the faster"
@@ -189,7 +196,8 @@ def choose_by_timing(
 
 
 def inherited_choice() -> str | None:
-    """The precision a parent process timed and passed to the ranks it launched (``None``: none)."""
+    """The precision a parent process timed and passed to the ranks it launched (``None``: none).
+    Read only by a launched rank (:func:`launched_externally`): a later fit in the parent times anew."""
     return os.environ.get(CHOICE_ENV) or None
 
 
@@ -199,8 +207,8 @@ def pass_to_ranks(precision: str) -> None:
 
 
 def launched_externally() -> bool:
-    """This process is one rank of a launch by torchrun, SLURM or Lightning (it must not time alone:
-    ranks that time apart could choose differently)."""
+    """This process is one rank of a launch by torchrun, SLURM or Lightning's DDP launcher (it must
+    not time alone: ranks that time apart could choose differently)."""
     return any(name in os.environ for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "PMI_RANK"))
 
 

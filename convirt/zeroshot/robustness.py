@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convirt.embeddings.encode import embed_texts
+from convirt.embeddings.encode import as_encoder, embed_texts
 from convirt.zeroshot.descriptors import DescriptorSet
 from convirt.zeroshot.metrics import NAN, auroc
 from convirt.zeroshot.prompts import phrasing_pairs
@@ -75,11 +75,12 @@ def score_phrasings(
     if labels.shape != (len(image_embeddings), len(names)):
         raise ValueError(f"labels {labels.shape} do not match {len(image_embeddings)} images x {len(names)} findings")
     images = torch.as_tensor(image_embeddings, dtype=torch.float32)
+    encoder = as_encoder(model, tokenizer)  # one encoder: every phrasing at one precision
     result = PhrasingScores(names, [], [], [])
     for column, name in enumerate(names):
         pairs = phrasing_pairs(by_name[name])
-        positives = embed_texts(model, tokenizer, [p for p, _ in pairs])
-        negatives = embed_texts(model, tokenizer, [n for _, n in pairs])
+        positives = embed_texts(encoder, tokenizer, [p for p, _ in pairs])
+        negatives = embed_texts(encoder, tokenizer, [n for _, n in pairs])
         scores = (images @ positives.T - images @ negatives.T).numpy()
         y = labels[:, column]
         kept = y >= 0

@@ -11,9 +11,9 @@ from PIL import Image, ImageEnhance
 from convirt.bench.runner import run_bench
 from convirt.bench.suite import Suite, Task
 from convirt.data.signatures import read_signatures
+from convirt.embeddings.store import embed_to_folder
 from convirt.models.checkpoint import _run_of
 from convirt.retrieval.duplicates import find_duplicates
-from convirt.embeddings.store import embed_to_folder
 
 TEST = 40  # the first 40 phantom images are the test set, the other 40 are distinct training images
 

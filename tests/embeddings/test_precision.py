@@ -109,6 +109,32 @@ def test_an_index_refuses_queries_of_an_unproven_precision(labels_csv, tiny_chec
         main(["index", "query", "--index", str(tmp_path / "i"), "--image", path, "--model", str(tiny_checkpoint)]) == 2
     )
     assert "not shown to agree" in capsys.readouterr().err
-    # A resume of that folder at float32 is refused the same way.
+    # A resume of that folder at float32 is refused the same way, before it writes a vector.
+    parts = sorted((tmp_path / "e").glob("part-*"))
+    new = [{"image": _images(1), "key": ["new"], "meta": [{}]}]
     with pytest.raises(ValueError, match="not shown to agree"):
-        embed_to_folder(_Linear(0.0), lambda done: [], tmp_path / "e", {"model_name": info["model_name"]})
+        embed_to_folder(
+            _Linear(0.0), lambda done: new, tmp_path / "e", {"model_name": info["model_name"]}, progress=False
+        )
+    assert sorted((tmp_path / "e").glob("part-*")) == parts
+    # With nothing left to embed, nothing is mixed: the folder is left as it is.
+    embed_to_folder(_Linear(0.0), lambda done: [], tmp_path / "e", {"model_name": info["model_name"]}, progress=False)
+    assert json.loads(info_path.read_text())["precision"] == "bf16-mixed"
+
+
+def test_a_resume_records_every_precision_the_folder_holds(tmp_path, monkeypatch):
+    # Vectors of a GPU's bf16 (shown to agree), resumed in float32 on a CPU: both recorded, the weaker kept.
+    def batches(keys):
+        return lambda done: [{"image": _images(len(keys)), "key": keys, "meta": [{}] * len(keys)}]
+
+    monkeypatch.setattr(
+        encode, "planned_precision", lambda device, requested=None: EmbeddingPrecision("bfloat16", "cuda", None, "x")
+    )
+    embed_to_folder(_Linear(0.0), batches(["a", "b"]), tmp_path / "f", {"model_name": "m"}, progress=False)
+    made = json.loads((tmp_path / "f" / "info.json").read_text())
+    assert made["precision"] == "bfloat16" and made["precision_agreement"] >= 0.999
+    monkeypatch.undo()
+    embed_to_folder(_Linear(0.0), batches(["c"]), tmp_path / "f", {"model_name": "m"}, progress=False)
+    info = json.loads((tmp_path / "f" / "info.json").read_text())
+    assert info["precision"] == "bfloat16" and info["precisions"] == ["bfloat16", "float32"]
+    assert info["precision_agreement"] == made["precision_agreement"]

@@ -46,17 +46,29 @@ def test_interrupted_run_resumes_to_the_same_vectors(tmp_path):
     assert np.array_equal(a, b) and a.shape == (22, 3)
 
 
-def test_a_resume_with_another_precision_is_refused(tmp_path):
+class _Drifting(_Encoder):
+    """Its vectors move under bf16 autocast as a real tower's can (cosine far below 0.999)."""
+
+    def encode_image(self, images, normalize=False):
+        features = super().encode_image(images)
+        return features.flip(-1) if torch.is_autocast_cpu_enabled() else features
+
+
+def test_a_resume_at_a_precision_that_does_not_agree_is_refused_before_writing(tmp_path):
     out = tmp_path / "e"
     with pytest.raises(RuntimeError, match="dies here"):
         embed_to_folder(
-            _Encoder(), lambda done: _batches(22, done, fail_after=3), out, chunk_size=5, precision="32-true",
+            _Drifting(), lambda done: _batches(22, done, fail_after=3), out, chunk_size=5, precision="32-true",
             progress=False,
         )  # fmt: skip
+    parts = completed_parts(out)
     with pytest.raises(
         ValueError, match="made at float32 on cpu; these are made at bfloat16 on cpu.*not shown to agree"
     ):
-        embed_to_folder(_Encoder(), lambda done: _batches(22, done), out, precision="bf16-mixed", progress=False)
+        embed_to_folder(_Drifting(), lambda done: _batches(22, done), out, precision="bf16-mixed", progress=False)
+    assert completed_parts(out) == parts
+    count, _ = embed_to_folder(_Drifting(), lambda done: _batches(22, done), out, progress=False)  # float32 again
+    assert count == 22 and json.loads((out / "info.json").read_text())["precision"] == "float32"
 
 
 def test_float16_storage_and_errors(tmp_path):
