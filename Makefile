@@ -10,7 +10,7 @@ DEMO ?= artifacts/demo
 RUN := env HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/convirt
 PYTEST := HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false $(BIN)/python -m pytest
 
-.PHONY: install demo test test-slow test-all lint typecheck bench clean
+.PHONY: install demo test test-slow test-avx2 test-all lint typecheck bench clean
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,10 @@ test: install
 # The tests marked slow (multi-process resume, DDP with GradCache, bench after kill -9, ...); CI runs them after `make test`.
 test-slow: install
 	$(PYTEST) -q -m slow tests
+
+# Both suites with torch and oneDNN capped at AVX2 (the common CPU: no native bf16), whatever this CPU has.
+test-avx2: install
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -q -m "not gpu and not network" tests --nbmake notebooks
 
 test-all: install
 	$(PYTEST) -q -m "" tests --nbmake notebooks
