@@ -103,6 +103,8 @@ def main() -> None:
     reason = chosen["record"].get("reason", "")
     timed = chosen["record"].get("seconds_per_step") or {}
     timed_text = ", ".join(f"{k} {v:.3f} s/step" for k, v in timed.items()) or "none (no timing on this CPU)"
+    if chosen["record"].get("timing_seconds"):
+        timed_text += f"; the timing took {chosen['record']['timing_seconds']:.1f} s of the chosen fit"
     flag = " --avx2-cap" if args.avx2_cap else ""
     cap_text = " with `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`" if args.avx2_cap else " natively"
     body = f"""## Fit precision ({"AVX2 cap" if args.avx2_cap else "native"})
