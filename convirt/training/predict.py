@@ -5,9 +5,10 @@ process); Lightning only places the model, splits the batches across DDP ranks a
 Its own precision plugin stays at ``32-true``: the encoder applies the embedding precision policy,
 and the ranks agree on it (the least first-batch cosine over all ranks decides for all). Each rank
 hands its features to its own sink (for ``convirt embed``, a part writer: rank ``r`` writes
-``part-r-*``). Where a reduced precision is tried (CUDA), every rank must see at least one batch, since
-the ranks meet on the first one (shards split by rank: at least as many shards as ranks). Predictions are not kept in memory (``return_predictions=False``), so memory stays
-flat in the number of images.
+``part-r-*``). Where a reduced precision is tried (CUDA), every rank must see at least one batch,
+since the ranks meet on the first one (shards split by rank: at least as many shards as ranks).
+Predictions are not kept in memory (``return_predictions=False``), so memory stays flat in the
+number of images.
 """
 
 from __future__ import annotations
