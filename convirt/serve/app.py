@@ -101,7 +101,7 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
 
     def case_id(text: str) -> int:
         # Ids are looked up in the index, never used as paths: anything but a plain number is unknown.
-        if not text.isdigit() or len(text) > 12:
+        if not (text.isascii() and text.isdigit()) or len(text) > 12:  # "²" is a digit to str.isdigit
             raise HTTPException(404, "unknown case id")
         return int(text)
 
@@ -111,8 +111,11 @@ def create_app(service: CaseService, token: str | None = None, max_upload: int =
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> Response:
+        """200 while the service can answer; 503 when a query worker is dead or stuck in one batch."""
+        if service.healthy():
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy: a query worker is dead or stuck"}, status_code=503)
 
     @app.get("/v1/info", dependencies=[Depends(authorised)], response_model=Info)
     async def info() -> dict[str, Any]:

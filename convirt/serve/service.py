@@ -386,6 +386,10 @@ class CaseService:
             raise CaseNotFound(case)
         return self.images.jpeg(case)
 
+    def healthy(self) -> bool:
+        """Every micro-batcher's worker is alive and none is stuck in a batch."""
+        return all(b.healthy() for b in (self.image_queries, self.text_queries, self.vector_queries))
+
     def info(self) -> dict[str, Any]:
         """What the service runs: the model's fingerprint, the index and the descriptor set."""
         fingerprint = {k: v for k, v in model_fingerprint(self.loaded).items() if k != "model_config"}
