@@ -7,6 +7,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,11 +17,16 @@ from PIL import Image
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # libjpeg's largest side, as PIL enforces it: a stored image may not be longer.
 JPEG_MAX_SIDE = 65_500
+# The most pixels an input image may declare, read from its header before anything is decoded: a
+# chest radiograph has at most about 4,300 x 4,300 (18 MP); 8,192 x 8,192 leaves a wide margin and
+# bounds a decode to 64 MiB of 8-bit pixels (a 48 KB PNG can declare 20,000 x 20,000).
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 class RefusedImageError(ValueError):
     """A readable image that convirt does not convert, for the reason named by ``reason`` (the
-    count's name in a shard manifest: ``refused_image``, ``image_too_small``, ``image_too_elongated``)."""
+    count's name in a shard manifest: ``refused_image``, ``image_too_small``, ``image_too_elongated``,
+    ``image_too_large``)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -36,15 +42,35 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
+def check_pixels(width: int, height: int, frames: int = 1, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (all frames).
+
+    Raises:
+        RefusedImageError: ``image_too_large``, with the declared size and the limit.
+    """
+    pixels = int(width) * int(height) * max(1, int(frames))
+    if pixels > max_pixels:
+        frames_text = f" x {frames} frames" if frames > 1 else ""
+        raise RefusedImageError(
+            "image_too_large",
+            f"{width}x{height} px{frames_text} ({pixels / 1e6:.0f} MP) is past the limit of "
+            f"{max_pixels / 1e6:.0f} MP; a chest radiograph needs at most about 18 MP",
+        )
+
+
+def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read a single-frame grayscale DICOM as an 8-bit image, the way a reader's screen shows it.
 
     The modality LUT (rescale slope / intercept) comes first, then the VOI LUT or the first
     window (centre / width) stored in the file, else the full range of the pixels; MONOCHROME1
     (bright = air) is inverted so that bone is bright, as in every other image.
 
+    The declared size (rows x columns x frames) is checked against ``max_pixels`` from the header
+    alone, before any pixel data is read or inflated; the pixels are converted in float32.
+
     Raises:
-        RefusedImageError: Multi-frame or colour DICOM (refused by name: export one frame first).
+        RefusedImageError: Multi-frame or colour DICOM (refused by name: export one frame first), or
+            one declaring more than ``max_pixels`` pixels (``image_too_large``).
         OSError: The pixel data cannot be decoded (a compressed transfer syntax without its
             decoder installed, or a damaged file).
     """
@@ -53,10 +79,15 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as error:
+        raise OSError(f"not a DICOM file: {error}") from None
+    frames = int(getattr(header, "NumberOfFrames", 1) or 1)
+    check_pixels(int(getattr(header, "Columns", 0) or 0), int(getattr(header, "Rows", 0) or 0), frames, max_pixels)
+    try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as error:
         raise OSError(f"not a DICOM file: {error}") from None
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise RefusedImageError(
             "refused_image",
@@ -76,9 +107,11 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
             f"cannot decode DICOM pixel data ({getattr(syntax, 'name', syntax)}): {error}; for "
             f"compressed files install pylibjpeg[all] or python-gdcm"
         ) from None
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    # float32, not float64: a whole frame's copies at half the memory (8-bit output needs no more).
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    del pixels
     if "VOILUTSequence" in ds:
-        values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
+        values = np.asarray(apply_voi_lut(values, ds), dtype=np.float32)
         low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = (
@@ -87,10 +120,15 @@ def load_dicom(path: str | os.PathLike[str]) -> Image.Image:
         low, high = center - width / 2, center + width / 2
     else:
         low, high = float(values.min()), float(values.max())
-    scaled = np.clip((values - low) / (high - low), 0, 1) if high > low else np.zeros_like(values)
+    if high > low:  # in place: no further copy of the frame
+        values -= low
+        values *= 255.0 / (high - low)
+        np.clip(values, 0, 255, out=values)
+    else:
+        values[...] = 0
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L")
+        np.subtract(255.0, values, out=values)
+    return Image.fromarray(np.round(values, out=values).astype(np.uint8), mode="L")
 
 
 @contextlib.contextmanager
@@ -104,7 +142,9 @@ def _quiet(name: str) -> Iterator[None]:
         log.disabled = before
 
 
-def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None, min_side: int = 0) -> Image.Image:
+def load_grayscale(
+    path: str | os.PathLike[str], short_side: int | None = None, min_side: int = 0, max_pixels: int = MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Read an image file as 8-bit grayscale, with its short side resized to ``short_side``.
 
     Aspect ratio is kept. JPEG ``draft`` mode decodes at a reduced scale when the target is
@@ -115,19 +155,31 @@ def load_grayscale(path: str | os.PathLike[str], short_side: int | None = None, 
         path: The image file.
         short_side: Resize the short side to this many pixels (``None``: keep the size).
         min_side: Refuse an image whose short side, as stored in the file, is smaller.
+        max_pixels: Refuse an image whose header declares more pixels, before decoding it.
 
     Raises:
         FileNotFoundError: No file at ``path``.
         OSError: The file is not a readable image (truncated, damaged, unknown format).
         RefusedImageError: A DICOM refused by name (multi-frame, colour), an image smaller than
-            ``min_side``, or one whose resized long side would pass :data:`JPEG_MAX_SIDE`.
+            ``min_side``, larger than ``max_pixels`` (``image_too_large``), or one whose resized long
+            side would pass :data:`JPEG_MAX_SIDE`.
     """
     image: Image.Image
     if is_dicom(path):
-        image = load_dicom(path)
+        image = load_dicom(path, max_pixels)
         _check_side(image.size, min_side)
         return resize_short_side(image, short_side) if short_side else image
-    with Image.open(path) as source:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:  # PIL's own limit, far past ours: the same refusal
+        declared = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(declared.group(1)) / 1e6:.0f} MP" if declared else "more pixels than PIL opens"
+        raise RefusedImageError(
+            "image_too_large", f"the image declares {size}, past the limit of {max_pixels / 1e6:.0f} MP"
+        ) from None
+    with opened as source:
+        width, height = source.size
+        check_pixels(width, height, 1, max_pixels)  # only the first frame is ever decoded
         _check_side(source.size, min_side)
         if short_side:
             _target_size(source.size, short_side)  # refuse before decoding what cannot be stored

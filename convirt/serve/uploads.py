@@ -11,7 +11,7 @@ import tempfile
 
 from PIL import Image
 
-from convirt.data.images import load_grayscale
+from convirt.data.images import RefusedImageError, load_grayscale
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 KINDS = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
@@ -41,8 +41,10 @@ def read_upload(data: bytes, limit: int = MAX_UPLOAD_BYTES) -> Image.Image:
     """The grey image an upload holds.
 
     Raises:
-        UploadError: Empty or over ``limit`` (413), not PNG, JPEG or DICOM (415), or a file of that
-            type that cannot be read as one radiograph (400: truncated, multi-frame, colour DICOM).
+        UploadError: Empty or over ``limit`` (413), declaring more pixels than a radiograph needs
+            (413, from its header: :data:`convirt.data.images.MAX_IMAGE_PIXELS`), not PNG, JPEG or
+            DICOM (415), or a file of that type that cannot be read as one radiograph (400:
+            truncated, multi-frame, colour DICOM).
     """
     if not data:
         raise UploadError(400, "empty upload: send one PNG, JPEG or DICOM image")
@@ -57,6 +59,8 @@ def read_upload(data: bytes, limit: int = MAX_UPLOAD_BYTES) -> Image.Image:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
         return load_grayscale(path)
+    except RefusedImageError as error:  # its size is read from the header, before any pixel is decoded
+        raise UploadError(413 if error.reason == "image_too_large" else 400, str(error).splitlines()[0]) from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UploadError(400, f"cannot read the {kind} image: {reason.replace(path, 'the upload')}") from None
