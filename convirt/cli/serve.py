@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 
 from convirt.cli.common import add_checkpoint_arguments, model_from_args
@@ -18,6 +17,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs --token)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header name answered besides the loopback names and --host (repeatable): the name "
+        "clients use to reach the service; any other Host is refused (DNS rebinding)",
+    )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
         "--token", default=os.environ.get("CONVIRT_TOKEN"), help="bearer token of every /v1 call (or CONVIRT_TOKEN)"
@@ -33,18 +40,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=run)
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is this machine only (``localhost``, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> None:
-    if not is_loopback(args.host) and not args.token:
+    from convirt.serve.app import is_loopback
+
+    if not is_loopback(args.host) and not args.token:  # before loading anything; create_app checks it too
         raise ValueError(f"--host {args.host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
     import logging
 
@@ -63,7 +62,13 @@ def run(args: argparse.Namespace) -> None:
         model_from_args(args), args.index, args.descriptors, args.images, args.knn, args.batch_wait_ms, threads
     )
     service.warm_up()
-    app = create_app(service, token=args.token, max_upload=int(args.max_upload_mb * 1024 * 1024))
+    app = create_app(
+        service,
+        token=args.token,
+        max_upload=int(args.max_upload_mb * 1024 * 1024),
+        host=args.host,
+        allowed_hosts=args.allowed_host,
+    )
     print(
         f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",
         flush=True,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Upload
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import convirt
 from convirt.serve.schema import Case, Diagnosis, Info, Search
@@ -35,14 +37,55 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 MAX_K = 100
 
 
-def create_app(service: CaseService, token: str | None = None, max_upload: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """The FastAPI app over ``service``; ``token``: the bearer token every ``/v1`` call must carry."""
+# The Host names a service bound to loopback answers by default: anything else is a page elsewhere
+# reaching this service through the clinician's own browser (DNS rebinding).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    service: CaseService,
+    token: str | None = None,
+    max_upload: int = MAX_UPLOAD_BYTES,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+) -> FastAPI:
+    """The FastAPI app over ``service``.
+
+    Args:
+        service: The case service.
+        token: The bearer token every ``/v1`` call must carry; required when ``host`` is not loopback.
+        max_upload: Largest upload in bytes.
+        host: The address the app is served on (``convirt serve --host``).
+        allowed_hosts: ``Host`` header names answered besides the loopback names (and ``host``
+            itself when it is not a wildcard); any other is refused with 400 (Starlette's
+            ``TrustedHostMiddleware``).
+
+    Raises:
+        ValueError: ``host`` reaches other machines and no token was given.
+    """
+    if not is_loopback(host) and not token:
+        raise ValueError(f"--host {host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
     app = FastAPI(
         title="convirt serve",
         version=convirt.__version__,
         description="Case search and explained zero-shot diagnosis of chest radiographs. A research tool, "
         "not a diagnostic device.",
     )
+
+    names = [*LOOPBACK_HOSTS, *allowed_hosts]
+    if host not in ("0.0.0.0", "::", "") and host not in names:
+        names.append(host)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
 
     async def authorised(request: Request) -> None:
         if token is None:

@@ -6,13 +6,13 @@ import threading
 import time
 
 import numpy as np
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from convirt.serve.app import create_app
 from convirt.serve.batching import MicroBatcher
 from tests.answers import assert_answers_match
 from tests.conftest import write_dicom
+from tests.serve.client import local_client
 
 
 def _png(path) -> bytes:
@@ -23,7 +23,7 @@ def _png(path) -> bytes:
 
 def test_every_endpoint_answers(service, archive):
     _, _, rows = archive
-    client = TestClient(create_app(service))
+    client = local_client(create_app(service))
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/info").json()
     assert info["index"]["count"] == len(rows) and info["descriptors"] == "phantom"
@@ -56,7 +56,7 @@ def test_every_endpoint_answers(service, archive):
 
 def test_bad_inputs_get_the_right_4xx_and_the_logs_name_nobody(service, archive, tmp_path, caplog):
     _, _, rows = archive
-    client = TestClient(create_app(service, max_upload=200_000))
+    client = local_client(create_app(service, max_upload=200_000))
     png = _png(rows[0].image_path)
     frames = tmp_path / "multi.dcm"
     write_dicom(frames, np.zeros((3, 40, 48), dtype=np.uint16) + 500, frames=3)
@@ -88,7 +88,7 @@ def test_bad_inputs_get_the_right_4xx_and_the_logs_name_nobody(service, archive,
 
 
 def test_a_token_guards_every_api_call(service):
-    client = TestClient(create_app(service, token="s3cret"))
+    client = local_client(create_app(service, token="s3cret"))
     assert client.get("/healthz").status_code == 200
     assert client.get("/v1/info").status_code == 401
     assert client.get("/v1/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -144,7 +144,7 @@ def test_a_text_query_embeds_as_its_full_length_tokens_do(service):
 
 def test_the_command_refuses_another_host_without_a_token(archive, monkeypatch, capsys):
     from convirt.cli.main import main
-    from convirt.cli.serve import is_loopback
+    from convirt.serve.app import is_loopback
 
     _, folder, _ = archive
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
@@ -198,11 +198,11 @@ def test_concurrent_requests_to_the_app_share_batches_and_answer_as_alone(servic
     import httpx
 
     app = create_app(service)
-    alone = [TestClient(app).post("/v1/search", data={"case": str(i), "k": "3"}).json() for i in range(8)]
+    alone = [local_client(app).post("/v1/search", data={"case": str(i), "k": "3"}).json() for i in range(8)]
 
     async def together():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             answers = await asyncio.gather(
                 *(client.post("/v1/search", data={"case": str(i), "k": "3"}) for i in range(8))
             )
@@ -259,7 +259,7 @@ def test_index_searches_run_on_the_services_thread_count(archive, monkeypatch):
 
 
 def test_the_openapi_page_documents_typed_answers(service):
-    spec = TestClient(create_app(service)).get("/openapi.json").json()
+    spec = local_client(create_app(service)).get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     assert {"Diagnosis", "Finding", "Observation", "Search", "Neighbour", "Case", "Info"} <= schemas.keys()
     answer = spec["paths"]["/v1/search"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
@@ -268,7 +268,7 @@ def test_the_openapi_page_documents_typed_answers(service):
 
 def test_an_archive_case_is_diagnosed_from_its_stored_vector_without_its_own_vote(service, archive):
     _, _, rows = archive
-    client = TestClient(create_app(service))
+    client = local_client(create_app(service))
     answer = client.post("/v1/diagnose", data={"case": "3", "k": "4", "saliency": "true"}).json()
     assert answer == {**service.diagnose_case(3, saliency=True, k=4)}
     assert len(answer["neighbours"]) == 4 and answer["findings"][0]["saliency_png"].startswith("data:image/png")

@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from convirt.serve.app import create_app
 from convirt.serve.batching import MicroBatcher
+from tests.serve.client import local_client
 
 
 def _slow_double(items):
@@ -97,7 +97,7 @@ def test_healthz_says_unhealthy_while_a_worker_is_stuck(service):
 
     service.text_queries = MicroBatcher(hang, stuck_after_s=0.1)
     try:
-        client = TestClient(create_app(service))
+        client = local_client(create_app(service))
         assert client.get("/healthz").status_code == 200
         service.text_queries.submit("x")
         time.sleep(0.3)
@@ -112,7 +112,7 @@ def test_healthz_says_unhealthy_while_a_worker_is_stuck(service):
 
 
 def test_a_unicode_digit_is_an_unknown_case_not_a_500(service):
-    client = TestClient(create_app(service))
+    client = local_client(create_app(service))
     for text in ("%C2%B2", "%D9%A3", "1%C2%B2"):
         answer = client.get(f"/v1/cases/{text}")
         assert answer.status_code == 404 and answer.json() == {"detail": "unknown case id"}
