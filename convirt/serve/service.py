@@ -120,14 +120,10 @@ class CaseService:
         self.vector_queries = MicroBatcher(self._vector_batch, max_wait_s=wait)
 
     def _check_precision(self) -> None:
-        """Settle the encoder's precision of each modality it serves and check it against the index's
-        vectors (on an accelerator the first batch decides: an archive image where the index names
-        its file, else a blank one)."""
-        image = Image.new("L", (256, 256))
-        for case in range(min(len(self.metadata), 8)):
-            if self.images.has_image(case):
-                image = self.images.image(case)
-                break
+        """Settle the encoder's precision of each modality it serves (on an accelerator the first batch
+        decides: an archive image where there is one) and check it against the index's vectors."""
+        cases = [case for case in range(min(len(self.metadata), 8)) if self.images.has_image(case)]
+        image = self.images.image(cases[0]) if cases else Image.new("L", (256, 256))
         self.encoder.images(self.transform(image)[None])
         if self.loaded.has_text:
             self.encoder.texts(self.loaded.tokenizer(["no acute cardiopulmonary abnormality"]))
