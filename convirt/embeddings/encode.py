@@ -59,9 +59,6 @@ class Encoder:
             (its agreement with float32 is still measured on the first batch and recorded).
         pad_id: The tokenizer's padding id (trailing padding columns are dropped); ``None``: keep all.
 
-    A module's 4-d weights are laid out channels-last once, here (the same function; convolutions
-    then run in oneDNN's and cuDNN's fastest layout without converting weights at every call).
-
     Attributes:
         requested: The precision asked for (``None``: the policy).
         settled: Each modality's precision, once its first batch has settled it.
@@ -82,8 +79,6 @@ class Encoder:
         self.settled: dict[str, EmbeddingPrecision] = {}
         self.combine_agreement: Callable[[float], float] = lambda value: value
         self.on_settle: Callable[[str, EmbeddingPrecision], None] | None = None
-        if isinstance(model, torch.nn.Module):
-            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
@@ -107,11 +102,9 @@ class Encoder:
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
         if modality == "image":
-            inputs = (
-                inputs.to(self.device).contiguous(memory_format=torch.channels_last)
-                if inputs.ndim == 4
-                else (inputs.to(self.device))
-            )
+            inputs = inputs.to(self.device)
+            if inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
         else:
             inputs = trim_padding(inputs, self.pad_id).to(self.device)
         precision = self.settled.get(modality)

@@ -70,16 +70,11 @@ class EmbeddingPrecision:
         return f"{self.dtype} on {self.device}{measured}"
 
 
-def device_kind(device: torch.device | str) -> str:
-    """``cpu``, ``cuda``, ``mps`` ... of a device."""
-    return torch.device(device).type
-
-
 def planned_precision(device: torch.device | str, requested: str | None = None) -> EmbeddingPrecision:
     """The precision to try on ``device``: ``requested`` when given, else the policy's candidate
     (float32 on CPUs and MPS; bf16 on CUDA from compute capability 8.0, else fp16). A reduced
     candidate is confirmed or dropped on the first batch (:func:`agreement`)."""
-    kind = device_kind(device)
+    kind = torch.device(device).type
     dtype = parse_precision(requested)
     if dtype is not None:
         return EmbeddingPrecision(dtype, kind, None, "requested")

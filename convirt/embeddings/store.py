@@ -190,8 +190,7 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
     out = Path(folder)
     modality = fingerprint.get("modality", "image")
     info = dict(fingerprint)
-    if completed_parts(out) and (out / INFO).is_file():
-        before = json.loads((out / INFO).read_text(encoding="utf-8"))
+    if completed_parts(out) and (before := _info_of(out)):
         check_same_space(before, fingerprint, what="output folder")
         if before.get("modality", "image") != modality:
             raise ValueError(

@@ -32,6 +32,7 @@ from convirt.data.transforms import image_transform_for
 from convirt.embeddings.encode import Encoder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.fingerprint import model_fingerprint
+from convirt.models.memory_format import to_channels_last
 from convirt.retrieval import check_same_space, knn_scores, load_index_folder, search
 from convirt.retrieval.metrics import same_patient_exclusions
 from convirt.serve.batching import MicroBatcher
@@ -106,8 +107,9 @@ class CaseService:
         unique = list(dict.fromkeys(self.patients))
         self._patient_rows = dict(zip(unique, same_patient_exclusions(unique, self.patients)))
         self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
-        # Vectors are made the one way every command makes them (precision policy, channels-last
-        # images: oneDNN's fastest layout, 83 against 127 ms for the demo's 16 images on one core).
+        # The one encoder every command uses; weights laid out channels-last once, like its inputs
+        # (oneDNN's fastest layout: 83 against 127 ms for the demo's 16 images on one core).
+        to_channels_last(loaded.model)
         self.encoder = Encoder(loaded.model, pad_id=pad_id_of(loaded.tokenizer))
         self._check_precision()
         # Concurrent queries share one forward pass and one index search (a matrix product over the

@@ -25,7 +25,10 @@ class ConvirtLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
-        text_pretraining = getattr(self.model_class, "__name__", "") == "SectionMatchingModule"
+        from convirt.training.text_pretrain import SectionMatchingModule
+
+        model_class = self.model_class
+        text_pretraining = isinstance(model_class, type) and issubclass(model_class, SectionMatchingModule)
         configure_hardware(self.config.get(str(self.subcommand), self.config), self.subcommand, text_pretraining)
 
 

@@ -132,12 +132,13 @@ def test_grad_cache_trains_through_lightning_with_clipping(phantom_shards, tiny_
     assert len(moved) > 20 and torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
-def _first_step_grads(shards, text_model, folder, precision, sub_batch_size):
-
+def _first_step_grads(shards, text_model, folder, precision, sub_batch_size, module_class=ContrastiveModule, **options):
+    """The gradients the optimiser gets at step 1 of Lightning's fit (``options``: more of the trainer's,
+    e.g. a precision plugin in place of ``precision``)."""
     from tests.training.batch_counter import FirstStep
 
     torch.manual_seed(0)
-    module = ContrastiveModule(
+    module = module_class(
         TINY_MODEL,
         pretrained=False,
         text_model_path=text_model,
@@ -146,9 +147,9 @@ def _first_step_grads(shards, text_model, folder, precision, sub_batch_size):
         freeze_image_norm=True,
     )
     data = tiny_datamodule(shards, text_model)
-    trainer = quiet_trainer(
-        folder, max_steps=1, precision=precision, limit_val_batches=0, callbacks=[FirstStep(str(folder))]
-    )
+    if precision is not None:
+        options["precision"] = precision
+    trainer = quiet_trainer(folder, max_steps=1, limit_val_batches=0, callbacks=[FirstStep(str(folder))], **options)
     trainer.fit(module, datamodule=data)
     return torch.load(folder / "rank0.pt", weights_only=False)["grads"]
 

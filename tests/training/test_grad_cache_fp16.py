@@ -6,7 +6,8 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from convirt.training import ContrastiveModule
 from convirt.training import grad_cache as grad_cache_code
-from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
+from tests.conftest import quiet_trainer
+from tests.training.test_grad_cache import _first_step_grads
 
 SCALE = 2.0**16
 LOSS_WEIGHT = 2.0**-24  # feature gradients ~1e-9: under fp16's smallest subnormal (6e-8) unless scaled
@@ -22,25 +23,12 @@ class SmallLoss(ContrastiveModule):
 
 def _first_step(shards, text_model, folder, precision, sub_batch_size):
     """The unscaled gradients the optimiser gets at step 1 (Lightning's fit), and the scaler."""
-    from tests.training.batch_counter import FirstStep
-
-    torch.manual_seed(0)
-    module = SmallLoss(
-        TINY_MODEL,
-        pretrained=False,
-        text_model_path=text_model,
-        sub_batch_size=sub_batch_size,
-        text_dropout=False,
-        freeze_image_norm=True,
-    )
-    scaler = None
-    options = {"precision": precision}
-    if precision == "16-mixed":  # Trainer(precision="16-mixed") turns into bf16-mixed on a CPU; the plugin does not
-        scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
-        options = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=scaler)]}
-    trainer = quiet_trainer(folder, max_steps=1, limit_val_batches=0, callbacks=[FirstStep(str(folder))], **options)
-    trainer.fit(module, datamodule=tiny_datamodule(shards, text_model))
-    return torch.load(folder / "rank0.pt", weights_only=False)["grads"], scaler
+    if precision != "16-mixed":
+        return _first_step_grads(shards, text_model, folder, precision, sub_batch_size, SmallLoss), None
+    # Trainer(precision="16-mixed") turns into bf16-mixed on a CPU; the plugin does not.
+    scaler = torch.amp.GradScaler("cpu", init_scale=SCALE)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    return _first_step_grads(shards, text_model, folder, None, sub_batch_size, SmallLoss, plugins=[plugin]), scaler
 
 
 def _flat(grads):
