@@ -58,6 +58,39 @@ def check_pixels(width: int, height: int, frames: int = 1, max_pixels: int = MAX
         )
 
 
+def _check_inflated_size(path: str | os.PathLike[str], limit: int) -> None:
+    """Refuse a deflated DICOM whose dataset inflates past ``limit`` bytes, inflating it in bounded
+    chunks: pydicom inflates the whole file in memory before it reads even the header, and a few
+    hundred kilobytes of zeros inflate to gigabytes.
+
+    Raises:
+        RefusedImageError: ``image_too_large``.
+    """
+    import zlib
+
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta = read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    # The deflated dataset starts after the preamble, "DICM" and the meta group: its length element
+    # (12 bytes) and the length it states.
+    start = 128 + 4 + 12 + int(meta.get("FileMetaInformationGroupLength", 0))
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := handle.read(1 << 20):
+            while chunk:
+                inflated += len(inflater.decompress(chunk, 1 << 24))
+                chunk = inflater.unconsumed_tail
+                if inflated > limit:
+                    raise RefusedImageError(
+                        "image_too_large",
+                        f"deflated DICOM inflating past {limit / 2**20:.0f} MiB: more than a radiograph needs",
+                    )
+
+
 def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read a single-frame grayscale DICOM as an 8-bit image, the way a reader's screen shows it.
 
@@ -78,6 +111,7 @@ def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _check_inflated_size(path, 2 * max_pixels + (16 << 20))  # 16-bit pixels and a header's margin
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as error:

@@ -69,3 +69,26 @@ def test_shards_count_a_bomb_as_image_too_large(tmp_path):
     write_shards(rows, tmp_path / "shards", image_size=32, test_fraction=0.0, val_fraction=0.0, progress=False)
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["dropped"].get("image_too_large") == 1
+
+
+def test_a_deflated_dicom_bomb_is_refused_while_inflating_in_bounded_chunks(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = tmp_path / "deflated.dcm"
+    write_dicom(path, None, shape=(2_000, 2_000), pixel_data=bytes(20_000_000), syntax=DeflatedExplicitVRLittleEndian)
+    assert path.stat().st_size < 100_000  # 20 MB of pixels deflate to some kilobytes
+    real = pydicom.dcmread
+
+    def header_only(*args, **kwargs):
+        assert kwargs.get("stop_before_pixels"), "the whole deflated file was read before its size was known"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", header_only)
+    with pytest.raises(RefusedImageError, match="deflated DICOM inflating past 16 MiB") as refused:
+        load_grayscale(path, max_pixels=1_000)  # a limit of 16 MiB of inflated data here
+    assert refused.value.reason == "image_too_large"
+    monkeypatch.undo()
+    small = tmp_path / "small.dcm"  # within the limit, a deflated file still reads
+    write_dicom(small, np.arange(40 * 48).reshape(40, 48) % 4096, syntax=DeflatedExplicitVRLittleEndian)
+    assert load_grayscale(small).size == (48, 40)
