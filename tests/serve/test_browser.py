@@ -1,5 +1,5 @@
 """The page in a real browser: headless Chromium reads a phantom radiograph, shows its findings and
-similar cases, runs a text search, and leaves a screenshot in artifacts/."""
+similar cases with the most probable finding's heat map, runs a text search, and leaves a screenshot in artifacts/."""
 
 import shutil
 import socket
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from convirt.data.images import load_grayscale
 from convirt.serve.app import create_app
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -40,6 +41,19 @@ def served(service):
     thread.join(timeout=10)
 
 
+def most_probable(diagnosis):
+    return max(diagnosis["findings"], key=lambda f: f["probability"])["finding"]
+
+
+def shown_heat(browser):
+    """The finding whose heat map the canvas shows, checked against the one picked in the list."""
+    from selenium.webdriver.common.by import By
+
+    finding = browser.find_element(By.ID, "heat").get_attribute("data-finding")
+    assert finding == browser.find_element(By.ID, "heat-finding").get_attribute("value")
+    return finding
+
+
 def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archive):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -64,8 +78,9 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
         findings = browser.find_elements(By.CSS_SELECTOR, "#findings .finding")
         assert len(findings) == len(service.finding_names) and "%" in findings[0].text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#cases .case")) == 5
-        browser.find_element(By.ID, "show-heat").click()  # the heat map over the image
+        browser.find_element(By.ID, "show-heat").click()  # the heat map over the image: the most probable finding's
         wait.until(lambda b: b.find_element(By.ID, "heat").is_displayed())
+        assert shown_heat(browser) == most_probable(service.diagnose(load_grayscale(rows[0].image_path)))
         query = browser.find_element(By.ID, "query")
         query.send_keys("enlarged cardiac silhouette")
         query.submit()
@@ -79,6 +94,9 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
             int(c.text.split("case ")[1].split()[0]) for c in browser.find_elements(By.CSS_SELECTOR, "#cases .legend")
         ]
         assert shown and all(rows[i].patient_id != rows[3].patient_id for i in shown)
+        browser.find_element(By.ID, "show-heat").click()
+        wait.until(lambda b: b.find_element(By.ID, "heat").is_displayed())
+        assert shown_heat(browser) == most_probable(service.diagnose_case(3))
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
     finally:

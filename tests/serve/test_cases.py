@@ -1,0 +1,157 @@
+"""Case images: shard members read at their recorded offsets, which cases have an image settled at
+start (no file-system call after), and bounded reads of hostile members."""
+
+import io
+import os
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convirt.data.images import RefusedImageError
+from convirt.serve.cases import CaseImages
+
+
+def shard_images(shards: Path) -> dict[str, Image.Image]:
+    """Every image of a shard folder by key, read the ordinary way (tarfile)."""
+    images = {}
+    for tar in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar) as archive:
+            for member in archive:
+                stem, suffix = os.path.splitext(member.name)
+                if suffix == ".jpg":
+                    images[stem] = Image.open(io.BytesIO(archive.extractfile(member).read())).convert("L")
+    return images
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` grey pixels and holds none."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def image_file(path: Path, shade: int = 90) -> str:
+    Image.new("L", (40, 48), shade).save(path)
+    return str(path)
+
+
+def test_shard_images_read_at_their_offsets_equal_those_read_by_tarfile(phantom_shards):
+    expected = shard_images(phantom_shards)
+    keys = sorted(expected)
+    assert len(keys) > 20 and len(list(phantom_shards.glob("*.tar"))) > 1
+    images = CaseImages([{"key": key} for key in keys] + [{"key": "not-in-any-shard"}], phantom_shards)
+    for case, key in enumerate(keys):
+        assert images.has_image(case)
+        np.testing.assert_array_equal(np.asarray(images.image(case)), np.asarray(expected[key]))
+    assert not images.has_image(len(keys))
+    assert images.jpeg(0)[:3] == b"\xff\xd8\xff"
+
+
+def test_has_image_is_decided_at_start_with_no_file_system_call(phantom_shards, tmp_path, monkeypatch):
+    key = sorted(shard_images(phantom_shards))[0]
+    present, vanished = image_file(tmp_path / "a.png"), image_file(tmp_path / "b.png")
+    metadata = [
+        {"key": "a", "path": present},
+        {"key": "b", "path": vanished},
+        {"key": "c", "path": str(tmp_path / "never.png")},
+        {"key": key},  # a shard member
+        {"key": key, "path": str(tmp_path / "never.png")},  # a path that is not there: its shard member
+        {"key": "d"},
+    ]
+    images = CaseImages(metadata, phantom_shards)
+    os.unlink(vanished)
+
+    def no_file_system(*args, **kwargs):
+        raise AssertionError("has_image called the file system")
+
+    with monkeypatch.context() as patch:
+        for name in ("is_file", "exists", "stat"):
+            patch.setattr(Path, name, no_file_system)
+        patch.setattr(os, "stat", no_file_system)
+        patch.setattr("builtins.open", no_file_system)
+        served = [images.has_image(case) for case in range(len(metadata))]
+    assert served == [True, True, False, True, True, False]
+
+
+def test_an_image_gone_since_start_raises_file_not_found_without_its_path(phantom_shards, tmp_path):
+    tar = next(iter(sorted(phantom_shards.glob("*.tar"))))
+    copy = tmp_path / "shards"
+    copy.mkdir()
+    (copy / tar.name).write_bytes(tar.read_bytes())
+    with tarfile.open(tar) as archive:
+        key = next(os.path.splitext(m.name)[0] for m in archive if m.name.endswith(".jpg"))
+    path = image_file(tmp_path / "patient-jones.png")
+    images = CaseImages([{"key": "a", "path": path}, {"key": key}], copy)
+    assert images.image(0).size == (40, 48) and images.image(1).mode == "L"
+    os.unlink(path)
+    os.unlink(copy / tar.name)
+    for case in (0, 1):
+        with pytest.raises(FileNotFoundError, match=f"case {case}'s image is gone") as caught:
+            images.image(case)
+        assert "jones" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+
+
+def test_a_shard_shortened_since_start_is_refused(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    tar = write_tar(shards / "train-000000.tar", {"a.jpg": b"\xff\xd8\xff" + bytes(5000)})
+    images = CaseImages([{"key": "a"}], shards)
+    tar.write_bytes(tar.read_bytes()[:2000])
+    with pytest.raises(OSError, match="shorter than when the service started"):
+        images.image(0)
+
+
+def test_hostile_shard_members_are_bounded(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    jpeg = io.BytesIO()
+    Image.new("L", (32, 32), 7).save(jpeg, format="JPEG")
+    write_tar(
+        shards / "train-000000.tar",
+        {
+            "small.jpg": jpeg.getvalue(),
+            "wide.png": png_header(9000, 9000),  # 81 MP: past the pixel limit, under PIL's own
+            "bomb.png": png_header(20000, 20000),  # 400 MP: past PIL's limit too
+            "big.jpg": jpeg.getvalue() + bytes(4096),
+            "text.jpg": b"not an image at all",
+        },
+    )
+    with tarfile.open(shards / "train-000000.tar", "a") as archive:  # a link: no bytes of its own
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "small.jpg"
+        archive.addfile(link)
+    keys = ["small", "wide", "bomb", "big", "text", "link"]
+    images = CaseImages([{"key": key} for key in keys], shards, max_member_bytes=4000)
+    assert [images.has_image(case) for case in range(len(keys))] == [True, True, True, False, True, False]
+    assert images.image(0).size == (32, 32)
+    for case in (1, 2):
+        with pytest.raises(RefusedImageError) as refused:
+            images.image(case)
+        assert refused.value.reason == "image_too_large"
+    with pytest.raises(OSError):
+        images.image(4)
+
+
+def test_a_compressed_tar_is_refused_by_name(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "train-000000.tar", {"a.jpg": b"\xff\xd8\xff"}, mode="w:gz")
+    with pytest.raises(ValueError, match="train-000000.tar is not an uncompressed tar"):
+        CaseImages([{"key": "a"}], shards)
