@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from convirt.cli.common import add_checkpoint_arguments, model_from_args
 
@@ -16,7 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--descriptors", help="descriptor set for /v1/diagnose (a shipped name or YAML); none: search only"
     )
     serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs --token)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs a token)")
     serve.add_argument(
         "--allowed-host",
         action="append",
@@ -27,9 +26,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--token", default=os.environ.get("CONVIRT_TOKEN"), help="bearer token of every /v1 call (or CONVIRT_TOKEN)"
+        "--token-file", help="file whose first line is the bearer token of every /v1 call (or set CONVIRT_TOKEN)"
+    )
+    serve.add_argument(
+        "--token", help="the bearer token itself: visible to every user of the machine (warned); prefer --token-file"
+    )
+    serve.add_argument("--ssl-certfile", help="TLS certificate chain (PEM): serve HTTPS")
+    serve.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
+    serve.add_argument(
+        "--show-field",
+        action="append",
+        default=[],
+        choices=("key", "study_id"),
+        help="also show this case field (repeatable); off by default: keys and study ids often hold the patient id",
     )
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted")
+    serve.add_argument("--max-active", type=int, default=16, help="requests served at once")
+    serve.add_argument("--max-waiting", type=int, default=64, help="requests waiting their turn; more: 503")
+    serve.add_argument("--deadline-s", type=float, default=60.0, help="longest a request may take (503 past it)")
+    serve.add_argument(
+        "--shutdown-grace-s", type=float, default=30.0, help="on SIGTERM, how long requests in flight may finish"
+    )
     serve.add_argument("--knn", type=int, default=10, help="neighbours of the kNN vote beside each diagnosis")
     serve.add_argument(
         "--threads", type=int, help="torch and faiss threads (default: every core this process may use but one)"
@@ -41,10 +58,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from convirt.serve.admission import Limits
     from convirt.serve.app import is_loopback
+    from convirt.serve.token import read_token
 
-    if not is_loopback(args.host) and not args.token:  # before loading anything; create_app checks it too
-        raise ValueError(f"--host {args.host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
+    # Everything the command line can get wrong, before the model loads.
+    token = read_token(args.token, args.token_file)
+    if not is_loopback(args.host) and not token:  # create_app checks it too
+        raise ValueError(f"--host {args.host} reaches other machines: pass --token-file (or set CONVIRT_TOKEN)")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_active, args.max_waiting, args.deadline_s)
     import logging
 
     import torch
@@ -59,18 +83,20 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 1 and --batch-wait-ms >= 0, got {threads} and {args.batch_wait_ms}")
     torch.set_num_threads(threads)
     service = CaseService(
-        model_from_args(args), args.index, args.descriptors, args.images, args.knn, args.batch_wait_ms, threads
+        model_from_args(args),
+        args.index,
+        args.descriptors,
+        args.images,
+        args.knn,
+        args.batch_wait_ms,
+        threads,
+        show_fields=args.show_field,
     )
     service.warm_up()
-    app = create_app(
-        service,
-        token=args.token,
-        max_upload=int(args.max_upload_mb * 1024 * 1024),
-        host=args.host,
-        allowed_hosts=args.allowed_host,
-    )
+    app = create_app(service, token=token, host=args.host, allowed_hosts=args.allowed_host, limits=limits)
+    scheme = "https" if args.ssl_certfile else "http"
     print(
-        f"convirt serve: http://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",
+        f"convirt serve: {scheme}://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",
         flush=True,
     )
     # The app's own request lines (request id, route, status, time, upload hash) instead of uvicorn's access log.
@@ -78,4 +104,15 @@ def run(args: argparse.Namespace) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("convirt.serve").addHandler(handler)
     logging.getLogger("convirt.serve").setLevel(logging.INFO)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    logging.getLogger("convirt.serve").propagate = False  # once, through the handler above
+    # uvicorn stops taking connections on SIGTERM/SIGINT and lets those in flight finish (up to the grace).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        timeout_graceful_shutdown=int(args.shutdown_grace_s),
+    )

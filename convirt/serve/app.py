@@ -1,9 +1,15 @@
 """The HTTP API of the case service (FastAPI): diagnose, search, cases, info, health.
 
 Every refusal is a 4xx with a one-line ``detail``; an unexpected error answers 500 with only a
-request id. Logs carry request ids, timings and upload hashes, never file names, patient ids or
-report text. With a token, every ``/v1`` call needs ``Authorization: Bearer TOKEN`` (compared in
-constant time); `convirt serve` requires one for any host but loopback.
+request id, and its log line names the request, the exception's type and where it was raised, never
+its message (which may hold a path or an id). Logs carry request ids, timings and upload hashes,
+never file names, patient ids or report text. With a token, every ``/v1`` call needs
+``Authorization: Bearer TOKEN`` (compared in constant time); any host but loopback requires one.
+
+Bounds, whatever the callers do: a request body past the upload limit is refused with 413 as it
+streams in (from its ``Content-Length`` before a byte is read), at most
+``max_active`` requests run and ``max_waiting`` wait (503 with ``Retry-After`` past that), and each
+has a deadline (:mod:`convirt.serve.admission`).
 
 The query endpoints are coroutines that await the service's micro-batches: a request holds no
 worker thread while its batch runs, and only an upload's decode goes to one.
@@ -16,25 +22,29 @@ import hmac
 import ipaddress
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import convirt
+from convirt.serve.admission import Admission, Limits
 from convirt.serve.schema import Case, Diagnosis, Info, Search
 from convirt.serve.service import CaseNotFound, CaseService
-from convirt.serve.uploads import MAX_UPLOAD_BYTES, UploadError, read_upload
+from convirt.serve.uploads import UploadError, read_upload
 
 log = logging.getLogger("convirt.serve")
 PAGE = Path(__file__).parent / "static" / "index.html"
 MAX_K = 100
+FORM_OVERHEAD = 64 * 1024  # a multipart body's boundaries and small fields beside its image
 
 
 # The Host names a service bound to loopback answers by default: anything else is a page elsewhere
@@ -52,29 +62,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def where_raised(error: BaseException) -> str:
+    """``file.py:line in function`` of the innermost frame of ``error``: enough to find a bug, and
+    free of the message, which may carry a path or an id."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
 def create_app(
     service: CaseService,
     token: str | None = None,
-    max_upload: int = MAX_UPLOAD_BYTES,
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
+    limits: Limits = Limits(),
 ) -> FastAPI:
     """The FastAPI app over ``service``.
 
     Args:
         service: The case service.
         token: The bearer token every ``/v1`` call must carry; required when ``host`` is not loopback.
-        max_upload: Largest upload in bytes.
         host: The address the app is served on (``convirt serve --host``).
         allowed_hosts: ``Host`` header names answered besides the loopback names (and ``host``
             itself when it is not a wildcard); any other is refused with 400 (Starlette's
             ``TrustedHostMiddleware``).
+        limits: The largest upload, requests at once and waiting, and a request's deadline.
 
     Raises:
         ValueError: ``host`` reaches other machines and no token was given.
     """
     if not is_loopback(host) and not token:
-        raise ValueError(f"--host {host} reaches other machines: pass --token (or set CONVIRT_TOKEN)")
+        raise ValueError(f"--host {host} reaches other machines: pass --token-file (or set CONVIRT_TOKEN)")
     app = FastAPI(
         title="convirt serve",
         version=convirt.__version__,
@@ -85,6 +105,14 @@ def create_app(
     names = [*LOOPBACK_HOSTS, *allowed_hosts]
     if host not in ("0.0.0.0", "::", "") and host not in names:
         names.append(host)
+    # Added last, run first: the Host check, then admission (the request log wraps both).
+    app.add_middleware(
+        Admission,
+        max_body=limits.max_upload_bytes + FORM_OVERHEAD,
+        max_active=limits.max_active,
+        max_waiting=limits.max_waiting,
+        deadline_s=limits.deadline_s,
+    )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
 
     async def authorised(request: Request) -> None:
@@ -101,8 +129,8 @@ def create_app(
         start = time.perf_counter()
         try:
             response = await call_next(request)
-        except Exception:
-            log.exception("request %s failed", request.state.id)
+        except Exception as error:  # a bug: its type and place, never its message (paths, ids)
+            log.error("request %s failed: %s at %s", request.state.id, type(error).__name__, where_raised(error))
             response = JSONResponse({"detail": f"internal error (request {request.state.id})"}, status_code=500)
         route = request.scope.get("route")
         log.info(
@@ -120,12 +148,21 @@ def create_app(
     async def refused(request: Request, error: UploadError) -> JSONResponse:
         return JSONResponse({"detail": error.reason}, status_code=error.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # One line naming each field and what is wrong with it; never the value sent back.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem.get('loc', ())[1:]) or 'body'}: {problem.get('msg', 'invalid')}"
+            for problem in error.errors()
+        )
+        return JSONResponse({"detail": " ".join(problems.split())[:300] or "invalid request"}, status_code=422)
+
     async def upload(request: Request, image: UploadFile) -> Image.Image:
-        data = await image.read(max_upload + 1)
+        data = await image.read(limits.max_upload_bytes + 1)
         log.info(
             "request %s upload sha256 %s (%d bytes)", request.state.id, hashlib.sha256(data).hexdigest()[:16], len(data)
         )
-        return await run_in_threadpool(read_upload, data, max_upload)  # decoding: not in the event loop
+        return await run_in_threadpool(read_upload, data, limits.max_upload_bytes)  # decoding: not in the event loop
 
     async def answer_for_case(pending: Awaitable[Any], unknown: str) -> Any:
         """An archive case's answer, its refusals as 4xx: no such case (404), no stored vector (409)."""
@@ -160,11 +197,13 @@ def create_app(
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unhealthy: a query worker is dead or stuck"}, status_code=503)
 
-    @app.get("/v1/info", dependencies=[Depends(authorised)], response_model=Info)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(authorised)])  # every /v1 call: the token, when set
+
+    @api.get("/info", response_model=Info)
     async def info() -> dict[str, Any]:
         return service.info()
 
-    @app.post("/v1/diagnose", dependencies=[Depends(authorised)], response_model=Diagnosis)
+    @api.post("/diagnose", response_model=Diagnosis)
     async def diagnose(
         request: Request,
         image: UploadFile | None = File(None),
@@ -188,7 +227,7 @@ def create_app(
         assert image is not None
         return await service.diagnose_async(await upload(request, image), saliency=saliency, k=k)
 
-    @app.post("/v1/search", dependencies=[Depends(authorised)], response_model=Search)
+    @api.post("/search", response_model=Search)
     async def search(
         request: Request,
         image: UploadFile | None = File(None),
@@ -213,18 +252,19 @@ def create_app(
             raise HTTPException(409, "this model has no text tower: search by image")
         return {"cases": await service.search_text_async(str(text)[:2000], k_in_range(k))}
 
-    @app.get("/v1/cases/{case}", dependencies=[Depends(authorised)], response_model=Case)
+    @api.get("/cases/{case}", response_model=Case)
     async def case(case: str) -> dict[str, Any]:
         try:
             return service.case(case_id(case))
         except CaseNotFound:
             raise HTTPException(404, "unknown case id") from None
 
-    @app.get("/v1/cases/{case}/image", dependencies=[Depends(authorised)])
+    @api.get("/cases/{case}/image")
     def case_image(case: str) -> Response:
         try:
             return Response(service.case_image(case_id(case)), media_type="image/jpeg")
         except CaseNotFound:
             raise HTTPException(404, "unknown case id, or a case without an image") from None
 
+    app.include_router(api)
     return app

@@ -9,10 +9,12 @@ from pydantic import BaseModel, Field
 
 
 class Case(BaseModel):
-    """An archive case: its index id, the metadata a reader may see (never the patient id or a
-    file path), its report and the URL of its image when it has one."""
+    """An archive case: its index id, a salted hash of its key (``ref``), the metadata a reader may
+    see (never the patient id or a file path; ``key`` and ``study_id`` only when the operator turned
+    them on), its report and the URL of its image when it has one."""
 
     id: int
+    ref: str
     key: str | None = None
     labels: list[str] = Field(default_factory=list)
     view: str | None = None

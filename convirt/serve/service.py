@@ -12,11 +12,10 @@ runs: the app's endpoints await, so a request costs no thread hand-offs beyond t
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
+import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import faiss
@@ -33,13 +32,16 @@ from convirt.embeddings.encode import Encoder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.fingerprint import model_fingerprint
 from convirt.models.memory_format import to_channels_last
-from convirt.retrieval import check_same_space, knn_scores, load_index_folder, search
+from convirt.retrieval import check_same_space, load_index_folder, search
 from convirt.retrieval.metrics import same_patient_exclusions
 from convirt.serve.batching import MicroBatcher
 from convirt.serve.cases import CaseImages
+from convirt.serve.explain import Explainer, explained_findings
+from convirt.serve.shown import case_salt as salt_for
+from convirt.serve.shown import check_fields, shown_metadata
 from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
 
-SHOWN = ("key", "labels", "view", "source", "study_id")  # metadata a reader sees: never the patient id or a path
+log = logging.getLogger("convirt.serve")
 
 
 class _QueryHits(NamedTuple):
@@ -76,6 +78,9 @@ class CaseService:
             of an exact index costs about the same for one query as for sixteen).
         search_threads: faiss threads of the index searches (default: every core but one, as
             :func:`convirt._hardware.choose_serve_threads`; torch's threads are the process's own).
+        show_fields: Metadata shown besides labels, view and source, by name (``key``, ``study_id``:
+            they often hold the patient id; :mod:`convirt.serve.shown`).
+        case_salt: Salt of the cases' ``ref`` hashes (default: ``$CONVIRT_CASE_SALT``, else random).
     """
 
     def __init__(
@@ -87,9 +92,14 @@ class CaseService:
         knn_k: int = 10,
         batch_wait_ms: float = 5.0,
         search_threads: int | None = None,
+        show_fields: Sequence[str] = (),
+        case_salt: bytes | str | None = None,
     ) -> None:
         self.loaded = loaded
-        self.folder = load_index_folder(index, fingerprint=model_fingerprint(loaded))
+        self.show_fields = check_fields(show_fields)
+        self._salt = salt_for(case_salt)
+        self.fingerprint = model_fingerprint(loaded)  # of the weights loaded: hashed once, here
+        self.folder = load_index_folder(index, fingerprint=self.fingerprint)
         self.metadata = self.folder.metadata
         self.images = CaseImages(self.metadata, shards)
         self.transform = image_transform_for(loaded.preprocess_cfg, train=False)
@@ -106,7 +116,9 @@ class CaseService:
         # Each patient's rows, built once: a per-request scan costs ~0.2 s at 100k cases.
         unique = list(dict.fromkeys(self.patients))
         self._patient_rows = dict(zip(unique, same_patient_exclusions(unique, self.patients)))
-        self._model_lock = threading.Lock()  # saliency needs gradients; one model call at a time
+        self._model_lock = threading.Lock()  # one forward pass of the query model at a time
+        # Saliency runs on its own copy of the model: a diagnosis with maps never stalls a search.
+        self._explainer = Explainer(self.classifier) if self.classifier else None
         # The one encoder every command uses; weights laid out channels-last once, like its inputs
         # (oneDNN's fastest layout: 83 against 127 ms for the demo's 16 images on one core).
         to_channels_last(loaded.model)
@@ -124,14 +136,18 @@ class CaseService:
     def _check_precision(self) -> None:
         """Settle the encoder's precision of each modality it serves (on an accelerator the first batch
         decides: an archive image where there is one) and check it against the index's vectors."""
-        cases = [case for case in range(min(len(self.metadata), 8)) if self.images.has_image(case)]
-        image = self.images.image(cases[0]) if cases else Image.new("L", (256, 256))
+        image = Image.new("L", (256, 256))
+        for case in (case for case in range(min(len(self.metadata), 8)) if self.images.has_image(case)):
+            try:
+                image = self.images.image(case)
+                break
+            except (OSError, ValueError):  # a damaged archive image: the next one
+                continue
         self.encoder.images(self.transform(image)[None])
         if self.loaded.has_text:
             self.encoder.texts(self.loaded.tokenizer(["no acute cardiopulmonary abnormality"]))
-        fingerprint = model_fingerprint(self.loaded)
         for modality in self.encoder.settled:
-            made = {**fingerprint, **self.encoder.precision(modality).as_info()}
+            made = {**self.fingerprint, **self.encoder.precision(modality).as_info()}
             check_same_space(self.folder.info.fingerprint, made, what=f"index (the service's {modality} precision)")
 
     @torch.no_grad()
@@ -320,46 +336,26 @@ class CaseService:
         return diagnosis
 
     def _archive_image(self, case: int) -> Image.Image:
-        if not self.images.has_image(case):
+        return self._read_archive(case, self.images.image)
+
+    def _read_archive(self, case: int, read: Callable[[int], Any]) -> Any:
+        """``read(case)`` of a case with an image; a file gone or damaged since the start is no image
+        (logged by case id and error type: a message could name the file)."""
+        if not 0 <= case < len(self.metadata) or not self.images.has_image(case):
             raise CaseNotFound(case)
-        return self.images.image(case)
+        try:
+            return read(case)
+        except (OSError, ValueError) as error:
+            log.warning("case %d: its image cannot be read (%s)", case, type(error).__name__)
+            raise CaseNotFound(case) from None
 
     def _diagnosis(self, hits: _QueryHits, k: int, excluded: set[int]) -> dict[str, Any]:
         assert self.classifier is not None
-        scored = self.classifier.predict_features(torch.from_numpy(hits.vector[None]))
-        neighbours = self._nearest(hits, k, excluded)
-        ids = np.array([[n["id"] for n in neighbours]])
-        sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
-        votes = knn_scores(ids, sims, self.labels, len(neighbours))[0]
-        observations = scored.observation_probabilities
-        findings = []
-        for f, name in enumerate(scored.finding_names):
-            explained: list[dict[str, Any]] = [
-                {"observation": obs, "probability": float(observations[0, j])}
-                for j, (owner, obs) in enumerate(scored.observations)
-                if owner == name and observations is not None
-            ]
-            findings.append(
-                {
-                    "finding": name,
-                    "probability": float(scored.probabilities[0, f]),
-                    "observations": sorted(explained, key=lambda o: -o["probability"]),
-                    "knn_vote": float(votes[f]),
-                }
-            )
-        return {"findings": findings, "neighbours": neighbours, "knn_k": len(neighbours)}
+        return explained_findings(self.classifier, hits.vector, self._nearest(hits, k, excluded), self.labels)
 
     def _add_saliency(self, diagnosis: dict[str, Any], image: Image.Image) -> None:
-        for entry in diagnosis["findings"]:
-            entry["saliency_png"] = self._saliency_png(image, entry["finding"])
-
-    def _saliency_png(self, image: Image.Image, finding: str) -> str:
-        assert self.classifier is not None
-        with self._model_lock, torch.enable_grad():
-            heat = self.classifier.saliency(self.transform(image), finding).numpy()
-        buffer = io.BytesIO()
-        Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        assert self._explainer is not None
+        self._explainer.add_maps(diagnosis, self.transform(image))
 
     def case(self, case: int) -> dict[str, Any]:
         """A case's id, shown metadata and report, and its image URL where it has one.
@@ -370,8 +366,8 @@ class CaseService:
         if not 0 <= case < len(self.metadata):
             raise CaseNotFound(case)
         row = self.metadata[case]
-        shown = {key: [str(v) for v in row[key]] if key == "labels" else str(row[key]) for key in SHOWN if key in row}
         image = f"/v1/cases/{case}/image" if self.images.has_image(case) else None
+        shown = shown_metadata(row, self._salt, self.show_fields)
         return {"id": case, **shown, "report": str(row.get("text", "")), "image_url": image}
 
     def case_image(self, case: int) -> bytes:
@@ -380,17 +376,15 @@ class CaseService:
         Raises:
             CaseNotFound: No such id, or the case has no image this service may serve.
         """
-        if not 0 <= case < len(self.metadata) or not self.images.has_image(case):
-            raise CaseNotFound(case)
-        return self.images.jpeg(case)
+        return self._read_archive(case, self.images.jpeg)
 
     def healthy(self) -> bool:
         """Every micro-batcher's worker is alive and none is stuck in a batch."""
         return all(b.healthy() for b in (self.image_queries, self.text_queries, self.vector_queries))
 
     def info(self) -> dict[str, Any]:
-        """What the service runs: the model's fingerprint, the index and the descriptor set."""
-        fingerprint = {k: v for k, v in model_fingerprint(self.loaded).items() if k != "model_config"}
+        """What the service runs: the fingerprint of the weights it loaded, the index and the descriptor set."""
+        fingerprint = {k: v for k, v in self.fingerprint.items() if k != "model_config"}
         return {
             "model": fingerprint,
             "index": {"factory": self.folder.info.factory, "count": len(self.metadata), "dim": self.folder.info.dim},

@@ -1,5 +1,13 @@
-"""Shared by the serve tests: an index folder of the phantom label table by the tiny model, and its service."""
+"""Shared by the serve tests: an index folder of the phantom label table by the tiny model, and its service.
 
+The archive's keys, study ids and patient ids all carry the patient id (as CheXpert's and NIH's
+namings do), and every test here is watched: no answer body and no log line of any test may hold one
+(:func:`no_patient_leaves`), unless the test is marked ``reveals_ids`` (the operator turned a field on).
+"""
+
+import logging
+
+import httpx
 import pytest
 
 from convirt.data.inputs import read_image_rows
@@ -20,10 +28,11 @@ def archive(labels_csv, tiny_checkpoint, tmp_path_factory):
         {
             "key": row.key,
             **row.metadata(),
+            "study_id": f"{row.patient_id}/study1",
             "path": row.image_path,
-            "text": f"report of {row.patient_id}: lungs are clear",
+            "text": f"report {i}: lungs are clear",
         }
-        for row in rows
+        for i, row in enumerate(rows)
     ]
     folder = tmp_path_factory.mktemp("serve") / "index"
     build_index_folder(vectors, metadata, folder, fingerprint=model_fingerprint(loaded))
@@ -34,3 +43,42 @@ def archive(labels_csv, tiny_checkpoint, tmp_path_factory):
 def service(archive):
     loaded, folder, _ = archive
     return CaseService(loaded, folder, descriptors="phantom", knn_k=5)
+
+
+@pytest.fixture(autouse=True)
+def no_patient_leaves(request, archive, monkeypatch):
+    """Every answer body and log line of the test, checked for the archive's keys, study and patient ids."""
+    _, _, rows = archive
+    secrets = {row.patient_id for row in rows} | {row.key for row in rows}
+    seen: list[str] = []
+    send, send_async = httpx.Client.send, httpx.AsyncClient.send
+
+    def recorded(self, *args, **kwargs):
+        response = send(self, *args, **kwargs)
+        seen.append(response.text if not kwargs.get("stream") else "")
+        return response
+
+    async def recorded_async(self, *args, **kwargs):
+        response = await send_async(self, *args, **kwargs)
+        seen.append(response.text if not kwargs.get("stream") else "")
+        return response
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    handler = Lines(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("", "convirt", "uvicorn", "uvicorn.access")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+    loggers[1].setLevel(logging.DEBUG)  # every line the service writes, whatever the operator's level
+    monkeypatch.setattr(httpx.Client, "send", recorded)
+    monkeypatch.setattr(httpx.AsyncClient, "send", recorded_async)
+    yield seen
+    for logger, level in zip(loggers, levels):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if request.node.get_closest_marker("reveals_ids") is None:
+        leaked = sorted({secret for secret in secrets for text in seen if secret in text})
+        assert not leaked, f"patient ids in answers or logs: {leaked[:5]}"

@@ -8,8 +8,10 @@ import time
 import numpy as np
 from PIL import Image
 
+from convirt.serve.admission import Limits
 from convirt.serve.app import create_app
 from convirt.serve.batching import MicroBatcher
+from convirt.serve.schema import Diagnosis
 from tests.answers import assert_answers_match
 from tests.conftest import write_dicom
 from tests.serve.client import local_client
@@ -36,8 +38,9 @@ def test_every_endpoint_answers(service, archive):
     assert first["saliency_png"].startswith("data:image/png;base64,")
     # Search by image, the query's patient left out; by text.
     found = client.post("/v1/search", files=upload, data={"k": "3", "patient_id": rows[0].patient_id}).json()["cases"]
-    assert len(found) == 3 and all(case["key"] != rows[0].key for case in found)
-    assert "patient_id" not in found[0] and "path" not in found[0]  # shown metadata only
+    assert len(found) == 3 and all(rows[case["id"]].patient_id != rows[0].patient_id for case in found)
+    assert found[0].keys().isdisjoint({"patient_id", "path"})  # shown metadata only; key and study id on request
+    assert found[0]["key"] is None and found[0]["study_id"] is None and len(found[0]["ref"]) == 16
     by_text = client.post("/v1/search", data={"text": "enlarged cardiac silhouette", "k": "4"}).json()["cases"]
     assert len(by_text) == 4 and by_text[0]["score"] >= by_text[-1]["score"]
     # Search by an archive case: its stored vector, the case and its patient left out.
@@ -46,7 +49,7 @@ def test_every_endpoint_answers(service, archive):
     assert client.post("/v1/search", data={"case": "99999"}).status_code == 404
     assert client.post("/v1/search", data={"case": "0", "text": "x"}).status_code == 400
     case = client.get(f"/v1/cases/{found[0]['id']}").json()
-    assert case["report"].startswith("report of") and case["image_url"] == f"/v1/cases/{found[0]['id']}/image"
+    assert case["report"].startswith("report ") and case["image_url"] == f"/v1/cases/{found[0]['id']}/image"
     image = client.get(case["image_url"])
     assert image.headers["content-type"] == "image/jpeg" and image.content[:3] == b"\xff\xd8\xff"
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/diagnose", "/v1/search", "/v1/info"}
@@ -56,7 +59,7 @@ def test_every_endpoint_answers(service, archive):
 
 def test_bad_inputs_get_the_right_4xx_and_the_logs_name_nobody(service, archive, tmp_path, caplog):
     _, _, rows = archive
-    client = local_client(create_app(service, max_upload=200_000))
+    client = local_client(create_app(service, limits=Limits(max_upload_bytes=200_000)))
     png = _png(rows[0].image_path)
     frames = tmp_path / "multi.dcm"
     write_dicom(frames, np.zeros((3, 40, 48), dtype=np.uint16) + 500, frames=3)
@@ -270,7 +273,7 @@ def test_an_archive_case_is_diagnosed_from_its_stored_vector_without_its_own_vot
     _, _, rows = archive
     client = local_client(create_app(service))
     answer = client.post("/v1/diagnose", data={"case": "3", "k": "4", "saliency": "true"}).json()
-    assert answer == {**service.diagnose_case(3, saliency=True, k=4)}
+    assert answer == Diagnosis(**service.diagnose_case(3, saliency=True, k=4)).model_dump(mode="json")
     assert len(answer["neighbours"]) == 4 and answer["findings"][0]["saliency_png"].startswith("data:image/png")
     # The case and its patient's other images are left out of the neighbours and so of the vote.
     assert all(rows[n["id"]].patient_id != rows[3].patient_id for n in answer["neighbours"])

@@ -1,0 +1,174 @@
+"""Admission control of the API: how many requests run at once, how many may wait, and how long one may take.
+
+A pure ASGI middleware, written here because neither Starlette nor uvicorn has one that fits:
+uvicorn's ``--limit-concurrency`` counts open connections (an idle keep-alive connection holds a
+place) and answers a bare 503 with no ``Retry-After``; Starlette has no queue or deadline at all.
+
+- A body declared (``Content-Length``) past ``max_body`` is refused with 413 before a byte of it is
+  read; one streamed without a length is cut off with 413 as it passes the limit. (FastAPI's own
+  ``max_body_size`` does both, but answers a declared one in plain text over whatever the app says;
+  this answers like every other refusal, a one-line JSON ``detail``.)
+- At most ``max_active`` requests are inside the app; up to ``max_waiting`` more wait their turn
+  (without their body read: uvicorn stops reading a socket whose request is not being read). A
+  request past both is answered 503 with ``Retry-After`` at once: a burst costs the service a
+  queue of bounded length, never memory proportional to the burst.
+- A request that has not answered within ``deadline_s`` of its arrival (waiting included) is
+  cancelled and answered 503 with ``Retry-After``; its batch query, if not yet run, is dropped
+  (:class:`convirt.serve.batching.MicroBatcher`).
+- ``exempt`` paths (``/healthz``) are never queued or cut short: a load balancer must still learn
+  the service's health when it is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from convirt.serve.uploads import MAX_UPLOAD_BYTES
+
+
+class BodyTooLarge(HTTPException):
+    """A request body read past the limit: raised from ``receive``, answered 413 by the app's handler."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one service accepts: the largest upload, requests at once and waiting, and a request's deadline.
+
+    The defaults hold a service's memory to about ``max_active`` uploads at their largest (each
+    decoded to at most :data:`convirt.data.images.MAX_IMAGE_PIXELS` pixels) beside the model.
+    """
+
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_active: int = 16
+    max_waiting: int = 64
+    deadline_s: float | None = 60.0
+
+
+class Admission:
+    """Bounded concurrency, a bounded queue and a per-request deadline around an ASGI app.
+
+    Args:
+        app: The app.
+        max_body: Largest request body declared, in bytes (``None``: no limit here).
+        max_active: Requests inside the app at once.
+        max_waiting: Requests waiting for a place; one more is answered 503.
+        deadline_s: Longest a request may take from its arrival (``None``: no deadline).
+        exempt: Paths admitted at once, with no deadline.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int | None = None,
+        max_active: int = 16,
+        max_waiting: int = 64,
+        deadline_s: float | None = 60.0,
+        exempt: Sequence[str] = ("/healthz",),
+    ) -> None:
+        if max_active < 1 or max_waiting < 0 or (deadline_s is not None and deadline_s <= 0):
+            raise ValueError(
+                f"max_active must be >= 1, max_waiting >= 0 and deadline_s > 0, got {max_active}, {max_waiting}, "
+                f"{deadline_s}"
+            )
+        self.app = app
+        self.max_body = max_body
+        self.max_active = max_active
+        self.max_waiting = max_waiting
+        self.deadline_s = deadline_s
+        self.exempt = frozenset(exempt)
+        self.active = 0
+        self.waiting = 0
+        self.refused = 0  # answered 503 because the queue was full
+        self.timed_out = 0  # answered 503 past their deadline
+        self._places: asyncio.Semaphore | None = None  # made in the serving loop, on the first request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_length(scope)
+        if self.max_body is not None and declared is not None and declared > self.max_body:
+            too_long = f"the request body is over the limit of {self.max_body} bytes ({declared} declared)"
+            await _answer(send, 413, too_long)
+            return
+        if self._places is None:
+            self._places = asyncio.Semaphore(self.max_active)
+        if self._places.locked() and self.waiting >= self.max_waiting:
+            self.refused += 1
+            await _answer(send, 503, "the service is busy: too many requests are waiting; try again shortly", 1)
+            return
+        started, read = False, 0
+
+        async def limited() -> Message:
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request" and self.max_body is not None:
+                read += len(message.get("body", b""))
+                if read > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        arrived = time.monotonic()
+        try:
+            await asyncio.wait_for(self._admitted(scope, limited, tracked), self.deadline_s)
+        except BodyTooLarge as error:  # read outside the app's handlers
+            if not started:
+                await _answer(send, 413, str(error.detail))
+        except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11
+            self.timed_out += 1
+            if not started:  # once its answer has begun, the connection is all that can be cut
+                waited = time.monotonic() - arrived
+                await _answer(
+                    send,
+                    503,
+                    f"the request took longer than its deadline of {self.deadline_s:g} s ({waited:.1f} s): "
+                    "try again shortly",
+                    5,
+                )
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._places is not None
+        self.waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self._places.release()
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``, ``None`` when it has none (or not a number: the server refuses those)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _answer(send: Send, status: int, detail: str, retry_after_s: int | None = None) -> None:
+    """``status`` with a one-line JSON ``detail`` (and ``Retry-After`` when given)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
