@@ -117,3 +117,64 @@ def test_a_unicode_digit_is_an_unknown_case_not_a_500(service):
         answer = client.get(f"/v1/cases/{text}")
         assert answer.status_code == 404 and answer.json() == {"detail": "unknown case id"}
         assert client.get(f"/v1/cases/{text}/image").status_code == 404
+
+
+def test_clients_that_disconnect_leave_the_others_their_answers_and_the_service_healthy(service, archive, caplog):
+    """Real sockets to a real server: clients that close mid-body, before reading their answer, or
+    after the headers only, among clients that wait for theirs."""
+    import io
+    import logging
+    import socket
+
+    import httpx
+    from PIL import Image
+
+    from tests.serve.client import port_of, served
+
+    _, _, rows = archive
+    buffer = io.BytesIO()
+    Image.open(rows[0].image_path).save(buffer, format="PNG")
+    request = httpx.Request(
+        "POST", "http://127.0.0.1/v1/diagnose", files={"image": ("x.png", buffer.getvalue(), "image/png")}
+    )
+    head = "POST /v1/diagnose HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() != "host"
+    )
+    whole = (head + "\r\n").encode() + request.read()
+    caplog.set_level(logging.INFO, logger="convirt.serve")
+
+    def rude(port: int, kind: str) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            if kind == "headers only":
+                sock.sendall(head.encode())
+            elif kind == "half the body":
+                sock.sendall(whole[: len(whole) // 2])
+            else:  # the whole request, then gone before the answer
+                sock.sendall(whole)
+            time.sleep(0.02)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+
+    with served(create_app(service)) as server:
+        port = port_of(server)
+        good: list[int] = []
+
+        def polite() -> None:
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/v1/diagnose",
+                files={"image": ("x.png", buffer.getvalue(), "image/png")},
+                timeout=30,
+            )
+            good.append(answer.status_code)
+
+        kinds = ["headers only", "half the body", "gone before the answer"] * 4
+        threads = [threading.Thread(target=polite) for _ in range(8)]
+        threads += [threading.Thread(target=rude, args=(port, kind)) for kind in kinds]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        after = httpx.post(f"http://127.0.0.1:{port}/v1/search", data={"case": "1", "k": "2"}, timeout=30)
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert good == [200] * 8 and after.status_code == 200 and health.status_code == 200
+    assert service.image_queries.restarts == 0 and service.healthy()
+    assert "-> 500" not in caplog.text and "failed:" not in caplog.text
