@@ -42,6 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--max-upload-mb", type=float, default=32.0, help="largest upload accepted")
     serve.add_argument("--max-active", type=int, default=16, help="requests served at once")
+    serve.add_argument(
+        "--max-decoding", type=int, default=2, help="uploads decoded at once (a DICOM at the pixel limit takes ~1 GB)"
+    )
     serve.add_argument("--max-waiting", type=int, default=64, help="requests waiting their turn; more: 503")
     serve.add_argument("--deadline-s", type=float, default=60.0, help="longest a request may take (503 past it)")
     serve.add_argument(
@@ -68,7 +71,9 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--host {args.host} reaches other machines: pass --token-file (or set CONVIRT_TOKEN)")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
-    limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_active, args.max_waiting, args.deadline_s)
+    limits = Limits(
+        int(args.max_upload_mb * 1024 * 1024), args.max_active, args.max_decoding, args.max_waiting, args.deadline_s
+    )
     import logging
 
     import torch

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,24 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from convirt.serve.uploads import MAX_UPLOAD_BYTES
+
+
+class PerLoop:
+    """An ``asyncio.Semaphore`` of ``size`` places per event loop (a semaphore belongs to the loop it
+    first waits in: uvicorn serves from one, a test client may call from several)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __call__(self) -> asyncio.Semaphore:
+        """The running loop's semaphore."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._semaphores:
+            self._semaphores[loop] = asyncio.Semaphore(self.size)
+        return self._semaphores[loop]
 
 
 class BodyTooLarge(HTTPException):
@@ -44,12 +63,13 @@ class BodyTooLarge(HTTPException):
 class Limits:
     """What one service accepts: the largest upload, requests at once and waiting, and a request's deadline.
 
-    The defaults hold a service's memory to about ``max_active`` uploads at their largest (each
-    decoded to at most :data:`convirt.data.images.MAX_IMAGE_PIXELS` pixels) beside the model.
+    Memory is held to ``max_active`` upload bodies at their largest and ``max_decoding`` images being
+    decoded at once (each at most :data:`convirt.data.images.MAX_IMAGE_PIXELS` pixels) beside the model.
     """
 
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     max_active: int = 16
+    max_decoding: int = 2
     max_waiting: int = 64
     deadline_s: float | None = 60.0
 
@@ -90,7 +110,7 @@ class Admission:
         self.waiting = 0
         self.refused = 0  # answered 503 because the queue was full
         self.timed_out = 0  # answered 503 past their deadline
-        self._places: asyncio.Semaphore | None = None  # made in the serving loop, on the first request
+        self._places = PerLoop(max_active)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
@@ -101,9 +121,7 @@ class Admission:
             too_long = f"the request body is over the limit of {self.max_body} bytes ({declared} declared)"
             await _answer(send, 413, too_long)
             return
-        if self._places is None:
-            self._places = asyncio.Semaphore(self.max_active)
-        if self._places.locked() and self.waiting >= self.max_waiting:
+        if self._places().locked() and self.waiting >= self.max_waiting:
             self.refused += 1
             await _answer(send, 503, "the service is busy: too many requests are waiting; try again shortly", 1)
             return
@@ -142,10 +160,10 @@ class Admission:
                 )
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert self._places is not None
         self.waiting += 1
         try:
-            await self._places.acquire()
+            places = self._places()
+            await places.acquire()
         finally:
             self.waiting -= 1
         self.active += 1
@@ -153,7 +171,7 @@ class Admission:
             await self.app(scope, receive, send)
         finally:
             self.active -= 1
-            self._places.release()
+            places.release()
 
 
 def _declared_length(scope: Scope) -> int | None:

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import convirt
-from convirt.serve.admission import Admission, Limits
+from convirt.serve.admission import Admission, Limits, PerLoop
 from convirt.serve.schema import Case, Diagnosis, Info, Search
 from convirt.serve.service import CaseNotFound, CaseService
 from convirt.serve.uploads import UploadError, read_upload
@@ -157,12 +157,15 @@ def create_app(
         )
         return JSONResponse({"detail": " ".join(problems.split())[:300] or "invalid request"}, status_code=422)
 
+    decoding = PerLoop(limits.max_decoding)  # decodes at once: a DICOM at the pixel limit peaks at ~1 GB (measured)
+
     async def upload(request: Request, image: UploadFile) -> Image.Image:
         data = await image.read(limits.max_upload_bytes + 1)
         log.info(
             "request %s upload sha256 %s (%d bytes)", request.state.id, hashlib.sha256(data).hexdigest()[:16], len(data)
         )
-        return await run_in_threadpool(read_upload, data, limits.max_upload_bytes)  # decoding: not in the event loop
+        async with decoding():
+            return await run_in_threadpool(read_upload, data, limits.max_upload_bytes)  # not in the event loop
 
     async def answer_for_case(pending: Awaitable[Any], unknown: str) -> Any:
         """An archive case's answer, its refusals as 4xx: no such case (404), no stored vector (409)."""
