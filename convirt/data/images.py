@@ -8,6 +8,8 @@ import io
 import logging
 import os
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,8 +68,6 @@ def _check_inflated_size(path: str | os.PathLike[str], limit: int) -> None:
     Raises:
         RefusedImageError: ``image_too_large``.
     """
-    import zlib
-
     from pydicom.filereader import read_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -105,8 +105,35 @@ def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         RefusedImageError: Multi-frame or colour DICOM (refused by name: export one frame first), or
             one declaring more than ``max_pixels`` pixels (``image_too_large``).
         OSError: The pixel data cannot be decoded (a compressed transfer syntax without its
-            decoder installed, or a damaged file).
+            decoder installed), or the file is damaged or contradicts itself: whatever pydicom or
+            numpy raise on reading it (pydicom parses an element when it is first read, so any
+            attribute may raise) is this one error, naming the exception's type.
     """
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _read_dicom(path, max_pixels)
+    except RefusedImageError:
+        raise
+    except (
+        BytesLengthException,
+        zlib.error,
+        struct.error,
+        EOFError,
+        ArithmeticError,
+        LookupError,
+        AttributeError,
+        NotImplementedError,
+        RuntimeError,
+        TypeError,
+        ValueError,
+    ) as error:
+        message = (str(error).splitlines() or [""])[0][:200]
+        raise OSError(f"damaged DICOM ({type(error).__name__}: {message})") from None
+
+
+def _read_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    """:func:`load_dicom`'s work, with damage raised as pydicom and numpy raise it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -141,6 +168,10 @@ def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
             f"cannot decode DICOM pixel data ({getattr(syntax, 'name', syntax)}): {error}; for "
             f"compressed files install pylibjpeg[all] or python-gdcm"
         ) from None
+    if pixels.shape != (ds.Rows, ds.Columns):  # pydicom returns every frame the data holds, whatever the header says
+        raise OSError(
+            f"DICOM pixel data of shape {pixels.shape} where its header declares one {ds.Rows}x{ds.Columns} frame"
+        )
     # float32, not float64: a whole frame's copies at half the memory (8-bit output needs no more).
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     del pixels
