@@ -55,8 +55,8 @@ def check_pixels(width: int, height: int, frames: int = 1, max_pixels: int = MAX
         frames_text = f" x {frames} frames" if frames > 1 else ""
         raise RefusedImageError(
             "image_too_large",
-            f"{width}x{height} px{frames_text} ({pixels / 1e6:.0f} MP) is past the limit of "
-            f"{max_pixels / 1e6:.0f} MP; a chest radiograph needs at most about 18 MP",
+            f"{width}x{height} px{frames_text} ({pixels:,} pixels) is past the limit of "
+            f"{max_pixels:,} pixels; a chest radiograph needs at most about 18 million",
         )
 
 
@@ -238,9 +238,9 @@ def load_grayscale(
         opened = Image.open(path)
     except Image.DecompressionBombError as error:  # PIL's own limit, far past ours: the same refusal
         declared = re.search(r"\((\d+) pixels\)", str(error))
-        size = f"{int(declared.group(1)) / 1e6:.0f} MP" if declared else "more pixels than PIL opens"
+        size = f"{int(declared.group(1)):,} pixels" if declared else "more pixels than PIL opens"
         raise RefusedImageError(
-            "image_too_large", f"the image declares {size}, past the limit of {max_pixels / 1e6:.0f} MP"
+            "image_too_large", f"the image declares {size}, past the limit of {max_pixels:,} pixels"
         ) from None
     with opened as source:
         width, height = source.size

@@ -151,10 +151,14 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         # One line naming each field and what is wrong with it; never the value sent back.
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem.get('loc', ())[1:]) or 'body'}: {problem.get('msg', 'invalid')}"
-            for problem in error.errors()
-        )
+        def said(problem: dict[str, Any]) -> str:
+            field = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "body"
+            message = str(problem.get("msg", "invalid"))
+            if "UploadFile" in message:  # a text where a file belongs: pydantic names Python classes
+                message = "send a file (a multipart/form-data part with a filename)"
+            return f"{field}: {message}"
+
+        problems = "; ".join(said(problem) for problem in error.errors())
         return JSONResponse({"detail": " ".join(problems.split())[:300] or "invalid request"}, status_code=422)
 
     decoding = PerLoop(limits.max_decoding)  # decodes at once: a DICOM at the pixel limit peaks at ~1 GB (measured)

@@ -39,7 +39,7 @@ def test_a_png_declaring_too_many_pixels_is_refused_from_its_header(tmp_path, si
 def test_a_dicom_declaring_too_many_pixels_is_refused_before_its_pixels_are_read(tmp_path):
     path = tmp_path / "big.dcm"
     write_dicom(path, None, shape=(12_000, 12_000), pixel_data=b"\x00" * 64)  # the header lies about the data
-    with pytest.raises(RefusedImageError, match=r"12000x12000 px \(144 MP\) is past the limit"):
+    with pytest.raises(RefusedImageError, match=r"12000x12000 px \(144,000,000 pixels\) is past the limit"):
         load_grayscale(path)
     write_dicom(tmp_path / "frames.dcm", None, shape=(4_000, 4_000), frames=8, pixel_data=b"\x00" * 64)
     with pytest.raises(RefusedImageError, match="image_too_large|8 frames"):

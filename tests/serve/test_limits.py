@@ -264,3 +264,9 @@ def test_keys_and_study_ids_leave_only_when_the_operator_names_them(archive):
     assert shown.case(0)["key"] == rows[0].key and shown.case(0)["study_id"].startswith(rows[0].patient_id)
     with pytest.raises(ValueError, match="--show-field patient_id: only key, study_id can be shown"):
         check_fields(["patient_id"])
+
+
+def test_a_text_where_the_image_belongs_is_told_to_send_a_file(service):
+    answer = local_client(create_app(service)).post("/v1/diagnose", data={"image": "not a file"})
+    assert answer.status_code == 422
+    assert _one_line_detail(answer) == "image: send a file (a multipart/form-data part with a filename)"
