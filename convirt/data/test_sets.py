@@ -7,9 +7,12 @@ written-down policy, so that two users who hold the same files evaluate the same
   any row: Pneumonia, else No Finding); images ``stage_2_train_images/{patientId}.dcm``.
 - ``siim``: SIIM-ACR Pneumothorax ``train-rle.csv`` (``EncodedPixels`` ``-1``: no pneumothorax; any
   mask: Pneumothorax); DICOMs found by ``ImageId`` anywhere under the images folder.
-- ``vindr``: VinDr-CXR ``image_labels_test.csv`` (a column per finding, 1 positive; the test labels
-  are the consensus of five radiologists; train files' several readers per image: positive when any
-  reader marked it); images ``test/{image_id}.dicom``.
+- ``vindr``: VinDr-CXR in either layout it ships in. PhysioNet's ``image_labels_{train,test}.csv``
+  (a column per finding, 1 positive; the test labels are the consensus of five radiologists, the
+  train file has a row per reader: positive when any reader marked it). Box rows, PhysioNet's
+  ``annotations_*.csv`` or Kaggle's VinBigData ``train.csv`` (a row per box and reader with
+  ``class_name``; ``No finding`` rows carry no box): a finding is positive when any reader boxed it.
+  Images ``{test,train}/{image_id}.dicom``.
 - ``tb``: the Shenzhen and Montgomery tuberculosis sets, a folder of ``CXR_png`` files whose name
   ends ``_1`` (Tuberculosis) or ``_0`` (No Finding).
 - ``covidx``: COVIDx ``test.txt`` (``patient_id filename class source``, space-separated; class
@@ -39,6 +42,25 @@ def _records(table: Path, required: tuple[str, ...], what: str) -> list[dict[str
             found = ", ".join(reader.fieldnames) or "(none)"
             raise ValueError(f"{table}: not the {what}: columns {missing} not found; columns: {found}")
         return [{k: (v or "").strip() for k, v in record.items() if k} for record in reader]
+
+
+# What a finding is never named: a box coordinate, an id, an image size, a number. A reader that took a
+# column or value like these for a finding has misread its file (VinBigData's train.csv read as
+# finding columns gave "class_id" and "x_min" as findings).
+_NOT_FINDINGS = re.compile(r"^([xy]_?(min|max)|[xy][12]|.*_id|id|width|height|rad_id|class_id|[-+.\d\s]*)$", re.I)
+
+
+def check_finding_names(names: set[str] | list[str], table: Path, layout: str) -> None:
+    """Refuse findings that are coordinates, ids, sizes or numbers: the file was read in the wrong layout.
+
+    Raises:
+        ValueError: Naming the table, the layout it was read as and the names at fault.
+    """
+    wrong = sorted(name for name in names if _NOT_FINDINGS.match(name.strip()))
+    if wrong:
+        raise ValueError(
+            f"{table}: read as {layout}, it would report {wrong[:5]} as findings: not a file of that layout"
+        )
 
 
 def _rows_by_image(positive: dict[str, set[str]], path_of: dict[str, Path], source: str) -> Iterator[Row]:
@@ -79,18 +101,54 @@ def read_siim(table: Path, images: Path) -> Iterator[Row]:
     return _rows_by_image(positive, path_of, "siim-acr-pneumothorax")
 
 
+VINDR_BOX_COLUMNS = ("image_id", "class_name")  # PhysioNet annotations_*.csv, Kaggle VinBigData train.csv
+VINDR_NO_FINDING = "no finding"
+
+
 def read_vindr(table: Path, images: Path) -> Iterator[Row]:
-    """VinDr-CXR rows: every finding column marked 1 (by any reader of the image)."""
+    """VinDr-CXR rows, from either layout (:func:`read_vindr_image_labels`, :func:`read_vindr_boxes`)."""
+    with open_table(table) as handle:
+        header = [name.strip() for name in next(csv.reader(handle), [])]  # type: ignore[arg-type]
+    if "class_name" in header:
+        return read_vindr_boxes(table, images)
+    if "class_id" in header or "x_min" in header:
+        raise ValueError(
+            f"{table}: VinDr box rows without a class_name column (columns: {', '.join(header)}); "
+            "the vindr format reads image_labels_*.csv, or box rows with image_id and class_name"
+        )
+    return read_vindr_image_labels(table, images)
+
+
+def read_vindr_image_labels(table: Path, images: Path) -> Iterator[Row]:
+    """PhysioNet's ``image_labels_*.csv``: every finding column marked 1 by any reader of the image."""
     records = _records(table, ("image_id",), "VinDr-CXR image_labels file")
     findings = [c for c in records[0] if c not in ("image_id", "rad_id")] if records else []
+    check_finding_names(findings, table, "VinDr-CXR image_labels (a column per finding)")
     split = "test" if "test" in table.name else "train"
     positive: dict[str, set[str]] = {}
     path_of: dict[str, Path] = {}
     for record in records:
         image = record["image_id"]
         path_of.setdefault(image, images / split / f"{image}.dicom")
-        marked = {f for f in findings if record.get(f) in ("1", "1.0") and f.lower() != "no finding"}
+        marked = {f for f in findings if record.get(f) in ("1", "1.0") and f.lower() != VINDR_NO_FINDING}
         positive.setdefault(image, set()).update(marked)
+    return _rows_by_image(positive, path_of, "vindr-cxr")
+
+
+def read_vindr_boxes(table: Path, images: Path) -> Iterator[Row]:
+    """Box rows (``image_id``, ``class_name``, a row per box and reader): positive when any reader boxed it."""
+    records = _records(table, VINDR_BOX_COLUMNS, "VinDr-CXR box rows (image_id, class_name)")
+    names = {record["class_name"] for record in records} - {""}
+    check_finding_names(names, table, "VinDr-CXR box rows (class_name)")
+    split = "test" if "test" in table.name else "train"
+    positive: dict[str, set[str]] = {}
+    path_of: dict[str, Path] = {}
+    for record in records:
+        image = record["image_id"]
+        path_of.setdefault(image, images / split / f"{image}.dicom")
+        finding = record["class_name"]
+        if finding and finding.lower() != VINDR_NO_FINDING:
+            positive.setdefault(image, set()).add(finding)
     return _rows_by_image(positive, path_of, "vindr-cxr")
 
 

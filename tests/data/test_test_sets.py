@@ -44,6 +44,53 @@ def test_vindr_marks_every_finding_column_set_to_one(tmp_path):
     assert rows[0].image_path == str(tmp_path / "test" / "img1.dicom")
 
 
+KAGGLE_BOXES = """image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max
+a1,No finding,14,R11,,,,
+a1,No finding,14,R7,,,,
+a1,No finding,14,R2,,,,
+b2,Cardiomegaly,3,R8,691.0,1375.0,1653.0,1831.0
+b2,Cardiomegaly,3,R8,700.0,1380.0,1650.0,1830.0
+b2,Aortic enlargement,0,R9,1264.0,743.0,1611.0,1019.0
+b2,No finding,14,R10,,,,
+c3,Pleural effusion,10,R10,250.0,1400.0,700.0,1900.0
+d4,No finding,14,R8,,,,
+"""
+
+
+def test_vindr_box_rows_from_kaggle_and_physionet_are_positive_when_any_reader_boxed_the_finding(tmp_path):
+    expected = {
+        "a1": ["No Finding"],
+        "b2": ["Aortic enlargement", "Cardiomegaly"],  # two boxes of one reader: one positive image
+        "c3": ["Pleural effusion"],
+        "d4": ["No Finding"],
+    }
+    kaggle = tmp_path / "train.csv"  # VinBigData's layout: image_id, class_name, class_id, rad_id, box
+    kaggle.write_text(KAGGLE_BOXES)
+    rows = read_image_rows(kaggle, label_format="vindr")
+    assert _labels(rows) == expected and rows[0].image_path == str(tmp_path / "train" / "a1.dicom")
+    physionet = tmp_path / "annotations_train.csv"  # PhysioNet's: image_id, rad_id, class_name, box
+    lines = [line.split(",") for line in KAGGLE_BOXES.strip().splitlines()]
+    physionet.write_text("\n".join(",".join([f[0], f[3], f[1], *f[4:]]) for f in lines) + "\n")
+    assert _labels(read_image_rows(physionet, label_format="vindr")) == expected
+
+
+def test_vindr_image_labels_of_several_readers_and_files_it_cannot_read_are_refused_by_name(tmp_path):
+    table = tmp_path / "image_labels_train.csv"
+    table.write_text(
+        "image_id,rad_id,Aortic enlargement,Cardiomegaly,No finding\n"
+        "a1,R1,0,0,1\na1,R2,0,1,0\na1,R3,0,0,1\nb2,R1,0,0,1\n"
+    )
+    assert _labels(read_image_rows(table, label_format="vindr")) == {"a1": ["Cardiomegaly"], "b2": ["No Finding"]}
+    no_names = tmp_path / "boxes.csv"
+    no_names.write_text("image_id,class_id,rad_id,x_min,y_min,x_max,y_max\na1,14,R1,,,,\n")
+    with pytest.raises(ValueError, match="box rows without a class_name column"):
+        read_image_rows(no_names, label_format="vindr")
+    numbered = tmp_path / "numbered.csv"
+    numbered.write_text("image_id,0,1,width\na1,1,0,2048\n")
+    with pytest.raises(ValueError, match=r"would report \['0', '1', 'width'\] as findings"):
+        read_image_rows(numbered, label_format="vindr")
+
+
 def test_shenzhen_and_montgomery_labels_come_from_the_file_names(tmp_path):
     folder = tmp_path / "CXR_png"
     folder.mkdir()
