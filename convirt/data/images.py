@@ -80,8 +80,9 @@ def _check_inflated_size(path: str | os.PathLike[str], limit: int) -> None:
     with open(path, "rb") as handle:
         handle.seek(start)
         inflater, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        while chunk := handle.read(1 << 20):
-            while chunk:
+        while not inflater.eof and (chunk := handle.read(1 << 20)):
+            # At the stream's end zlib answers nothing and keeps a byte unconsumed: stop there.
+            while chunk and not inflater.eof:
                 inflated += len(inflater.decompress(chunk, 1 << 24))
                 chunk = inflater.unconsumed_tail
                 if inflated > limit:
@@ -172,8 +173,16 @@ def _read_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
         raise OSError(
             f"DICOM pixel data of shape {pixels.shape} where its header declares one {ds.Rows}x{ds.Columns} frame"
         )
-    # float32, not float64: a whole frame's copies at half the memory (8-bit output needs no more).
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    # float32, never float64 (pydicom's rescale works in float64: a frame's copy at twice the memory).
+    if "ModalityLUTSequence" in ds:  # a lookup table: rare in radiographs, pydicom's
+        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    else:
+        values = pixels.astype(np.float32)
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        if slope != 1:
+            values *= slope
+        if intercept != 0:
+            values += intercept
     del pixels
     if "VOILUTSequence" in ds:
         values = np.asarray(apply_voi_lut(values, ds), dtype=np.float32)
@@ -194,6 +203,17 @@ def _read_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         np.subtract(255.0, values, out=values)
     return Image.fromarray(np.round(values, out=values).astype(np.uint8), mode="L")
+
+
+@contextlib.contextmanager
+def damage_as_oserror() -> Iterator[None]:
+    """PIL's other ways of saying a file is damaged (``SyntaxError("broken PNG file")``, a truncated
+    stream's ``EOFError``, zlib's and struct's errors), raised as the one ``OSError`` callers expect."""
+    try:
+        yield
+    except (SyntaxError, EOFError, zlib.error, struct.error) as error:
+        message = (str(error).splitlines() or [""])[0][:200]
+        raise OSError(f"damaged image ({type(error).__name__}: {message})") from None
 
 
 @contextlib.contextmanager
@@ -242,7 +262,7 @@ def load_grayscale(
         raise RefusedImageError(
             "image_too_large", f"the image declares {size}, past the limit of {max_pixels:,} pixels"
         ) from None
-    with opened as source:
+    with opened as source, damage_as_oserror():
         width, height = source.size
         check_pixels(width, height, 1, max_pixels)  # only the first frame is ever decoded
         _check_side(source.size, min_side)

@@ -17,6 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from convirt.data import urls as _urls  # noqa: F401  (registers the fsspec openers with webdataset)
+from convirt.data.images import check_pixels
 from convirt.data.schema import IMAGE, KEY, META, TEXT
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ def decode_grayscale(key: str, data: bytes, size: int | None = None) -> Image.Im
     if extension not in ("jpg", "jpeg", "png"):
         return None
     image = Image.open(io.BytesIO(data))
+    check_pixels(*image.size)  # from the header, before a pixel is decoded
     if size and image.format == "JPEG":
         image.draft("L", (size, size))
     image.load()

@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-from convirt.data.images import RefusedImageError, check_pixels, encode_jpeg, load_grayscale, resize_short_side
+from convirt.data.images import (
+    RefusedImageError,
+    check_pixels,
+    damage_as_oserror,
+    encode_jpeg,
+    load_grayscale,
+    resize_short_side,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 THUMBNAIL_SIDE = 256
@@ -164,7 +171,7 @@ def _decode(data: bytes) -> Image.Image:
         source = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
     except Image.DecompressionBombError:  # PIL's own limit, far past ours: the same refusal
         raise RefusedImageError("image_too_large", "the shard image declares more pixels than PIL opens") from None
-    with source:
+    with source, damage_as_oserror():
         check_pixels(*source.size)
         source.load()
         return source.convert("L")

@@ -92,3 +92,65 @@ def test_a_deflated_dicom_bomb_is_refused_while_inflating_in_bounded_chunks(tmp_
     small = tmp_path / "small.dcm"  # within the limit, a deflated file still reads
     write_dicom(small, np.arange(40 * 48).reshape(40, 48) % 4096, syntax=DeflatedExplicitVRLittleEndian)
     assert load_grayscale(small).size == (48, 40)
+
+
+def test_a_deflated_radiograph_inflating_past_a_chunk_reads_in_time(tmp_path):
+    """A 3000 x 3000 16-bit deflated DICOM inflates to 18 MB, past one 16 MiB chunk: the inflater
+    used to spin at the stream's end forever (zlib keeps one byte unconsumed and answers nothing)."""
+    import subprocess
+    import sys
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = tmp_path / "deflated-3000.dcm"
+    pixels = (np.add.outer(np.arange(3000), np.arange(3000)) % 4096).astype(np.uint16)
+    write_dicom(path, pixels, shape=(3000, 3000), syntax=DeflatedExplicitVRLittleEndian)
+    code = f"from convirt.data.images import load_grayscale; print(load_grayscale({str(path)!r}).size)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "(3000, 3000)", done.stderr[-500:]
+
+
+def test_rescale_is_applied_in_float32_without_a_float64_frame(tmp_path, monkeypatch):
+    """Slope and intercept give what pydicom's rescale gives, without its float64 copy of the frame:
+    the peak of the arrays allocated while reading stays under 11 bytes per pixel (float64 made it 16)."""
+    import tracemalloc
+
+    import pydicom.pixels
+
+    path = tmp_path / "rescaled.dcm"
+    side = 2000
+    pixels = (np.add.outer(np.arange(side), np.arange(side)) % 4000).astype(np.uint16)
+    write_dicom(path, pixels, shape=(side, side), slope=2.0, intercept=-1024.0)
+    rescaled = pixels * 2.0 - 1024.0  # the modality LUT as DICOM defines it
+    low, high = rescaled.min(), rescaled.max()
+    expected = np.round((rescaled - low) * (255.0 / (high - low))).astype(np.uint8)
+    monkeypatch.setattr(pydicom.pixels, "apply_modality_lut", lambda *a: pytest.fail("pydicom's float64 rescale"))
+    tracemalloc.start()
+    try:
+        got = np.asarray(load_grayscale(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert peak < 11 * side * side, f"{peak / side / side:.1f} bytes per pixel"
+
+
+def broken_png(path):
+    """A PNG whose IDAT declares fewer bytes than it holds: PIL says SyntaxError("broken PNG file")."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.arange(40 * 48).reshape(40, 48) % 256).astype(np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"IDAT") - 4
+    data[at : at + 4] = struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] // 2)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_png_is_an_oserror_naming_the_damage(tmp_path):
+    with pytest.raises(OSError, match=r"damaged image \(SyntaxError: broken PNG file"):
+        load_grayscale(broken_png(tmp_path / "broken.png"))

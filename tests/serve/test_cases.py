@@ -155,3 +155,17 @@ def test_a_compressed_tar_is_refused_by_name(tmp_path):
     write_tar(shards / "train-000000.tar", {"a.jpg": b"\xff\xd8\xff"}, mode="w:gz")
     with pytest.raises(ValueError, match="train-000000.tar is not an uncompressed tar"):
         CaseImages([{"key": "a"}], shards)
+
+
+def test_a_damaged_archive_image_is_a_404_not_a_500(service, monkeypatch, tmp_path):
+    from convirt.data.images import load_grayscale
+    from convirt.serve.app import create_app
+    from tests.data.test_pixel_cap import broken_png
+    from tests.serve.client import local_client
+
+    broken = broken_png(tmp_path / "broken.png")
+    monkeypatch.setattr(service.images, "jpeg", lambda case: load_grayscale(broken))
+    monkeypatch.setattr(service.images, "image", lambda case: load_grayscale(broken))
+    client = local_client(create_app(service))
+    assert client.get("/v1/cases/7/image").status_code == 404
+    assert client.post("/v1/diagnose", data={"case": "7", "saliency": "true"}).status_code == 404
