@@ -73,6 +73,15 @@ class Limits:
     max_waiting: int = 64
     deadline_s: float | None = 60.0
 
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1 or self.max_active < 1 or self.max_decoding < 1 or self.max_waiting < 0:
+            raise ValueError(
+                "--max-upload-mb, --max-active and --max-decoding must be positive and --max-waiting >= 0, got "
+                f"{self.max_upload_bytes} bytes, {self.max_active}, {self.max_decoding}, {self.max_waiting}"
+            )
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"--deadline-s must be positive, got {self.deadline_s}")
+
 
 class Admission:
     """Bounded concurrency, a bounded queue and a per-request deadline around an ASGI app.
@@ -125,6 +134,8 @@ class Admission:
             self.refused += 1
             await _answer(send, 503, "the service is busy: too many requests are waiting; try again shortly", 1)
             return
+        self.waiting += 1  # counted here, in the same step as the check: a burst cannot pass it
+        queued = [True]  # until the request takes a place
         started, read = False, 0
 
         async def limited() -> Message:
@@ -143,7 +154,7 @@ class Admission:
 
         arrived = time.monotonic()
         try:
-            await asyncio.wait_for(self._admitted(scope, limited, tracked), self.deadline_s)
+            await asyncio.wait_for(self._admitted(scope, limited, tracked, queued), self.deadline_s)
         except BodyTooLarge as error:  # read outside the app's handlers
             if not started:
                 await _answer(send, 413, str(error.detail))
@@ -158,14 +169,15 @@ class Admission:
                     "try again shortly",
                     5,
                 )
-
-    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.waiting += 1
-        try:
-            places = self._places()
-            await places.acquire()
         finally:
-            self.waiting -= 1
+            if queued[0]:  # went away (deadline, disconnect) before it took a place
+                self.waiting -= 1
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, queued: list[bool]) -> None:
+        places = self._places()
+        await places.acquire()
+        self.waiting -= 1
+        queued[0] = False
         self.active += 1
         try:
             await self.app(scope, receive, send)

@@ -17,6 +17,7 @@ worker thread while its batch runs, and only an upload's decode goes to one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -25,6 +26,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Requ
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import convirt
-from convirt.serve.admission import Admission, Limits, PerLoop
+from convirt.serve.admission import Admission, Limits
+from convirt.serve.explain import SaliencyBusy
 from convirt.serve.schema import Case, Diagnosis, Info, Search
 from convirt.serve.service import CaseNotFound, CaseService
 from convirt.serve.uploads import UploadError, read_upload
@@ -117,6 +119,11 @@ def create_app(
 
     async def authorised(request: Request) -> None:
         if token is None:
+            # create_app trusts its host argument; a server started on another address answers only
+            # loopback callers (uvicorn names the socket's own address in the scope).
+            served_on = (request.scope.get("server") or ("127.0.0.1", 0))[0]
+            if not is_loopback(served_on):
+                raise HTTPException(403, "this service has no token: it answers on loopback only (--token-file)")
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
@@ -142,6 +149,9 @@ def create_app(
             (time.perf_counter() - start) * 1000,
         )
         response.headers["X-Request-Id"] = request.state.id
+        # No page elsewhere may embed the archive's images or read the answers as its own.
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     @app.exception_handler(UploadError)
@@ -161,15 +171,18 @@ def create_app(
         problems = "; ".join(said(problem) for problem in error.errors())
         return JSONResponse({"detail": " ".join(problems.split())[:300] or "invalid request"}, status_code=422)
 
-    decoding = PerLoop(limits.max_decoding)  # decodes at once: a DICOM at the pixel limit peaks at ~1 GB (measured)
+    # Uploads are hashed and decoded in threads of their own, max_decoding at once (a DICOM at the pixel
+    # limit peaks at ~1 GB, measured): a request cut off at its deadline leaves its decode running in
+    # one of them, never a place freed for another beside it; one that never started is dropped.
+    decoders = ThreadPoolExecutor(limits.max_decoding, thread_name_prefix="convirt-decode")
+
+    def decode(request_id: str, data: bytes) -> Image.Image:
+        log.info("request %s upload sha256 %s (%d bytes)", request_id, hashlib.sha256(data).hexdigest()[:16], len(data))
+        return read_upload(data, limits.max_upload_bytes)
 
     async def upload(request: Request, image: UploadFile) -> Image.Image:
         data = await image.read(limits.max_upload_bytes + 1)
-        log.info(
-            "request %s upload sha256 %s (%d bytes)", request.state.id, hashlib.sha256(data).hexdigest()[:16], len(data)
-        )
-        async with decoding():
-            return await run_in_threadpool(read_upload, data, limits.max_upload_bytes)  # not in the event loop
+        return await asyncio.get_running_loop().run_in_executor(decoders, decode, request.state.id, data)
 
     async def answer_for_case(pending: Awaitable[Any], unknown: str) -> Any:
         """An archive case's answer, its refusals as 4xx: no such case (404), no stored vector (409)."""
@@ -197,9 +210,14 @@ def create_app(
         """The page: drop a radiograph, read its findings, browse similar cases (one file, no CDN)."""
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    @app.exception_handler(SaliencyBusy)
+    async def busy(request: Request, error: SaliencyBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+
     @app.get("/healthz")
-    def healthz() -> Response:
-        """200 while the service can answer; 503 when a query worker is dead or stuck in one batch."""
+    async def healthz() -> Response:
+        """200 while the service can answer (a dead query worker is started again first); 503 when a
+        worker cannot be started or is stuck in one batch. In the event loop: no thread needed."""
         if service.healthy():
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unhealthy: a query worker is dead or stuck"}, status_code=503)

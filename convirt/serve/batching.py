@@ -66,13 +66,18 @@ class MicroBatcher:
         since = self._running_since
         return self._thread.is_alive() and (since is None or time.monotonic() - since < self.stuck_after_s)
 
-    def submit(self, item: Any) -> Future:
-        """Queue ``item``; the future of its result (a worker that died is started again first)."""
+    def revive(self) -> None:
+        """Start the worker again if it died (each query does this first; ``/healthz`` too, so that a
+        service taken out of rotation for a dead worker is not left waiting for a query to restart it)."""
         if not self._thread.is_alive():
             with self._lock:
                 if not self._thread.is_alive():
                     self.restarts += 1
                     self._thread = self._start()
+
+    def submit(self, item: Any) -> Future:
+        """Queue ``item``; the future of its result (a worker that died is started again first)."""
+        self.revive()
         future: Future = Future()
         self._queue.put((item, future))
         return future

@@ -1,16 +1,20 @@
 """A diagnosis's two opinions per finding (descriptors and the kNN vote), and its saliency maps.
 
-Saliency needs a backward pass per finding. It runs on the explainer's own copy of the model, one map
-at a time, so that a diagnosis with maps never holds the query model that every search shares (the
-price: the image tower's weights twice in memory).
+Saliency needs a backward pass per finding. It runs on the explainer's own copy of the model, in the
+explainer's own thread, one diagnosis at a time: a diagnosis with maps never holds the query model
+or the worker threads that every search shares (the price: the image tower's weights twice in
+memory). At most ``max_waiting`` diagnoses wait for their maps; one more is refused
+(:class:`SaliencyBusy`, a 503 in the API) rather than queued without bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
-import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,23 +53,53 @@ def explained_findings(
     return {"findings": findings, "neighbours": neighbours, "knn_k": len(neighbours)}
 
 
-class Explainer:
-    """Saliency maps of a classifier's findings, drawn on a copy of its model (one map at a time)."""
+class SaliencyBusy(RuntimeError):
+    """Too many diagnoses wait for their saliency maps: try again shortly."""
 
-    def __init__(self, classifier: ZeroShotClassifier) -> None:
+
+class Explainer:
+    """Saliency maps of a classifier's findings, drawn on a copy of its model in a thread of its own.
+
+    Args:
+        classifier: The classifier whose findings are explained.
+        max_waiting: Diagnoses that may wait for their maps behind the one being drawn.
+    """
+
+    def __init__(self, classifier: ZeroShotClassifier, max_waiting: int = 4) -> None:
         self.classifier = copy.copy(classifier)  # its prompt embeddings shared, its model its own
         self.classifier.model = copy.deepcopy(classifier.model)
-        self._lock = threading.Lock()
+        self.max_waiting = max_waiting
+        self.pending = 0  # diagnoses waiting for or drawing their maps (counted in the event loop)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="convirt-saliency")
 
     def png(self, pixels: torch.Tensor, finding: str) -> str:
         """The saliency map of ``finding`` on one preprocessed ``(3, H, W)`` image, as a PNG data URL."""
-        with self._lock, torch.enable_grad():
+        with torch.enable_grad():
             heat = self.classifier.saliency(pixels, finding).numpy()
         buffer = io.BytesIO()
         Image.fromarray((np.clip(heat, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
-    def add_maps(self, diagnosis: dict[str, Any], pixels: torch.Tensor) -> None:
-        """Each finding of ``diagnosis`` with its ``saliency_png``."""
+    def _add(self, diagnosis: dict[str, Any], pixels: Callable[[], torch.Tensor]) -> None:
+        image = pixels()
         for entry in diagnosis["findings"]:
-            entry["saliency_png"] = self.png(pixels, entry["finding"])
+            entry["saliency_png"] = self.png(image, entry["finding"])
+
+    def add_maps(self, diagnosis: dict[str, Any], pixels: Callable[[], torch.Tensor]) -> None:
+        """Each finding of ``diagnosis`` with its ``saliency_png`` on the image ``pixels()`` makes
+        (read and preprocessed in the explainer's thread)."""
+        self._thread.submit(self._add, diagnosis, pixels).result()
+
+    async def add_maps_async(self, diagnosis: dict[str, Any], pixels: Callable[[], torch.Tensor]) -> None:
+        """:meth:`add_maps`, awaited; a caller that goes away before its turn is dropped.
+
+        Raises:
+            SaliencyBusy: ``max_waiting`` diagnoses already wait behind the one being drawn.
+        """
+        if self.pending > self.max_waiting:
+            raise SaliencyBusy(f"saliency maps are being drawn for {self.pending} requests: try again shortly")
+        self.pending += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._add, diagnosis, pixels)
+        finally:
+            self.pending -= 1

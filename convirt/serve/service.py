@@ -299,16 +299,17 @@ class CaseService:
         k = self._diagnosis_k(k)
         diagnosis = self._answer(self._query(self.image_queries, self.transform(image), k, set(), self._diagnosis))
         if saliency:
-            self._add_saliency(diagnosis, image)
+            self._maps().add_maps(diagnosis, lambda: self.transform(image))
         return diagnosis
 
     async def diagnose_async(self, image: Image.Image, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
-        """:meth:`diagnose`, awaited (transform and saliency in worker threads, the batch without one)."""
+        """:meth:`diagnose`, awaited (the transform in a worker thread, saliency in the explainer's, the
+        batch without one); :class:`convirt.serve.explain.SaliencyBusy` when too many wait for maps."""
         k = self._diagnosis_k(k)
         pixels = await asyncio.to_thread(self.transform, image)
         diagnosis = await self._answer_async(self._query(self.image_queries, pixels, k, set(), self._diagnosis))
         if saliency:
-            await asyncio.to_thread(self._add_saliency, diagnosis, image)
+            await self._maps().add_maps_async(diagnosis, lambda: pixels)
         return diagnosis
 
     def diagnose_case(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
@@ -323,16 +324,15 @@ class CaseService:
         k = self._diagnosis_k(k)
         diagnosis = self._answer(self._case_query(case, k, self._diagnosis))
         if saliency:
-            self._add_saliency(diagnosis, self._archive_image(case))
+            self._maps().add_maps(diagnosis, lambda: self.transform(self._archive_image(case)))
         return diagnosis
 
     async def diagnose_case_async(self, case: int, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
         """:meth:`diagnose_case`, awaited."""
         k = self._diagnosis_k(k)
         diagnosis = await self._answer_async(self._case_query(case, k, self._diagnosis))
-        if saliency:
-            image = await asyncio.to_thread(self._archive_image, case)
-            await asyncio.to_thread(self._add_saliency, diagnosis, image)
+        if saliency:  # the archive image read in the explainer's thread
+            await self._maps().add_maps_async(diagnosis, lambda: self.transform(self._archive_image(case)))
         return diagnosis
 
     def _archive_image(self, case: int) -> Image.Image:
@@ -353,9 +353,9 @@ class CaseService:
         assert self.classifier is not None
         return explained_findings(self.classifier, hits.vector, self._nearest(hits, k, excluded), self.labels)
 
-    def _add_saliency(self, diagnosis: dict[str, Any], image: Image.Image) -> None:
-        assert self._explainer is not None
-        self._explainer.add_maps(diagnosis, self.transform(image))
+    def _maps(self) -> Explainer:
+        assert self._explainer is not None  # a diagnosis needs a classifier, and a classifier has one
+        return self._explainer
 
     def case(self, case: int) -> dict[str, Any]:
         """A case's id, shown metadata and report, and its image URL where it has one.
@@ -379,8 +379,11 @@ class CaseService:
         return self._read_archive(case, self.images.jpeg)
 
     def healthy(self) -> bool:
-        """Every micro-batcher's worker is alive and none is stuck in a batch."""
-        return all(b.healthy() for b in (self.image_queries, self.text_queries, self.vector_queries))
+        """Every micro-batcher's worker is alive (a dead one is started again first) and none is stuck in a batch."""
+        batchers = (self.image_queries, self.text_queries, self.vector_queries)
+        for batcher in batchers:
+            batcher.revive()
+        return all(batcher.healthy() for batcher in batchers)
 
     def info(self) -> dict[str, Any]:
         """What the service runs: the fingerprint of the weights it loaded, the index and the descriptor set."""

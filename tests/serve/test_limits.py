@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 from starlette.responses import JSONResponse
 
@@ -219,29 +220,126 @@ def test_a_bug_answers_500_and_logs_its_type_and_place_not_its_message(service, 
     assert "patient00042" not in caplog.text and "Traceback" not in caplog.text
 
 
-def test_saliency_runs_beside_searches_not_in_front_of_them(service, archive, monkeypatch):
-    from PIL import Image
-
+def test_saliency_is_drawn_beside_searches_and_its_queue_is_bounded(service, archive, monkeypatch):
+    """Diagnoses with maps (each map held 0.3 s) fill the explainer's queue; an image search through
+    the same app is answered meanwhile, and a diagnosis past the queue is a 503."""
     _, _, rows = archive
-    started, release = threading.Event(), threading.Event()
     saliency = service._explainer.classifier.saliency
 
     def slow_saliency(*args):
-        started.set()
-        release.wait(10)
+        time.sleep(0.3)
         return saliency(*args)
 
     monkeypatch.setattr(service._explainer.classifier, "saliency", slow_saliency)
-    image = Image.open(rows[0].image_path)
-    explained = threading.Thread(target=lambda: service.diagnose(image, saliency=True, k=2))
-    explained.start()
-    assert started.wait(10)
-    start = time.perf_counter()
-    found = service.search_image(image, k=2)  # the query model is free while a map is drawn
-    searched_in = time.perf_counter() - start
-    release.set()
-    explained.join(20)
-    assert len(found) == 2 and searched_in < 5
+    app = create_app(service)
+    upload = {"image": ("x.png", open(rows[0].image_path, "rb").read(), "image/png")}
+    waiting = service._explainer.max_waiting
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL, timeout=60) as client:
+            maps = [
+                asyncio.create_task(client.post("/v1/diagnose", files=upload, data={"saliency": "true", "k": "2"}))
+                for _ in range(waiting + 1)  # one drawn, the rest waiting
+            ]
+            await asyncio.sleep(0.5)
+            start = time.perf_counter()
+            searched = await client.post("/v1/search", files=upload, data={"k": "2"})
+            searched_in = time.perf_counter() - start
+            refused = await client.post("/v1/diagnose", files=upload, data={"saliency": "true"})
+            return searched, searched_in, refused, await asyncio.gather(*maps)
+
+    searched, searched_in, refused, drawn = asyncio.run(scenario())
+    assert searched.status_code == 200 and searched_in < 1.0, f"the search waited {searched_in:.1f} s"
+    assert refused.status_code == 503 and "saliency maps are being drawn" in _one_line_detail(refused)
+    assert [answer.status_code for answer in drawn] == [200] * (waiting + 1)
+    assert all(answer.json()["findings"][0]["saliency_png"] for answer in drawn)
+
+
+def test_a_decode_cut_off_at_its_deadline_keeps_its_place(service, archive, monkeypatch):
+    """Decodes that outlive their request's deadline still count: never more than max_decoding run at once."""
+    import convirt.serve.app as module
+
+    _, _, rows = archive
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = module.read_upload
+
+    def slow_decode(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.5)
+        with lock:
+            running[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(module, "read_upload", slow_decode)
+    app = create_app(service, limits=Limits(max_decoding=2, deadline_s=0.2))
+    upload = {"image": ("x.png", open(rows[0].image_path, "rb").read(), "image/png")}
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as client:
+            answers = []
+            for _ in range(3):  # each wave cut off at its deadline while its decodes still run
+                answers += await asyncio.gather(*(client.post("/v1/search", files=upload) for _ in range(3)))
+            return answers
+
+    answers = asyncio.run(scenario())
+    time.sleep(1.5)  # the decodes left behind finish
+    assert {answer.status_code for answer in answers} == {503} and most[0] == 2
+
+
+def test_a_burst_cannot_pass_the_queue():
+    release = asyncio.Event()
+
+    async def slow(scope, receive, send):
+        await release.wait()
+        await JSONResponse({})(scope, receive, send)
+
+    admission = Admission(slow, max_active=1, max_waiting=1, deadline_s=None)
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admission), base_url=LOCAL) as client:
+            burst = [asyncio.create_task(client.get("/a")) for _ in range(6)]  # all in one turn of the loop
+            await asyncio.sleep(0.1)
+            release.set()
+            return [answer.status_code for answer in await asyncio.gather(*burst)]
+
+    assert sorted(asyncio.run(scenario())) == [200, 200, 503, 503, 503, 503]
+
+
+def test_limits_are_checked_when_made():
+    for bad in ({"max_decoding": 0}, {"max_active": 0}, {"max_waiting": -1}, {"deadline_s": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            Limits(**bad)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the worker's death, on purpose
+def test_healthz_starts_a_dead_worker_again(service, monkeypatch):
+    batcher = service.vector_queries
+    before = batcher.restarts
+    real = batcher.function
+
+    def die(items):
+        raise SystemExit  # ends the worker thread
+
+    monkeypatch.setattr(batcher, "function", die)
+    with pytest.raises(RuntimeError):
+        batcher.submit((np.zeros(service.folder.info.dim, dtype=np.float32), 1)).result(5)
+    batcher._thread.join(5)
+    assert not batcher._thread.is_alive()
+    monkeypatch.setattr(batcher, "function", real)
+    assert local_client(create_app(service)).get("/healthz").status_code == 200
+    assert batcher.restarts == before + 1 and batcher._thread.is_alive()
+
+
+def test_without_a_token_only_loopback_callers_are_answered(service):
+    from fastapi.testclient import TestClient
+
+    app = create_app(service, allowed_hosts=["10.0.0.5"])  # built for loopback, then served elsewhere
+    answer = TestClient(app, base_url="http://10.0.0.5").get("/v1/info")
+    assert answer.status_code == 403 and "answers on loopback only" in _one_line_detail(answer)
+    assert local_client(app).get("/v1/info").status_code == 200
 
 
 def test_info_comes_from_what_was_loaded(service, monkeypatch):

@@ -26,12 +26,13 @@ def _damaged_dicoms(tmp_path) -> dict[str, bytes]:
     return {
         "a corrupt deflate stream": bytes(deflated),  # zlib.error
         "an empty window": dicom_with(seeds["dicom"], {"WindowCenter": [], "WindowWidth": 40}),  # IndexError
-        "an empty rescale slope": dicom_with(seeds["dicom"], {"RescaleSlope": ""}),  # TypeError
         "fewer rows than its pixels": dicom_with(seeds["dicom"], {"Rows": 20}),  # pydicom: two frames
     }
 
 
 def test_a_damaged_dicom_is_a_400_with_a_reason(service, tmp_path):
+    from tests.serve.fuzz_uploads import dicom_with, make_seeds
+
     client = local_client(create_app(service))
     failures = []
     for damage, data in _damaged_dicoms(tmp_path).items():
@@ -40,3 +41,7 @@ def test_a_damaged_dicom_is_a_400_with_a_reason(service, tmp_path):
         if answer.status_code != 400 or not detail.startswith("cannot read the dicom image") or "\n" in detail:
             failures.append((damage, answer.status_code, detail))
     assert not failures
+    # An empty slope is read as none (1), as DICOM readers do, rather than refused.
+    empty = dicom_with(make_seeds(tmp_path)["dicom"], {"RescaleSlope": ""})
+    answer = client.post("/v1/search", files={"image": ("x.dcm", empty, "application/dicom")}, data={"k": "1"})
+    assert answer.status_code == 200
