@@ -112,3 +112,5 @@ def test_serve_over_tls_with_a_token_file_and_finish_in_flight_requests_on_sigte
     assert server.returncode in (0, -signal.SIGTERM), output[-2000:]  # uvicorn exits by the signal it caught
     assert output.index("Shutting down") < output.rindex("/v1/diagnose -> 200")  # answered after the signal
     assert "s3cret" not in output
+    leaked = [row.patient_id for row in rows if row.patient_id in output or row.key in output]
+    assert not leaked, f"the server's log names patients: {leaked[:3]}"
