@@ -1,0 +1,229 @@
+"""Per-finding calibration of probabilities, fitted on a validation fold and applied elsewhere.
+
+Each finding's probability ``p`` is turned into its logit ``z = log(p / (1 - p))`` and mapped back
+through a sigmoid:
+
+* temperature scaling: ``sigmoid(z / T)``, one ``T > 0`` per finding (``T > 1`` softens
+  overconfident scores); fitted by minimising the mean negative log-likelihood over ``log T``.
+* Platt scaling: ``sigmoid(a * z + b)``, per finding; the unpenalised logistic-regression fit.
+
+A :class:`Calibration` remembers the fold it was fitted on (rows, positives, seed, a fingerprint
+and short hashes of its row ids, never the ids) so that :func:`check_not_fitted_on` can refuse to
+report on those rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import expit, log_expit
+
+from convirt._io import write_json
+from convirt.zeroshot.folds import fold_fingerprint, row_hashes
+
+FORMAT = "convirt-calibration/1"
+# Probabilities are clipped this far from 0 and 1 before the logit: a score of exactly 0 or 1 has none.
+_EPS = 1e-7
+# Temperatures searched: exp(-7) to exp(7), far beyond any seen in practice.
+_LOG_T_BOUNDS = (-7.0, 7.0)
+# A calibration file is a few parameters per finding plus 17 bytes per fitted row.
+_MAX_FILE_BYTES = 64 << 20
+
+
+class CalibrationMethod(str, Enum):
+    """How probabilities are rescaled: one temperature, or Platt's slope and intercept on the logit."""
+
+    TEMPERATURE = "temperature"
+    PLATT = "platt"
+
+
+def _method(value: str | CalibrationMethod) -> CalibrationMethod:
+    try:
+        return CalibrationMethod(value)
+    except ValueError:
+        known = ", ".join(m.value for m in CalibrationMethod)
+        raise ValueError(f"unknown calibration method {value!r}; known: {known}") from None
+
+
+def logit(probs: Any) -> np.ndarray:
+    """``log(p / (1 - p))`` of probabilities clipped to ``[1e-7, 1 - 1e-7]``."""
+    p = np.clip(np.asarray(probs, dtype=float), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _nll(y: np.ndarray, z: np.ndarray) -> float:
+    """Mean negative log-likelihood of 0/1 labels under ``sigmoid(z)``, computed without overflow."""
+    return float(-(y * log_expit(z) + (1 - y) * log_expit(-z)).mean())
+
+
+def _checked(labels: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    y, p = np.asarray(labels).astype(int).ravel(), np.asarray(probs, dtype=float).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"{name!r}: {y.size} labels but {p.size} probabilities")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{name!r}: labels must be 0 or 1 (leave uncertain rows out first)")
+    if not 0 < int(y.sum()) < y.size:
+        raise ValueError(f"{name!r}: a calibration needs positives and negatives ({int(y.sum())} of {y.size})")
+    return y, p
+
+
+def fit_temperature(labels: Any, probs: Any, name: str = "finding") -> float:
+    """The temperature ``T`` minimising the NLL of ``sigmoid(logit(p) / T)``; ``(N,)`` labels and probabilities."""
+    y, p = _checked(labels, probs, name)
+    z = logit(p)
+    result = minimize_scalar(lambda log_t: _nll(y, z * math.exp(-log_t)), bounds=_LOG_T_BOUNDS, method="bounded")
+    return float(math.exp(result.x))
+
+
+def fit_platt(labels: Any, probs: Any, name: str = "finding") -> tuple[float, float]:
+    """Platt's ``(a, b)`` minimising the NLL of ``sigmoid(a * logit(p) + b)`` (no penalty)."""
+    y, p = _checked(labels, probs, name)
+    z = logit(p)
+
+    def loss(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        t = ab[0] * z + ab[1]
+        residual = expit(t) - y  # d NLL / d t per row
+        return _nll(y, t), np.array([(residual * z).mean(), residual.mean()])
+
+    result = minimize(loss, np.array([1.0, 0.0]), jac=True, method="BFGS")
+    return float(result.x[0]), float(result.x[1])
+
+
+@dataclass(frozen=True)
+class FittedFold:
+    """The rows a calibration was fitted on, recognisable without naming them.
+
+    Attributes:
+        n: Rows in the fold.
+        positives: ``{finding: positives}`` among the rows used for that finding.
+        seed: Seed of the split that made the fold.
+        fingerprint: :func:`~convirt.zeroshot.folds.fold_fingerprint` of the row ids.
+        row_hashes: :func:`~convirt.zeroshot.folds.row_hashes` of the row ids.
+    """
+
+    n: int
+    positives: dict[str, int]
+    seed: int
+    fingerprint: str
+    row_hashes: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Per-finding calibration parameters and the fold they were fitted on.
+
+    Attributes:
+        method: Temperature or Platt scaling.
+        parameters: ``{finding: {"temperature": T}}`` or ``{finding: {"a": a, "b": b}}``.
+        fold: The fitted rows.
+    """
+
+    method: CalibrationMethod
+    parameters: dict[str, dict[str, float]]
+    fold: FittedFold
+
+    def apply(self, finding: str, probs: Any) -> np.ndarray:
+        """Calibrated ``(N,)`` probabilities of ``finding`` from its raw ``(N,)`` probabilities."""
+        if finding not in self.parameters:
+            raise ValueError(f"no calibration for {finding!r}; calibrated: {', '.join(self.parameters)}")
+        z, values = logit(probs), self.parameters[finding]
+        if self.method is CalibrationMethod.TEMPERATURE:
+            return np.asarray(expit(z / values["temperature"]))
+        return np.asarray(expit(values["a"] * z + values["b"]))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration as JSON (atomically), with its format version."""
+        payload: dict[str, Any] = {"format": FORMAT, "method": self.method.value, "parameters": self.parameters}
+        payload["fold"] = {**asdict(self.fold), "row_hashes": list(self.fold.row_hashes)}
+        return write_json(path, payload, indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a calibration written by :meth:`save`; refuses other formats and bad parameters."""
+        size = Path(path).stat().st_size
+        if size > _MAX_FILE_BYTES:
+            raise ValueError(f"calibration file of {size} bytes is over {_MAX_FILE_BYTES}: not a calibration")
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+            if payload.get("format") != FORMAT:
+                raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT!r}")
+            method = _method(payload["method"])
+            keys = {"temperature"} if method is CalibrationMethod.TEMPERATURE else {"a", "b"}
+            parameters = {str(f): {k: float(v[k]) for k in keys} for f, v in payload["parameters"].items()}
+            fold = payload["fold"]
+            fitted = FittedFold(
+                int(fold["n"]),
+                {str(k): int(v) for k, v in fold["positives"].items()},
+                int(fold["seed"]),
+                str(fold["fingerprint"]),
+                tuple(str(h) for h in fold["row_hashes"]),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a calibration file: {error}") from None
+        for finding, values in parameters.items():
+            if not all(math.isfinite(v) for v in values.values()) or values.get("temperature", 1.0) <= 0:
+                raise ValueError(f"calibration file: bad parameters for {finding!r}: {values}")
+        return cls(method, parameters, fitted)
+
+
+def fit_calibration(
+    labels: Any,
+    probs: Any,
+    names: Sequence[str],
+    row_ids: Sequence[Any],
+    method: str | CalibrationMethod = "temperature",
+    seed: int = 0,
+) -> Calibration:
+    """Fit one calibration per finding column on a validation fold.
+
+    Args:
+        labels: ``(N, F)`` 0/1 (``-1``: uncertain, left out of that finding's fit).
+        probs: ``(N, F)`` raw probabilities.
+        names: ``F`` finding names.
+        row_ids: ``N`` row ids (image keys) of the fold, fingerprinted into the result.
+        method: ``"temperature"`` or ``"platt"``.
+        seed: Seed of the split that made the fold (recorded).
+
+    Raises:
+        ValueError: Shapes disagree, the method is unknown, or a finding lacks a class on the fold.
+    """
+    chosen = _method(method)
+    y, p = np.asarray(labels), np.asarray(probs, dtype=float)
+    if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names) or y.shape[0] != len(row_ids):
+        raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(row_ids)} row ids")
+    parameters: dict[str, dict[str, float]] = {}
+    positives: dict[str, int] = {}
+    for column, name in enumerate(names):
+        kept = y[:, column] >= 0
+        positives[name] = int((y[kept, column] == 1).sum())
+        if chosen is CalibrationMethod.TEMPERATURE:
+            parameters[name] = {"temperature": fit_temperature(y[kept, column], p[kept, column], name)}
+        else:
+            a, b = fit_platt(y[kept, column], p[kept, column], name)
+            parameters[name] = {"a": a, "b": b}
+    hashes = tuple(row_hashes(row_ids))
+    fold = FittedFold(len(row_ids), positives, seed, fold_fingerprint(row_ids), hashes)
+    return Calibration(chosen, parameters, fold)
+
+
+def check_not_fitted_on(calibration: Calibration, row_ids: Sequence[Any]) -> None:
+    """Refuse to report on rows the calibration was fitted on.
+
+    Raises:
+        ValueError: Any of ``row_ids`` is one of the fitted fold's rows.
+    """
+    fitted = set(calibration.fold.row_hashes)
+    overlap = sum(1 for h in row_hashes(row_ids) if h in fitted)
+    if overlap:
+        raise ValueError(
+            f"{overlap} of the {len(set(map(str, row_ids)))} rows to report on were used to fit this calibration"
+            f" (fold {calibration.fold.fingerprint[:12]}); report on the test side of the split"
+        )

@@ -1,0 +1,195 @@
+"""AUROC per subgroup (age band, sex, view, site...), the worst subgroup, and the largest gap
+between subgroups with a paired bootstrap interval.
+
+A subgroup smaller than the stated size, or with too few positives or negatives, is listed with
+its counts and a reason, but not scored: an AUROC on a handful of rows would look like a finding.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convirt.zeroshot.metrics import NAN, _check, _plain_auroc, bootstrap_ci
+
+UNKNOWN = "unknown"
+# DICOM's Age String (PatientAge): three digits and a unit, e.g. "063Y", "006M".
+_DICOM_AGE = re.compile(r"^(\d{1,3})\s*([DWMY])$")
+_YEARS_PER_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_MAX_AGE = 130
+
+
+def age_band(age: Any, bands: Sequence[float] = (40, 60, 80)) -> str:
+    """The age band of an age in years: ``"<40"``, ``"40-60"``, ``"60-80"``, ``">=80"`` by default.
+
+    ``"a-b"`` holds ``a <= age < b``. An age may be a number, a numeric string, or a DICOM age
+    string (``"063Y"``, ``"006M"``, ``"010W"``, ``"003D"``). Missing, unparseable, negative or
+    implausible (over 130) ages are ``"unknown"``.
+    """
+    years = _years(age)
+    if years is None:
+        return UNKNOWN
+    edges = sorted(bands)
+    if years < edges[0]:
+        return f"<{_fmt(edges[0])}"
+    for low, high in zip(edges, edges[1:]):
+        if low <= years < high:
+            return f"{_fmt(low)}-{_fmt(high)}"
+    return f">={_fmt(edges[-1])}"
+
+
+def _fmt(edge: float) -> str:
+    return str(int(edge)) if float(edge).is_integer() else str(edge)
+
+
+def _years(age: Any) -> float | None:
+    if age is None or isinstance(age, bool):
+        return None
+    if isinstance(age, str):
+        text = age.strip().upper()
+        match = _DICOM_AGE.match(text)
+        if match:
+            value = int(match.group(1)) * _YEARS_PER_UNIT[match.group(2)]
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    else:
+        try:
+            value = float(age)
+        except (TypeError, ValueError):
+            return None
+    return value if math.isfinite(value) and 0 <= value <= _MAX_AGE else None
+
+
+@dataclass(frozen=True)
+class Subgroup:
+    """One subgroup's counts and, when scored, its AUROC.
+
+    Attributes:
+        name: The group value.
+        n: Rows in the group.
+        positives: Positives among them.
+        auroc: NaN when not scored.
+        ci: ``(low, high)`` bootstrap interval of the AUROC (NaN when not scored).
+        scored: Whether the group met the size rules.
+        reason: Why it was not scored (empty when scored).
+    """
+
+    name: str
+    n: int
+    positives: int
+    auroc: float
+    ci: tuple[float, float]
+    scored: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SubgroupOutput:
+    """AUROC per subgroup and the gap between the best and the worst scored subgroups.
+
+    Attributes:
+        subgroups: Every group, scored or not, in name order.
+        worst: The scored group with the lowest AUROC (``None`` if none is scored).
+        best: The scored group with the highest AUROC.
+        gap: ``best - worst`` AUROC (NaN with fewer than two scored groups).
+        gap_ci: Paired bootstrap interval of the gap.
+        min_size: Rows a group needed to be scored.
+        min_positives: Positives (and negatives) a group needed to be scored.
+    """
+
+    subgroups: list[Subgroup]
+    worst: str | None
+    best: str | None
+    gap: float
+    gap_ci: tuple[float, float]
+    min_size: int
+    min_positives: int
+
+
+def subgroup_auroc(
+    labels: Any,
+    scores: Any,
+    groups: Sequence[Any],
+    min_size: int = 30,
+    min_positives: int = 5,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> SubgroupOutput:
+    """AUROC per subgroup with bootstrap intervals, the worst subgroup and the largest gap.
+
+    Args:
+        labels: ``(N,)`` 0/1 (``-1``: uncertain, left out).
+        scores: ``(N,)`` (NaN: no score, left out).
+        groups: ``N`` group values (e.g. :func:`age_band` of each row); ``None`` is ``"unknown"``.
+        min_size: A group with fewer rows is listed, not scored.
+        min_positives: A group with fewer positives, or fewer negatives, is listed, not scored.
+        bootstrap: Replicates for each interval (0: no intervals).
+        seed: Bootstrap seed.
+        level: Interval coverage.
+
+    Returns:
+        The groups and the gap. The gap's interval is paired: each replicate resamples every
+        (group, class) stratum of the best and the worst groups with replacement, keeping its
+        size, and recomputes both AUROCs (other groups' strata do not enter the gap).
+    """
+    raw = np.asarray(labels).astype(int).ravel()
+    values = np.asarray(scores, dtype=float).ravel()
+    names = np.asarray([UNKNOWN if g is None else str(g) for g in groups])
+    if not raw.size == values.size == names.size:
+        raise ValueError(f"{raw.size} labels, {values.size} scores and {names.size} groups")
+    kept = (raw >= 0) & ~np.isnan(values)
+    y, s = _check(raw[kept], values[kept])
+    names = names[kept]
+    rows: list[Subgroup] = []
+    for name in sorted(set(names.tolist())):
+        members = names == name
+        yg, sg = y[members], s[members]
+        n, positives = int(yg.size), int(yg.sum())
+        reason = ""
+        if n < min_size:
+            reason = f"{n} rows, fewer than {min_size}"
+        elif min(positives, n - positives) < max(min_positives, 1):
+            reason = f"{positives} positives and {n - positives} negatives, fewer than {max(min_positives, 1)}"
+        if reason:
+            rows.append(Subgroup(name, n, positives, NAN, (NAN, NAN), False, reason))
+        else:
+            ci = bootstrap_ci(yg, sg, _plain_auroc, bootstrap, seed, level)
+            rows.append(Subgroup(name, n, positives, _plain_auroc(yg, sg), ci, True))
+    scored = [row for row in rows if row.scored]
+    if not scored:
+        return SubgroupOutput(rows, None, None, NAN, (NAN, NAN), min_size, min_positives)
+    worst = min(scored, key=lambda row: row.auroc)
+    best = max(scored, key=lambda row: row.auroc)
+    if len(scored) < 2:
+        return SubgroupOutput(rows, worst.name, best.name, NAN, (NAN, NAN), min_size, min_positives)
+    gap_ci = _gap_interval(y, s, names == best.name, names == worst.name, bootstrap, seed, level)
+    return SubgroupOutput(rows, worst.name, best.name, best.auroc - worst.auroc, gap_ci, min_size, min_positives)
+
+
+def _gap_interval(
+    y: np.ndarray, s: np.ndarray, best: np.ndarray, worst: np.ndarray, samples: int, seed: int, level: float
+) -> tuple[float, float]:
+    """Percentile interval of ``AUROC(best) - AUROC(worst)``, resampled within each (group, class)."""
+    if samples <= 0:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    strata = [[np.flatnonzero(members & (y == c)) for c in (1, 0)] for members in (best, worst)]
+    gaps = np.empty(samples)
+    for replicate in range(samples):
+        pair = []
+        for positives, negatives in strata:
+            rows = np.concatenate([rng.choice(positives, positives.size), rng.choice(negatives, negatives.size)])
+            pair.append(_plain_auroc(y[rows], s[rows]))
+        gaps[replicate] = pair[0] - pair[1]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(gaps, [tail, 100 - tail])
+    return float(low), float(high)
