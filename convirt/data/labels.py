@@ -142,6 +142,8 @@ def _nih_rows(table: Path, root: Path) -> Iterator[Row]:
                 view=(record.get("View Position") or "").strip(),
                 source="nih-chestxray14",
                 study_id=f"nih-{int(record['Patient ID'])}-{record.get('Follow-up #', '').strip()}",
+                sex=(record.get("Patient Gender") or "").strip(),
+                age=(record.get("Patient Age") or "").strip(),
             )
 
 
@@ -182,6 +184,8 @@ def _chexpert_rows(table: Path, root: Path, uncertain: str) -> Iterator[Row]:
                 source="chexpert",
                 study_id=f"{patient}-{study}",
                 uncertain=unsure,
+                sex=(record.get("Sex") or "").strip(),
+                age=(record.get("Age") or "").strip(),
             )
 
 

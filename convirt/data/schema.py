@@ -39,6 +39,8 @@ class Row:
             under the ``ignore`` policy).
         sections: The report cut into canonical sections (see :mod:`convirt.data.reports`), where
             the archive or the writer did so.
+        sex, age: The patient's sex and age at the study as the archive writes them (``M``, ``063Y``,
+            ``42``), where it does: evaluation reads them for subgroups; nothing shows them.
         problem: Why the reader could not use the row (``non_utf8_text``, ...); the writer drops
             and counts it under that reason.
     """
@@ -54,6 +56,8 @@ class Row:
     study_id: str = ""
     uncertain: list[str] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
+    sex: str = ""
+    age: str = ""
     problem: str = ""
 
     def metadata(self) -> dict[str, object]:
@@ -66,6 +70,8 @@ class Row:
             "study_id": self.study_id,
             **({"uncertain": list(self.uncertain)} if self.uncertain else {}),
             **({"sections": dict(self.sections)} if self.sections else {}),
+            **({"sex": self.sex} if self.sex else {}),
+            **({"age": self.age} if self.age else {}),
         }
 
 

@@ -45,6 +45,7 @@ def test_chexpert_uncertainty_policies(tmp_path):
         tmp_path / "root" / "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"
     )
     assert zeros[1].labels == ["No Finding"]
+    assert (zeros[0].metadata()["sex"], zeros[0].metadata()["age"]) == ("Male", "73")  # for subgroups
     assert list(read_label_rows(table, uncertain="ones"))[0].labels == ["Cardiomegaly", "Edema"]
     ignored = list(read_label_rows(table, uncertain="ignore"))[0]
     assert ignored.labels == ["Cardiomegaly"] and ignored.uncertain == ["Edema"]
@@ -73,6 +74,16 @@ def test_nih_rows_find_images_anywhere_under_the_folder(tmp_path, phantom_csv):
     assert rows[0].labels == ["Cardiomegaly", "Emphysema"] and rows[0].patient_id == "nih-1"
     assert rows[0].image_path == str(tmp_path / "images_001/images/00000001_000.png")
     assert rows[1].labels == ["No Finding"] and rows[1].view == "AP"
+    assert {k: rows[0].metadata()[k] for k in ("sex", "age")} == {"sex": "M", "age": "57"}
+
+
+def test_a_generic_table_carries_sex_and_age_and_rows_without_them_carry_nothing(tmp_path):
+    """cxr-eval's labels.csv layout: image, labels, patient_id, ..., age, sex."""
+    table = tmp_path / "labels.csv"
+    table.write_text("image,labels,patient_id,view,age,sex\na.png,No Finding,p1,PA,42,M\nb.png,Nodule,p2,AP,,\n")
+    rows = list(read_label_rows(table))
+    assert (rows[0].metadata()["sex"], rows[0].metadata()["age"]) == ("M", "42")
+    assert "sex" not in rows[1].metadata() and "age" not in rows[1].metadata()
 
 
 @requires_shared_data("metadata-samples", "Data_Entry_2017_v2020.csv.gz")

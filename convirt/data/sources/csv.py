@@ -24,7 +24,7 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Keys of a record that stands for an unparseable line (never column names: they start with "__").
 _PROBLEM, _PROBLEM_KEY = "__problem__", "__key__"
 
-FIELDS = ("image", "text", "patient_id", "study_id", "view", "labels", "source", "split")
+FIELDS = ("image", "text", "patient_id", "study_id", "view", "labels", "source", "split", "sex", "age")
 
 
 def key_from_path(path: str) -> str:
@@ -117,6 +117,8 @@ def _row_from_record(
         source=_text(record.get(named["source"]))[0] or source_name,
         split=_text(record.get(named["split"]))[0] or None,
         study_id=_text(record.get(named["study_id"]))[0],
+        sex=_text(record.get(named["sex"]))[0],
+        age=_text(record.get(named["age"]))[0],
         problem="non_utf8_text" if bad_text else "",
     )
 
