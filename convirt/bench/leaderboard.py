@@ -17,6 +17,7 @@ from convirt._io import write_text
 
 # Protocols that count rather than score (the leakage audit's copies): shown, never marked best.
 UNRANKED = {"leakage"}
+LOWER_IS_BETTER = {"subgroups"}  # its headline is a gap between subgroups: the smallest is best
 
 # The words people read for the parts of a metric key (convirt.bench.protocols writes the keys:
 # ``descriptors/mean_auroc``, ``k10/mean_auroc``, ``linear@0.1/mean_auroc``, ``map_at_5`` ...).
@@ -118,8 +119,13 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
             "|---|" + "---:|" * len(columns),
         ]
         top = {
-            protocol: max(
-                (best[m, task, protocol]["value"] for m in models if (m, task, protocol) in best), default=math.nan
+            protocol: (min if protocol in LOWER_IS_BETTER else max)(
+                (
+                    best[m, task, protocol]["value"]
+                    for m in models
+                    if (m, task, protocol) in best and best[m, task, protocol]["value"] is not None
+                ),
+                default=math.nan,
             )
             for protocol, _ in columns
         }

@@ -27,6 +27,7 @@ from convirt.zeroshot.evaluate import evaluate_zeroshot
 from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci, mean_ci
 from convirt.zeroshot.probe import probe_embedded
 from convirt.zeroshot.robustness import score_phrasings
+from convirt.zeroshot.subgroups import age_band, subgroup_auroc
 
 NAN = float("nan")
 Rows = list[dict[str, Any]]
@@ -226,6 +227,54 @@ def image_text(
     return rows
 
 
+SUBGROUP_COLUMNS = ("sex", "age_band", "view", "source")  # metadata a task's subgroups may come from
+
+
+def subgroups(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Zero-shot (descriptor) AUROC per subgroup of each metadata column the task declares
+    (``columns``: of :data:`SUBGROUP_COLUMNS`; ``age_band`` cuts ``age`` at ``bands``, 40/60/80 by
+    default), with n and CI; groups under ``min_size`` rows or ``min_positives`` positives are listed
+    with their n and no value. Per column and finding, the gap between the best and the worst
+    subgroup with its paired bootstrap CI comes first (the headline: the first column's first finding)."""
+    loaded.require_text("subgroup zero-shot diagnosis")
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs subgroups but names no descriptor set (descriptors:)")
+    columns = list(options.get("columns", ["sex", "age_band", "view"]))
+    if unknown := [c for c in columns if c not in SUBGROUP_COLUMNS]:
+        raise ValueError(
+            f"task {task.name!r}: unknown subgroup columns {unknown}; known: {', '.join(SUBGROUP_COLUMNS)}"
+        )
+    bands = tuple(options.get("bands", (40, 60, 80)))
+    evaluation = evaluate_zeroshot(
+        loaded.model, loaded.tokenizer, load_descriptors(task.descriptors), images, task.labels, bootstrap=0, seed=seed
+    )
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    scores = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    gaps: Rows = []
+    groups_rows: Rows = []
+    for column in columns:
+        groups = [
+            age_band(meta.get("age"), bands) if column == "age_band" else str(meta.get(column) or "unknown")
+            for meta in images.meta
+        ]
+        for f, name in enumerate(names):
+            found = subgroup_auroc(
+                evaluation.labels[:, f],
+                scores[:, f],
+                groups,
+                min_size=int(options.get("min_size", 30)),
+                min_positives=int(options.get("min_positives", 5)),
+                bootstrap=bootstrap,
+                seed=seed,
+            )
+            gaps.append(_row(f"{column}/gap/{name}", found.gap, found.gap_ci, len(groups)))
+            for group in found.subgroups:
+                groups_rows.append(_row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n))
+    return gaps + groups_rows
+
+
 # A protocol returns its rows, or a dict of them (``rows``) and what else its result file keeps (``scores``).
 Protocol = Callable[..., Rows | dict[str, Any]]
 PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
@@ -236,9 +285,10 @@ PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "probe": probe,
     "image_text": image_text,
     "reports": reports,
+    "subgroups": subgroups,
 }
 NEEDS_TEXTS = {"image_text", "reports"}  # protocols that read the task's report embeddings
-NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text", "reports"}  # refused on an image-only encoder
+NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text", "reports", "subgroups"}  # refused on an image-only encoder
 TEXT_ONLY = {"reports"}  # protocols that read no image (a task of text-only shards, such as Open-i's reports)
 # The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
 # mean AUROC over phrasings, kNN's mean AUROC, mAP@k, the linear probe's mean AUROC with all labels,

@@ -72,3 +72,14 @@ def test_the_leaderboard_names_its_columns_in_words_and_the_csv_keeps_the_keys(t
         ("b", "probe", "linear@1/mean_auroc"),
     ]
     assert float(table[2]["value"]) == 0.8 and table[2]["name"] == "linear probe, 100% labels: mean AUROC"
+
+
+def test_the_smallest_subgroup_gap_is_the_best(tmp_path):
+    rows = [
+        _row("a", "subgroups", "sex/gap/Pneumonia", 0.05, 0.01, 0.09),
+        _row("b", "subgroups", "sex/gap/Pneumonia", 0.20, 0.12, 0.28),
+        _row("c", "subgroups", "sex/gap/Pneumonia", None),  # fewer than two subgroups scored
+    ]
+    board = write_leaderboard(rows, ["a", "b", "c"], tmp_path).read_text(encoding="utf-8")
+    lines = {line.split(" | ")[0]: line for line in board.splitlines() if line.startswith("| ")}
+    assert "**0.050 [0.010, 0.090]**" in lines["| a"] and "**" not in lines["| b"] and "n/a" in lines["| c"]
