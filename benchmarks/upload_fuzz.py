@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -41,33 +40,18 @@ def tiny_service_files(work: Path) -> tuple[Path, Path]:
     checkpoint, index = work / "tiny.ckpt", work / "index"
     if checkpoint.is_file() and (index / "info.json").is_file():
         return checkpoint, index
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     from convirt.data.inputs import read_image_rows
-    from convirt.data.sources.phantom import FINDINGS, write_phantom
+    from convirt.data.sources.phantom import write_phantom
     from convirt.embeddings.encode import embed_image_files
     from convirt.models.fingerprint import model_fingerprint
     from convirt.models.sources import load_model
     from convirt.retrieval import build_index_folder
     from convirt.training import save_initial_checkpoint
+    from tests.conftest import write_tiny_bert
 
     rows_csv = write_phantom(work / "phantom", num_samples=64, seed=0, size=96, progress=False)
-    text = rows_csv.read_text(encoding="utf-8").lower() + " " + " ".join(FINDINGS).lower()
-    words = sorted(set(re.findall(r"[a-z]+|[^\sa-z]", text)) | {"there", "is", "no", "indicating", "a", "or"})
-    bert = work / "tiny-bert"
-    bert.mkdir(parents=True, exist_ok=True)
-    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=True).save_pretrained(bert)
-    config = BertConfig(
-        vocab_size=len(words) + 5,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    BertModel(config).save_pretrained(bert)
-    save_initial_checkpoint(str(checkpoint), "test-tiny", pretrained=False, text_model_path=str(bert))
+    bert = write_tiny_bert(work / "tiny-bert", rows_csv)
+    save_initial_checkpoint(str(checkpoint), "test-tiny", pretrained=False, text_model_path=bert)
     loaded = load_model(str(checkpoint))
     rows = read_image_rows(rows_csv)
     vectors = embed_image_files(loaded.model, [row.image_path for row in rows], loaded.preprocess_cfg)

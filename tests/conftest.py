@@ -41,15 +41,15 @@ def phantom_shards(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 2-layer, 32-wide BERT with a WordPiece vocabulary built from the phantom reports."""
+def write_tiny_bert(out: Path, reports_csv: Path) -> str:
+    """A 2-layer, 32-wide BERT in ``out`` with a WordPiece vocabulary built from a phantom row table's
+    reports (and the phantom findings); its folder."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from convirt.data.sources.phantom import FINDINGS
 
-    out = tmp_path_factory.mktemp("tiny-bert")
-    words = set(re.findall(r"[a-z]+|[^\sa-z]", phantom_csv.read_text(encoding="utf-8").lower()))
+    out.mkdir(parents=True, exist_ok=True)
+    words = set(re.findall(r"[a-z]+|[^\sa-z]", reports_csv.read_text(encoding="utf-8").lower()))
     words |= set(re.findall(r"[a-z]+", " ".join(FINDINGS).lower())) | {"there", "is", "no", "indicating", "a", "or"}
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -64,6 +64,12 @@ def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory)
     )
     BertModel(config).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with a WordPiece vocabulary built from the phantom reports."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), phantom_csv)
 
 
 def requires_shared_data(*parts: str) -> pytest.MarkDecorator:

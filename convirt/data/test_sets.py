@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from convirt.data.labels import open_table
@@ -124,31 +124,29 @@ def read_vindr_image_labels(table: Path, images: Path) -> Iterator[Row]:
     records = _records(table, ("image_id",), "VinDr-CXR image_labels file")
     findings = [c for c in records[0] if c not in ("image_id", "rad_id")] if records else []
     check_finding_names(findings, table, "VinDr-CXR image_labels (a column per finding)")
-    split = "test" if "test" in table.name else "train"
-    positive: dict[str, set[str]] = {}
-    path_of: dict[str, Path] = {}
-    for record in records:
-        image = record["image_id"]
-        path_of.setdefault(image, images / split / f"{image}.dicom")
-        marked = {f for f in findings if record.get(f) in ("1", "1.0") and f.lower() != VINDR_NO_FINDING}
-        positive.setdefault(image, set()).update(marked)
-    return _rows_by_image(positive, path_of, "vindr-cxr")
+    return _vindr_rows(table, images, records, lambda record: {f for f in findings if record.get(f) in ("1", "1.0")})
 
 
 def read_vindr_boxes(table: Path, images: Path) -> Iterator[Row]:
     """Box rows (``image_id``, ``class_name``, a row per box and reader): positive when any reader boxed it."""
     records = _records(table, VINDR_BOX_COLUMNS, "VinDr-CXR box rows (image_id, class_name)")
-    names = {record["class_name"] for record in records} - {""}
-    check_finding_names(names, table, "VinDr-CXR box rows (class_name)")
+    check_finding_names({record["class_name"] for record in records} - {""}, table, "VinDr-CXR box rows (class_name)")
+    return _vindr_rows(table, images, records, lambda record: {record["class_name"]} - {""})
+
+
+def _vindr_rows(
+    table: Path, images: Path, records: list[dict[str, str]], marked: Callable[[dict[str, str]], set[str]]
+) -> Iterator[Row]:
+    """One row per image of ``records`` (a record per reader, or per box and reader): the findings
+    ``marked`` in any of its records but "No finding"; the image ``{test,train}/{image_id}.dicom``."""
     split = "test" if "test" in table.name else "train"
     positive: dict[str, set[str]] = {}
     path_of: dict[str, Path] = {}
     for record in records:
         image = record["image_id"]
         path_of.setdefault(image, images / split / f"{image}.dicom")
-        finding = record["class_name"]
-        if finding and finding.lower() != VINDR_NO_FINDING:
-            positive.setdefault(image, set()).add(finding)
+        found = {finding for finding in marked(record) if finding.lower() != VINDR_NO_FINDING}
+        positive.setdefault(image, set()).update(found)
     return _rows_by_image(positive, path_of, "vindr-cxr")
 
 
