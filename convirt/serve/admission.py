@@ -130,11 +130,12 @@ class Admission:
             too_long = f"the request body is over the limit of {self.max_body} bytes ({declared} declared)"
             await _answer(send, 413, too_long)
             return
-        if self._places().locked() and self.waiting >= self.max_waiting:
+        # Counted in the same step as the check (no await between): a burst cannot pass it.
+        if self.active + self.waiting >= self.max_active + self.max_waiting:
             self.refused += 1
             await _answer(send, 503, "the service is busy: too many requests are waiting; try again shortly", 1)
             return
-        self.waiting += 1  # counted here, in the same step as the check: a burst cannot pass it
+        self.waiting += 1
         queued = [True]  # until the request takes a place
         started, read = False, 0
 

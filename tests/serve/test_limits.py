@@ -296,14 +296,26 @@ def test_a_burst_cannot_pass_the_queue():
         await release.wait()
         await JSONResponse({})(scope, receive, send)
 
-    admission = Admission(slow, max_active=1, max_waiting=1, deadline_s=None)
+    admission = Admission(slow, max_active=1, max_waiting=1, deadline_s=60)  # a deadline: its own task
+
+    async def one(statuses: list[int]) -> None:
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "GET", "path": "/a", "headers": [], "query_string": b""}
+        await admission(scope, receive, send)
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=admission), base_url=LOCAL) as client:
-            burst = [asyncio.create_task(client.get("/a")) for _ in range(6)]  # all in one turn of the loop
-            await asyncio.sleep(0.1)
-            release.set()
-            return [answer.status_code for answer in await asyncio.gather(*burst)]
+        statuses: list[int] = []
+        burst = [asyncio.create_task(one(statuses)) for _ in range(6)]  # all admitted in one turn of the loop
+        await asyncio.sleep(0.1)
+        release.set()
+        await asyncio.gather(*burst)
+        return statuses
 
     assert sorted(asyncio.run(scenario())) == [200, 200, 503, 503, 503, 503]
 
