@@ -17,7 +17,8 @@ from convirt._io import write_text
 
 # Protocols that count rather than score (the leakage audit's copies): shown, never marked best.
 UNRANKED = {"leakage"}
-LOWER_IS_BETTER = {"subgroups"}  # its headline is a gap between subgroups: the smallest is best
+# Their headlines are a gap between subgroups and a calibration error: the smallest is best.
+LOWER_IS_BETTER = {"subgroups", "calibration"}
 
 # The words people read for the parts of a metric key (convirt.bench.protocols writes the keys:
 # ``descriptors/mean_auroc``, ``k10/mean_auroc``, ``linear@0.1/mean_auroc``, ``map_at_5`` ...).
@@ -28,6 +29,7 @@ PROTOCOL_NAMES = {
     "knn": "kNN diagnosis",
     "retrieval": "image retrieval",
     "leakage": "leakage",
+    "calibration": "calibration",
 }
 QUALIFIER_NAMES = {"descriptors": "descriptors", "names": "finding names", "ensemble": "template ensemble"}
 DIRECTION_NAMES = {"image_to_text": "image→text", "text_to_image": "text→image"}
@@ -42,6 +44,17 @@ MEASURE_NAMES = {
     "leaked": "test images in training",
     "exact": "exact copies in training",
     "near": "near copies in training",
+    "ece_after": "mean ECE after",
+    "ece_before": "mean ECE before",
+    "brier_after": "mean Brier score after",
+    "brier_before": "mean Brier score before",
+}
+RATE_NAMES = {
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "threshold": "threshold",
 }
 
 
@@ -64,6 +77,8 @@ def metric_name(protocol: str, metric: str) -> str:
     """The name people read for a protocol's metric key: ``probe``, ``linear@1/mean_auroc`` ->
     ``linear probe, 100% labels: mean AUROC``; ``image_text``, ``image_to_text/recall_at_5`` ->
     ``image→text recall@5``. A key of another shape reads as ``protocol metric``."""
+    if (named := _per_finding_name(protocol, metric)) is not None:
+        return named
     qualifier, _, key = metric.rpartition("/")
     measure = _measure(key)
     method, at, fraction = qualifier.partition("@")
@@ -80,6 +95,19 @@ def metric_name(protocol: str, metric: str) -> str:
         if what and not qualifier:
             return f"{what}: {measure}"
     return f"{protocol} {metric}"
+
+
+def _per_finding_name(protocol: str, metric: str) -> str | None:
+    """Names of the per-finding keys of the evaluation protocols (``sex/gap/Pneumonia``,
+    ``sensitivity>=0.90/specificity/Pneumonia``); None for any other key."""
+    parts = metric.split("/")
+    if protocol == "operating_points" and len(parts) == 3 and parts[1] in RATE_NAMES:
+        return f"operating point {parts[0]} on validation: {RATE_NAMES[parts[1]]} ({parts[2]})"
+    if protocol == "subgroups" and len(parts) == 3 and parts[1] == "gap":
+        return f"subgroups by {parts[0]}: AUROC gap, best - worst ({parts[2]})"
+    if protocol == "subgroups" and len(parts) == 4 and parts[2] == "auroc":
+        return f"subgroup {parts[0]} {parts[1]}: AUROC ({parts[3]})"
+    return None
 
 
 def format_cell(row: dict[str, Any] | None) -> str:

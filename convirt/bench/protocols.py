@@ -25,9 +25,11 @@ from convirt.retrieval.metrics import per_query_retrieval, same_patient_exclusio
 from convirt.zeroshot import Method, load_descriptors
 from convirt.zeroshot.evaluate import evaluate_zeroshot
 from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci, mean_ci
+from convirt.zeroshot.operating_points import RATES
 from convirt.zeroshot.probe import probe_embedded
 from convirt.zeroshot.robustness import score_phrasings
 from convirt.zeroshot.subgroups import age_band, subgroup_auroc
+from convirt.zeroshot.validated import VALIDATION_FRACTION, CalibrationReport, fit_on_validation, report_on_test
 
 NAN = float("nan")
 Rows = list[dict[str, Any]]
@@ -37,9 +39,12 @@ def _number(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _row(metric: str, value: float, ci: tuple[float, float] = (NAN, NAN), n: int = 0) -> dict[str, Any]:
-    """One result row; an undefined value or CI bound is ``None`` (JSON null)."""
-    return {"metric": metric, "value": _number(value), "ci_low": _number(ci[0]), "ci_high": _number(ci[1]), "n": int(n)}
+def _row(
+    metric: str, value: float, ci: tuple[float, float] = (NAN, NAN), n: int = 0, positives: int | None = None
+) -> dict[str, Any]:
+    """One result row; an undefined value or CI bound is ``None`` (JSON null); ``positives`` where counted."""
+    row = {"metric": metric, "value": _number(value), "ci_low": _number(ci[0]), "ci_high": _number(ci[1]), "n": int(n)}
+    return row if positives is None else {**row, "positives": int(positives)}
 
 
 def auroc_rows(
@@ -238,18 +243,13 @@ def subgroups(
     default), with n and CI; groups under ``min_size`` rows or ``min_positives`` positives are listed
     with their n and no value. Per column and finding, the gap between the best and the worst
     subgroup with its paired bootstrap CI comes first (the headline: the first column's first finding)."""
-    loaded.require_text("subgroup zero-shot diagnosis")
-    if not task.descriptors:
-        raise ValueError(f"task {task.name!r} runs subgroups but names no descriptor set (descriptors:)")
     columns = list(options.get("columns", ["sex", "age_band", "view"]))
     if unknown := [c for c in columns if c not in SUBGROUP_COLUMNS]:
         raise ValueError(
             f"task {task.name!r}: unknown subgroup columns {unknown}; known: {', '.join(SUBGROUP_COLUMNS)}"
         )
     bands = tuple(options.get("bands", (40, 60, 80)))
-    evaluation = evaluate_zeroshot(
-        loaded.model, loaded.tokenizer, load_descriptors(task.descriptors), images, task.labels, bootstrap=0, seed=seed
-    )
+    evaluation = _descriptor_scores(loaded, task, images, seed, "subgroup zero-shot diagnosis")
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
     scores = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
     gaps: Rows = []
@@ -271,8 +271,105 @@ def subgroups(
             )
             gaps.append(_row(f"{column}/gap/{name}", found.gap, found.gap_ci, len(groups)))
             for group in found.subgroups:
-                groups_rows.append(_row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n))
+                row = _row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n, group.positives)
+                groups_rows.append(row)
     return gaps + groups_rows
+
+
+def _descriptor_scores(loaded: LoadedModel, task: Task, images: EmbeddingOutput, seed: int, what: str) -> Any:
+    loaded.require_text(what)
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs {what} but names no descriptor set (descriptors:)")
+    return evaluate_zeroshot(
+        loaded.model, loaded.tokenizer, load_descriptors(task.descriptors), images, task.labels, bootstrap=0, seed=seed
+    )
+
+
+def _validated(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, seed: int, bootstrap: int, rules: Any
+) -> tuple[CalibrationReport, int]:
+    """The task's descriptor probabilities calibrated and thresholded on a patient-grouped
+    validation fold (``fraction`` of the patients, seeded), reported on the rest; and the fold's size."""
+    evaluation = _descriptor_scores(loaded, task, images, seed, "calibration and operating points")
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    patients = [str(m.get("patient_id") or key) for m, key in zip(images.meta, images.keys)]
+    fitted = fit_on_validation(
+        evaluation.labels,
+        probs,
+        names,
+        images.keys,
+        patients,
+        method=str(options.get("method", "temperature")),
+        fraction=float(options.get("fraction", VALIDATION_FRACTION)),
+        seed=seed,
+        rules=rules,
+    )
+    test = fitted.test_rows
+    report = report_on_test(
+        fitted.calibration,
+        evaluation.labels[test],
+        probs[test],
+        names,
+        [images.keys[row] for row in test],
+        bootstrap,
+        seed,
+    )
+    return report, len(fitted.validation_rows)
+
+
+def calibration(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Zero-shot (descriptor) probabilities calibrated per finding (``method``: temperature or
+    platt) on a patient-grouped validation fold (``fraction`` of the patients, 0.3), reported on
+    the other patients: expected calibration error (15 equal-width bins, count-weighted) and
+    Brier score before and after, with CIs. The headline is the mean ECE after calibration."""
+    report, fitted_on = _validated(loaded, task, options, images, seed, bootstrap, rules=())
+    rows = [
+        _row(f"{measure}_{when}", value[when], ci[when], report.n)
+        for measure, value, ci in (
+            ("ece", report.mean_ece, report.mean_ece_ci),
+            ("brier", report.mean_brier, report.mean_brier_ci),
+        )
+        for when in ("after", "before")
+    ]
+    for name, found in report.findings.items():
+        for measure, value, ci in (("ece", found.ece, found.ece_ci), ("brier", found.brier, found.brier_ci)):
+            for when in ("before", "after"):
+                rows.append(_row(f"{measure}_{when}/{name}", value[when], ci[when], found.n, found.positives))
+        for parameter, value in found.parameters.items():
+            rows.append(_row(f"{parameter}/{name}", value, n=fitted_on))
+    return rows
+
+
+# Rules in the order the protocol reports them: the first, specificity while holding sensitivity at
+# 0.90 on validation, is the headline (what a screening reader asks of a model).
+OPERATING_RULES = ("sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90", "youden")
+
+
+def operating_points(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Thresholds chosen by named rules (``rules``) on the calibrated probabilities of a
+    patient-grouped validation fold, applied unchanged to the other patients and reported there:
+    sensitivity, specificity, PPV and NPV with CIs, and the threshold. Per rule, the rate the rule
+    does not fix comes first; the headline is the first rule's (specificity at sensitivity >= 0.90)."""
+    rules = tuple(options.get("rules", OPERATING_RULES))
+    report, fitted_on = _validated(loaded, task, options, images, seed, bootstrap, rules)
+    rows: Rows = []
+    for rule in rules:
+        for name, found in report.findings.items():
+            output = next(o for o in found.points if o.point.rule == rule)
+            fixed = rule.partition(">=")[0]
+            for rate in sorted(RATES, key=lambda rate: (rate == fixed, RATES.index(rate))):
+                rows.append(
+                    _row(
+                        f"{rule}/{rate}/{name}", output.values[rate], output.intervals[rate], output.n, output.positives
+                    )
+                )
+            rows.append(_row(f"{rule}/threshold/{name}", output.point.threshold, n=fitted_on))
+    return rows
 
 
 # A protocol returns its rows, or a dict of them (``rows``) and what else its result file keeps (``scores``).
@@ -286,9 +383,19 @@ PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "image_text": image_text,
     "reports": reports,
     "subgroups": subgroups,
+    "calibration": calibration,
+    "operating_points": operating_points,
 }
 NEEDS_TEXTS = {"image_text", "reports"}  # protocols that read the task's report embeddings
-NEEDS_TEXT_TOWER = {"zeroshot", "prompts", "image_text", "reports", "subgroups"}  # refused on an image-only encoder
+NEEDS_TEXT_TOWER = {
+    "zeroshot",
+    "prompts",
+    "image_text",
+    "reports",
+    "subgroups",
+    "calibration",
+    "operating_points",
+}  # refused on an image-only encoder
 TEXT_ONLY = {"reports"}  # protocols that read no image (a task of text-only shards, such as Open-i's reports)
 # The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
 # mean AUROC over phrasings, kNN's mean AUROC, mAP@k, the linear probe's mean AUROC with all labels,

@@ -18,7 +18,19 @@ from convirt.data.labels import FORMATS
 from convirt.data.test_sets import TEST_SET_FORMATS
 
 SUITES = Path(__file__).parent / "suites"
-PROTOCOLS = ("zeroshot", "prompts", "knn", "retrieval", "probe", "finetune", "image_text", "reports", "subgroups")
+PROTOCOLS = (
+    "zeroshot",
+    "prompts",
+    "knn",
+    "retrieval",
+    "probe",
+    "finetune",
+    "image_text",
+    "reports",
+    "subgroups",
+    "calibration",
+    "operating_points",
+)
 UNCERTAIN = ("zeros", "ones", "ignore")
 LABEL_FORMATS = (*FORMATS, *TEST_SET_FORMATS)
 

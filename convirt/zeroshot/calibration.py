@@ -9,7 +9,9 @@ through a sigmoid:
 
 A :class:`Calibration` remembers the fold it was fitted on (rows, positives, seed, a fingerprint
 and short hashes of its row ids, never the ids) so that :func:`check_not_fitted_on` can refuse to
-report on those rows.
+report on those rows. It may also carry operating points (:mod:`convirt.zeroshot.operating_points`)
+chosen on the same fold's calibrated probabilities, so that a service reading the file marks the
+findings that pass them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from scipy.special import expit, log_expit
 
 from convirt._io import write_json
 from convirt.zeroshot.folds import fold_fingerprint, row_hashes
+from convirt.zeroshot.operating_points import OperatingPoint, parse_rule
 
 FORMAT = "convirt-calibration/1"
 # Probabilities are clipped this far from 0 and 1 before the logit: a score of exactly 0 or 1 has none.
@@ -124,11 +127,14 @@ class Calibration:
         method: Temperature or Platt scaling.
         parameters: ``{finding: {"temperature": T}}`` or ``{finding: {"a": a, "b": b}}``.
         fold: The fitted rows.
+        operating_points: ``{finding: {rule: point}}`` chosen on the fold's calibrated
+            probabilities (empty when none were chosen).
     """
 
     method: CalibrationMethod
     parameters: dict[str, dict[str, float]]
     fold: FittedFold
+    operating_points: dict[str, dict[str, OperatingPoint]] = field(default_factory=dict)
 
     def apply(self, finding: str, probs: Any) -> np.ndarray:
         """Calibrated ``(N,)`` probabilities of ``finding`` from its raw ``(N,)`` probabilities."""
@@ -143,6 +149,10 @@ class Calibration:
         """Write the calibration as JSON (atomically), with its format version."""
         payload: dict[str, Any] = {"format": FORMAT, "method": self.method.value, "parameters": self.parameters}
         payload["fold"] = {**asdict(self.fold), "row_hashes": list(self.fold.row_hashes)}
+        payload["operating_points"] = {
+            finding: {rule: asdict(point) for rule, point in points.items()}
+            for finding, points in self.operating_points.items()
+        }
         return write_json(path, payload, indent=1)
 
     @classmethod
@@ -166,12 +176,25 @@ class Calibration:
                 str(fold["fingerprint"]),
                 tuple(str(h) for h in fold["row_hashes"]),
             )
+            points = {
+                str(finding): {str(rule): _point(rule, value) for rule, value in rules.items()}
+                for finding, rules in payload.get("operating_points", {}).items()
+            }
         except (KeyError, TypeError, AttributeError, ValueError, json.JSONDecodeError) as error:
             raise ValueError(f"not a calibration file: {error}") from None
         for finding, values in parameters.items():
             if not all(math.isfinite(v) for v in values.values()) or values.get("temperature", 1.0) <= 0:
                 raise ValueError(f"calibration file: bad parameters for {finding!r}: {values}")
-        return cls(method, parameters, fitted)
+        return cls(method, parameters, fitted, points)
+
+
+def _point(rule: str, value: dict[str, Any]) -> OperatingPoint:
+    parse_rule(rule)  # an unknown rule is a ValueError
+    threshold = float(value["threshold"])
+    if not math.isfinite(threshold):
+        raise ValueError(f"operating point {rule!r}: threshold {threshold}")
+    achieved = {str(k): float(v) for k, v in value["achieved"].items()}
+    return OperatingPoint(str(value["rule"]), threshold, achieved, int(value["n"]), int(value["positives"]))
 
 
 def fit_calibration(

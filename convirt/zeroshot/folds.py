@@ -24,6 +24,7 @@ def validation_split(
     seed: int = 0,
     labels: Any = None,
     names: Sequence[str] | None = None,
+    require_both_classes: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split rows into a validation side (about ``fraction`` of the patients) and a test side.
 
@@ -41,13 +42,16 @@ def validation_split(
         seed: Seed of the draw.
         labels: ``(N,)`` or ``(N, F)`` 0/1 labels (``-1``: uncertain, not counted), or ``None``.
         names: ``F`` finding names for error messages (default ``finding 0``, ...).
+        require_both_classes: Refuse a split that leaves a side without positives or negatives
+            of a finding (``False``: the caller leaves such findings out itself).
 
     Returns:
         ``(val_idx, test_idx)``: sorted row positions of each side.
 
     Raises:
         ValueError: A row has no patient id, the fraction is outside ``(0, 1)``, there are fewer
-            than two patients, or a side would have no positives or no negatives for a finding.
+            than two patients, or (``require_both_classes``) a side would have no positives or
+            no negatives for a finding.
     """
     groups = _patient_groups(patient_ids)
     if not 0 < fraction < 1:
@@ -65,7 +69,7 @@ def validation_split(
         )
     on_val = np.isin(patient_of, held)
     val_idx, test_idx = np.flatnonzero(on_val), np.flatnonzero(~on_val)
-    if matrix is not None:
+    if matrix is not None and require_both_classes:
         _check_both_classes(matrix, val_idx, test_idx, names)
     return np.sort(val_idx), np.sort(test_idx)
 

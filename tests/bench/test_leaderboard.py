@@ -21,6 +21,15 @@ from convirt.bench.leaderboard import metric_name, write_leaderboard
         ("retrieval", "map_at_5", "image retrieval: mAP@5"),
         ("prompts", "mean_auroc", "prompt robustness: mean AUROC"),
         ("leakage", "leaked", "leakage: test images in training"),
+        ("calibration", "ece_after", "calibration: mean ECE after"),
+        ("calibration", "brier_before", "calibration: mean Brier score before"),
+        ("subgroups", "sex/gap/Pneumonia", "subgroups by sex: AUROC gap, best - worst (Pneumonia)"),
+        ("subgroups", "age_band/>=80/auroc/Pneumonia", "subgroup age_band >=80: AUROC (Pneumonia)"),
+        (
+            "operating_points",
+            "specificity>=0.90/ppv/Pneumonia",
+            "operating point specificity>=0.90 on validation: PPV (Pneumonia)",
+        ),
         # A key of a shape not known here reads as before, never as a wrong name.
         ("zeroshot", "descriptors/auroc/Edema", "zeroshot descriptors/auroc/Edema"),
         ("newprotocol", "k3/mean_auroc", "newprotocol k3/mean_auroc"),

@@ -1,0 +1,68 @@
+"""The calibration and operating_points protocols: fitted and chosen on a validation fold of the
+task's patients, reported on the others."""
+
+import pytest
+
+from convirt.bench.leaderboard import LOWER_IS_BETTER, metric_name
+from convirt.bench.protocols import calibration, operating_points
+from convirt.bench.suite import Task
+from convirt.data.inputs import read_image_rows
+from convirt.embeddings.encode import EmbeddingOutput, embed_image_files
+from convirt.models.sources import load_model
+
+
+@pytest.fixture(scope="module")
+def embedded(labels_csv, tiny_checkpoint):
+    loaded = load_model(str(tiny_checkpoint))
+    rows = read_image_rows(labels_csv)
+    vectors = embed_image_files(loaded.model, [row.image_path for row in rows], loaded.preprocess_cfg)
+    images = EmbeddingOutput(vectors, keys=[row.key for row in rows], meta=[row.metadata() for row in rows])
+    task = Task(name="phantom", data=labels_csv, descriptors="phantom", labels=["Cardiomegaly", "Edema"])
+    return loaded, task, images
+
+
+def test_calibration_rows_report_the_test_side_before_and_after(embedded):
+    loaded, task, images = embedded
+    found = calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    by_metric = {row["metric"]: row for row in found}
+    assert found[0]["metric"] == "ece_after"  # the headline: mean ECE after calibration
+    assert {"ece_before", "brier_after", "brier_before"} <= set(by_metric)
+    fitted_on = by_metric["temperature/Edema"]["n"]
+    reported_on = by_metric["ece_after"]["n"]
+    assert fitted_on + reported_on == len(images.keys) and 0 < fitted_on < reported_on
+    for name in ("Cardiomegaly", "Edema"):
+        for key in ("ece_before", "ece_after", "brier_before", "brier_after"):
+            row = by_metric[f"{key}/{name}"]
+            assert 0 <= row["value"] <= 1 and row["ci_low"] <= row["ci_high"] and row["n"] == reported_on
+            assert 0 < row["positives"] < row["n"]
+        assert by_metric[f"temperature/{name}"]["value"] > 0
+    # The same seed draws the same fold; another seed another one.
+    assert calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=0)[0]["value"] == pytest.approx(
+        found[0]["value"]
+    )
+    platt = calibration(loaded, task, {"fraction": 0.4, "method": "platt"}, images, None, seed=3, bootstrap=0)
+    assert {"a/Edema", "b/Edema"} <= {row["metric"] for row in platt}
+    assert "calibration" in LOWER_IS_BETTER
+    assert metric_name("calibration", "ece_after") == "calibration: mean ECE after"
+
+
+def test_operating_point_rows_per_rule_with_the_threshold_chosen_on_validation(embedded):
+    loaded, task, images = embedded
+    found = operating_points(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    assert found[0]["metric"] == "sensitivity>=0.90/specificity/Cardiomegaly"  # the headline
+    by_metric = {row["metric"]: row for row in found}
+    for rule in ("sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90", "youden"):
+        for name in ("Cardiomegaly", "Edema"):
+            for rate in ("sensitivity", "specificity", "ppv", "npv"):
+                row = by_metric[f"{rule}/{rate}/{name}"]
+                assert row["value"] is None or 0 <= row["value"] <= 1
+            threshold = by_metric[f"{rule}/threshold/{name}"]
+            assert threshold["n"] + by_metric[f"{rule}/sensitivity/{name}"]["n"] == len(images.keys)
+    assert by_metric["youden/sensitivity/Edema"]["metric"] == "youden/sensitivity/Edema"
+    assert metric_name("operating_points", found[0]["metric"]) == (
+        "operating point sensitivity>=0.90 on validation: specificity (Cardiomegaly)"
+    )
+    one = operating_points(loaded, task, {"fraction": 0.4, "rules": ["youden"]}, images, None, seed=3, bootstrap=0)
+    assert {row["metric"].split("/")[0] for row in one} == {"youden"}
+    with pytest.raises(ValueError, match="unknown operating-point rule"):
+        operating_points(loaded, task, {"rules": ["f1"]}, images, None, seed=3, bootstrap=0)
