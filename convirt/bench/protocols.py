@@ -29,7 +29,7 @@ from convirt.zeroshot.operating_points import RATES
 from convirt.zeroshot.probe import probe_embedded
 from convirt.zeroshot.robustness import score_phrasings
 from convirt.zeroshot.subgroups import age_band, subgroup_auroc
-from convirt.zeroshot.validated import VALIDATION_FRACTION, CalibrationReport, fit_on_validation, report_on_test
+from convirt.zeroshot.validated import VALIDATION_FRACTION, CalibrationReport, validate
 
 NAN = float("nan")
 Rows = list[dict[str, Any]]
@@ -294,7 +294,7 @@ def _validated(
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
     probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
     patients = [str(m.get("patient_id") or key) for m, key in zip(images.meta, images.keys)]
-    fitted = fit_on_validation(
+    validated = validate(
         evaluation.labels,
         probs,
         names,
@@ -303,19 +303,10 @@ def _validated(
         method=str(options.get("method", "temperature")),
         fraction=float(options.get("fraction", VALIDATION_FRACTION)),
         seed=seed,
+        bootstrap=bootstrap,
         rules=rules,
     )
-    test = fitted.test_rows
-    report = report_on_test(
-        fitted.calibration,
-        evaluation.labels[test],
-        probs[test],
-        names,
-        [images.keys[row] for row in test],
-        bootstrap,
-        seed,
-    )
-    return report, len(fitted.validation_rows)
+    return validated.report, validated.calibration.fold.n
 
 
 def calibration(

@@ -237,16 +237,20 @@ def fit_calibration(
     return Calibration(chosen, parameters, fold)
 
 
+class FittedRowsError(ValueError):
+    """Rows to report on include rows a calibration was fitted on."""
+
+
 def check_not_fitted_on(calibration: Calibration, row_ids: Sequence[Any]) -> None:
     """Refuse to report on rows the calibration was fitted on.
 
     Raises:
-        ValueError: Any of ``row_ids`` is one of the fitted fold's rows.
+        FittedRowsError: Any of ``row_ids`` is one of the fitted fold's rows.
     """
     fitted = set(calibration.fold.row_hashes)
     overlap = sum(1 for h in row_hashes(row_ids) if h in fitted)
     if overlap:
-        raise ValueError(
+        raise FittedRowsError(
             f"{overlap} of the {len(set(map(str, row_ids)))} rows to report on were used to fit this calibration"
             f" (fold {calibration.fold.fingerprint[:12]}); report on the test side of the split"
         )

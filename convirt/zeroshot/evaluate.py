@@ -99,13 +99,15 @@ def evaluate_zeroshot(
         descriptors: The findings and their observations.
         embedded: The images' embeddings, keys and metadata (labels).
         selected: Label names to score (default: every label in the data; each must be a finding).
-        tuning: Embedded images whose Youden's J picks each finding's threshold (default: the
-            evaluated images themselves); ``tuning_source`` says where they come from.
+        tuning: Embedded images (none of them evaluated) whose Youden's J picks each finding's
+            threshold for F1, sensitivity and specificity (default: none, and those are NaN);
+            ``tuning_source`` says where they come from.
         bootstrap, seed: Replicates and seed of the CIs.
         about: Written first in the metrics (data, split, checkpoint, ...).
 
     Raises:
-        ValueError: Labels and descriptor findings do not match (see :func:`aligned_labels`).
+        ValueError: Labels and descriptor findings do not match (see :func:`aligned_labels`), or
+            an image is both in ``tuning`` and evaluated.
     """
     if selected:  # only the selected labels are scored: the other findings of the set need no labels
         descriptors = descriptors.only(selected)
@@ -114,6 +116,11 @@ def evaluate_zeroshot(
     classifiers = {method: ZeroShotClassifier(model, tokenizer, descriptors, method) for method in Method}
     thresholds: dict[Method, list[float] | None] = {method: None for method in Method}
     if tuning is not None:
+        if shared := len(set(tuning.keys) & set(embedded.keys)):
+            raise ValueError(
+                f"{shared} images of the threshold split are also evaluated: a threshold is chosen on other"
+                " images than those it is reported on (name another split)"
+            )
         # A small validation split may lack a finding: its threshold is then NaN, not an error.
         tuning_labels = aligned_labels(tuning.meta, names, selected, require_all=False)
         thresholds = {method: youden_thresholds(c, tuning, tuning_labels) for method, c in classifiers.items()}

@@ -150,6 +150,9 @@ def _plain_auprc(y: np.ndarray, s: np.ndarray) -> float:
     return float((precision * recall_step).sum())
 
 
+NO_THRESHOLD = "none: no validation split named (see operating_points, chosen on a validation fold)"
+
+
 def binary_metrics(
     labels: Any,
     scores: Any,
@@ -165,8 +168,9 @@ def binary_metrics(
         labels: ``(N,)`` 0/1.
         scores: ``(N,)`` higher = more likely positive.
         name: The finding, for warnings.
-        threshold: Decision threshold; default: Youden's J on these labels (optimistic; pass
-            one picked on a validation split where there is one).
+        threshold: Decision threshold, chosen on other rows (a validation split). Default: none,
+            and F1, sensitivity and specificity are NaN: a threshold is never picked on the rows
+            it is reported on (:mod:`convirt.zeroshot.validated` chooses them on a validation fold).
         threshold_source: Where the threshold came from, recorded in the output.
         bootstrap: Replicates for the intervals (0: no intervals).
         seed: Bootstrap seed.
@@ -178,7 +182,7 @@ def binary_metrics(
     """
     y, s = _check(labels, scores)
     if threshold is None:
-        threshold, threshold_source = youden_threshold(y, s), "youden on the evaluated data"
+        threshold, threshold_source = NAN, NO_THRESHOLD
     out: dict[str, Any] = {
         "positives": int(y.sum()),
         "negatives": int(y.size - y.sum()),

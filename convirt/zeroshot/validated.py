@@ -269,6 +269,61 @@ def report_on_test(
     )
 
 
+@dataclass(frozen=True)
+class ValidatedOutput:
+    """A calibration (fitted here or given) and its report on rows it was not fitted on.
+
+    Attributes:
+        calibration: The calibration and its operating points.
+        report: On ``reported_rows``.
+        reported_rows: Row positions reported on: the test side when fitted here, else every row.
+        fitted_here: Whether the calibration was fitted on a validation fold of these rows.
+        skipped: ``{finding: reason}`` left uncalibrated when fitted here.
+    """
+
+    calibration: Calibration
+    report: CalibrationReport
+    reported_rows: np.ndarray
+    fitted_here: bool
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's :meth:`CalibrationReport.to_dict`, with where the calibration came from."""
+        return {"fitted_here": self.fitted_here, **self.report.to_dict(), "not_fitted": self.skipped}
+
+
+def validate(
+    labels: Any,
+    probs: Any,
+    names: Sequence[str],
+    keys: Sequence[str],
+    patient_ids: Sequence[Any],
+    calibration: Calibration | None = None,
+    method: str = "temperature",
+    fraction: float = VALIDATION_FRACTION,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    rules: Sequence[str] = RULES,
+) -> ValidatedOutput:
+    """Calibration and operating points for labelled rows, reported only where they were not fitted.
+
+    Without ``calibration``: :func:`fit_on_validation` on these rows, then :func:`report_on_test`
+    on the test side. With one (a saved file): :func:`report_on_test` on every row, which refuses
+    rows it was fitted on.
+
+    Raises:
+        ValueError: See :func:`fit_on_validation` and :func:`report_on_test`.
+    """
+    y, p = np.asarray(labels), np.asarray(probs, dtype=float)
+    if calibration is not None:
+        report = report_on_test(calibration, y, p, names, keys, bootstrap, seed)
+        return ValidatedOutput(calibration, report, np.arange(len(y)), fitted_here=False)
+    fitted = fit_on_validation(y, p, names, keys, patient_ids, method, fraction, seed, rules)
+    test = fitted.test_rows
+    report = report_on_test(fitted.calibration, y[test], p[test], names, [keys[r] for r in test], bootstrap, seed)
+    return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped)
+
+
 def _or_nan(statistic: Any, y: np.ndarray, p: np.ndarray) -> float:
     return float(statistic(y, p)) if y.size else NAN
 
@@ -337,3 +392,31 @@ def save_reliability_diagrams(
 
 def _file_name(finding: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", finding).strip("_") or "finding"
+
+
+CALIBRATION_FILE, RELIABILITY_FOLDER = "calibration.json", "reliability"
+
+
+def save_validated(
+    validated: ValidatedOutput,
+    labels: Any,
+    probs: Any,
+    names: Sequence[str],
+    keys: Sequence[str],
+    folder: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Write ``calibration.json`` (when fitted here: reusable with ``--calibration``) and one
+    reliability diagram per finding on the reported rows (``reliability/<finding>.png``) into
+    ``folder``; return :meth:`ValidatedOutput.to_dict` with the files named."""
+    out = Path(folder)
+    rows = validated.reported_rows
+    y, p = np.asarray(labels)[rows], np.asarray(probs, dtype=float)[rows]
+    where = "test rows (other patients than the fit)" if validated.fitted_here else "rows (none fitted on)"
+    written = save_reliability_diagrams(
+        validated.calibration, y, p, names, [keys[r] for r in rows], out / RELIABILITY_FOLDER, where
+    )
+    files = {"reliability": [str(path.relative_to(out)) for path in written]}
+    if validated.fitted_here:
+        validated.calibration.save(out / CALIBRATION_FILE)
+        files["calibration"] = CALIBRATION_FILE
+    return {**validated.to_dict(), "files": files}

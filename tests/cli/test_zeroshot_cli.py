@@ -34,6 +34,18 @@ def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint
     assert set(metrics) >= {"descriptors", "names", "ensemble", "positives"}
     assert edema["auroc_ci"][0] <= edema["auroc"] <= edema["auroc_ci"][1]
     assert {"auprc", "f1", "sensitivity", "specificity", "threshold"} <= set(edema)
+    # No threshold was chosen on the evaluated images: without a threshold split, no F1 at one.
+    assert edema["threshold_source"].startswith("none") and edema["f1"] is None
+    # Calibration and operating points: fitted on a validation fold of the patients, reported on the others.
+    calibration = metrics["calibration"]
+    assert calibration["fitted_here"] and calibration["files"]["calibration"] == "calibration.json"
+    assert calibration["fitted_on"]["n"] + calibration["reported_on"] == 96
+    assert "15 equal-width bins" in calibration["binning"]
+    found = calibration["findings"]["Edema"]
+    assert set(found["operating_points"]) == {"youden", "sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90"}
+    assert 0 <= found["ece"]["after"] <= 1 and found["brier_ci"]["before"][0] <= found["brier_ci"]["before"][1]
+    assert found["n"] == calibration["reported_on"]
+    assert (out / "reliability" / "Edema.png").stat().st_size > 5_000
     assert (out / "roc.png").stat().st_size > 10_000
     assert len((out / "predictions.csv").read_text().splitlines()) == 97
     # The library reads the whole folder back: the same metrics, one row per image, aligned arrays.
@@ -202,3 +214,30 @@ def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpo
     assert main(["embed", *common, "--output", str(tmp_path / "emb")]) == 0
     assert json.loads((tmp_path / "emb" / "info.json").read_text())["skipped_samples"] == 1
     assert "(1 corrupt samples skipped)" in capsys.readouterr().out
+
+
+def test_a_calibration_is_never_reported_on_the_images_it_was_fitted_on(
+    tiny_checkpoint, phantom_shards, tmp_path, capsys
+):
+    common = ["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--bootstrap", "0"]
+    fitted = tmp_path / "fitted"
+    assert main([*common, "--split", "train", "--output", str(fitted), "--operating-points", "youden"]) == 0
+    saved = fitted / "calibration.json"
+    # Its own images: refused, naming how many were in the fit.
+    assert main([*common, "--split", "train", "--calibration", str(saved), "--output", str(tmp_path / "again")]) == 2
+    assert "were used to fit this calibration" in capsys.readouterr().err
+    # Other images: applied unchanged, reported on all of them, its operating point with it.
+    assert main([*common, "--split", "test", "--calibration", str(saved), "--output", str(tmp_path / "test")]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert not metrics["calibration"]["fitted_here"] and metrics["calibration"]["reported_on"] == metrics["samples"]
+    assert not (tmp_path / "test" / "calibration.json").exists()
+    first = json.loads(saved.read_text())
+    point = metrics["calibration"]["findings"]["Edema"]["operating_points"]["youden"]
+    assert point["threshold"] == first["operating_points"]["Edema"]["youden"]["threshold"]
+    # A threshold split that is the evaluated split is refused too.
+    args = [*common, "--split", "test", "--threshold-split", "test", "--output", str(tmp_path / "same")]
+    assert main(args) == 2
+    assert "threshold split are also evaluated" in capsys.readouterr().err
+    bad = [*common, "--split", "test", "--operating-points", "f1>=0.9", "--output", str(tmp_path / "bad")]
+    assert main(bad) == 2
+    assert "unknown operating-point rule" in capsys.readouterr().err
