@@ -8,6 +8,7 @@ from convirt.bench.suite import Task
 from convirt.data.inputs import read_image_rows
 from convirt.embeddings.encode import EmbeddingOutput, embed_image_files
 from convirt.models.sources import load_model
+from tests.conftest import SHARED_DATA, requires_shared_data
 
 
 def test_subgroup_rows_by_sex_and_age_band_with_the_gap_first(labels_csv, tiny_checkpoint):
@@ -30,3 +31,30 @@ def test_subgroup_rows_by_sex_and_age_band_with_the_gap_first(labels_csv, tiny_c
         assert row["value"] is None or 0 <= row["value"] <= 1 or "/gap/" in row["metric"]
     with pytest.raises(ValueError, match="unknown subgroup columns \\['patient_id'\\]"):
         subgroups(loaded, task, {"columns": ["patient_id"]}, images, None, seed=0, bootstrap=0)
+
+
+def test_the_suites_declare_subgroups_where_the_data_carries_them():
+    from convirt.bench.suite import load_suite
+
+    shared = {task.name: task for task in load_suite("shared").tasks}
+    nih = shared["nih-pneumonia"].protocols
+    assert nih["subgroups"]["columns"] == ["sex", "age_band", "view"] and {"calibration", "operating_points"} <= set(
+        nih
+    )
+    assert "subgroups" not in shared["kermany-pneumonia"].protocols  # no sex, age or view there
+    public = {task.name: task for task in load_suite("public").tasks}
+    for name in ("chestxray14-test", "rsna-pneumonia", "siim-pneumothorax", "vindr-cxr-test-pneumonia"):
+        assert public[name].protocols["subgroups"]["columns"] == ["sex", "age_band", "view"], name
+    for task in public.values():
+        if "zeroshot" in task.protocols:
+            assert {"calibration", "operating_points"} <= set(task.protocols), task.name
+
+
+@requires_shared_data("cxr-eval", "labels.csv")
+def test_every_nih_row_of_the_shared_data_has_what_its_subgroups_need():
+    from convirt.zeroshot.subgroups import UNKNOWN, age_band
+
+    rows = read_image_rows(SHARED_DATA / "cxr-eval" / "labels.csv", {"source": "nih-chestxray14"})
+    assert len(rows) == 476
+    assert {row.sex for row in rows} == {"F", "M"} and {row.view for row in rows} == {"AP", "PA"}
+    assert UNKNOWN not in {age_band(row.age) for row in rows}

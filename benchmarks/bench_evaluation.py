@@ -1,0 +1,183 @@
+"""Calibration, operating points and subgroups on nih-pneumonia for the six models of the shared bench.
+
+The models are `bench_shared.py`'s (random init, the pretrained towers untrained, the covid-pairs
+recipe at seeds 0, 1 and 2, the demo model), made or reused the same way. One `convirt bench` runs
+the shared suite's nih-pneumonia task with its zero-shot, ``calibration``, ``operating_points``
+and ``subgroups`` protocols as the suite declares them (fitted and chosen on 30% of the patients,
+seeded, reported on the other 70%; subgroups by sex, age band and view). Writes the
+``bench-evaluation`` section of BENCHMARKS.md. `python benchmarks/bench_evaluation.py`: about 30 min
+on 2 idle CPU cores when the recipe checkpoints must be trained, a few minutes when they are there.
+`--quick` checks the script end to end (1-epoch trainings, one recipe seed, 50 replicates) and writes
+its section to `--output` as given (use a scratch file).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
+from _process import convirt
+from _recipe import ROOT, baseline_checkpoint
+from bench_shared import SHARDS, demo_checkpoint, recipe_checkpoint
+
+from convirt.bench.leaderboard import format_cell
+from convirt.bench.runner import model_label
+from convirt.bench.suite import SUITES
+
+SECTION = "bench-evaluation"
+TASK = "nih-pneumonia"
+PROTOCOLS = ("zeroshot", "calibration", "operating_points", "subgroups")
+RULES = ("sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90", "youden")
+FINDING = "Pneumonia"
+
+
+def suite(work: Path) -> Path:
+    """The shared suite's nih-pneumonia task with only the protocols measured here, as declared there."""
+    spec = yaml.safe_load((SUITES / "shared.yaml").read_text(encoding="utf-8"))
+    task = next(t for t in spec["tasks"] if t["name"] == TASK)
+    task["protocols"] = {name: task["protocols"][name] for name in PROTOCOLS}
+    spec["tasks"] = [task]
+    path = work / "nih-evaluation.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def cell(rows: dict[str, dict], metric: str) -> str:
+    return format_cell(rows.get(metric))
+
+
+def tables(rows: list[dict], names: dict[str, str], options: dict) -> list[str]:
+    by_model: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_model.setdefault(names.get(row["model"], row["model"]), {})[f"{row['protocol']}:{row['metric']}"] = row
+    models = list(dict.fromkeys(names.values()))
+    lines = [
+        "Calibration of the descriptor probability (temperature scaling per finding): expected calibration "
+        "error (15 equal-width bins on [0, 1], count-weighted) and Brier score on the test patients, before "
+        "and after; the temperature fitted on the validation patients. Lower is better.",
+        "",
+        "| model | zero-shot AUROC (all images) | ECE before | ECE after | Brier before | Brier after | temperature |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in models:
+        found = by_model.get(model, {})
+        cells = [cell(found, "zeroshot:descriptors/mean_auroc")]
+        cells += [cell(found, f"calibration:{m}/{FINDING}") for m in ("ece_before", "ece_after")]
+        cells += [cell(found, f"calibration:{m}/{FINDING}") for m in ("brier_before", "brier_after")]
+        cells.append(cell(found, f"calibration:temperature/{FINDING}"))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Operating points: each rule's threshold chosen on the validation patients' calibrated probabilities, "
+        "applied unchanged to the test patients and reported there (95% CIs resample positives and negatives "
+        "separately). A sensitivity rule met on validation need not hold on test: that gap is what this shows.",
+        "",
+        "| model | rule | threshold | sensitivity | specificity | PPV | NPV |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model in models:
+        found = by_model.get(model, {})
+        for rule in RULES:
+            threshold = found.get(f"operating_points:{rule}/threshold/{FINDING}")
+            value = "n/a" if threshold is None or threshold["value"] is None else f"{threshold['value']:.3f}"
+            rates = [
+                cell(found, f"operating_points:{rule}/{rate}/{FINDING}")
+                for rate in ("sensitivity", "specificity", "ppv", "npv")
+            ]
+            lines.append(f"| {model} | {rule} | {value} | " + " | ".join(rates) + " |")
+    minimum, positives = options.get("min_size", 30), options.get("min_positives", 5)
+    lines += [
+        "",
+        f"Subgroups: zero-shot (descriptor) AUROC per group, n images / positives under each; groups under "
+        f"{minimum} images or {positives} positives (or negatives) are listed without a value. Gap: best minus "
+        "worst scored group, with its paired bootstrap CI (the same resampled images score every group).",
+    ]
+    for column in options.get("columns", ["sex", "age_band", "view"]):
+        groups = sorted(
+            {
+                key.split("/")[1]
+                for found in by_model.values()
+                for key in found
+                if key.startswith(f"subgroups:{column}/")
+            }
+            - {"gap"}
+        )
+        lines += [
+            "",
+            f"**by {column}**",
+            "",
+            "| model | " + " | ".join(groups) + " | gap |",
+            "|---|" + "---:|" * (len(groups) + 1),
+        ]
+        for model in models:
+            found = by_model.get(model, {})
+            cells = []
+            for group in groups:
+                row = found.get(f"subgroups:{column}/{group}/auroc/{FINDING}")
+                counts = "" if row is None else f" ({row['n']}/{row.get('positives', '?')})"
+                cells.append(format_cell(row) + counts)
+            cells.append(cell(found, f"subgroups:{column}/gap/{FINDING}"))
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = shared_data_parser(__doc__, ROOT / "artifacts" / "bench-shared")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the covid-pairs recipe")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="1-epoch trainings, one seed, 50 replicates: a check")
+    args = parser.parse_args()
+    shared, work = Path(args.shared), Path(args.work)
+    if not (shared / "cxr-eval" / "labels.csv").is_file() or not (shared / "covid-pairs" / "pairs.csv").is_file():
+        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+        return
+    epochs, seeds, bootstrap = (1, args.seeds[:1], 50) if args.quick else (None, args.seeds, args.bootstrap)
+    if not (SHARDS / "manifest.json").is_file():
+        pairs = str(shared / "covid-pairs" / "pairs.csv")
+        convirt("shards", "--input", pairs, "--output", str(SHARDS), "--workers", "2", "--image-size", "256")
+    models = {
+        "random init": str(baseline_checkpoint(work, pretrained=False)),
+        "pretrained towers, untrained": "demo-effnet-minilm",
+        **{f"covid-pairs recipe, seed {s}": str(recipe_checkpoint(work, s, shared, epochs)) for s in seeds},
+        "demo model (phantoms)": str(demo_checkpoint(work, epochs)),
+    }
+    out = work / "evaluation"
+    shutil.rmtree(out, ignore_errors=True)
+    path = suite(work)
+    command = ["bench", "--suite", str(path), "--data-root", str(ROOT), "--output", str(out), "--no-audit"]
+    for source in models.values():
+        command += ["--model", source]
+    start = time.perf_counter()
+    convirt(*command, "--bootstrap", str(bootstrap))
+    seconds = time.perf_counter() - start
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    names = {model_label(source): name for name, source in models.items()}
+    options = yaml.safe_load(path.read_text(encoding="utf-8"))["tasks"][0]["protocols"]["subgroups"]
+    n = next((r["n"] for r in rows if r["protocol"] == "zeroshot"), 0)
+    trained = [Path(s) for s in models.values() if s.endswith(".ckpt")]
+    lines = [
+        f"## Evaluation a clinician can trust: calibration, operating points and subgroups on {TASK}",
+        "",
+        f"{machine_line('float32 embeddings')}; models trained with precision {trained_precisions(trained)}; "
+        f"commit {commit()}"
+        + (" (a --quick check: 1-epoch trainings, 50 replicates; not a result)" if args.quick else ""),
+        "",
+        f"Command: `python benchmarks/bench_evaluation.py` (one `convirt bench` of the shared suite's {TASK} task "
+        f"with the protocols {', '.join(PROTOCOLS)} as the suite declares them, {bootstrap} bootstrap replicates; "
+        f"{seconds / 60:.1f} min for the six models). {n} NIH images; the validation side is 30% of the patients "
+        "(seeded, patient-grouped), the test side the other 70%: every figure below but the zero-shot AUROC is "
+        "on the test side, and nothing was fitted or chosen there.",
+        "",
+        *tables(rows, names, options),
+    ]
+    write_section(Path(args.output), SECTION, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
