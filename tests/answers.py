@@ -32,15 +32,19 @@ def assert_hits_match(got: list[dict[str, Any]], expected: list[dict[str, Any]],
 
 
 def assert_answers_match(got: Any, expected: Any, tol: float = TOLERANCE) -> None:
-    """Two JSON-like answers agree: floats within ``tol``, lists of hits by :func:`assert_hits_match`,
-    everything else exactly."""
+    """Two JSON-like answers agree: floats within ``tol``, lists of hits (dicts with ``id`` and ``score``)
+    by :func:`assert_hits_match`, everything else exactly."""
     if isinstance(expected, float) or isinstance(got, float):
         assert math.isclose(float(got), float(expected), abs_tol=tol), f"{got} vs {expected}"
     elif isinstance(expected, dict):
         assert isinstance(got, dict) and got.keys() == expected.keys(), f"keys {sorted(got)} vs {sorted(expected)}"
         for key in expected:
             assert_answers_match(got[key], expected[key], tol)
-    elif isinstance(expected, list) and expected and all(isinstance(h, dict) and "score" in h for h in expected):
+    elif (
+        isinstance(expected, list)
+        and expected
+        and all(isinstance(h, dict) and {"id", "score"} <= h.keys() for h in expected)
+    ):
         assert_hits_match(got, expected, tol)
     elif isinstance(expected, (list, tuple)):
         assert isinstance(got, (list, tuple)) and len(got) == len(expected), f"{got} vs {expected}"

@@ -14,6 +14,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--descriptors", help="descriptor set for /v1/diagnose (a shipped name or YAML); none: search only"
     )
+    serve.add_argument(
+        "--calibration",
+        help="calibration.json of `convirt zeroshot --output` for these descriptors: the findings it covers show a "
+        "calibrated probability beside their raw score",
+    )
+    serve.add_argument(
+        "--operating-point",
+        metavar="RULE",
+        help="operating point of --calibration whose threshold marks findings (youden, sensitivity>=0.90, ...; "
+        "default: youden, or none when the file carries no operating point)",
+    )
     serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs a token)")
     serve.add_argument(
@@ -63,6 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from convirt.serve.admission import Limits
     from convirt.serve.app import is_loopback
+    from convirt.serve.calibrated import load_served_calibration
     from convirt.serve.token import read_token
 
     # Everything the command line can get wrong, before the model loads.
@@ -71,6 +83,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--host {args.host} reaches other machines: pass --token-file (or set CONVIRT_TOKEN)")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    # The calibration file and its rule, checked against the file's own findings (the service checks the descriptors').
+    calibration = load_served_calibration(args.calibration, args.operating_point, None if args.descriptors else ())
     limits = Limits(
         int(args.max_upload_mb * 1024 * 1024), args.max_active, args.max_decoding, args.max_waiting, args.deadline_s
     )
@@ -96,6 +110,8 @@ def run(args: argparse.Namespace) -> None:
         args.batch_wait_ms,
         threads,
         show_fields=args.show_field,
+        calibration=calibration.calibration if calibration else None,
+        operating_point=args.operating_point,
     )
     service.warm_up()
     app = create_app(service, token=token, host=args.host, allowed_hosts=args.allowed_host, limits=limits)

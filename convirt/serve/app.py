@@ -38,9 +38,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import convirt
 from convirt.serve.admission import Admission, Limits
+from convirt.serve.cases import CaseNotFound
 from convirt.serve.explain import SaliencyBusy
 from convirt.serve.schema import Case, Diagnosis, Info, Search
-from convirt.serve.service import CaseNotFound, CaseService
+from convirt.serve.service import CaseService
 from convirt.serve.uploads import UploadError, read_upload
 
 log = logging.getLogger("convirt.serve")

@@ -45,6 +45,10 @@ class Member(NamedTuple):
     size: int
 
 
+class CaseNotFound(KeyError):
+    """No case with that id in the index."""
+
+
 class CaseImages:
     """Image bytes of the indexed cases.
 

@@ -1,5 +1,8 @@
 """A diagnosis's two opinions per finding (descriptors and the kNN vote), and its saliency maps.
 
+The descriptors' opinion is a raw score, and a calibrated probability where a calibration covers the finding
+(:mod:`convirt.serve.calibrated`).
+
 Saliency needs a backward pass per finding. It runs on the explainer's own copy of the model, in the
 explainer's own thread, one diagnosis at a time: a diagnosis with maps never holds the query model
 or the worker threads that every search shares (the price: the image tower's weights twice in
@@ -22,14 +25,20 @@ import torch
 from PIL import Image
 
 from convirt.retrieval import knn_scores
+from convirt.serve.calibrated import ServedCalibration, calibrated_fields
 from convirt.zeroshot import ZeroShotClassifier
 
 
 def explained_findings(
-    classifier: ZeroShotClassifier, vector: np.ndarray, neighbours: list[dict[str, Any]], labels: np.ndarray
+    classifier: ZeroShotClassifier,
+    vector: np.ndarray,
+    neighbours: list[dict[str, Any]],
+    labels: np.ndarray,
+    calibrated: ServedCalibration | None = None,
 ) -> dict[str, Any]:
-    """Per finding, the descriptor probability with its observations (most likely first) and the
-    share of ``neighbours`` (cases with ``id`` and ``score``) whose ``labels`` row carries it."""
+    """Per finding, the descriptor score with its observations' scores (highest first), the calibrated probability
+    and operating point where ``calibrated`` covers the finding (else ``None``), and the share of ``neighbours``
+    (cases with ``id`` and ``score``) whose ``labels`` row carries it."""
     scored = classifier.predict_features(torch.from_numpy(vector[None]))
     ids = np.array([[n["id"] for n in neighbours]])
     sims = np.array([[n["score"] for n in neighbours]], dtype=np.float32)
@@ -38,15 +47,17 @@ def explained_findings(
     findings = []
     for f, name in enumerate(scored.finding_names):
         explained: list[dict[str, Any]] = [
-            {"observation": obs, "probability": float(observations[0, j])}
+            {"observation": obs, "score": float(observations[0, j])}
             for j, (owner, obs) in enumerate(scored.observations)
             if owner == name and observations is not None
         ]
+        score = float(scored.probabilities[0, f])
         findings.append(
             {
                 "finding": name,
-                "probability": float(scored.probabilities[0, f]),
-                "observations": sorted(explained, key=lambda o: -o["probability"]),
+                "score": score,
+                **calibrated_fields(calibrated, name, score),
+                "observations": sorted(explained, key=lambda o: -o["score"]),
                 "knn_vote": float(votes[f]),
             }
         )

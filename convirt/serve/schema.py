@@ -37,19 +37,37 @@ class Search(BaseModel):
 
 
 class Observation(BaseModel):
-    """One descriptor of a finding and the probability that the image shows it."""
+    """One descriptor of a finding and its raw score (a sigmoid of prompt similarities, never calibrated)."""
 
     observation: str
-    probability: float
+    score: float
+
+
+class OperatingPointMark(BaseModel):
+    """Whether a finding passes an operating point of the calibration file: ``passes`` is
+    ``probability >= threshold``, the threshold chosen by ``rule`` on the calibrated probabilities of
+    the validation fold (``youden``, ``sensitivity>=0.90``, ...)."""
+
+    rule: str
+    threshold: float
+    passes: bool
 
 
 class Finding(BaseModel):
-    """A finding's probability from its descriptors (with the observations behind it, most likely
-    first), the share of the nearest labelled cases that carry it, and its saliency map on request
-    (a PNG data URL, the image's size)."""
+    """A finding's opinion from its descriptors, with the observations behind it (highest score first),
+    the share of the nearest labelled cases that carry it, and its saliency map on request (a PNG data
+    URL, the image's size).
+
+    ``score`` is the descriptors' raw output in [0, 1], always present: it orders images but is no
+    probability. ``probability`` is the score calibrated by the service's calibration file, present only
+    when that file calibrates this finding (else null). ``operating_point`` says whether the probability
+    passes the chosen rule's threshold (null without a calibrated probability or when the file has no
+    point of that rule for this finding)."""
 
     finding: str
-    probability: float
+    score: float
+    probability: float | None = None
+    operating_point: OperatingPointMark | None = None
     observations: list[Observation]
     knn_vote: float
     saliency_png: str | None = None
@@ -71,11 +89,24 @@ class IndexSummary(BaseModel):
     dim: int
 
 
+class CalibrationSummary(BaseModel):
+    """The calibration file the service applies: its method (``temperature`` or ``platt``), the findings
+    it calibrates, the images of the validation fold it was fitted on and that fold's fingerprint (first 12
+    characters), and the operating-point rule findings are marked by (null: the file carries none)."""
+
+    method: str
+    findings: list[str]
+    fitted_on: int
+    fold: str
+    operating_point: str | None
+
+
 class Info(BaseModel):
-    """What the service runs."""
+    """What the service runs; ``calibration`` is null when it shows raw scores only."""
 
     model: dict[str, Any]
     index: IndexSummary
     descriptors: str | None
     findings: list[str]
     knn_k: int
+    calibration: CalibrationSummary | None = None

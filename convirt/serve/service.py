@@ -1,12 +1,11 @@
 """The case service: a model, an index folder of archive cases and a descriptor set, as a library.
 
-`convirt serve` puts it behind HTTP (:mod:`convirt.serve.app`); everything the API answers comes
-from here: an explained diagnosis (descriptor probabilities with their observations, optional
-saliency maps, and the kNN vote of the nearest labelled cases: two independent opinions), case
-search by image or text, and the cases themselves. Embedding goes through a micro-batcher so that
-concurrent requests share one forward pass and one index search. Each query has a blocking method
-(``search_case``) and one to await (``search_case_async``), which holds no thread while its batch
-runs: the app's endpoints await, so a request costs no thread hand-offs beyond the image decode.
+`convirt serve` puts it behind HTTP (:mod:`convirt.serve.app`); everything the API answers comes from here: an explained
+diagnosis (descriptor scores with their observations, probabilities if calibrated, optional saliency maps, and the kNN
+vote of the nearest labelled cases: two independent opinions), case search by image or text, and the cases themselves.
+Embedding goes through a micro-batcher so that concurrent requests share one forward pass and one index search. Each
+query has a blocking method (``search_case``) and one to await (``search_case_async``), which holds no thread while its
+batch runs: the app's endpoints await, so a request costs no thread hand-offs beyond the image decode.
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ from convirt.models.memory_format import to_channels_last
 from convirt.retrieval import check_same_space, load_index_folder, search
 from convirt.retrieval.metrics import same_patient_exclusions
 from convirt.serve.batching import MicroBatcher
-from convirt.serve.cases import CaseImages
+from convirt.serve.calibrated import Calibration, load_served_calibration
+from convirt.serve.cases import CaseImages, CaseNotFound
 from convirt.serve.explain import Explainer, explained_findings
 from convirt.serve.shown import case_salt as salt_for
 from convirt.serve.shown import check_fields, shown_metadata
@@ -60,10 +60,6 @@ class _BatchedQuery(NamedTuple):
     answer: Callable[[_QueryHits], Any]
 
 
-class CaseNotFound(KeyError):
-    """No case with that id in the index."""
-
-
 class CaseService:
     """Diagnosis and search over an index folder with the model that built it.
 
@@ -81,6 +77,8 @@ class CaseService:
         show_fields: Metadata shown besides labels, view and source, by name (``key``, ``study_id``:
             they often hold the patient id; :mod:`convirt.serve.shown`).
         case_salt: Salt of the cases' ``ref`` hashes (default: ``$CONVIRT_CASE_SALT``, else random).
+        calibration: A calibration file or one loaded: the findings it covers get calibrated probabilities.
+        operating_point: The rule whose threshold marks findings (:mod:`convirt.serve.calibrated`).
     """
 
     def __init__(
@@ -94,6 +92,8 @@ class CaseService:
         search_threads: int | None = None,
         show_fields: Sequence[str] = (),
         case_salt: bytes | str | None = None,
+        calibration: str | os.PathLike[str] | Calibration | None = None,
+        operating_point: str | None = None,
     ) -> None:
         self.loaded = loaded
         self.show_fields = check_fields(show_fields)
@@ -111,6 +111,7 @@ class CaseService:
             self.classifier = ZeroShotClassifier(loaded.model, loaded.tokenizer, self.descriptors, Method.DESCRIPTORS)
         names = self.classifier.descriptors.finding_names if self.classifier else sorted(self._all_labels())
         self.finding_names = list(names)
+        self.calibrated = load_served_calibration(calibration, operating_point, names if self.classifier else ())
         self.labels = label_matrix(self.metadata, self.finding_names)
         self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
         # Each patient's rows, built once: a per-request scan costs ~0.2 s at 100k cases.
@@ -290,8 +291,8 @@ class CaseService:
         return max(1, int(k or self.knn_k))
 
     def diagnose(self, image: Image.Image, saliency: bool = False, k: int | None = None) -> dict[str, Any]:
-        """Per finding: the descriptor probability with its observations (and saliency map), and the
-        kNN vote of the nearest labelled cases; the neighbours themselves.
+        """Per finding: the descriptor score with its observations (the calibrated probability and operating
+        point where calibrated; saliency map), and the kNN vote of the nearest labelled cases; the neighbours.
 
         Raises:
             ValueError: The service has no descriptor set.
@@ -351,7 +352,8 @@ class CaseService:
 
     def _diagnosis(self, hits: _QueryHits, k: int, excluded: set[int]) -> dict[str, Any]:
         assert self.classifier is not None
-        return explained_findings(self.classifier, hits.vector, self._nearest(hits, k, excluded), self.labels)
+        neighbours = self._nearest(hits, k, excluded)
+        return explained_findings(self.classifier, hits.vector, neighbours, self.labels, self.calibrated)
 
     def _maps(self) -> Explainer:
         assert self._explainer is not None  # a diagnosis needs a classifier, and a classifier has one
@@ -394,4 +396,5 @@ class CaseService:
             "descriptors": self.classifier.descriptors.name if self.classifier else None,
             "findings": self.finding_names,
             "knn_k": self.knn_k,
+            "calibration": self.calibrated.info() if self.calibrated else None,
         }

@@ -1,4 +1,5 @@
-"""Shared by the serve tests: an index folder of the phantom label table by the tiny model, and its service.
+"""Shared by the serve tests: an index folder of the phantom label table by the tiny model, its service,
+and a calibration file for the service's findings.
 
 The archive's keys, study ids and patient ids all carry the patient id (as CheXpert's and NIH's
 namings do), and every test here is watched: no answer body and no log line of any test may hold one
@@ -8,7 +9,9 @@ namings do), and every test here is watched: no answer body and no log line of a
 import logging
 
 import httpx
+import numpy as np
 import pytest
+from scipy.special import expit
 
 from convirt.data.inputs import read_image_rows
 from convirt.embeddings.encode import embed_image_files
@@ -16,6 +19,9 @@ from convirt.models.fingerprint import model_fingerprint
 from convirt.models.sources import load_model
 from convirt.retrieval import build_index_folder
 from convirt.serve.service import CaseService
+from convirt.zeroshot.validated import fit_on_validation
+
+RULE = "sensitivity>=0.90"  # an operating point every calibration_file finding carries
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +49,24 @@ def archive(labels_csv, tiny_checkpoint, tmp_path_factory):
 def service(archive):
     loaded, folder, _ = archive
     return CaseService(loaded, folder, descriptors="phantom", knn_k=5)
+
+
+@pytest.fixture(scope="session")
+def calibration_file(service, tmp_path_factory):
+    """A Platt calibration with operating points, fitted on a synthetic validation fold for every finding of
+    the service but its last (left out to stay uncalibrated): overconfident scores of findings rare and common
+    in turn, so that probabilities lie below some scores and above others."""
+    names = service.finding_names[:-1]
+    rng = np.random.default_rng(0)
+    n = 400
+    signal = rng.normal(size=(n, len(names)))
+    prevalence = np.where(np.arange(len(names)) % 2 == 0, -2.0, 2.0)
+    labels = (rng.random((n, len(names))) < expit(2 * signal + prevalence)).astype(int)
+    probs = expit(4 * signal)
+    keys = [f"img{i}" for i in range(n)]
+    fitted = fit_on_validation(labels, probs, names, keys, keys, method="platt", fraction=0.5).calibration
+    assert set(fitted.parameters) == set(names) and all(RULE in fitted.operating_points[f] for f in names)
+    return fitted.save(tmp_path_factory.mktemp("calibration") / "calibration.json")
 
 
 @pytest.fixture(autouse=True)

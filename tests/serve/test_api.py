@@ -34,7 +34,8 @@ def test_every_endpoint_answers(service, archive):
     names = [f["finding"] for f in answer["findings"]]
     assert names == info["findings"] and len(answer["neighbours"]) == 5
     first = answer["findings"][0]
-    assert 0 <= first["probability"] <= 1 and 0 <= first["knn_vote"] <= 1 and first["observations"]
+    assert 0 <= first["score"] <= 1 and 0 <= first["knn_vote"] <= 1 and first["observations"]
+    assert first["probability"] is None and first["operating_point"] is None and info["calibration"] is None
     assert first["saliency_png"].startswith("data:image/png;base64,")
     # Search by image, the query's patient left out; by text.
     found = client.post("/v1/search", files=upload, data={"k": "3", "patient_id": rows[0].patient_id}).json()["cases"]
@@ -277,10 +278,10 @@ def test_an_archive_case_is_diagnosed_from_its_stored_vector_without_its_own_vot
     assert len(answer["neighbours"]) == 4 and answer["findings"][0]["saliency_png"].startswith("data:image/png")
     # The case and its patient's other images are left out of the neighbours and so of the vote.
     assert all(rows[n["id"]].patient_id != rows[3].patient_id for n in answer["neighbours"])
-    # Its probabilities are those of its stored vector: the same as its image's, up to the index's precision.
+    # Its scores are those of its stored vector: the same as its image's, up to the index's precision.
     from_image = service.diagnose(Image.open(rows[3].image_path), k=4)
     assert np.allclose(
-        [f["probability"] for f in answer["findings"]], [f["probability"] for f in from_image["findings"]], atol=1e-4
+        [f["score"] for f in answer["findings"]], [f["score"] for f in from_image["findings"]], atol=1e-4
     )
     upload = {"image": ("x.png", _png(rows[0].image_path), "image/png")}
     assert client.post("/v1/diagnose", files=upload, data={"case": "3"}).status_code == 400

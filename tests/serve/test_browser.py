@@ -42,7 +42,10 @@ def served(service):
 
 
 def most_probable(diagnosis):
-    return max(diagnosis["findings"], key=lambda f: f["probability"])["finding"]
+    """The finding the page ranks first: by calibrated probability where there is one, else by score."""
+    return max(diagnosis["findings"], key=lambda f: f["score"] if f["probability"] is None else f["probability"])[
+        "finding"
+    ]
 
 
 def shown_heat(browser):
@@ -76,7 +79,9 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
         wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#findings .finding")))
         wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#cases .case")))
         findings = browser.find_elements(By.CSS_SELECTOR, "#findings .finding")
-        assert len(findings) == len(service.finding_names) and "%" in findings[0].text
+        # No calibration: scores, not percentages, and the note that they are uncalibrated.
+        assert len(findings) == len(service.finding_names) and "score 0." in findings[0].text
+        assert "%" not in findings[0].text and browser.find_element(By.ID, "score-note").is_displayed()
         assert len(browser.find_elements(By.CSS_SELECTOR, "#cases .case")) == 5
         browser.find_element(By.ID, "show-heat").click()  # the heat map over the image: the most probable finding's
         wait.until(lambda b: b.find_element(By.ID, "heat").is_displayed())
@@ -101,3 +106,55 @@ def test_the_page_reads_a_radiograph_and_searches_by_text(served, service, archi
         assert browser.save_screenshot(str(SCREENSHOT)) and SCREENSHOT.stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+def test_the_page_shows_calibrated_probabilities_and_marks_findings_above_the_operating_point(
+    archive, calibration_file
+):
+    import dataclasses
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from convirt.serve.service import CaseService
+    from convirt.zeroshot.calibration import Calibration
+    from tests.serve.client import port_of
+    from tests.serve.client import served as serving
+
+    loaded, folder, rows = archive
+    fitted = Calibration.load(calibration_file)
+    # The first finding's youden threshold at 0 (it passes), the others' above 1 (they cannot).
+    points = {
+        name: {**rules, "youden": dataclasses.replace(rules["youden"], threshold=0.0 if i == 0 else 1.5)}
+        for i, (name, rules) in enumerate(fitted.operating_points.items())
+    }
+    service = CaseService(
+        loaded, folder, "phantom", knn_k=5, calibration=dataclasses.replace(fitted, operating_points=points)
+    )
+    first, last = service.finding_names[0], service.finding_names[-1]  # the last is not in the file
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    with serving(create_app(service)) as server:
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(f"http://127.0.0.1:{port_of(server)}/")
+            browser.find_element(By.ID, "file").send_keys(rows[0].image_path)
+            WebDriverWait(browser, 60).until(ready.presence_of_element_located((By.CSS_SELECTOR, "#findings .finding")))
+            shown = {f.text.split(":")[0]: f.text for f in browser.find_elements(By.CSS_SELECTOR, "#findings .finding")}
+            assert (
+                "probability" in shown[first]
+                and "%" in shown[first]
+                and "above operating point (youden)" in shown[first]
+            )
+            assert "score 0." in shown[last] and "%" not in shown[last] and "operating point" not in shown[last]
+            badges = browser.find_elements(By.CSS_SELECTOR, "#findings .badge")
+            assert len(badges) == 1 and badges[0].text == "above operating point (youden)"
+            assert browser.find_element(By.ID, "point-note").is_displayed()
+            assert browser.find_element(By.ID, "score-note").is_displayed()  # the last finding has a score only
+        finally:
+            browser.quit()

@@ -61,7 +61,7 @@ def check_answer(upload: Upload, answer) -> None:
     if upload.endpoint == "/v1/search":
         assert all(isinstance(case["id"], int) and isinstance(case["score"], float) for case in body["cases"])
     else:
-        assert body["findings"] and all(0 <= finding["probability"] <= 1 for finding in body["findings"])
+        assert body["findings"] and all(0 <= finding["score"] <= 1 for finding in body["findings"])
 
 
 @pytest.mark.slow
