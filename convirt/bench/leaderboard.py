@@ -103,6 +103,8 @@ def _per_finding_name(protocol: str, metric: str) -> str | None:
     parts = metric.split("/")
     if protocol == "operating_points" and len(parts) == 3 and parts[1] in RATE_NAMES:
         return f"operating point {parts[0]} on validation: {RATE_NAMES[parts[1]]} ({parts[2]})"
+    if protocol == "subgroups" and len(parts) == 3 and parts[1] == "worst":
+        return f"subgroups by {parts[0]}: worst group's AUROC ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 3 and parts[1] == "gap":
         return f"subgroups by {parts[0]}: AUROC gap, best - worst ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 4 and parts[2] == "auroc":

@@ -23,13 +23,14 @@ from convirt.models.checkpoint import LoadedModel
 from convirt.retrieval import build_index, image_text_recall, knn_scores, search
 from convirt.retrieval.metrics import per_query_retrieval, same_patient_exclusions
 from convirt.zeroshot import Method, load_descriptors
+from convirt.zeroshot.calibration_report import CalibrationReport
 from convirt.zeroshot.evaluate import evaluate_zeroshot
 from convirt.zeroshot.metrics import evaluate_findings, mean_auroc_ci, mean_ci
 from convirt.zeroshot.operating_points import RATES
 from convirt.zeroshot.probe import probe_embedded
 from convirt.zeroshot.robustness import score_phrasings
 from convirt.zeroshot.subgroups import age_band, subgroup_auroc
-from convirt.zeroshot.validated import VALIDATION_FRACTION, CalibrationReport, validate
+from convirt.zeroshot.validated import VALIDATION_FRACTION, validate
 
 NAN = float("nan")
 Rows = list[dict[str, Any]]
@@ -270,6 +271,9 @@ def subgroups(
                 seed=seed,
             )
             gaps.append(_row(f"{column}/gap/{name}", found.gap, found.gap_ci, len(groups)))
+            if (worst := next((g for g in found.subgroups if g.name == found.worst), None)) is not None:
+                row = _row(f"{column}/worst/{name}", worst.auroc, worst.ci, worst.n, worst.positives)
+                gaps.append({**row, "group": worst.name})  # which group: the row's value is its AUROC
             for group in found.subgroups:
                 row = _row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n, group.positives)
                 groups_rows.append(row)
@@ -329,8 +333,8 @@ def calibration(
         for measure, value, ci in (("ece", found.ece, found.ece_ci), ("brier", found.brier, found.brier_ci)):
             for when in ("before", "after"):
                 rows.append(_row(f"{measure}_{when}/{name}", value[when], ci[when], found.n, found.positives))
-        for parameter, value in found.parameters.items():
-            rows.append(_row(f"{parameter}/{name}", value, n=fitted_on))
+        for parameter, number in found.parameters.items():
+            rows.append(_row(f"{parameter}/{name}", number, n=fitted_on))
     return rows
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from convirt.cli.common import (
     add_checkpoint_arguments,
@@ -13,7 +12,7 @@ from convirt.cli.common import (
     model_from_args,
     with_ci,
 )
-from convirt.zeroshot.operating_points import RULES
+from convirt.zeroshot.operating_points import RULES, parse_rule
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -80,10 +79,15 @@ def run(args: argparse.Namespace) -> None:
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
     from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
+    from convirt.zeroshot.calibration import Calibration
+    from convirt.zeroshot.calibration_report import format_calibration
     from convirt.zeroshot.evaluate import METRICS, aligned_labels, evaluate_zeroshot, save_zeroshot_folder
     from convirt.zeroshot.plots import plot_explained_batch
-    from convirt.zeroshot.validated import save_validated
+    from convirt.zeroshot.validated import save_validated, validate_or_skip
 
+    for rule in args.operating_points:  # a bad rule or calibration file fails before any embedding
+        parse_rule(rule)
+    given = Calibration.load(args.calibration) if args.calibration else None
     descriptors = load_descriptors(args.descriptors)
     if args.labels:  # only the named labels are scored
         descriptors = descriptors.only(args.labels)
@@ -116,14 +120,19 @@ def run(args: argparse.Namespace) -> None:
         args.seed,
         about,
     )
-    calibrated = _calibrate(args, evaluation, embedded)
+    probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
+    calibrated = validate_or_skip(
+        *(evaluation.labels, probs, names, evaluation.keys, patients, given, args.calibration_method),
+        *(args.validation_fraction, args.seed, args.bootstrap, args.operating_points),
+    )
+    if isinstance(calibrated, str):
+        evaluation.metrics["calibration"] = {"skipped": calibrated}
     out = save_zeroshot_folder(evaluation, args.output)
-    if calibrated is not None:
-        probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
-        names = evaluation.outputs[Method.DESCRIPTORS].finding_names
-        evaluation.metrics["calibration"] = save_validated(
-            calibrated, evaluation.labels, probs, names, evaluation.keys, out
-        )
+    if not isinstance(calibrated, str):
+        calibration = save_validated(calibrated, evaluation.labels, probs, names, evaluation.keys, out)
+        evaluation.metrics["calibration"] = calibration
         write_json(out / METRICS, evaluation.metrics)
     if args.figures > 0:
         batch = next(iter(eval_batches(loaded, args.data, args.split, args.figures, where=where, table=args)))
@@ -136,75 +145,7 @@ def run(args: argparse.Namespace) -> None:
         cells = " ".join(f"{with_ci(metrics[m]['findings'][name], 'auroc'):>22}" for m in methods)
         print(f"{name:<20} {(labels[:, i] == 1).sum():>9} {cells}")
     print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{fmt_value(metrics[m]['mean_auroc']):>22}" for m in methods))
-    if calibrated is not None:
-        _print_calibration(evaluation.metrics["calibration"])
+    if isinstance(calibrated, str):
+        print(f"no calibration: {calibrated}")
     else:
-        print(f"no calibration: {evaluation.metrics['calibration']['skipped']}")
-
-
-def _calibrate(args: argparse.Namespace, evaluation: Any, embedded: Any) -> Any:
-    """The calibration and operating points of this run (fitted on a validation fold of these
-    images, or ``--calibration``), reported where not fitted; None, with the reason in the metrics,
-    where these images cannot give a validation fold (one patient, a finding with one class)."""
-    from convirt.zeroshot import Method
-    from convirt.zeroshot.calibration import Calibration, FittedRowsError
-    from convirt.zeroshot.operating_points import parse_rule
-    from convirt.zeroshot.validated import validate
-
-    for rule in args.operating_points:
-        parse_rule(rule)
-    if not 0 < args.validation_fraction < 1:
-        raise ValueError(f"--validation-fraction {args.validation_fraction} is not between 0 and 1")
-    given = Calibration.load(args.calibration) if args.calibration else None
-    descriptor = evaluation.outputs[Method.DESCRIPTORS]
-    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
-    try:
-        return validate(
-            evaluation.labels,
-            descriptor.probabilities.numpy(),
-            descriptor.finding_names,
-            evaluation.keys,
-            patients,
-            given,
-            args.calibration_method,
-            args.validation_fraction,
-            args.seed,
-            args.bootstrap,
-            args.operating_points,
-        )
-    except ValueError as error:
-        if given is not None or isinstance(error, FittedRowsError):
-            raise  # reported on fitted images, or a file not for these findings: never skipped
-        evaluation.metrics["calibration"] = {"skipped": str(error)}
-        return None
-
-
-def _print_calibration(found: dict[str, Any]) -> None:
-    where = "the other patients" if found["fitted_here"] else "every image (none fitted on)"
-    fitted = found["fitted_on"]
-    print(
-        f"\ncalibration ({found['method']}, fitted on {fitted['n']} images of fold {fitted['fingerprint'][:12]}),"
-        f" reported on {found['reported_on']} images, {where}; ECE: {found['binning']}"
-    )
-    print(f"{'finding':<20} {'ECE before':>22} {'ECE after':>22} {'Brier before':>22} {'Brier after':>22}")
-    for name, finding in found["findings"].items():
-        cells = [
-            _cell(finding[measure][when], finding[f"{measure}_ci"][when])
-            for measure in ("ece", "brier")
-            for when in ("before", "after")
-        ]
-        print(f"{name:<20} " + " ".join(f"{c:>22}" for c in cells))
-    print("\noperating points chosen on the validation fold, reported here [95% CI]")
-    print(
-        f"{'finding':<20} {'rule':<18} {'threshold':>9} {'sensitivity':>22} {'specificity':>22} {'PPV':>22} {'NPV':>22}"
-    )
-    for name, finding in found["findings"].items():
-        for rule, point in finding["operating_points"].items():
-            cells = [_cell(point[rate], point[f"{rate}_ci"]) for rate in ("sensitivity", "specificity", "ppv", "npv")]
-            print(f"{name:<20} {rule:<18} {point['threshold']:>9.3f} " + " ".join(f"{c:>22}" for c in cells))
-    if found["not_fitted"] or found["uncalibrated"]:
-        print("not calibrated: " + ", ".join([*found["not_fitted"], *found["uncalibrated"]]))
-
-
-def _cell(value: float, ci: Any) -> str:
-    return with_ci({"v": value, "v_ci": list(ci)}, "v")
+        print("\n" + format_calibration(evaluation.metrics["calibration"]))

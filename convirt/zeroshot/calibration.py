@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -156,7 +157,7 @@ class Calibration:
         return write_json(path, payload, indent=1)
 
     @classmethod
-    def load(cls, path: str | Path) -> Calibration:
+    def load(cls, path: str | os.PathLike[str]) -> Calibration:
         """Read a calibration written by :meth:`save`; refuses other formats and bad parameters."""
         size = Path(path).stat().st_size
         if size > _MAX_FILE_BYTES:

@@ -20,9 +20,7 @@ A finding without both classes on the validation side is left uncalibrated (list
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,19 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from convirt.zeroshot.calibration import Calibration, check_not_fitted_on, fit_calibration
+from convirt.zeroshot.calibration import Calibration, FittedRowsError, fit_calibration
+from convirt.zeroshot.calibration_report import CalibrationReport, report_on_test, save_reliability_diagrams
 from convirt.zeroshot.folds import validation_split
-from convirt.zeroshot.metrics import NAN, bootstrap_ci
-from convirt.zeroshot.operating_points import (
-    RULES,
-    OperatingPointOutput,
-    choose_operating_point,
-    evaluate_operating_point,
-)
-from convirt.zeroshot.reliability import BINS, brier_score, expected_calibration_error, reliability_diagram
+from convirt.zeroshot.operating_points import RULES, choose_operating_point, parse_rule
 
 VALIDATION_FRACTION = 0.3
-BINNING = f"{BINS} equal-width bins on [0, 1], each weighted by its share of the rows"
 
 
 @dataclass(frozen=True)
@@ -118,158 +109,6 @@ def fit_on_validation(
 
 
 @dataclass(frozen=True)
-class FindingReport:
-    """One finding's calibration and operating points on the rows reported on.
-
-    Attributes:
-        n: Rows with a label for the finding.
-        positives: Positives among them.
-        ece, brier: ``{"before": value, "after": value}``.
-        ece_ci, brier_ci: ``{"before": (low, high), "after": (low, high)}``, stratified bootstrap.
-        points: The calibration's operating points, evaluated on these rows.
-        parameters: The finding's calibration parameters.
-    """
-
-    n: int
-    positives: int
-    ece: dict[str, float]
-    ece_ci: dict[str, tuple[float, float]]
-    brier: dict[str, float]
-    brier_ci: dict[str, tuple[float, float]]
-    points: list[OperatingPointOutput]
-    parameters: dict[str, float]
-
-
-@dataclass(frozen=True)
-class CalibrationReport:
-    """A calibration reported on rows it was not fitted on.
-
-    Attributes:
-        method: ``"temperature"`` or ``"platt"``.
-        n: Rows reported on.
-        findings: ``{finding: FindingReport}`` for the calibrated findings.
-        mean_ece, mean_brier: ``{"before", "after"}`` means over the findings.
-        mean_ece_ci, mean_brier_ci: Their percentile bootstrap intervals (rows resampled together).
-        fold: ``{"n", "fingerprint", "seed"}`` of the fold the calibration was fitted on.
-        uncalibrated: Findings reported on with no calibration for them.
-    """
-
-    method: str
-    n: int
-    findings: dict[str, FindingReport]
-    mean_ece: dict[str, float]
-    mean_ece_ci: dict[str, tuple[float, float]]
-    mean_brier: dict[str, float]
-    mean_brier_ci: dict[str, tuple[float, float]]
-    fold: dict[str, Any]
-    uncalibrated: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the binning stated, every value and interval, the operating points by rule."""
-        return {
-            "method": self.method,
-            "binning": BINNING,
-            "fitted_on": self.fold,
-            "reported_on": self.n,
-            "mean": {
-                "ece": self.mean_ece,
-                "ece_ci": self.mean_ece_ci,
-                "brier": self.mean_brier,
-                "brier_ci": self.mean_brier_ci,
-            },
-            "findings": {
-                name: {
-                    "n": found.n,
-                    "positives": found.positives,
-                    "parameters": found.parameters,
-                    "ece": found.ece,
-                    "ece_ci": found.ece_ci,
-                    "brier": found.brier,
-                    "brier_ci": found.brier_ci,
-                    "operating_points": {
-                        output.point.rule: {
-                            "threshold": output.point.threshold,
-                            "chosen_on": {"n": output.point.n, "positives": output.point.positives},
-                            **output.values,
-                            **{f"{rate}_ci": output.intervals[rate] for rate in output.values},
-                        }
-                        for output in found.points
-                    },
-                }
-                for name, found in self.findings.items()
-            },
-            "uncalibrated": self.uncalibrated,
-        }
-
-
-def report_on_test(
-    calibration: Calibration,
-    labels: Any,
-    probs: Any,
-    names: Sequence[str],
-    keys: Sequence[str],
-    bootstrap: int = 1000,
-    seed: int = 0,
-) -> CalibrationReport:
-    """ECE and Brier before and after ``calibration``, and its operating points, on these rows.
-
-    Args:
-        calibration: Fitted elsewhere (:func:`fit_on_validation`, or a saved file).
-        labels: ``(N, F)`` 0/1 (-1: left out of that finding).
-        probs: ``(N, F)`` raw probabilities.
-        names: ``F`` finding names; those the calibration lacks are listed as uncalibrated.
-        keys: ``N`` image keys.
-        bootstrap, seed: Replicates and seed of the intervals.
-
-    Raises:
-        ValueError: Any row is one the calibration was fitted on, or shapes disagree.
-    """
-    check_not_fitted_on(calibration, keys)
-    y, p = np.asarray(labels), np.asarray(probs, dtype=float)
-    if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names) or len(keys) != len(y):
-        raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(keys)} keys")
-    findings: dict[str, FindingReport] = {}
-    columns = [c for c, name in enumerate(names) if name in calibration.parameters]
-    for column in columns:
-        name = names[column]
-        known = y[:, column] >= 0
-        truth, raw = y[known, column], p[known, column]
-        curves = {"before": raw, "after": calibration.apply(name, raw)}
-        ece = {k: _or_nan(expected_calibration_error, truth, v) for k, v in curves.items()}
-        brier = {k: _or_nan(brier_score, truth, v) for k, v in curves.items()}
-        points = [
-            evaluate_operating_point(truth, curves["after"], point, bootstrap, seed)
-            for point in calibration.operating_points.get(name, {}).values()
-        ]
-        findings[name] = FindingReport(
-            n=int(truth.size),
-            positives=int((truth == 1).sum()),
-            ece=ece,
-            ece_ci={k: _interval(truth, v, expected_calibration_error, bootstrap, seed) for k, v in curves.items()},
-            brier=brier,
-            brier_ci={k: _interval(truth, v, brier_score, bootstrap, seed) for k, v in curves.items()},
-            points=points,
-            parameters=calibration.parameters[name],
-        )
-    calibrated = p.copy()
-    for column in columns:
-        calibrated[:, column] = calibration.apply(names[column], p[:, column])
-    mean_ece, mean_ece_ci, mean_brier, mean_brier_ci = {}, {}, {}, {}
-    for when, values in (("before", p), ("after", calibrated)):
-        mean_ece[when], mean_ece_ci[when] = _mean_with_ci(
-            y[:, columns], values[:, columns], expected_calibration_error, bootstrap, seed
-        )
-        mean_brier[when], mean_brier_ci[when] = _mean_with_ci(
-            y[:, columns], values[:, columns], brier_score, bootstrap, seed
-        )
-    fold = {"n": calibration.fold.n, "fingerprint": calibration.fold.fingerprint, "seed": calibration.fold.seed}
-    uncalibrated = [name for name in names if name not in calibration.parameters]
-    return CalibrationReport(
-        calibration.method.value, len(y), findings, mean_ece, mean_ece_ci, mean_brier, mean_brier_ci, fold, uncalibrated
-    )
-
-
-@dataclass(frozen=True)
 class ValidatedOutput:
     """A calibration (fitted here or given) and its report on rows it was not fitted on.
 
@@ -324,74 +163,42 @@ def validate(
     return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped)
 
 
-def _or_nan(statistic: Any, y: np.ndarray, p: np.ndarray) -> float:
-    return float(statistic(y, p)) if y.size else NAN
-
-
-def _interval(y: np.ndarray, p: np.ndarray, statistic: Any, bootstrap: int, seed: int) -> tuple[float, float]:
-    return bootstrap_ci(y, p, statistic, bootstrap, seed) if y.size else (NAN, NAN)
-
-
-def _mean_with_ci(
-    labels: np.ndarray, probs: np.ndarray, statistic: Any, bootstrap: int, seed: int, level: float = 0.95
-) -> tuple[float, tuple[float, float]]:
-    """The mean over findings of ``statistic`` and its percentile bootstrap interval (rows resampled
-    together, as :func:`~convirt.zeroshot.metrics.mean_auroc_ci` does for AUROC)."""
-
-    def mean(rows: np.ndarray) -> float:
-        values = []
-        for column in range(labels.shape[1]):
-            y, p = labels[rows, column], probs[rows, column]
-            if (known := y >= 0).any():
-                values.append(statistic(y[known], p[known]))
-        return float(np.mean(values)) if values else NAN
-
-    everything = np.arange(len(labels))
-    value = mean(everything) if len(labels) and labels.shape[1] else NAN
-    if bootstrap <= 0 or math.isnan(value) or len(labels) < 2:
-        return value, (NAN, NAN)
-    rng = np.random.default_rng(seed)
-    replicates = [mean(rng.integers(0, len(labels), len(labels))) for _ in range(bootstrap)]
-    kept = [v for v in replicates if not math.isnan(v)]
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(kept, [tail, 100 - tail])
-    return value, (float(low), float(high))
-
-
-def save_reliability_diagrams(
-    calibration: Calibration,
+def validate_or_skip(
     labels: Any,
     probs: Any,
     names: Sequence[str],
     keys: Sequence[str],
-    folder: str | os.PathLike[str],
-    where: str = "test rows",
-) -> list[Path]:
-    """One reliability diagram per calibrated finding (before and after on the same axes), as
-    ``folder/<finding>.png``.
+    patient_ids: Sequence[Any],
+    calibration: str | os.PathLike[str] | Calibration | None = None,
+    method: str = "temperature",
+    fraction: float = VALIDATION_FRACTION,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    rules: Sequence[str] = RULES,
+) -> ValidatedOutput | str:
+    """:func:`validate`, or why these rows cannot give a validation fold (one patient, no finding
+    with both classes on it) as a string: what `convirt zeroshot` reports beside its AUROCs.
 
     Raises:
-        ValueError: Any row is one the calibration was fitted on.
+        ValueError: An unknown rule or a fraction outside ``(0, 1)``, a calibration file that
+            cannot be read or covers none of ``names``, or rows it was fitted on
+            (:class:`~convirt.zeroshot.calibration.FittedRowsError`): never skipped.
     """
-    check_not_fitted_on(calibration, keys)
-    y, p = np.asarray(labels), np.asarray(probs, dtype=float)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for column, name in enumerate(names):
-        known = y[:, column] >= 0
-        if name not in calibration.parameters or not known.any():
-            continue
-        raw = p[known, column]
-        path = out / f"{_file_name(name)}.png"
-        curves = {"before": raw, f"after ({calibration.method.value})": calibration.apply(name, raw)}
-        reliability_diagram(y[known, column], curves, path, f"{name}: {int(known.sum())} {where}")
-        written.append(path)
-    return written
-
-
-def _file_name(finding: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", finding).strip("_") or "finding"
+    for rule in rules:
+        parse_rule(rule)
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction {fraction} is not between 0 and 1")
+    given = Calibration.load(calibration) if isinstance(calibration, (str, os.PathLike)) else calibration
+    if given is not None and not set(given.parameters) & set(names):
+        raise ValueError(f"the calibration is for {sorted(given.parameters)}, none of {list(names)}")
+    try:
+        return validate(labels, probs, names, keys, patient_ids, given, method, fraction, seed, bootstrap, rules)
+    except FittedRowsError:
+        raise
+    except ValueError as error:
+        if given is not None:
+            raise
+        return str(error)
 
 
 CALIBRATION_FILE, RELIABILITY_FOLDER = "calibration.json", "reliability"
@@ -415,7 +222,7 @@ def save_validated(
     written = save_reliability_diagrams(
         validated.calibration, y, p, names, [keys[r] for r in rows], out / RELIABILITY_FOLDER, where
     )
-    files = {"reliability": [str(path.relative_to(out)) for path in written]}
+    files: dict[str, Any] = {"reliability": [str(path.relative_to(out)) for path in written]}
     if validated.fitted_here:
         validated.calibration.save(out / CALIBRATION_FILE)
         files["calibration"] = CALIBRATION_FILE

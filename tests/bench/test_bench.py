@@ -20,6 +20,8 @@ PROTOCOLS = {
     "probe": {"fractions": [1.0]},
     "image_text": {},
     "reports": {},
+    "calibration": {},
+    "operating_points": {"rules": ["sensitivity>=0.90", "youden"]},
 }
 
 
@@ -159,6 +161,12 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
     for method in ("descriptors", "names", "ensemble"):
         bench = next(r["value"] for r in rows if r["protocol"] == "zeroshot" and r["metric"] == f"{method}/mean_auroc")
         assert bench == pytest.approx(alone[method]["mean_auroc"], abs=1e-6)
+    # Calibration too: the same fold and the same figures as `convirt zeroshot`'s on the same images.
+    bench_ece = next(r for r in rows if r["protocol"] == "calibration" and r["metric"] == "ece_after")
+    assert bench_ece["value"] == pytest.approx(alone["calibration"]["mean"]["ece"]["after"], abs=1e-6)
+    assert bench_ece["n"] == alone["calibration"]["reported_on"]
+    assert "calibration: mean ECE after" in printed
+    assert "operating point sensitivity>=0.90 on validation: specificity" in printed
     # The exported model's card carries these results (the rows of its own weights), not typed-in figures.
     exported = tmp_path / "exported"
     assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(out)]) == 0
@@ -166,6 +174,8 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
     headline = next(r for r in rows if r["protocol"] == "zeroshot" and r["metric"] == "descriptors/mean_auroc")
     value = f"{headline['value']:.3f} [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
     assert f"| tiny (2) | phantom | zeroshot | descriptors/mean_auroc | {value} |" in card
+    assert "| tiny (2) | phantom | calibration | ece_after |" in card
+    assert "| tiny (2) | phantom | operating_points | sensitivity>=0.90/specificity/" in card
     assert "local-dir:" in card and "not a diagnostic device" in card
     assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(tmp_path)]) != 0
 

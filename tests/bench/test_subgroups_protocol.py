@@ -22,10 +22,18 @@ def test_subgroup_rows_by_sex_and_age_band_with_the_gap_first(labels_csv, tiny_c
     options = {"columns": ["sex", "age_band"], "min_size": 10, "min_positives": 2}
     found = subgroups(loaded, task, options, images, None, seed=0, bootstrap=50)
     metrics = [row["metric"] for row in found]
-    assert metrics[:2] == ["sex/gap/Cardiomegaly", "age_band/gap/Cardiomegaly"]  # the headline first
+    assert metrics[0] == "sex/gap/Cardiomegaly"  # the headline first
+    assert metrics[1:4] == ["sex/worst/Cardiomegaly", "age_band/gap/Cardiomegaly", "age_band/worst/Cardiomegaly"]
     by_metric = {row["metric"]: row for row in found}
+    worst = by_metric["sex/worst/Cardiomegaly"]
+    assert worst["value"] == by_metric[f"sex/{worst['group']}/auroc/Cardiomegaly"]["value"]
+    assert worst["value"] == min(by_metric[f"sex/{g}/auroc/Cardiomegaly"]["value"] for g in "FM")
+    gap = by_metric["sex/gap/Cardiomegaly"]["value"]
+    assert gap == pytest.approx(
+        abs(by_metric["sex/F/auroc/Cardiomegaly"]["value"] - by_metric["sex/M/auroc/Cardiomegaly"]["value"])
+    )
     assert by_metric["sex/F/auroc/Cardiomegaly"]["n"] + by_metric["sex/M/auroc/Cardiomegaly"]["n"] == len(rows)
-    bands = {m.split("/")[1] for m in metrics if m.startswith("age_band/") and "/gap/" not in m}
+    bands = {m.split("/")[1] for m in metrics if m.startswith("age_band/")} - {"gap", "worst"}
     assert bands <= {"<40", "40-60", "60-80", ">=80"} and len(bands) >= 3
     for row in found:
         assert row["value"] is None or 0 <= row["value"] <= 1 or "/gap/" in row["metric"]

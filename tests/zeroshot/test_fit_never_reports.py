@@ -9,6 +9,7 @@ broken to hand the same rows to both sides: the command must then refuse, not re
 import numpy as np
 import pytest
 
+import convirt.zeroshot.calibration_report as calibration_report
 import convirt.zeroshot.validated as validated
 from convirt.bench.protocols import calibration, operating_points
 from convirt.bench.suite import Task
@@ -41,14 +42,17 @@ def test_every_command_fits_on_one_side_and_reports_on_the_other(
     task_and_images, labels_csv, tiny_checkpoint, tmp_path, monkeypatch
 ):
     fitted, chosen, reported = [], [], []
-    fit, choose, check = validated.fit_calibration, validated.choose_operating_point, validated.check_not_fitted_on
+    fit, choose = validated.fit_calibration, validated.choose_operating_point
+    check = calibration_report.check_not_fitted_on
     monkeypatch.setattr(
         validated, "fit_calibration", lambda y, p, names, ids, *a: fitted.append(set(ids)) or fit(y, p, names, ids, *a)
     )
     monkeypatch.setattr(
         validated, "choose_operating_point", lambda y, s, rule: chosen.append(len(y)) or choose(y, s, rule)
     )
-    monkeypatch.setattr(validated, "check_not_fitted_on", lambda c, ids: reported.append(set(ids)) or check(c, ids))
+    monkeypatch.setattr(
+        calibration_report, "check_not_fitted_on", lambda c, ids: reported.append(set(ids)) or check(c, ids)
+    )
     loaded, task, images = task_and_images
     for name, command in _commands(loaded, task, images, labels_csv, tiny_checkpoint, tmp_path / "zs").items():
         fitted.clear(), chosen.clear(), reported.clear()
