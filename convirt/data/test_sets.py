@@ -17,6 +17,9 @@ written-down policy, so that two users who hold the same files evaluate the same
   ends ``_1`` (Tuberculosis) or ``_0`` (No Finding).
 - ``covidx``: COVIDx ``test.txt`` (``patient_id filename class source``, space-separated; class
   ``positive`` / ``COVID-19``: COVID-19, ``pneumonia``: Pneumonia, else No Finding); images ``test/``.
+
+RSNA, SIIM and VinDr keep the patient's sex and age and the view only in each DICOM's header: their
+rows take them from there (header only, never the pixels), empty where the image is missing or damaged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from convirt.data.images import DICOM_SUFFIXES, dicom_demographics
 from convirt.data.labels import open_table
 from convirt.data.schema import NO_FINDING, Row
 from convirt.data.sources.csv import key_from_path
@@ -64,15 +68,22 @@ def check_finding_names(names: set[str] | list[str], table: Path, layout: str) -
 
 
 def _rows_by_image(positive: dict[str, set[str]], path_of: dict[str, Path], source: str) -> Iterator[Row]:
-    for image_id in path_of:
+    """A row per image of ``path_of``, with the findings ``positive`` names (else No Finding); a DICOM's
+    sex, age and view from its header (:func:`convirt.data.images.dicom_demographics`): these archives
+    keep them nowhere else. A missing or damaged file leaves them empty."""
+    for image_id, path in path_of.items():
         labels = sorted(positive.get(image_id, set())) or [NO_FINDING]
+        sex, age, view = dicom_demographics(path) if path.suffix.lower() in DICOM_SUFFIXES else ("", "", "")
         yield Row(
-            key=key_from_path(path_of[image_id].name),
-            image_path=str(path_of[image_id]),
+            key=key_from_path(path.name),
+            image_path=str(path),
             text="",
             patient_id=image_id,
             labels=labels,
+            view=view,
             source=source,
+            sex=sex,
+            age=age,
         )
 
 

@@ -2,11 +2,14 @@
 
 import gzip
 import shutil
+import warnings
 
+import numpy as np
 import pytest
 
+from convirt.data.images import dicom_demographics
 from convirt.data.inputs import read_image_rows, read_split_file
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.conftest import SHARED_DATA, requires_shared_data, write_dicom
 
 
 def _labels(rows):
@@ -89,6 +92,96 @@ def test_vindr_image_labels_of_several_readers_and_files_it_cannot_read_are_refu
     numbered.write_text("image_id,0,1,width\na1,1,0,2048\n")
     with pytest.raises(ValueError, match=r"would report \['0', '1', 'width'\] as findings"):
         read_image_rows(numbered, label_format="vindr")
+
+
+def _dicom(path, syntax=None, pixel_data=None, shape=(8, 8), **header):
+    """A small DICOM at ``path`` whose header holds ``header`` (keywords: PatientSex, PatientAge, ViewPosition)."""
+    import pydicom
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = None if pixel_data is not None else np.arange(shape[0] * shape[1]).reshape(shape) % 4096
+    write_dicom(path, pixels, syntax=syntax, pixel_data=pixel_data, shape=shape)
+    if header:
+        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():  # values as the archives write them: RSNA's age "51" is no DICOM AS
+            warnings.simplefilter("ignore")
+            for keyword, value in header.items():
+                setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _demographics(rows):
+    return {row.key: (row.sex, row.age, row.view) for row in rows}
+
+
+def test_rsna_siim_and_vindr_rows_carry_sex_age_and_view_from_their_dicom_headers(tmp_path):
+    rsna = tmp_path / "rsna"
+    table = rsna / "stage_2_train_labels.csv"
+    _dicom(rsna / "stage_2_train_images" / "aaa.dcm", PatientSex="F", PatientAge="063Y", ViewPosition="PA")
+    _dicom(rsna / "stage_2_train_images" / "bbb.dcm", PatientSex="M", PatientAge="51", ViewPosition="AP")
+    table.write_text("patientId,x,y,width,height,Target\naaa,,,,,0\nbbb,264.0,152.0,213.0,379.0,1\n")
+    rows = read_image_rows(table, label_format="rsna")
+    assert _demographics(rows) == {"aaa": ("F", "063Y", "PA"), "bbb": ("M", "51", "AP")}
+    assert {k: rows[0].metadata()[k] for k in ("sex", "age", "view")} == {"sex": "F", "age": "063Y", "view": "PA"}
+
+    siim = tmp_path / "siim"
+    (siim / "train-rle.csv").parent.mkdir()
+    (siim / "train-rle.csv").write_text("ImageId, EncodedPixels\n1.2.4, 175349 7 1013 12\n")
+    _dicom(siim / "dicom-images-train" / "study" / "series" / "1.2.4.dcm", PatientSex="F", PatientAge="38")
+    rows = read_image_rows(siim / "train-rle.csv", label_format="siim")
+    assert _demographics(rows) == {"1_2_4": ("F", "38", "")}  # no ViewPosition in this header
+
+    vindr = tmp_path / "vindr"
+    (vindr / "image_labels_test.csv").parent.mkdir()
+    (vindr / "image_labels_test.csv").write_text("image_id,Cardiomegaly,No finding\nimg1,1,0\n")
+    _dicom(vindr / "test" / "img1.dicom", PatientSex=" M", PatientAge="045Y", ViewPosition="PA")
+    rows = read_image_rows(vindr / "image_labels_test.csv", label_format="vindr")
+    assert _demographics(rows) == {"img1": ("M", "045Y", "PA")}
+    (vindr / "train.csv").write_text(KAGGLE_BOXES)  # the box layout, the train/ folder
+    _dicom(vindr / "train" / "b2.dicom", PatientSex="F", PatientAge="070Y", ViewPosition="AP")
+    rows = read_image_rows(vindr / "train.csv", label_format="vindr")
+    assert _demographics(rows)["b2"] == ("F", "070Y", "AP")
+    assert _demographics(rows)["a1"] == ("", "", "")  # its image is not there
+
+
+def test_missing_damaged_and_tagless_dicoms_leave_sex_age_and_view_empty(tmp_path):
+    images = tmp_path / "stage_2_train_images"
+    _dicom(images / "tagless.dcm")
+    _dicom(images / "blank.dcm", PatientSex="", PatientAge="", ViewPosition="")
+    _dicom(images / "long.dcm", PatientSex="F", PatientAge="063Y", ViewPosition="POSTERO-ANTERIOR-UPRIGHT")
+    (images / "garbage.dcm").write_bytes(b"\x00\x01not a dicom\xff")
+    whole = _dicom(images / "whole.dcm", PatientSex="F", PatientAge="063Y", ViewPosition="PA").read_bytes()
+    (images / "truncated.dcm").write_bytes(whole[:150])  # the preamble, DICM and part of the meta group
+    (images / "folder.dcm").mkdir()
+    names = ["missing", "tagless", "blank", "long", "garbage", "truncated", "folder", "whole"]
+    table = tmp_path / "stage_2_train_labels.csv"
+    table.write_text("patientId,Target\n" + "".join(f"{name},0\n" for name in names))
+    found = _demographics(read_image_rows(table, label_format="rsna"))
+    assert found == {
+        **{name: ("", "", "") for name in names[:-1]},
+        "long": ("F", "063Y", ""),  # longer than a CS value may be: damage, not a view
+        "whole": ("F", "063Y", "PA"),
+    }
+    assert "sex" not in read_image_rows(table, label_format="rsna")[0].metadata()
+
+
+def test_a_deflated_header_is_read_within_the_image_readers_inflation_limit(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    small = _dicom(tmp_path / "small.dcm", syntax=DeflatedExplicitVRLittleEndian, PatientSex="M", ViewPosition="AP")
+    assert dicom_demographics(small) == ("M", "", "AP")
+    bomb = _dicom(
+        tmp_path / "bomb.dcm", syntax=DeflatedExplicitVRLittleEndian, pixel_data=bytes(20_000_000), shape=(2_000, 2_000)
+    )
+    assert bomb.stat().st_size < 100_000
+
+    def never(*args, **kwargs):
+        raise AssertionError("the deflated file was inflated before its size was known")
+
+    monkeypatch.setattr(pydicom, "dcmread", never)
+    assert dicom_demographics(bomb, max_pixels=1_000) == ("", "", "")  # a limit of 16 MiB inflated
 
 
 def test_shenzhen_and_montgomery_labels_come_from_the_file_names(tmp_path):
