@@ -1,5 +1,6 @@
-"""Figures of a bench run: per task, the models' headline metrics as bars with their 95% CIs, and
-the models' zero-shot ROC curves (descriptor scores) per finding."""
+"""Figures of a bench run: per task, the models' headline metrics as bars with their 95% CIs, the
+models' zero-shot ROC curves (descriptor scores) per finding, and per model and finding the
+reliability diagram of the calibration protocol (before and after, on the held-out patients)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from convirt.bench.leaderboard import UNRANKED, headlines, metric_name
 from convirt.zeroshot.plots import plot_roc, pyplot
+from convirt.zeroshot.reliability import reliability_diagram
 
 ROC_METHOD = "descriptors"  # the zero-shot method whose curves are drawn (the leaderboard's headline)
 
@@ -64,5 +66,22 @@ def write_figures(
             curves = {m[:24]: np.asarray(s["methods"][ROC_METHOD]) for m, s in same}
             path = folder / f"{_file_name(task)}-roc.png"
             plot_roc(np.asarray(first["labels"]), curves, first["findings"], path)
+            written.append(path)
+        for model in models:
+            if (found := scores.get((model, task, "calibration"))) is not None:
+                written += _reliability(found, f"{task}, {model}", folder / _file_name(f"{task}-{model}-reliability"))
+    return written
+
+
+def _reliability(found: dict[str, Any], title: str, stem: Path) -> list[Path]:
+    """One reliability diagram per finding of a calibration result: ``STEM-FINDING.png``."""
+    labels = np.asarray(found["labels"])
+    written = []
+    for column, finding in enumerate(found["findings"]):
+        known = labels[:, column] >= 0
+        if known.any():
+            curves = {when: np.asarray(found[when])[known, column] for when in ("before", "after")}
+            path = stem.with_name(f"{stem.name}-{_file_name(finding)}.png")
+            reliability_diagram(labels[known, column], curves, path, f"{title}: {finding}, {int(known.sum())} held out")
             written.append(path)
     return written

@@ -291,9 +291,10 @@ def _descriptor_scores(loaded: LoadedModel, task: Task, images: EmbeddingOutput,
 
 def _validated(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, seed: int, bootstrap: int, rules: Any
-) -> tuple[CalibrationReport, int]:
+) -> tuple[CalibrationReport, int, dict[str, Any]]:
     """The task's descriptor probabilities calibrated and thresholded on a patient-grouped
-    validation fold (``fraction`` of the patients, seeded), reported on the rest; and the fold's size."""
+    validation fold (``fraction`` of the patients, seeded), reported on the rest; the fold's size;
+    and the reported rows' labels and probabilities before and after (for reliability diagrams)."""
     evaluation = _descriptor_scores(loaded, task, images, seed, "calibration and operating points")
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
     probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
@@ -310,17 +311,28 @@ def _validated(
         bootstrap=bootstrap,
         rules=rules,
     )
-    return validated.report, validated.calibration.fold.n
+    test, kept = validated.reported_rows, list(validated.report.findings)
+    columns = [names.index(name) for name in kept]
+    after = np.stack([validated.calibration.apply(n, probs[test, c]) for n, c in zip(kept, columns)], 1)
+    curves = {
+        "keys": [images.keys[row] for row in test],
+        "findings": kept,
+        "labels": evaluation.labels[np.ix_(test, columns)].tolist(),
+        "before": probs[np.ix_(test, columns)].tolist(),
+        "after": after.tolist(),
+    }
+    return validated.report, validated.calibration.fold.n, curves
 
 
 def calibration(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
-) -> Rows:
+) -> dict[str, Any]:
     """Zero-shot (descriptor) probabilities calibrated per finding (``method``: temperature or
     platt) on a patient-grouped validation fold (``fraction`` of the patients, 0.3), reported on
     the other patients: expected calibration error (15 equal-width bins, count-weighted) and
-    Brier score before and after, with CIs. The headline is the mean ECE after calibration."""
-    report, fitted_on = _validated(loaded, task, options, images, seed, bootstrap, rules=())
+    Brier score before and after, with CIs. The headline is the mean ECE after calibration. Keeps
+    the reported rows' probabilities before and after, for the reliability diagrams of the figures."""
+    report, fitted_on, curves = _validated(loaded, task, options, images, seed, bootstrap, rules=())
     rows = [
         _row(f"{measure}_{when}", value[when], ci[when], report.n)
         for measure, value, ci in (
@@ -335,7 +347,7 @@ def calibration(
                 rows.append(_row(f"{measure}_{when}/{name}", value[when], ci[when], found.n, found.positives))
         for parameter, number in found.parameters.items():
             rows.append(_row(f"{parameter}/{name}", number, n=fitted_on))
-    return rows
+    return {"rows": rows, "scores": curves}
 
 
 # Rules in the order the protocol reports them: the first, specificity while holding sensitivity at
@@ -351,7 +363,7 @@ def operating_points(
     sensitivity, specificity, PPV and NPV with CIs, and the threshold. Per rule, the rate the rule
     does not fix comes first; the headline is the first rule's (specificity at sensitivity >= 0.90)."""
     rules = tuple(options.get("rules", OPERATING_RULES))
-    report, fitted_on = _validated(loaded, task, options, images, seed, bootstrap, rules)
+    report, fitted_on, _ = _validated(loaded, task, options, images, seed, bootstrap, rules)
     rows: Rows = []
     for rule in rules:
         for name, found in report.findings.items():

@@ -121,8 +121,12 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     assert "| tiny.ckpt |" in board and "**0." in board  # the best of a column in bold
     assert (out / "leaderboard.csv").read_text().count("\n") == 1 + len({(r["model"], r["protocol"]) for r in rows})
 
-    # Figures: a bar chart per task, zero-shot ROC curves where a model scored zero-shot.
-    assert sorted(p.name for p in first.figures) == ["phantom-bars.png", "phantom-roc.png"]
+    # Figures: a bar chart per task, zero-shot ROC curves where a model scored zero-shot, and the
+    # calibration's reliability diagram per model and finding (the image-only timm model has none).
+    reliability = sorted(p.name for p in first.figures if "-reliability-" in p.name)
+    assert reliability and all(name.startswith("phantom-tiny.ckpt-reliability-") for name in reliability)
+    assert "phantom-tiny.ckpt-reliability-Cardiomegaly.png" in reliability
+    assert sorted(p.name for p in first.figures if p.name not in reliability) == ["phantom-bars.png", "phantom-roc.png"]
     assert all(p.stat().st_size > 5000 for p in first.figures)
 
     again = run_bench(suite, models, out, _embed, seeds=(0, 1), bootstrap=50)
@@ -262,7 +266,15 @@ def test_the_public_suite_runs_what_is_there_and_says_how_to_get_the_rest(phanto
     assert set(reasons) == {t.name for t in suite.tasks} - {"shenzhen-tb"}
     assert "test_list.txt" in reasons["chestxray14-test"] and str(root / "chexpert") in reasons["chexpert-test"]
     shenzhen = [r for r in result.rows if r["task"] == "shenzhen-tb"]
-    assert {r["protocol"] for r in shenzhen} == {"zeroshot", "prompts", "knn", "retrieval", "probe"}
+    assert {r["protocol"] for r in shenzhen} == {
+        "zeroshot",
+        "prompts",
+        "knn",
+        "retrieval",
+        "probe",
+        "calibration",
+        "operating_points",
+    }
     headline = next(r for r in shenzhen if r["protocol"] == "zeroshot")
     assert headline["n"] == 24 and "_1 Tuberculosis" in headline["label_policy"]
     bad = tmp_path / "bad.yaml"
