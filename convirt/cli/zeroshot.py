@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> None:
     from convirt._io import write_json
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
+    from convirt.models.fingerprint import model_fingerprint
     from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
-    from convirt.zeroshot.calibration import Calibration
+    from convirt.zeroshot.calibration import Calibration, scores_from
     from convirt.zeroshot.calibration_report import format_calibration
     from convirt.zeroshot.evaluate import METRICS, aligned_labels, evaluate_zeroshot, save_zeroshot_folder
     from convirt.zeroshot.plots import plot_explained_batch
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> None:
         descriptors = descriptors.only(args.labels)
     loaded = model_from_args(args)
     loaded.require_text("zero-shot diagnosis")
+    made_by = scores_from(model_fingerprint(loaded), descriptors.name)
+    if given is not None:  # another model's or descriptor set's calibration fails before any embedding
+        given.check_scores_from(made_by, descriptors.name)
     where = parse_where(args.where)
     embedded = embed_batches(
         loaded.model, eval_batches(loaded, args.data, args.split, args.batch_size, where=where, table=args)
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> None:
     patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
     calibrated = validate_or_skip(
         *(evaluation.labels, probs, names, evaluation.keys, patients, given, args.calibration_method),
-        *(args.validation_fraction, args.seed, args.bootstrap, args.operating_points),
+        *(args.validation_fraction, args.seed, args.bootstrap, args.operating_points, made_by),
     )
     if isinstance(calibrated, str):
         evaluation.metrics["calibration"] = {"skipped": calibrated}

@@ -87,7 +87,10 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
 
 
 def load_served_calibration(
-    calibration: str | os.PathLike[str] | Calibration | None, rule: str | None, finding_names: Sequence[str] | None
+    calibration: str | os.PathLike[str] | Calibration | None,
+    rule: str | None,
+    finding_names: Sequence[str] | None,
+    made_by: tuple[dict[str, Any], Any] | None = None,
 ) -> ServedCalibration | None:
     """The calibration a service applies to ``finding_names``; ``None`` without one.
 
@@ -97,12 +100,18 @@ def load_served_calibration(
             when the file carries no operating point at all.
         finding_names: The service's findings (its descriptor set's; empty: it has none); ``None``: the
             file's own (to check a file and a rule before a model loads).
+        made_by: The service's model fingerprint and descriptor set (``None``: it has none), whose
+            findings then stand for ``finding_names``: a calibration fitted on another model's or
+            set's scores is refused (:meth:`Calibration.check_scores_from`).
 
     Raises:
         OSError: The file cannot be read.
         ValueError: The file is no calibration, the service has no descriptor set, the file calibrates none
-            of ``finding_names``, or it carries ``rule`` for none of them (the message names the rules it has).
+            of ``finding_names``, was fitted on another model's or descriptor set's scores, or it carries
+            ``rule`` for none of them (the message names the rules it has).
     """
+    if made_by is not None:
+        finding_names = list(made_by[1].finding_names) if made_by[1] is not None else []
     if calibration is None:
         if rule is not None:
             raise ValueError(f"--operating-point {rule} needs a --calibration file (its thresholds are in it)")
@@ -110,6 +119,8 @@ def load_served_calibration(
     if finding_names is not None and not finding_names:
         raise ValueError("a calibration needs a descriptor set (--descriptors): it calibrates the descriptors' scores")
     loaded = calibration if isinstance(calibration, Calibration) else read_calibration(calibration)
+    if made_by is not None and made_by[1] is not None:
+        loaded.check_scores_from(made_by[0], made_by[1].name)
     names = list(loaded.parameters) if finding_names is None else finding_names
     findings = tuple(name for name in names if name in loaded.parameters)
     if not findings:

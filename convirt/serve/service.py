@@ -110,8 +110,8 @@ class CaseService:
             self.descriptors = load_descriptors(descriptors)
             self.classifier = ZeroShotClassifier(loaded.model, loaded.tokenizer, self.descriptors, Method.DESCRIPTORS)
         names = self.classifier.descriptors.finding_names if self.classifier else sorted(self._all_labels())
-        self.finding_names = list(names)
-        self.calibrated = load_served_calibration(calibration, operating_point, names if self.classifier else ())
+        self.finding_names, made_by = list(names), (self.fingerprint, self.classifier and self.classifier.descriptors)
+        self.calibrated = load_served_calibration(calibration, operating_point, None, made_by)
         self.labels = label_matrix(self.metadata, self.finding_names)
         self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
         # Each patient's rows, built once: a per-request scan costs ~0.2 s at 100k cases.

@@ -29,6 +29,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit
 
+from convirt._embedding_space import FINGERPRINT_KEYS, check_same_space
 from convirt._io import write_json
 from convirt.zeroshot.folds import fold_fingerprint, row_hashes
 from convirt.zeroshot.operating_points import OperatingPoint, parse_rule
@@ -130,12 +131,29 @@ class Calibration:
         fold: The fitted rows.
         operating_points: ``{finding: {rule: point}}`` chosen on the fold's calibrated
             probabilities (empty when none were chosen).
+        scores_from: The model (``model_name``, ``checkpoint_sha256``, ``dim``: its fingerprint) and
+            ``descriptors`` (the set's name) whose scores were calibrated: a calibration holds for
+            those scores only (:meth:`check_scores_from`). Empty when not recorded.
     """
 
     method: CalibrationMethod
     parameters: dict[str, dict[str, float]]
     fold: FittedFold
     operating_points: dict[str, dict[str, OperatingPoint]] = field(default_factory=dict)
+    scores_from: dict[str, Any] = field(default_factory=dict)
+
+    def check_scores_from(self, fingerprint: dict[str, Any], descriptors: str) -> None:
+        """Refuse to calibrate the scores of another model or descriptor set than the fitted one's.
+
+        Raises:
+            ValueError: The model's fingerprint or the descriptor set's name differs (both named).
+        """
+        check_same_space(self.scores_from, fingerprint, what="calibration")
+        fitted = self.scores_from.get("descriptors")
+        if fitted is not None and fitted != descriptors:
+            raise ValueError(
+                f"the calibration was fitted on the {fitted!r} descriptor set's scores, not {descriptors!r}"
+            )
 
     def apply(self, finding: str, probs: Any) -> np.ndarray:
         """Calibrated ``(N,)`` probabilities of ``finding`` from its raw ``(N,)`` probabilities."""
@@ -154,6 +172,7 @@ class Calibration:
             finding: {rule: asdict(point) for rule, point in points.items()}
             for finding, points in self.operating_points.items()
         }
+        payload["scores_from"] = self.scores_from
         return write_json(path, payload, indent=1)
 
     @classmethod
@@ -186,7 +205,15 @@ class Calibration:
         for finding, values in parameters.items():
             if not all(math.isfinite(v) for v in values.values()) or values.get("temperature", 1.0) <= 0:
                 raise ValueError(f"calibration file: bad parameters for {finding!r}: {values}")
-        return cls(method, parameters, fitted, points)
+        scores_from = payload.get("scores_from") or {}
+        if not isinstance(scores_from, dict):
+            raise ValueError(f"calibration file: scores_from is {type(scores_from).__name__}, not a mapping")
+        return cls(method, parameters, fitted, points, scores_from)
+
+
+def scores_from(fingerprint: dict[str, Any], descriptors: str) -> dict[str, Any]:
+    """What :attr:`Calibration.scores_from` records of a model's fingerprint and a descriptor set's name."""
+    return {**{key: fingerprint.get(key) for key in FINGERPRINT_KEYS}, "descriptors": descriptors}
 
 
 def _point(rule: str, value: dict[str, Any]) -> OperatingPoint:

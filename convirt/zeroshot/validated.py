@@ -63,6 +63,7 @@ def fit_on_validation(
     fraction: float = VALIDATION_FRACTION,
     seed: int = 0,
     rules: Sequence[str] = RULES,
+    scores_from: dict[str, Any] | None = None,
 ) -> FitOnValidationOutput:
     """Split by patient, fit each finding's calibration on the validation side and choose ``rules``'
     operating points on its calibrated probabilities.
@@ -77,6 +78,8 @@ def fit_on_validation(
         fraction: Share of patients on the validation side.
         seed: Seed of the split.
         rules: Operating-point rules (:data:`~convirt.zeroshot.operating_points.RULES`).
+        scores_from: The model and descriptor set that made ``probs``
+            (:func:`~convirt.zeroshot.calibration.scores_from`), recorded in the calibration.
 
     Raises:
         ValueError: Shapes disagree, fewer than two patients, or no finding can be fitted.
@@ -105,7 +108,8 @@ def fit_on_validation(
         known = y[validation, column] >= 0
         calibrated = calibration.apply(name, p[validation, column][known])
         points[name] = {rule: choose_operating_point(y[validation, column][known], calibrated, rule) for rule in rules}
-    return FitOnValidationOutput(replace(calibration, operating_points=points), validation, test, skipped)
+    made = replace(calibration, operating_points=points, scores_from=dict(scores_from or {}))
+    return FitOnValidationOutput(made, validation, test, skipped)
 
 
 @dataclass(frozen=True)
@@ -143,12 +147,13 @@ def validate(
     seed: int = 0,
     bootstrap: int = 1000,
     rules: Sequence[str] = RULES,
+    scores_from: dict[str, Any] | None = None,
 ) -> ValidatedOutput:
     """Calibration and operating points for labelled rows, reported only where they were not fitted.
 
     Without ``calibration``: :func:`fit_on_validation` on these rows, then :func:`report_on_test`
-    on the test side. With one (a saved file): :func:`report_on_test` on every row, which refuses
-    rows it was fitted on.
+    on the test side (``scores_from`` recorded in it). With one (a saved file): :func:`report_on_test`
+    on every row, which refuses rows it was fitted on.
 
     Raises:
         ValueError: See :func:`fit_on_validation` and :func:`report_on_test`.
@@ -157,7 +162,7 @@ def validate(
     if calibration is not None:
         report = report_on_test(calibration, y, p, names, keys, bootstrap, seed)
         return ValidatedOutput(calibration, report, np.arange(len(y)), fitted_here=False)
-    fitted = fit_on_validation(y, p, names, keys, patient_ids, method, fraction, seed, rules)
+    fitted = fit_on_validation(y, p, names, keys, patient_ids, method, fraction, seed, rules, scores_from)
     test = fitted.test_rows
     report = report_on_test(fitted.calibration, y[test], p[test], names, [keys[r] for r in test], bootstrap, seed)
     return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped)
@@ -175,13 +180,15 @@ def validate_or_skip(
     seed: int = 0,
     bootstrap: int = 1000,
     rules: Sequence[str] = RULES,
+    scores_from: dict[str, Any] | None = None,
 ) -> ValidatedOutput | str:
     """:func:`validate`, or why these rows cannot give a validation fold (one patient, no finding
     with both classes on it) as a string: what `convirt zeroshot` reports beside its AUROCs.
 
     Raises:
         ValueError: An unknown rule or a fraction outside ``(0, 1)``, a calibration file that
-            cannot be read or covers none of ``names``, or rows it was fitted on
+            cannot be read, was fitted on another model's or descriptor set's scores than
+            ``scores_from`` or covers none of ``names``, or rows it was fitted on
             (:class:`~convirt.zeroshot.calibration.FittedRowsError`): never skipped.
     """
     for rule in rules:
@@ -189,10 +196,14 @@ def validate_or_skip(
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction {fraction} is not between 0 and 1")
     given = Calibration.load(calibration) if isinstance(calibration, (str, os.PathLike)) else calibration
+    if given is not None and scores_from:
+        given.check_scores_from(scores_from, str(scores_from.get("descriptors")))
     if given is not None and not set(given.parameters) & set(names):
         raise ValueError(f"the calibration is for {sorted(given.parameters)}, none of {list(names)}")
     try:
-        return validate(labels, probs, names, keys, patient_ids, given, method, fraction, seed, bootstrap, rules)
+        return validate(
+            labels, probs, names, keys, patient_ids, given, method, fraction, seed, bootstrap, rules, scores_from
+        )
     except FittedRowsError:
         raise
     except ValueError as error:

@@ -217,8 +217,11 @@ def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpo
 
 
 def test_a_calibration_is_never_reported_on_the_images_it_was_fitted_on(
-    tiny_checkpoint, phantom_shards, tmp_path, capsys
+    tiny_checkpoint, tiny_text_model, phantom_shards, tmp_path, capsys
 ):
+    from convirt.training import save_initial_checkpoint
+    from convirt.zeroshot import descriptors
+
     common = ["zeroshot", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--bootstrap", "0"]
     fitted = tmp_path / "fitted"
     assert main([*common, "--split", "train", "--output", str(fitted), "--operating-points", "youden"]) == 0
@@ -234,6 +237,22 @@ def test_a_calibration_is_never_reported_on_the_images_it_was_fitted_on(
     first = json.loads(saved.read_text())
     point = metrics["calibration"]["findings"]["Edema"]["operating_points"]["youden"]
     assert point["threshold"] == first["operating_points"]["Edema"]["youden"]["threshold"]
+    assert first["scores_from"]["descriptors"] == "phantom" and len(first["scores_from"]["checkpoint_sha256"]) == 64
+    # Another model's scores, or another descriptor set's: refused before anything is embedded.
+    other = save_initial_checkpoint(
+        str(tmp_path / "other.ckpt"), "test-tiny", pretrained=False, text_model_path=tiny_text_model, seed=1
+    )
+    elsewhere = ["--split", "test", "--calibration", str(saved), "--output", str(tmp_path / "other")]
+    assert main(["zeroshot", "--checkpoint", other, *common[3:], *elsewhere]) == 2
+    assert "the calibration was built with another model: checkpoint_sha256" in capsys.readouterr().err
+    renamed = tmp_path / "mine.yaml"
+    renamed.write_text(
+        (Path(descriptors.__file__).parent / "descriptors" / "phantom.yaml")
+        .read_text()
+        .replace("name: phantom", "name: mine", 1)
+    )
+    assert main([*common, "--descriptors", str(renamed), *elsewhere]) == 2
+    assert "fitted on the 'phantom' descriptor set's scores, not 'mine'" in capsys.readouterr().err
     # A threshold split that is the evaluated split is refused too.
     args = [*common, "--split", "test", "--threshold-split", "test", "--output", str(tmp_path / "same")]
     assert main(args) == 2

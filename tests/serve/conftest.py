@@ -19,6 +19,7 @@ from convirt.models.fingerprint import model_fingerprint
 from convirt.models.sources import load_model
 from convirt.retrieval import build_index_folder
 from convirt.serve.service import CaseService
+from convirt.zeroshot.calibration import scores_from
 from convirt.zeroshot.validated import fit_on_validation
 
 RULE = "sensitivity>=0.90"  # an operating point every calibration_file finding carries
@@ -64,7 +65,8 @@ def calibration_file(service, tmp_path_factory):
     labels = (rng.random((n, len(names))) < expit(2 * signal + prevalence)).astype(int)
     probs = expit(4 * signal)
     keys = [f"img{i}" for i in range(n)]
-    fitted = fit_on_validation(labels, probs, names, keys, keys, method="platt", fraction=0.5).calibration
+    made_by = scores_from(service.fingerprint, service.descriptors.name)  # this service's model and descriptors
+    fitted = fit_on_validation(labels, probs, names, keys, keys, "platt", 0.5, scores_from=made_by).calibration
     assert set(fitted.parameters) == set(names) and all(RULE in fitted.operating_points[f] for f in names)
     return fitted.save(tmp_path_factory.mktemp("calibration") / "calibration.json")
 

@@ -129,3 +129,15 @@ def test_a_calibration_of_other_findings_is_refused_when_the_service_starts(arch
     other = dataclasses.replace(fitted, parameters={"Atelectasis": next(iter(fitted.parameters.values()))})
     with pytest.raises(ValueError, match="calibrates none of this descriptor set's findings"):
         CaseService(loaded, folder, "phantom", calibration=other)
+
+
+def test_a_calibration_of_another_model_or_descriptor_set_is_refused_when_the_service_starts(archive, calibration_file):
+    loaded, folder, _ = archive
+    fitted = Calibration.load(calibration_file)
+    assert fitted.scores_from["descriptors"] == "phantom" and fitted.scores_from["model_name"] == loaded.model_name
+    other_model = dataclasses.replace(fitted, scores_from={**fitted.scores_from, "checkpoint_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="the calibration was built with another model: checkpoint_sha256"):
+        CaseService(loaded, folder, "phantom", calibration=other_model)
+    other_set = dataclasses.replace(fitted, scores_from={**fitted.scores_from, "descriptors": "chexpert"})
+    with pytest.raises(ValueError, match="fitted on the 'chexpert' descriptor set's scores, not 'phantom'"):
+        CaseService(loaded, folder, "phantom", calibration=other_set)
