@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from convirt.bench.protocols import subgroups
+from convirt.bench.clinical_protocols import subgroups
 from convirt.bench.suite import Task
 from convirt.data.inputs import read_image_rows
 from convirt.embeddings.encode import EmbeddingOutput, embed_image_files

@@ -3,8 +3,8 @@ task's patients, reported on the others."""
 
 import pytest
 
+from convirt.bench.clinical_protocols import calibration, operating_points
 from convirt.bench.leaderboard import LOWER_IS_BETTER, metric_name
-from convirt.bench.protocols import calibration, operating_points
 from convirt.bench.suite import Task
 from convirt.data.inputs import read_image_rows
 from convirt.embeddings.encode import EmbeddingOutput, embed_image_files
@@ -23,13 +23,16 @@ def embedded(labels_csv, tiny_checkpoint):
 
 def test_calibration_rows_report_the_test_side_before_and_after(embedded):
     loaded, task, images = embedded
-    found = calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    result = calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    found = result["rows"]
     by_metric = {row["metric"]: row for row in found}
     assert found[0]["metric"] == "ece_after"  # the headline: mean ECE after calibration
     assert {"ece_before", "brier_after", "brier_before"} <= set(by_metric)
     fitted_on = by_metric["temperature/Edema"]["n"]
     reported_on = by_metric["ece_after"]["n"]
     assert fitted_on + reported_on == len(images.keys) and 0 < fitted_on < reported_on
+    fitted_keys = set(images.keys) - set(result["scores"]["keys"])
+    assert len(fitted_keys) == fitted_on
     for name in ("Cardiomegaly", "Edema"):
         for key in ("ece_before", "ece_after", "brier_before", "brier_after"):
             row = by_metric[f"{key}/{name}"]
@@ -37,11 +40,15 @@ def test_calibration_rows_report_the_test_side_before_and_after(embedded):
             assert 0 < row["positives"] < row["n"]
         assert by_metric[f"temperature/{name}"]["value"] > 0
     # The same seed draws the same fold; another seed another one.
-    assert calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=0)[0]["value"] == pytest.approx(
-        found[0]["value"]
-    )
+    assert calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=0)["rows"][0][
+        "value"
+    ] == pytest.approx(found[0]["value"])
     platt = calibration(loaded, task, {"fraction": 0.4, "method": "platt"}, images, None, seed=3, bootstrap=0)
-    assert {"a/Edema", "b/Edema"} <= {row["metric"] for row in platt}
+    assert {"a/Edema", "b/Edema"} <= {row["metric"] for row in platt["rows"]}
+    # The held-out probabilities before and after go with the rows, for the reliability diagrams.
+    curves = result["scores"]
+    assert curves["findings"] == ["Cardiomegaly", "Edema"] and len(curves["labels"]) == reported_on
+    assert len(curves["before"]) == len(curves["after"]) == reported_on and not set(curves["keys"]) & fitted_keys
     assert "calibration" in LOWER_IS_BETTER
     assert metric_name("calibration", "ece_after") == "calibration: mean ECE after"
 

@@ -1,0 +1,169 @@
+"""What a clinical reader asks next of zero-shot scores: are they probabilities, at what threshold,
+and for whom do they hold. Protocols on a task's cached embeddings, like :mod:`convirt.bench.protocols`:
+
+- ``subgroups``: descriptor AUROC per group of the metadata a task declares, with the gap;
+- ``calibration`` and ``operating_points``: fitted and chosen on a patient-grouped validation fold,
+  reported on the other patients (:mod:`convirt.zeroshot.validated`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from convirt.bench.rows import Rows, _row
+from convirt.bench.suite import Task
+from convirt.embeddings.encode import EmbeddingOutput
+from convirt.models.checkpoint import LoadedModel
+from convirt.zeroshot import Method, load_descriptors
+from convirt.zeroshot.calibration_report import CalibrationReport
+from convirt.zeroshot.evaluate import evaluate_zeroshot
+from convirt.zeroshot.operating_points import RATES
+from convirt.zeroshot.subgroups import age_band, subgroup_auroc
+from convirt.zeroshot.validated import VALIDATION_FRACTION, validate
+
+SUBGROUP_COLUMNS = ("sex", "age_band", "view", "source")  # metadata a task's subgroups may come from
+
+
+def subgroups(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Zero-shot (descriptor) AUROC per subgroup of each metadata column the task declares
+    (``columns``: of :data:`SUBGROUP_COLUMNS`; ``age_band`` cuts ``age`` at ``bands``, 40/60/80 by
+    default), with n and CI; groups under ``min_size`` rows or ``min_positives`` positives are listed
+    with their n and no value. Per column and finding, the gap between the best and the worst
+    subgroup with its paired bootstrap CI comes first (the headline: the first column's first finding)."""
+    columns = list(options.get("columns", ["sex", "age_band", "view"]))
+    if unknown := [c for c in columns if c not in SUBGROUP_COLUMNS]:
+        raise ValueError(
+            f"task {task.name!r}: unknown subgroup columns {unknown}; known: {', '.join(SUBGROUP_COLUMNS)}"
+        )
+    bands = tuple(options.get("bands", (40, 60, 80)))
+    evaluation = _descriptor_scores(loaded, task, images, seed, "subgroup zero-shot diagnosis")
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    scores = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    gaps: Rows = []
+    groups_rows: Rows = []
+    for column in columns:
+        groups = [
+            age_band(meta.get("age"), bands) if column == "age_band" else str(meta.get(column) or "unknown")
+            for meta in images.meta
+        ]
+        for f, name in enumerate(names):
+            found = subgroup_auroc(
+                evaluation.labels[:, f],
+                scores[:, f],
+                groups,
+                min_size=int(options.get("min_size", 30)),
+                min_positives=int(options.get("min_positives", 5)),
+                bootstrap=bootstrap,
+                seed=seed,
+            )
+            gaps.append(_row(f"{column}/gap/{name}", found.gap, found.gap_ci, len(groups)))
+            if (worst := next((g for g in found.subgroups if g.name == found.worst), None)) is not None:
+                row = _row(f"{column}/worst/{name}", worst.auroc, worst.ci, worst.n, worst.positives)
+                gaps.append({**row, "group": worst.name})  # which group: the row's value is its AUROC
+            for group in found.subgroups:
+                row = _row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n, group.positives)
+                groups_rows.append(row)
+    return gaps + groups_rows
+
+
+def _descriptor_scores(loaded: LoadedModel, task: Task, images: EmbeddingOutput, seed: int, what: str) -> Any:
+    loaded.require_text(what)
+    if not task.descriptors:
+        raise ValueError(f"task {task.name!r} runs {what} but names no descriptor set (descriptors:)")
+    return evaluate_zeroshot(
+        loaded.model, loaded.tokenizer, load_descriptors(task.descriptors), images, task.labels, bootstrap=0, seed=seed
+    )
+
+
+def _validated(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, seed: int, bootstrap: int, rules: Any
+) -> tuple[CalibrationReport, int, dict[str, Any]]:
+    """The task's descriptor probabilities calibrated and thresholded on a patient-grouped
+    validation fold (``fraction`` of the patients, seeded), reported on the rest; the fold's size;
+    and the reported rows' labels and probabilities before and after (for reliability diagrams)."""
+    evaluation = _descriptor_scores(loaded, task, images, seed, "calibration and operating points")
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    patients = [str(m.get("patient_id") or key) for m, key in zip(images.meta, images.keys)]
+    validated = validate(
+        evaluation.labels,
+        probs,
+        names,
+        images.keys,
+        patients,
+        method=str(options.get("method", "temperature")),
+        fraction=float(options.get("fraction", VALIDATION_FRACTION)),
+        seed=seed,
+        bootstrap=bootstrap,
+        rules=rules,
+    )
+    test, kept = validated.reported_rows, list(validated.report.findings)
+    columns = [names.index(name) for name in kept]
+    after = np.stack([validated.calibration.apply(n, probs[test, c]) for n, c in zip(kept, columns)], 1)
+    curves = {
+        "keys": [images.keys[row] for row in test],
+        "findings": kept,
+        "labels": evaluation.labels[np.ix_(test, columns)].tolist(),
+        "before": probs[np.ix_(test, columns)].tolist(),
+        "after": after.tolist(),
+    }
+    return validated.report, validated.calibration.fold.n, curves
+
+
+def calibration(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> dict[str, Any]:
+    """Zero-shot (descriptor) probabilities calibrated per finding (``method``: temperature or
+    platt) on a patient-grouped validation fold (``fraction`` of the patients, 0.3), reported on
+    the other patients: expected calibration error (15 equal-width bins, count-weighted) and
+    Brier score before and after, with CIs. The headline is the mean ECE after calibration. Keeps
+    the reported rows' probabilities before and after, for the reliability diagrams of the figures."""
+    report, fitted_on, curves = _validated(loaded, task, options, images, seed, bootstrap, rules=())
+    rows = [
+        _row(f"{measure}_{when}", value[when], ci[when], report.n)
+        for measure, value, ci in (
+            ("ece", report.mean_ece, report.mean_ece_ci),
+            ("brier", report.mean_brier, report.mean_brier_ci),
+        )
+        for when in ("after", "before")
+    ]
+    for name, found in report.findings.items():
+        for measure, value, ci in (("ece", found.ece, found.ece_ci), ("brier", found.brier, found.brier_ci)):
+            for when in ("before", "after"):
+                rows.append(_row(f"{measure}_{when}/{name}", value[when], ci[when], found.n, found.positives))
+        for parameter, number in found.parameters.items():
+            rows.append(_row(f"{parameter}/{name}", number, n=fitted_on))
+    return {"rows": rows, "scores": curves}
+
+
+# Rules in the order the protocol reports them: the first, specificity while holding sensitivity at
+# 0.90 on validation, is the headline (what a screening reader asks of a model).
+OPERATING_RULES = ("sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90", "youden")
+
+
+def operating_points(
+    loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
+) -> Rows:
+    """Thresholds chosen by named rules (``rules``) on the calibrated probabilities of a
+    patient-grouped validation fold, applied unchanged to the other patients and reported there:
+    sensitivity, specificity, PPV and NPV with CIs, and the threshold. Per rule, the rate the rule
+    does not fix comes first; the headline is the first rule's (specificity at sensitivity >= 0.90)."""
+    rules = tuple(options.get("rules", OPERATING_RULES))
+    report, fitted_on, _ = _validated(loaded, task, options, images, seed, bootstrap, rules)
+    rows: Rows = []
+    for rule in rules:
+        for name, found in report.findings.items():
+            output = next(o for o in found.points if o.point.rule == rule)
+            fixed = rule.partition(">=")[0]
+            for rate in sorted(RATES, key=lambda rate: (rate == fixed, RATES.index(rate))):
+                rows.append(
+                    _row(
+                        f"{rule}/{rate}/{name}", output.values[rate], output.intervals[rate], output.n, output.positives
+                    )
+                )
+            rows.append(_row(f"{rule}/threshold/{name}", output.point.threshold, n=fitted_on))
+    return rows
