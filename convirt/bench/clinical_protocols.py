@@ -20,51 +20,44 @@ from convirt.zeroshot import Method, load_descriptors
 from convirt.zeroshot.calibration_report import CalibrationReport
 from convirt.zeroshot.evaluate import evaluate_zeroshot
 from convirt.zeroshot.operating_points import RATES
-from convirt.zeroshot.subgroups import age_band, subgroup_auroc
+from convirt.zeroshot.subgroups import subgroup_columns
 from convirt.zeroshot.validated import VALIDATION_FRACTION, validate
-
-SUBGROUP_COLUMNS = ("sex", "age_band", "view", "source")  # metadata a task's subgroups may come from
 
 
 def subgroups(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
 ) -> Rows:
     """Zero-shot (descriptor) AUROC per subgroup of each metadata column the task declares
-    (``columns``: of :data:`SUBGROUP_COLUMNS`; ``age_band`` cuts ``age`` at ``bands``, 40/60/80 by
-    default), with n and CI; groups under ``min_size`` rows or ``min_positives`` positives are listed
-    with their n and no value. Per column and finding, the gap between the best and the worst
-    subgroup with its paired bootstrap CI comes first (the headline: the first column's first finding)."""
-    columns = list(options.get("columns", ["sex", "age_band", "view"]))
-    if unknown := [c for c in columns if c not in SUBGROUP_COLUMNS]:
-        raise ValueError(
-            f"task {task.name!r}: unknown subgroup columns {unknown}; known: {', '.join(SUBGROUP_COLUMNS)}"
-        )
-    bands = tuple(options.get("bands", (40, 60, 80)))
+    (``columns``: of :data:`~convirt.zeroshot.subgroups.COLUMNS`; ``age_band`` cuts ``age`` at
+    ``bands``, 40/60/80 by default), with n, positives and CI; groups under ``min_size`` rows or
+    ``min_positives`` positives are listed with their n and no value. Per column and finding, the
+    gap between the best and the worst subgroup with its bootstrap CI (Bonferroni-adjusted for the
+    pairs it was chosen among; ``unknown`` never ranked) comes first (the headline: the first
+    column's first finding), then the worst subgroup's AUROC (``group`` names it)."""
     evaluation = _descriptor_scores(loaded, task, images, seed, "subgroup zero-shot diagnosis")
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
-    scores = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
+    found = subgroup_columns(
+        evaluation.labels,
+        evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy(),
+        names,
+        images.meta,
+        list(options.get("columns", ["sex", "age_band", "view"])),
+        tuple(options.get("bands", (40, 60, 80))),
+        int(options.get("min_size", 30)),
+        int(options.get("min_positives", 5)),
+        bootstrap,
+        seed,
+    )
     gaps: Rows = []
     groups_rows: Rows = []
-    for column in columns:
-        groups = [
-            age_band(meta.get("age"), bands) if column == "age_band" else str(meta.get(column) or "unknown")
-            for meta in images.meta
-        ]
-        for f, name in enumerate(names):
-            found = subgroup_auroc(
-                evaluation.labels[:, f],
-                scores[:, f],
-                groups,
-                min_size=int(options.get("min_size", 30)),
-                min_positives=int(options.get("min_positives", 5)),
-                bootstrap=bootstrap,
-                seed=seed,
-            )
-            gaps.append(_row(f"{column}/gap/{name}", found.gap, found.gap_ci, len(groups)))
-            if (worst := next((g for g in found.subgroups if g.name == found.worst), None)) is not None:
+    for column, by_finding in found.items():
+        for name, split in by_finding.items():
+            n = sum(group.n for group in split.subgroups)
+            gaps.append(_row(f"{column}/gap/{name}", split.gap, split.gap_ci, n))
+            if (worst := next((g for g in split.subgroups if g.name == split.worst), None)) is not None:
                 row = _row(f"{column}/worst/{name}", worst.auroc, worst.ci, worst.n, worst.positives)
                 gaps.append({**row, "group": worst.name})  # which group: the row's value is its AUROC
-            for group in found.subgroups:
+            for group in split.subgroups:
                 row = _row(f"{column}/{group.name}/auroc/{name}", group.auroc, group.ci, group.n, group.positives)
                 groups_rows.append(row)
     return gaps + groups_rows

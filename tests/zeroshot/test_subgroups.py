@@ -82,3 +82,45 @@ def test_no_gap_with_one_scored_group_and_uncertain_rows_left_out():
     assert out.worst is None and math.isnan(out.gap)
     one = subgroup_auroc(labels, scores, ["A"] * 600 + ["B"] * 1212, min_size=1000, bootstrap=20)
     assert one.worst == one.best == "B" and math.isnan(one.gap) and math.isnan(one.gap_ci[0])
+
+
+def test_when_every_group_is_alike_the_gap_rarely_excludes_zero():
+    """Six groups drawn alike: the best and worst are picked from the data, so one pair's plain 95%
+    interval excluded 0 in about a third of cohorts; adjusted for the 15 pairs it should rarely."""
+    rng = np.random.default_rng(1)
+    excluded = 0
+    trials = 30
+    for _ in range(trials):
+        labels = rng.random(600) < 0.4
+        scores = labels + rng.normal(0, 1.0, 600)
+        groups = np.repeat(list("ABCDEF"), 100)
+        out = subgroup_auroc(labels.astype(int), scores, groups.tolist(), min_size=50, min_positives=10, bootstrap=200)
+        assert out.gap_level == pytest.approx(1 - 0.05 / 15)
+        excluded += out.gap_ci[0] > 0
+    assert excluded <= 3, f"the gap's interval excluded 0 in {excluded} of {trials} cohorts of alike groups"
+
+
+def test_the_unknown_group_is_listed_and_scored_but_never_ranked():
+    labels, scores, groups = _cohort()
+    named = np.where(groups == "C", None, groups)  # the randomised group's rows have no value
+    out = subgroup_auroc(labels, scores, named.tolist(), min_size=10, min_positives=5, bootstrap=50)
+    by_name = {row.name: row for row in out.subgroups}
+    assert by_name["unknown"].scored and abs(by_name["unknown"].auroc - 0.5) < 0.1
+    assert out.worst != "unknown" and out.best != "unknown"
+
+
+def test_subgroup_columns_cut_ages_and_find_the_columns_present():
+    from convirt.zeroshot.subgroups import present_columns, subgroup_columns
+
+    labels, scores, groups = _cohort()
+    metas = [{"sex": "MF"[i % 2], "age": str(20 + i % 70), "view": "PA"} for i in range(len(labels))]
+    assert present_columns(metas) == ["sex", "age_band"]  # one view only: no subgroups by view
+    found = subgroup_columns(labels[:, None], scores[:, None], ["X"], metas, ["sex", "age_band"], bootstrap=0)
+    assert set(found) == {"sex", "age_band"} and {g.name for g in found["age_band"]["X"].subgroups} == {
+        "<40",
+        "40-60",
+        "60-80",
+        ">=80",
+    }
+    with pytest.raises(ValueError, match="unknown subgroup columns \\['patient_id'\\]"):
+        subgroup_columns(labels[:, None], scores[:, None], ["X"], metas, ["patient_id"])
