@@ -7,11 +7,16 @@ through a sigmoid:
   overconfident scores); fitted by minimising the mean negative log-likelihood over ``log T``.
 * Platt scaling: ``sigmoid(a * z + b)``, per finding; the unpenalised logistic-regression fit.
 
+A finding whose scores fall as it becomes likelier on the fold (a negative Platt slope, a
+temperature at the end of its search) cannot be calibrated: :class:`UnfittableFinding` says so
+rather than return a mapping that reverses or flattens the scores.
+
 A :class:`Calibration` remembers the fold it was fitted on (rows, positives, seed, a fingerprint
-and short hashes of its row ids, never the ids) so that :func:`check_not_fitted_on` can refuse to
-report on those rows. It may also carry operating points (:mod:`convirt.zeroshot.operating_points`)
-chosen on the same fold's calibrated probabilities, so that a service reading the file marks the
-findings that pass them.
+and short hashes of its row ids and patient ids, never the ids) so that
+:func:`check_not_fitted_on` can refuse to report on those rows or on those patients' other rows.
+It may also carry operating points (:mod:`convirt.zeroshot.operating_points`) chosen on the same
+fold's calibrated probabilities, so that a service reading the file marks the findings that pass
+them.
 """
 
 from __future__ import annotations
@@ -31,16 +36,23 @@ from scipy.special import expit, log_expit
 
 from convirt._embedding_space import FINGERPRINT_KEYS, check_same_space
 from convirt._io import write_json
-from convirt.zeroshot.folds import fold_fingerprint, row_hashes
-from convirt.zeroshot.operating_points import OperatingPoint, parse_rule
+from convirt.zeroshot.folds import fold_fingerprint, row_hash, row_hashes
+from convirt.zeroshot.operating_points import OperatingPoint, canonical_rule
 
 FORMAT = "convirt-calibration/1"
 # Probabilities are clipped this far from 0 and 1 before the logit: a score of exactly 0 or 1 has none.
 _EPS = 1e-7
 # Temperatures searched: exp(-7) to exp(7), far beyond any seen in practice.
 _LOG_T_BOUNDS = (-7.0, 7.0)
+# A fitted log-temperature this close to a bound ran into it: no temperature in range fits.
+_AT_BOUND = 1e-3
 # A calibration file is a few parameters per finding plus 17 bytes per fitted row.
 _MAX_FILE_BYTES = 64 << 20
+
+
+class UnfittableFinding(ValueError):
+    """A finding's scores on the fold cannot give a calibration: one class only, scores that fall
+    as the finding becomes likelier, or a temperature fit that ran into its search bound."""
 
 
 class CalibrationMethod(str, Enum):
@@ -75,21 +87,42 @@ def _checked(labels: Any, probs: Any, name: str) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"{name!r}: {y.size} labels but {p.size} probabilities")
     if not np.isin(y, (0, 1)).all():
         raise ValueError(f"{name!r}: labels must be 0 or 1 (leave uncertain rows out first)")
+    bad = int((~np.isfinite(p)).sum())
+    if bad:
+        raise ValueError(f"{name!r}: {bad} of {p.size} probabilities are NaN or infinite; leave those rows out first")
     if not 0 < int(y.sum()) < y.size:
-        raise ValueError(f"{name!r}: a calibration needs positives and negatives ({int(y.sum())} of {y.size})")
+        raise UnfittableFinding(f"{name!r}: a calibration needs positives and negatives ({int(y.sum())} of {y.size})")
     return y, p
 
 
 def fit_temperature(labels: Any, probs: Any, name: str = "finding") -> float:
-    """The temperature ``T`` minimising the NLL of ``sigmoid(logit(p) / T)``; ``(N,)`` labels and probabilities."""
+    """The temperature ``T`` minimising the NLL of ``sigmoid(logit(p) / T)``; ``(N,)`` labels and probabilities.
+
+    Raises:
+        ValueError: Shapes differ, labels are not 0/1, or a probability is NaN or infinite.
+        UnfittableFinding: One class only, or the best ``log T`` is at a bound of its search
+            (scores that fall as the finding becomes likelier push ``T`` to infinity).
+    """
     y, p = _checked(labels, probs, name)
     z = logit(p)
     result = minimize_scalar(lambda log_t: _nll(y, z * math.exp(-log_t)), bounds=_LOG_T_BOUNDS, method="bounded")
-    return float(math.exp(result.x))
+    log_t = float(result.x)
+    if min(abs(log_t - bound) for bound in _LOG_T_BOUNDS) < _AT_BOUND:
+        raise UnfittableFinding(
+            f"{name!r}: the temperature fit ran into its bound (T {math.exp(log_t):.3g}): the scores do not rise"
+            " as the finding becomes likelier on the validation fold: not calibrated"
+        )
+    return math.exp(log_t)
 
 
 def fit_platt(labels: Any, probs: Any, name: str = "finding") -> tuple[float, float]:
-    """Platt's ``(a, b)`` minimising the NLL of ``sigmoid(a * logit(p) + b)`` (no penalty)."""
+    """Platt's ``(a, b)`` minimising the NLL of ``sigmoid(a * logit(p) + b)`` (no penalty).
+
+    Raises:
+        ValueError: Shapes differ, labels are not 0/1, or a probability is NaN or infinite.
+        UnfittableFinding: One class only, or a slope ``a <= 0`` (the calibrated probability
+            would fall as the score rises).
+    """
     y, p = _checked(labels, probs, name)
     z = logit(p)
 
@@ -99,7 +132,13 @@ def fit_platt(labels: Any, probs: Any, name: str = "finding") -> tuple[float, fl
         return _nll(y, t), np.array([(residual * z).mean(), residual.mean()])
 
     result = minimize(loss, np.array([1.0, 0.0]), jac=True, method="BFGS")
-    return float(result.x[0]), float(result.x[1])
+    a, b = float(result.x[0]), float(result.x[1])
+    if not a > 0:
+        raise UnfittableFinding(
+            f"{name!r}: scores fall as the finding becomes likelier on the validation fold (Platt slope {a:.3g}):"
+            " not calibrated"
+        )
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -112,6 +151,8 @@ class FittedFold:
         seed: Seed of the split that made the fold.
         fingerprint: :func:`~convirt.zeroshot.folds.fold_fingerprint` of the row ids.
         row_hashes: :func:`~convirt.zeroshot.folds.row_hashes` of the row ids.
+        patient_hashes: :func:`~convirt.zeroshot.folds.row_hashes` of the rows' patient ids (empty
+            when they were not given, as in files written before they were recorded).
     """
 
     n: int
@@ -119,6 +160,7 @@ class FittedFold:
     seed: int
     fingerprint: str
     row_hashes: tuple[str, ...] = field(repr=False)
+    patient_hashes: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,7 +209,11 @@ class Calibration:
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON (atomically), with its format version."""
         payload: dict[str, Any] = {"format": FORMAT, "method": self.method.value, "parameters": self.parameters}
-        payload["fold"] = {**asdict(self.fold), "row_hashes": list(self.fold.row_hashes)}
+        payload["fold"] = {
+            **asdict(self.fold),
+            "row_hashes": list(self.fold.row_hashes),
+            "patient_hashes": list(self.fold.patient_hashes),
+        }
         payload["operating_points"] = {
             finding: {rule: asdict(point) for rule, point in points.items()}
             for finding, points in self.operating_points.items()
@@ -177,7 +223,11 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Calibration:
-        """Read a calibration written by :meth:`save`; refuses other formats and bad parameters."""
+        """Read a calibration written by :meth:`save`; refuses other formats and bad parameters.
+
+        Operating-point rules are read under their :func:`~convirt.zeroshot.operating_points.canonical_rule`
+        names (a file may spell ``sensitivity>=0.9``); a file without patient hashes has none.
+        """
         size = Path(path).stat().st_size
         if size > _MAX_FILE_BYTES:
             raise ValueError(f"calibration file of {size} bytes is over {_MAX_FILE_BYTES}: not a calibration")
@@ -195,11 +245,9 @@ class Calibration:
                 int(fold["seed"]),
                 str(fold["fingerprint"]),
                 tuple(str(h) for h in fold["row_hashes"]),
+                tuple(str(h) for h in fold.get("patient_hashes") or ()),
             )
-            points = {
-                str(finding): {str(rule): _point(rule, value) for rule, value in rules.items()}
-                for finding, rules in payload.get("operating_points", {}).items()
-            }
+            points = {str(finding): _points(rules) for finding, rules in payload.get("operating_points", {}).items()}
         except (KeyError, TypeError, AttributeError, ValueError, json.JSONDecodeError) as error:
             raise ValueError(f"not a calibration file: {error}") from None
         for finding, values in parameters.items():
@@ -216,13 +264,22 @@ def scores_from(fingerprint: dict[str, Any], descriptors: str) -> dict[str, Any]
     return {**{key: fingerprint.get(key) for key in FINGERPRINT_KEYS}, "descriptors": descriptors}
 
 
+def _points(rules: dict[str, Any]) -> dict[str, OperatingPoint]:
+    points: dict[str, OperatingPoint] = {}
+    for rule, value in rules.items():
+        name = canonical_rule(str(rule))  # an unknown rule is a ValueError
+        if name in points:
+            raise ValueError(f"operating point {name!r} given twice (as {rule!r} too)")
+        points[name] = _point(name, value)
+    return points
+
+
 def _point(rule: str, value: dict[str, Any]) -> OperatingPoint:
-    parse_rule(rule)  # an unknown rule is a ValueError
     threshold = float(value["threshold"])
     if not math.isfinite(threshold):
         raise ValueError(f"operating point {rule!r}: threshold {threshold}")
     achieved = {str(k): float(v) for k, v in value["achieved"].items()}
-    return OperatingPoint(str(value["rule"]), threshold, achieved, int(value["n"]), int(value["positives"]))
+    return OperatingPoint(rule, threshold, achieved, int(value["n"]), int(value["positives"]))
 
 
 def fit_calibration(
@@ -232,6 +289,7 @@ def fit_calibration(
     row_ids: Sequence[Any],
     method: str | CalibrationMethod = "temperature",
     seed: int = 0,
+    patient_ids: Sequence[Any] | None = None,
 ) -> Calibration:
     """Fit one calibration per finding column on a validation fold.
 
@@ -242,14 +300,20 @@ def fit_calibration(
         row_ids: ``N`` row ids (image keys) of the fold, fingerprinted into the result.
         method: ``"temperature"`` or ``"platt"``.
         seed: Seed of the split that made the fold (recorded).
+        patient_ids: ``N`` patient ids of the rows, hashed into the result so that
+            :func:`check_not_fitted_on` can refuse these patients' other rows; ``None``: not recorded.
 
     Raises:
-        ValueError: Shapes disagree, the method is unknown, or a finding lacks a class on the fold.
+        ValueError: Shapes or lengths disagree, the method is unknown, or a probability is not finite.
+        UnfittableFinding: A finding cannot be calibrated on the fold (see :func:`fit_temperature`
+            and :func:`fit_platt`); raised for the first such finding, naming it.
     """
     chosen = _method(method)
     y, p = np.asarray(labels), np.asarray(probs, dtype=float)
     if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names) or y.shape[0] != len(row_ids):
         raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(row_ids)} row ids")
+    if patient_ids is not None and len(patient_ids) != len(row_ids):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(row_ids)} row ids")
     parameters: dict[str, dict[str, float]] = {}
     positives: dict[str, int] = {}
     for column, name in enumerate(names):
@@ -261,24 +325,53 @@ def fit_calibration(
             a, b = fit_platt(y[kept, column], p[kept, column], name)
             parameters[name] = {"a": a, "b": b}
     hashes = tuple(row_hashes(row_ids))
-    fold = FittedFold(len(row_ids), positives, seed, fold_fingerprint(row_ids), hashes)
+    patients = () if patient_ids is None else tuple(row_hashes(patient_ids))
+    fold = FittedFold(len(row_ids), positives, seed, fold_fingerprint(row_ids), hashes, patients)
     return Calibration(chosen, parameters, fold)
 
 
 class FittedRowsError(ValueError):
-    """Rows to report on include rows a calibration was fitted on."""
+    """Rows to report on include rows a calibration was fitted on, or other rows of their patients."""
 
 
-def check_not_fitted_on(calibration: Calibration, row_ids: Sequence[Any]) -> None:
-    """Refuse to report on rows the calibration was fitted on.
+# What a `convirt zeroshot --calibration FILE` user can do about it.
+_REFIT = "or fit a new one on a validation fold of these rows by leaving out --calibration"
+
+
+def check_not_fitted_on(
+    calibration: Calibration, row_ids: Sequence[Any], patient_ids: Sequence[Any] | None = None
+) -> None:
+    """Refuse to report on rows the calibration was fitted on, or on other rows of its patients.
+
+    Args:
+        calibration: The calibration to report on.
+        row_ids: ``N`` row ids (image keys) to report on.
+        patient_ids: ``N`` patient ids of those rows; compared when given and the calibration
+            recorded its fold's patients (:attr:`FittedFold.patient_hashes`).
 
     Raises:
-        FittedRowsError: Any of ``row_ids`` is one of the fitted fold's rows.
+        FittedRowsError: Any of ``row_ids`` is one of the fitted fold's rows, or any of
+            ``patient_ids`` is one of its patients.
+        ValueError: ``patient_ids`` and ``row_ids`` differ in length.
     """
-    fitted = set(calibration.fold.row_hashes)
-    overlap = sum(1 for h in row_hashes(row_ids) if h in fitted)
+    rows = [str(row) for row in row_ids]
+    fold = calibration.fold
+    fitted = set(fold.row_hashes)
+    overlap = sum(1 for h in row_hashes(rows) if h in fitted)
     if overlap:
         raise FittedRowsError(
-            f"{overlap} of the {len(set(map(str, row_ids)))} rows to report on were used to fit this calibration"
-            f" (fold {calibration.fold.fingerprint[:12]}); report on the test side of the split"
+            f"{overlap} of the {len(set(rows))} rows to report on were used to fit this calibration"
+            f" (fold {fold.fingerprint[:12]}): evaluate other images than the calibration was fitted on, {_REFIT}"
+        )
+    if patient_ids is None or not fold.patient_hashes:
+        return
+    if len(patient_ids) != len(rows):
+        raise ValueError(f"{len(patient_ids)} patient ids for {len(rows)} row ids")
+    fitted_patients = set(fold.patient_hashes)
+    shared = {row: h for row, h in zip(rows, map(row_hash, patient_ids)) if h in fitted_patients}
+    if shared:
+        raise FittedRowsError(
+            f"{len(shared)} of the {len(set(rows))} rows to report on ({len(set(shared.values()))} patients) share a"
+            f" patient with the rows this calibration was fitted on (fold {fold.fingerprint[:12]}): report on other"
+            f" patients, {_REFIT}"
         )

@@ -123,9 +123,14 @@ def _check_both_classes(
                 )
 
 
+def row_hash(row_id: Any) -> str:
+    """The short SHA-256 hash of one row id (or patient id), as :func:`row_hashes` keeps it."""
+    return hashlib.sha256(str(row_id).encode()).hexdigest()[:_ROW_HASH_CHARS]
+
+
 def row_hashes(row_ids: Sequence[Any]) -> list[str]:
     """Sorted, de-duplicated short SHA-256 hashes of row ids: rows recognised again without naming them."""
-    return sorted({hashlib.sha256(str(row).encode()).hexdigest()[:_ROW_HASH_CHARS] for row in row_ids})
+    return sorted({row_hash(row) for row in row_ids})
 
 
 def fold_fingerprint(row_ids: Sequence[Any]) -> str:

@@ -9,7 +9,9 @@ A row is called positive when ``score >= threshold``. Rules:
 * ``"specificity>=X"``: the lowest threshold whose specificity is at least ``X`` (so the best
   sensitivity that keeps the specificity).
 
-``X`` is a number in ``(0, 1)``; the usual ones are listed in :data:`RULES`.
+``X`` is a number in ``(0, 1)``; the usual ones are listed in :data:`RULES`. A rule has one
+spelling, :func:`canonical_rule`'s (``"Sensitivity >= 0.9"`` is ``"sensitivity>=0.90"``), and the
+constraints compare counts of rows, not rates: 90 of 100 negatives meet ``specificity>=0.90``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -35,7 +38,7 @@ class OperatingPoint:
     """A threshold chosen by a rule on a validation fold, with what it achieved there.
 
     Attributes:
-        rule: The rule's name, e.g. ``"sensitivity>=0.90"``.
+        rule: The rule's :func:`canonical_rule` name, e.g. ``"sensitivity>=0.90"``.
         threshold: Call positive when ``score >= threshold``.
         achieved: ``sensitivity``, ``specificity``, ``ppv``, ``npv`` on the fold it was chosen on.
         n: Rows of that fold.
@@ -83,6 +86,24 @@ def parse_rule(rule: str) -> tuple[str, float]:
     return match.group(1), float(match.group(2))
 
 
+def _decimal(target: float) -> str:
+    """The shortest decimal of at least two places that reads back as ``target``: 0.9 is ``0.90``."""
+    places = 2
+    while float(f"{target:.{places}f}") != target and places < 17:
+        places += 1
+    return f"{target:.{places}f}"
+
+
+def canonical_rule(rule: str) -> str:
+    """A rule's one spelling: ``"youden"`` or ``"sensitivity>=0.90"`` (two decimals or as many as needed).
+
+    Raises:
+        ValueError: The rule is unknown (see :func:`parse_rule`).
+    """
+    rate, target = parse_rule(rule)
+    return rate if rate == "youden" else f"{rate}>={_decimal(target)}"
+
+
 def rates(labels: Any, scores: Any, threshold: float) -> dict[str, float]:
     """Sensitivity, specificity, PPV and NPV of ``score >= threshold``; NaN where a denominator is 0."""
     y, s = _check(labels, scores)
@@ -121,13 +142,19 @@ def choose_operating_point(labels: Any, scores: Any, rule: str) -> OperatingPoin
         threshold = youden_threshold(y, s)
     else:
         fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)  # thresholds falling, tpr and fpr rising
+        positives, negatives = int(y.sum()), int(y.size - y.sum())
+        # Counts, not rates: 1 - 0.9 is 0.09999999999999998 in floats, under 10 / 100 false positives.
+        tps, fps = np.rint(tpr * positives), np.rint(fpr * negatives)
+        exact = Fraction(_decimal(target))
         if rate == "sensitivity":
-            threshold = float(thresholds[int(np.argmax(tpr >= target))])  # tpr reaches 1, so one exists
+            needed = math.ceil(exact * positives)
+            threshold = float(thresholds[int(np.argmax(tps >= needed))])  # tps reaches every positive
         else:
-            threshold = float(thresholds[int(np.flatnonzero(fpr <= 1 - target)[-1])])  # fpr starts at 0
+            allowed = math.floor((1 - exact) * negatives)
+            threshold = float(thresholds[int(np.flatnonzero(fps <= allowed)[-1])])  # fps starts at 0
         if math.isinf(threshold):  # roc_curve's first threshold: no row called positive
             threshold = float(np.nextafter(s.max(), np.inf))
-    return OperatingPoint(rule, threshold, _rates(y, s, threshold), int(y.size), int(y.sum()))
+    return OperatingPoint(canonical_rule(rule), threshold, _rates(y, s, threshold), int(y.size), int(y.sum()))
 
 
 def evaluate_operating_point(

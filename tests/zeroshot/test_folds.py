@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from convirt.zeroshot.folds import fold_fingerprint, row_hashes, validation_split
+from convirt.zeroshot.folds import fold_fingerprint, row_hash, row_hashes, validation_split
 
 
 def _cohort(patients=400, seed=0):
@@ -62,3 +62,4 @@ def test_fingerprint_ignores_order_and_names_no_row():
     assert fold_fingerprint(["a", "b", "b"]) == fold_fingerprint(["b", "a"]) != fold_fingerprint(["a", "c"])
     hashes = row_hashes(["a", "b"])
     assert len(hashes) == 2 and all(len(h) == 16 for h in hashes) and "a" not in hashes
+    assert hashes == sorted({row_hash("b"), row_hash("a")}) and row_hash(7) == row_hash("7")

@@ -4,6 +4,7 @@ import pytest
 from convirt.zeroshot.metrics import youden_threshold
 from convirt.zeroshot.operating_points import (
     RULES,
+    canonical_rule,
     choose_operating_point,
     evaluate_operating_point,
     parse_rule,
@@ -72,3 +73,61 @@ def test_unknown_rules_are_refused_with_the_known_ones_listed(rule):
     labels, scores = _fold(200)
     with pytest.raises(ValueError, match=rf"unknown operating-point rule '{rule}'; known: youden, sensitivity>=0.90"):
         choose_operating_point(labels, scores, rule)
+
+
+def _boundary_fold():
+    """100 negatives scoring 0..99, 10 positives at 49.5, 54.5, ..., 94.5."""
+    scores = np.r_[np.arange(100.0), 49.5 + 5 * np.arange(10)]
+    return np.r_[np.zeros(100, dtype=int), np.ones(10, dtype=int)], scores
+
+
+def test_specificity_rule_keeps_a_threshold_that_exactly_meets_the_target():
+    labels, scores = _boundary_fold()
+    # score >= 89.5 calls negatives 90..99 positive: 10 of 100, a specificity of exactly 0.90
+    # (in floats 1 - 0.9 < 10 / 100: a rate comparison stops at 91, a specificity of 0.91).
+    point = choose_operating_point(labels, scores, "specificity>=0.90")
+    assert point.threshold == 89.5 and point.achieved["specificity"] == 0.9
+    assert point.achieved["sensitivity"] == 0.2  # 89.5 and 94.5; at 91 only 94.5
+
+
+@pytest.mark.parametrize("target", ["0.70", "0.90", "0.30"])
+def test_sensitivity_rule_keeps_a_threshold_that_exactly_meets_the_target(target):
+    labels, scores = _boundary_fold()
+    point = choose_operating_point(labels, scores, f"sensitivity>={target}")
+    needed = round(float(target) * 10)  # positives at 94.5, 89.5, ... from the top
+    assert point.threshold == 94.5 - 5 * (needed - 1)
+    assert point.achieved["sensitivity"] == needed / 10
+
+
+@pytest.mark.parametrize("target", ["0.70", "0.90", "0.30"])
+def test_specificity_targets_met_by_exact_counts(target):
+    labels, scores = _boundary_fold()
+    point = choose_operating_point(labels, scores, f"specificity>={target}")
+    allowed = 100 - round(float(target) * 100)  # false positives: negatives at 99, 98, ... from the top
+    assert rates(labels, scores, point.threshold)["specificity"] == (100 - allowed) / 100
+    lower = scores[scores < point.threshold].max()  # the next threshold down breaks the constraint
+    assert rates(labels, scores, lower)["specificity"] < float(target)
+
+
+@pytest.mark.parametrize(
+    ("rule", "canonical"),
+    [
+        ("youden", "youden"),
+        (" Youden ", "youden"),
+        ("Sensitivity >= 0.9", "sensitivity>=0.90"),
+        ("sensitivity>=0.90", "sensitivity>=0.90"),
+        ("sensitivity>=.95", "sensitivity>=0.95"),
+        ("SPECIFICITY>=0.925", "specificity>=0.925"),
+        ("specificity >= 0.5000", "specificity>=0.50"),
+    ],
+)
+def test_each_spelling_of_a_rule_has_one_canonical_name(rule, canonical):
+    assert canonical_rule(rule) == canonical
+    assert parse_rule(canonical) == parse_rule(rule)
+    labels, scores = _fold(200)
+    assert choose_operating_point(labels, scores, rule).rule == canonical
+
+
+def test_the_canonical_name_of_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown operating-point rule 'f1'"):
+        canonical_rule("f1")
