@@ -10,7 +10,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ def check_pixels(width: int, height: int, frames: int = 1, max_pixels: int = MAX
         )
 
 
-def _check_inflated_size(path: str | os.PathLike[str], limit: int) -> None:
+def check_inflated_size(path: str | os.PathLike[str], limit: int) -> None:
     """Refuse a deflated DICOM whose dataset inflates past ``limit`` bytes, inflating it in bounded
     chunks: pydicom inflates the whole file in memory before it reads even the header, and a few
     hundred kilobytes of zeros inflate to gigabytes.
@@ -133,74 +133,13 @@ def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         raise OSError(f"damaged DICOM ({type(error).__name__}: {message})") from None
 
 
-# The header elements :func:`dicom_demographics` reads, in the order it returns them.
-DEMOGRAPHIC_TAGS = ("PatientSex", "PatientAge", "ViewPosition")  # (0010,0040), (0010,1010), (0018,5101)
-# CS values hold at most 16 characters and AS values 4: a longer one is damage, not a value.
-_HEADER_VALUE_MAX = 16
-
-
-# Cost: about 0.34 ms a file, 9 s for 27,000 (2,000 reads through test_sets._rows_by_image of a 512x512 16-bit
-# file, warm page cache, AMD EPYC, one of two busy cores); a fifth of it is the deflate check's read of the
-# file meta, the rest pydicom's header read. A cold archive adds one small disk read a file.
-def dicom_demographics(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[str, str, str]:
-    """The patient's sex and age and the view of a DICOM file, read from its header alone.
-
-    Only the elements of :data:`DEMOGRAPHIC_TAGS` are kept, and reading stops before the pixel data.
-    A deflated file is first checked not to inflate past what :func:`load_dicom` accepts (pydicom
-    inflates the whole dataset before it reads the header).
-
-    Returns:
-        ``(sex, age, view)`` as the file writes them (``"M"``, ``"063Y"``, ``"PA"``), stripped; a
-        multi-valued element joined with ``\\`` as DICOM writes it. An absent or empty element, or
-        one longer than a CS value may be, is ``""``; so are all three when the file is missing, not
-        DICOM or damaged: the image reader reports such a file when it decodes it.
-    """
-    import pydicom
-    from pydicom.errors import BytesLengthException, InvalidDicomError
-
-    try:
-        with _quiet("pydicom"):  # a truncated file's warning, logged per file
-            _check_inflated_size(path, 2 * max_pixels + (16 << 20))  # load_dicom's limit
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(DEMOGRAPHIC_TAGS))
-            sex, age, view = (_header_text(header.get(keyword)) for keyword in DEMOGRAPHIC_TAGS)
-    except (
-        InvalidDicomError,
-        BytesLengthException,
-        OSError,
-        zlib.error,
-        struct.error,
-        EOFError,
-        ArithmeticError,
-        LookupError,
-        AttributeError,
-        NotImplementedError,
-        RuntimeError,
-        TypeError,
-        ValueError,  # RefusedImageError among them
-    ):
-        return "", "", ""
-    return sex, age, view
-
-
-def _header_text(value: object) -> str:
-    """A header element's value as stripped text; ``""`` when absent, empty or too long to be a value."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes):  # an element stored as UN
-        value = value.decode("ascii", "replace")
-    elif isinstance(value, Sequence) and not isinstance(value, str):  # pydicom's MultiValue
-        value = "\\".join(str(item).strip() for item in value)
-    text = str(value).strip(" \x00")
-    return text if len(text) <= _HEADER_VALUE_MAX else ""
-
-
 def _read_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
     """:func:`load_dicom`'s work, with damage raised as pydicom and numpy raise it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    _check_inflated_size(path, 2 * max_pixels + (16 << 20))  # 16-bit pixels and a header's margin
+    check_inflated_size(path, 2 * max_pixels + (16 << 20))  # 16-bit pixels and a header's margin
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as error:
@@ -222,7 +161,7 @@ def _read_dicom(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
             "refused_image", f"colour DICOM ({ds.get('PhotometricInterpretation', '?')}) is not a radiograph"
         )
     try:
-        with _quiet("pydicom"):  # its decoders log a traceback before raising; the error says it in one line
+        with quiet_logger("pydicom"):  # its decoders log a traceback before raising; the error says it in one line
             pixels = ds.pixel_array
     except (AttributeError, NotImplementedError, RuntimeError, ValueError) as error:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -278,7 +217,7 @@ def damage_as_oserror() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
+def quiet_logger(name: str) -> Iterator[None]:
     """Silence logger ``name`` for the duration."""
     log = logging.getLogger(name)
     before, log.disabled = log.disabled, True

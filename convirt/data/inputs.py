@@ -18,14 +18,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from convirt.data.images import load_grayscale
-from convirt.data.labels import read_label_rows
-from convirt.data.schema import MANIFEST, Row
+from convirt.data.labels import LABEL_LAYOUTS, detect_format, read_label_rows
+from convirt.data.schema import MANIFEST, Row, checked_findings
 from convirt.data.shards import require_images, shard_urls
 from convirt.data.sources.csv import key_from_path
 from convirt.data.stream import Sample, build_batches, collate_samples, pad_id_of, text_group
-from convirt.data.test_sets import TEST_SET_FORMATS, read_test_set
+from convirt.data.test_sets import TEST_SET_FORMATS, TEST_SET_LAYOUTS, read_test_set
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+# What to do when a generic table's labels column holds numbers or coordinates, not finding names.
+CSV_NEXT_STEP = "put finding names in its labels column, ';'-separated (No Finding for a normal image)"
 
 
 def parse_where(items: Sequence[str] | None) -> dict[str, str]:
@@ -102,18 +104,24 @@ def read_image_rows(
     by that public test set's reader (``images``: its archive folder, by default the table's).
     Folder rows are sorted by path; their key is the relative path, their patient the key. With
     ``split_file`` (:func:`read_split_file`), only the rows whose image file name it lists are
-    kept: the official split, named by the file its archive distributes.
+    kept: the official split, named by the file its archive distributes. Every reader's findings go
+    through one check (:func:`convirt.data.schema.checked_findings`): names, never coordinates, ids
+    or numbers.
 
     Raises:
         FileNotFoundError: ``path`` or ``split_file`` does not exist, or a folder holds no image.
-        ValueError: No row is left after the ``where`` filter or the split file; the message says which.
+        ValueError: No row is left after the ``where`` filter or the split file (the message says
+            which), or a finding is a coordinate, an id or a number (the message names the file, the
+            column its findings came from and the values).
     """
     source = Path(path)
     if label_format in TEST_SET_FORMATS:
         root = Path(images) if images else (source if source.is_dir() else source.parent)
-        rows = list(read_test_set(label_format, source, root))
+        rows = list(checked_findings(read_test_set(label_format, source, root), source, TEST_SET_LAYOUTS[label_format]))
     elif source.is_file():
-        rows = list(read_label_rows(source, label_format, images, uncertain))
+        table = read_label_rows(source, label_format, images, uncertain)
+        kind = detect_format(source) if label_format == "auto" else label_format
+        rows = list(checked_findings(table, source, LABEL_LAYOUTS[kind], CSV_NEXT_STEP if kind == "csv" else ""))
     elif source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:

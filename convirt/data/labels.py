@@ -20,6 +20,12 @@ from convirt.data.schema import NO_FINDING, Row
 from convirt.data.sources.csv import key_from_path, read_csv_rows
 
 FORMATS = ("auto", "csv", "chexpert", "nih")
+# How each format is read and where its findings come from, as the finding check names them.
+LABEL_LAYOUTS = {
+    "csv": "a generic label table (findings from column labels, ';'-separated)",
+    "nih": "NIH Data_Entry_2017 (findings from column Finding Labels, '|'-separated)",
+    "chexpert": "CheXpert (a column per finding)",
+}
 UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
 CHEXPERT_FINDINGS = (
     "No Finding",

@@ -18,8 +18,9 @@ written-down policy, so that two users who hold the same files evaluate the same
 - ``covidx``: COVIDx ``test.txt`` (``patient_id filename class source``, space-separated; class
   ``positive`` / ``COVID-19``: COVID-19, ``pneumonia``: Pneumonia, else No Finding); images ``test/``.
 
-RSNA, SIIM and VinDr keep the patient's sex and age and the view only in each DICOM's header: their
-rows take them from there (header only, never the pixels), empty where the image is missing or damaged.
+RSNA, SIIM and VinDr keep the patient's sex, age and id and the view only in each DICOM's header: their
+rows take them from there (header only, never the pixels), empty where the image is missing or damaged
+(the patient is then the image id), so that patient-grouped folds keep a patient's images together.
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from convirt.data.images import DICOM_SUFFIXES, dicom_demographics
+from convirt.data.dicom_header import DicomHeader, read_dicom_header
+from convirt.data.images import DICOM_SUFFIXES
 from convirt.data.labels import open_table
-from convirt.data.schema import NO_FINDING, Row
+from convirt.data.schema import NO_FINDING, Row, check_finding_names
 from convirt.data.sources.csv import key_from_path
 
 TEST_SET_FORMATS = ("rsna", "siim", "vindr", "tb", "covidx")
+# How each format is read and where its findings come from, as the finding check names them.
+TEST_SET_LAYOUTS = {
+    "rsna": "RSNA stage_2_train_labels.csv (findings from column Target)",
+    "siim": "SIIM-ACR train-rle.csv (findings from column EncodedPixels)",
+    "vindr": "VinDr-CXR labels (findings from class_name, or a column per finding)",
+    "tb": "a Shenzhen/Montgomery folder (findings from the _0/_1 file names)",
+    "covidx": "COVIDx test.txt (findings from the class field)",
+}
 
 
 def _records(table: Path, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
@@ -48,42 +58,24 @@ def _records(table: Path, required: tuple[str, ...], what: str) -> list[dict[str
         return [{k: (v or "").strip() for k, v in record.items() if k} for record in reader]
 
 
-# What a finding is never named: a box coordinate, an id, an image size, a number. A reader that took a
-# column or value like these for a finding has misread its file (VinBigData's train.csv read as
-# finding columns gave "class_id" and "x_min" as findings).
-_NOT_FINDINGS = re.compile(r"^([xy]_?(min|max)|[xy][12]|.*_id|id|width|height|rad_id|class_id|[-+.\d\s]*)$", re.I)
-
-
-def check_finding_names(names: set[str] | list[str], table: Path, layout: str) -> None:
-    """Refuse findings that are coordinates, ids, sizes or numbers: the file was read in the wrong layout.
-
-    Raises:
-        ValueError: Naming the table, the layout it was read as and the names at fault.
-    """
-    wrong = sorted(name for name in names if _NOT_FINDINGS.match(name.strip()))
-    if wrong:
-        raise ValueError(
-            f"{table}: read as {layout}, it would report {wrong[:5]} as findings: not a file of that layout"
-        )
-
-
 def _rows_by_image(positive: dict[str, set[str]], path_of: dict[str, Path], source: str) -> Iterator[Row]:
     """A row per image of ``path_of``, with the findings ``positive`` names (else No Finding); a DICOM's
-    sex, age and view from its header (:func:`convirt.data.images.dicom_demographics`): these archives
-    keep them nowhere else. A missing or damaged file leaves them empty."""
+    sex, age, view and patient from its header (:func:`convirt.data.dicom_header.read_dicom_header`):
+    these archives keep them nowhere else. A missing or damaged file leaves them empty, and a header
+    without a PatientID leaves the image id as the patient."""
     for image_id, path in path_of.items():
         labels = sorted(positive.get(image_id, set())) or [NO_FINDING]
-        sex, age, view = dicom_demographics(path) if path.suffix.lower() in DICOM_SUFFIXES else ("", "", "")
+        header = read_dicom_header(path) if path.suffix.lower() in DICOM_SUFFIXES else DicomHeader()
         yield Row(
             key=key_from_path(path.name),
             image_path=str(path),
             text="",
-            patient_id=image_id,
+            patient_id=header.patient_id or image_id,
             labels=labels,
-            view=view,
+            view=header.view,
             source=source,
-            sex=sex,
-            age=age,
+            sex=header.sex,
+            age=header.age,
         )
 
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from convirt.data.images import dicom_demographics
+from convirt.data.dicom_header import DicomHeader, dicom_demographics, read_dicom_header
 from convirt.data.inputs import read_image_rows, read_split_file
 from tests.conftest import SHARED_DATA, requires_shared_data, write_dicom
 
@@ -164,6 +164,34 @@ def test_missing_damaged_and_tagless_dicoms_leave_sex_age_and_view_empty(tmp_pat
         "whole": ("F", "063Y", "PA"),
     }
     assert "sex" not in read_image_rows(table, label_format="rsna")[0].metadata()
+
+
+def test_images_of_one_patient_share_the_patient_id_of_their_dicom_headers(tmp_path, monkeypatch):
+    import pydicom
+
+    images = tmp_path / "stage_2_train_images"
+    _dicom(images / "a.dcm", PatientID=" P-17 ", PatientSex="F")
+    _dicom(images / "b.dcm", PatientID="P-17", ViewPosition="AP")
+    _dicom(images / "c.dcm", PatientID="P-18")
+    _dicom(images / "blank.dcm", PatientID="  ")
+    _dicom(images / "long.dcm", PatientID="P" * 65)  # longer than a LO value may be: damage
+    table = tmp_path / "stage_2_train_labels.csv"
+    table.write_text("patientId,Target\n" + "".join(f"{name},0\n" for name in ("a", "b", "c", "blank", "long", "gone")))
+    reads = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *args, **kwargs: reads.append(args) or real(*args, **kwargs))
+    rows = read_image_rows(table, label_format="rsna")
+    assert {row.key: row.patient_id for row in rows} == {
+        "a": "P-17",
+        "b": "P-17",
+        "c": "P-18",
+        "blank": "blank",  # no PatientID: the image id, as before
+        "long": "long",
+        "gone": "gone",  # no image
+    }
+    assert _demographics(rows)["a"] == ("F", "", "") and _demographics(rows)["b"] == ("", "", "AP")
+    assert len(reads) == 5  # one header read an image, the patient with its sex, age and view
+    assert read_dicom_header(images / "a.dcm") == DicomHeader(sex="F", patient_id="P-17")
 
 
 def test_a_deflated_header_is_read_within_the_image_readers_inflation_limit(tmp_path, monkeypatch):

@@ -8,20 +8,39 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from convirt.data.schema import Row
+from convirt.data.schema import Row, checked_findings
 
-# name -> (module, function, options it accepts). Modules are imported on use.
-_READERS: dict[str, tuple[str, str, frozenset[str]]] = {
-    "csv": ("convirt.data.sources.csv", "read_csv_rows", frozenset({"columns"})),
-    "jsonl": ("convirt.data.sources.csv", "read_jsonl_rows", frozenset({"columns"})),
-    "openi": ("convirt.data.sources.openi", "read_openi_rows", frozenset({"images"})),
-    "mimic-cxr": ("convirt.data.sources.mimic_cxr", "read_mimic_cxr_rows", frozenset({"images", "uncertain"})),
-    "chexpert-plus": ("convirt.data.sources.chexpert_plus", "read_chexpert_plus_rows", frozenset({"images"})),
-    "padchest": ("convirt.data.sources.padchest", "read_padchest_rows", frozenset({"images"})),
-    "covid-collection": ("convirt.data.sources.covid_collection", "read_covid_collection_rows", frozenset()),
-    "phantom": ("convirt.data.sources.phantom", "read_phantom_rows", frozenset()),
+
+class _Reader(NamedTuple):
+    module: str  # imported on use
+    function: str
+    options: frozenset[str]  # the options it accepts
+    findings: str  # where its findings come from, as the finding check names it ({labels}: the column)
+
+
+_READERS: dict[str, _Reader] = {
+    "csv": _Reader("convirt.data.sources.csv", "read_csv_rows", frozenset({"columns"}), "column {labels}, ;-separated"),
+    "jsonl": _Reader("convirt.data.sources.csv", "read_jsonl_rows", frozenset({"columns"}), "field {labels}"),
+    "openi": _Reader("convirt.data.sources.openi", "read_openi_rows", frozenset({"images"}), "the MeSH major terms"),
+    "mimic-cxr": _Reader(
+        "convirt.data.sources.mimic_cxr",
+        "read_mimic_cxr_rows",
+        frozenset({"images", "uncertain"}),
+        "the CheXpert label file's finding columns",
+    ),
+    "chexpert-plus": _Reader(
+        "convirt.data.sources.chexpert_plus",
+        "read_chexpert_plus_rows",
+        frozenset({"images"}),
+        "no column (it reports none)",
+    ),
+    "padchest": _Reader("convirt.data.sources.padchest", "read_padchest_rows", frozenset({"images"}), "column Labels"),
+    "covid-collection": _Reader(
+        "convirt.data.sources.covid_collection", "read_covid_collection_rows", frozenset(), "column finding"
+    ),
+    "phantom": _Reader("convirt.data.sources.phantom", "read_phantom_rows", frozenset(), "column labels"),
 }
 
 
@@ -38,8 +57,8 @@ def get_reader(source: str) -> Callable[..., Iterator[Row]]:
     """
     if source not in _READERS:
         raise ValueError(f"unknown source {source!r}; known: {', '.join(list_sources())}")
-    module, function, _ = _READERS[source]
-    reader: Callable[..., Iterator[Row]] = getattr(importlib.import_module(module), function)
+    found = _READERS[source]
+    reader: Callable[..., Iterator[Row]] = getattr(importlib.import_module(found.module), found.function)
     return reader
 
 
@@ -47,13 +66,16 @@ def read_rows(source: str, path: str, **options: Any) -> Iterator[Row]:
     """Read the rows of an archive with the reader named ``source``.
 
     Options a source does not take (``images`` for ``csv``, ``columns`` for ``openi``) are an
-    error, not silently ignored.
+    error, not silently ignored. The rows' findings go through one check
+    (:func:`convirt.data.schema.checked_findings`), whatever the source: a row whose findings
+    are coordinates, ids or numbers ends the read with the file, the column and the values.
 
     Raises:
-        ValueError: Unknown source, or an option the source does not accept.
+        ValueError: Unknown source, or an option the source does not accept; while the rows are
+            read, a finding that is a coordinate, an id or a number.
     """
     reader = get_reader(source)
-    accepted = _READERS[source][2]
+    accepted = _READERS[source].options
     given = {name: value for name, value in options.items() if value not in (None, {}, "")}
     unknown = sorted(set(given) - accepted)
     if unknown:
@@ -62,7 +84,15 @@ def read_rows(source: str, path: str, **options: Any) -> Iterator[Row]:
             f"source {source!r} does not take {', '.join(flag.get(u, u) for u in unknown)}"
             f" (it takes: {', '.join(flag.get(a, a) for a in sorted(accepted)) or 'no options'})"
         )
-    return reader(path, **given)
+    rows = reader(path, **given)
+    labels = (given.get("columns") or {}).get("labels", "labels")
+    layout = f"the {source} source (findings from {_READERS[source].findings.format(labels=repr(labels))})"
+    next_step = (
+        f"put finding names in {labels!r}, or name the column that holds them with --column labels=NAME"
+        if source in ("csv", "jsonl")
+        else "not a file of that layout"
+    )
+    return checked_findings(rows, path, layout, next_step)
 
 
 def is_text_only(source: str, options: Mapping[str, Any]) -> bool:
