@@ -12,16 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from convirt.bench.rows import Rows, _row
+from convirt.bench.rows import NAN, Rows, _row
 from convirt.bench.suite import Task
 from convirt.embeddings.encode import EmbeddingOutput
 from convirt.models.checkpoint import LoadedModel
 from convirt.zeroshot import Method, load_descriptors
 from convirt.zeroshot.calibration_report import CalibrationReport
 from convirt.zeroshot.evaluate import evaluate_zeroshot
-from convirt.zeroshot.operating_points import RATES
+from convirt.zeroshot.operating_points import RATES, canonical_rule
 from convirt.zeroshot.subgroups import subgroup_columns
-from convirt.zeroshot.validated import VALIDATION_FRACTION, validate
+from convirt.zeroshot.validated import VALIDATION_FRACTION, validate_or_skip
 
 
 def subgroups(
@@ -74,26 +74,29 @@ def _descriptor_scores(loaded: LoadedModel, task: Task, images: EmbeddingOutput,
 
 def _validated(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, seed: int, bootstrap: int, rules: Any
-) -> tuple[CalibrationReport, int, dict[str, Any]]:
+) -> tuple[CalibrationReport, int, dict[str, Any]] | str:
     """The task's descriptor probabilities calibrated and thresholded on a patient-grouped
     validation fold (``fraction`` of the patients, seeded), reported on the rest; the fold's size;
-    and the reported rows' labels and probabilities before and after (for reliability diagrams)."""
+    and the reported rows' labels and probabilities before and after (for reliability diagrams).
+    Why not, where no finding could be calibrated on the fold."""
     evaluation = _descriptor_scores(loaded, task, images, seed, "calibration and operating points")
     names = evaluation.outputs[Method.DESCRIPTORS].finding_names
     probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
     patients = [str(m.get("patient_id") or key) for m, key in zip(images.meta, images.keys)]
-    validated = validate(
+    validated = validate_or_skip(
         evaluation.labels,
         probs,
         names,
         images.keys,
         patients,
-        method=str(options.get("method", "temperature")),
+        method=str(options.get("method", "platt")),
         fraction=float(options.get("fraction", VALIDATION_FRACTION)),
         seed=seed,
         bootstrap=bootstrap,
         rules=rules,
     )
+    if isinstance(validated, str):
+        return validated
     test, kept = validated.reported_rows, list(validated.report.findings)
     columns = [names.index(name) for name in kept]
     after = np.stack([validated.calibration.apply(n, probs[test, c]) for n, c in zip(kept, columns)], 1)
@@ -103,24 +106,29 @@ def _validated(
         "labels": evaluation.labels[np.ix_(test, columns)].tolist(),
         "before": probs[np.ix_(test, columns)].tolist(),
         "after": after.tolist(),
+        "not_calibrated": validated.skipped,
     }
     return validated.report, validated.calibration.fold.n, curves
 
 
 def calibration(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, texts: Any, seed: int, bootstrap: int
-) -> dict[str, Any]:
-    """Zero-shot (descriptor) probabilities calibrated per finding (``method``: temperature or
-    platt) on a patient-grouped validation fold (``fraction`` of the patients, 0.3), reported on
-    the other patients: expected calibration error (15 equal-width bins, count-weighted) and
-    Brier score before and after, with CIs. The headline is the mean ECE after calibration. Keeps
+) -> Rows | dict[str, Any]:
+    """Zero-shot (descriptor) probabilities calibrated per finding (``method``: platt, the default,
+    or temperature) on a patient-grouped validation fold (``fraction`` of the patients, 0.3),
+    reported on the other patients: Brier score and expected calibration error (15 equal-width
+    bins, count-weighted) before and after, with CIs. The headline is the mean Brier score after
+    calibration (a proper score: a constant guess calibrates to an ECE near 0, not to a low Brier). Keeps
     the reported rows' probabilities before and after, for the reliability diagrams of the figures."""
-    report, fitted_on, curves = _validated(loaded, task, options, images, seed, bootstrap, rules=())
+    result = _validated(loaded, task, options, images, seed, bootstrap, rules=())
+    if isinstance(result, str):  # the headline, undefined, says why
+        return [{**_row("brier_after", NAN, n=len(images.keys)), "reason": result}]
+    report, fitted_on, curves = result
     rows = [
         _row(f"{measure}_{when}", value[when], ci[when], report.n)
         for measure, value, ci in (
-            ("ece", report.mean_ece, report.mean_ece_ci),
             ("brier", report.mean_brier, report.mean_brier_ci),
+            ("ece", report.mean_ece, report.mean_ece_ci),
         )
         for when in ("after", "before")
     ]
@@ -130,6 +138,8 @@ def calibration(
                 rows.append(_row(f"{measure}_{when}/{name}", value[when], ci[when], found.n, found.positives))
         for parameter, number in found.parameters.items():
             rows.append(_row(f"{parameter}/{name}", number, n=fitted_on))
+    for name, reason in curves["not_calibrated"].items():  # listed, with why, never silently left out
+        rows.append({**_row(f"brier_after/{name}", NAN, n=report.n), "reason": reason})
     return {"rows": rows, "scores": curves}
 
 
@@ -145,8 +155,11 @@ def operating_points(
     patient-grouped validation fold, applied unchanged to the other patients and reported there:
     sensitivity, specificity, PPV and NPV with CIs, and the threshold. Per rule, the rate the rule
     does not fix comes first; the headline is the first rule's (specificity at sensitivity >= 0.90)."""
-    rules = tuple(options.get("rules", OPERATING_RULES))
-    report, fitted_on, _ = _validated(loaded, task, options, images, seed, bootstrap, rules)
+    rules = tuple(canonical_rule(rule) for rule in options.get("rules", OPERATING_RULES))
+    result = _validated(loaded, task, options, images, seed, bootstrap, rules)
+    if isinstance(result, str):  # the headline, undefined, says why
+        return [{**_row(f"{rules[0]}/specificity", NAN, n=len(images.keys)), "reason": result}]
+    report, fitted_on, _ = result
     rows: Rows = []
     for rule in rules:
         for name, found in report.findings.items():

@@ -17,8 +17,10 @@ from convirt._io import write_text
 
 # Protocols that count rather than score (the leakage audit's copies): shown, never marked best.
 UNRANKED = {"leakage"}
-# Their headlines are a gap between subgroups and a calibration error: the smallest is best.
+# Their headlines are a calibration's Brier score and a gap between subgroups: the smallest is best.
 LOWER_IS_BETTER = {"subgroups", "calibration"}
+# Shown, never bolded alone: a model at chance has no gap between subgroups either.
+NOT_BOLDED = {"subgroups"}
 
 # The words people read for the parts of a metric key (convirt.bench.protocols writes the keys:
 # ``descriptors/mean_auroc``, ``k10/mean_auroc``, ``linear@0.1/mean_auroc``, ``map_at_5`` ...).
@@ -102,7 +104,7 @@ def _per_finding_name(protocol: str, metric: str) -> str | None:
     ``sensitivity>=0.90/specificity/Pneumonia``); None for any other key."""
     parts = metric.split("/")
     if protocol == "operating_points" and len(parts) == 3 and parts[1] in RATE_NAMES:
-        return f"operating point {parts[0]} on validation: {RATE_NAMES[parts[1]]} ({parts[2]})"
+        return f"{parts[0]} (chosen on validation): {RATE_NAMES[parts[1]]} on test ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 3 and parts[1] == "worst":
         return f"subgroups by {parts[0]}: worst group's AUROC ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 3 and parts[1] == "gap":
@@ -165,7 +167,8 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
                 row = best.get((model, task, protocol))
                 text = format_cell(row)
                 best_here = row is not None and row["value"] == top[protocol]
-                cells.append(f"**{text}**" if best_here and len(models) > 1 and protocol not in UNRANKED else text)
+                bold = best_here and len(models) > 1 and protocol not in UNRANKED | NOT_BOLDED
+                cells.append(f"**{text}**" if bold else text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables) + "\n"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from convirt.cli.common import (
     add_checkpoint_arguments,
     add_input_arguments,
     eval_batches,
-    fmt_value,
     model_from_args,
-    with_ci,
 )
 from convirt.zeroshot.operating_points import RULES, parse_rule
 
@@ -29,8 +28,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threshold-split",
-        help="shard split whose Youden's J picks the F1/sensitivity/specificity "
-        "threshold (default: Youden's J on the evaluated data itself)",
+        help="shard split (no image or patient of the evaluated one) whose Youden's J picks the F1/sensitivity/"
+        "specificity threshold, and on which the calibration and operating points are fitted instead of on a "
+        "validation fold of the evaluated images (default: no F1 threshold; a fold of 30%% of the patients)",
+    )
+    parser.add_argument(
+        "--subgroups",
+        nargs="*",
+        metavar="COLUMN",
+        help="AUROC per subgroup of these metadata columns (sex, age_band, view, source) with the gap between the "
+        "best and the worst (default: those of sex, age_band, view with two groups or more; none: no subgroups)",
     )
     parser.add_argument(
         "--calibration",
@@ -40,7 +47,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "these images and report on the other patients)",
     )
     parser.add_argument(
-        "--calibration-method", choices=("temperature", "platt"), default="temperature", help="how to calibrate"
+        "--calibration-method",
+        choices=("platt", "temperature"),
+        default="platt",
+        help="Platt (slope and intercept on the logit, the default) or temperature (one T) per finding",
     )
     parser.add_argument(
         "--validation-fraction",
@@ -75,16 +85,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from convirt._io import write_json
     from convirt.data.inputs import parse_where
     from convirt.embeddings import embed_batches
     from convirt.models.fingerprint import model_fingerprint
-    from convirt.zeroshot import Method, ZeroShotClassifier, load_descriptors
+    from convirt.zeroshot import ZeroShotClassifier, load_descriptors
     from convirt.zeroshot.calibration import Calibration, scores_from
-    from convirt.zeroshot.calibration_report import format_calibration
-    from convirt.zeroshot.evaluate import METRICS, aligned_labels, evaluate_zeroshot, save_zeroshot_folder
+    from convirt.zeroshot.evaluate import aligned_labels, assess_and_save, evaluate_zeroshot, labelled_rows
     from convirt.zeroshot.plots import plot_explained_batch
-    from convirt.zeroshot.validated import save_validated, validate_or_skip
 
     for rule in args.operating_points:  # a bad rule or calibration file fails before any embedding
         parse_rule(rule)
@@ -124,32 +131,15 @@ def run(args: argparse.Namespace) -> None:
         args.seed,
         about,
     )
-    probs = evaluation.outputs[Method.DESCRIPTORS].probabilities.numpy()
-    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
-    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
-    calibrated = validate_or_skip(
-        *(evaluation.labels, probs, names, evaluation.keys, patients, given, args.calibration_method),
-        *(args.validation_fraction, args.seed, args.bootstrap, args.operating_points, made_by),
+    validation = (
+        None if tuning is None else labelled_rows(loaded.model, loaded.tokenizer, descriptors, tuning, args.labels)
     )
-    if isinstance(calibrated, str):
-        evaluation.metrics["calibration"] = {"skipped": calibrated}
-    out = save_zeroshot_folder(evaluation, args.output)
-    if not isinstance(calibrated, str):
-        calibration = save_validated(calibrated, evaluation.labels, probs, names, evaluation.keys, out)
-        evaluation.metrics["calibration"] = calibration
-        write_json(out / METRICS, evaluation.metrics)
+    text = assess_and_save(
+        *(evaluation, embedded, args.output, given, validation, args.calibration_method, args.validation_fraction),
+        *(args.seed, args.bootstrap, args.operating_points, made_by, args.subgroups),
+    )
     if args.figures > 0:
         batch = next(iter(eval_batches(loaded, args.data, args.split, args.figures, where=where, table=args)))
-        plot_explained_batch(batch, ZeroShotClassifier(loaded.model, loaded.tokenizer, descriptors), out / "figures")
-    metrics, labels, names = evaluation.metrics, evaluation.labels, descriptors.finding_names
-    methods = [method.value for method in Method]
-    print(f"AUROC [95% CI], {len(labels)} images")
-    print(f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>22}" for m in methods))
-    for i, name in enumerate(names):
-        cells = " ".join(f"{with_ci(metrics[m]['findings'][name], 'auroc'):>22}" for m in methods)
-        print(f"{name:<20} {(labels[:, i] == 1).sum():>9} {cells}")
-    print(f"{'mean AUROC':<20} {'':>9} " + " ".join(f"{fmt_value(metrics[m]['mean_auroc']):>22}" for m in methods))
-    if isinstance(calibrated, str):
-        print(f"no calibration: {calibrated}")
-    else:
-        print("\n" + format_calibration(evaluation.metrics["calibration"]))
+        figures = Path(args.output) / "figures"
+        plot_explained_batch(batch, ZeroShotClassifier(loaded.model, loaded.tokenizer, descriptors), figures)
+    print(text)

@@ -120,6 +120,7 @@ def report_on_test(
     keys: Sequence[str],
     bootstrap: int = 1000,
     seed: int = 0,
+    patient_ids: Sequence[Any] | None = None,
 ) -> CalibrationReport:
     """ECE and Brier before and after ``calibration``, and its operating points, on these rows.
 
@@ -130,11 +131,14 @@ def report_on_test(
         names: ``F`` finding names; those the calibration lacks are listed as uncalibrated.
         keys: ``N`` image keys.
         bootstrap, seed: Replicates and seed of the intervals.
+        patient_ids: ``N`` patient ids: another image of a patient the calibration was fitted on
+            is refused too (where the calibration recorded its patients).
 
     Raises:
-        ValueError: Any row is one the calibration was fitted on, or shapes disagree.
+        FittedRowsError: Any row, or any row's patient, is one the calibration was fitted on.
+        ValueError: Shapes disagree.
     """
-    check_not_fitted_on(calibration, keys)
+    check_not_fitted_on(calibration, keys, patient_ids)
     y, p = np.asarray(labels), np.asarray(probs, dtype=float)
     if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names) or len(keys) != len(y):
         raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(keys)} keys")

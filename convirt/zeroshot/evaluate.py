@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,14 @@ from convirt._io import atomic_path, write_json, write_lines
 from convirt.data.labels import label_matrix
 from convirt.data.schema import NO_FINDING
 from convirt.embeddings.encode import EmbeddingOutput
+from convirt.zeroshot.calibration import Calibration
+from convirt.zeroshot.calibration_report import format_calibration
 from convirt.zeroshot.classifier import Method, ZeroShotClassifier, ZeroShotOutput
 from convirt.zeroshot.descriptors import DescriptorSet
 from convirt.zeroshot.metrics import evaluate_findings, youden_threshold
+from convirt.zeroshot.operating_points import RULES
+from convirt.zeroshot.subgroups import format_subgroups, present_columns, subgroup_columns
+from convirt.zeroshot.validated import VALIDATION_FRACTION, LabelledRows, save_validated, validate_or_skip
 
 PREDICTIONS, EXPLANATIONS, METRICS, ROC = "predictions.csv", "explanations.jsonl", "metrics.json", "roc.png"
 
@@ -59,6 +65,43 @@ def youden_thresholds(classifier: ZeroShotClassifier, tuning: EmbeddingOutput, l
     finding has one class there), leaving out its uncertain (-1) labels."""
     probs = classifier.predict_features(torch.from_numpy(tuning.embeddings)).probabilities.numpy()
     return [youden_threshold(labels[labels[:, i] >= 0, i], probs[labels[:, i] >= 0, i]) for i in range(labels.shape[1])]
+
+
+def labelled_rows(
+    model: Any, tokenizer: Any, descriptors: DescriptorSet, embedded: EmbeddingOutput, selected: list[str] | None
+) -> LabelledRows:
+    """A split's descriptor probabilities and labels (its findings need not all be present), keys
+    and patients: a validation split to calibrate on (:func:`convirt.zeroshot.validated.validate`)."""
+    names = descriptors.only(selected).finding_names if selected else descriptors.finding_names
+    labels = aligned_labels(embedded.meta, names, selected, require_all=False)
+    classifier = ZeroShotClassifier(model, tokenizer, descriptors.only(selected) if selected else descriptors)
+    probs = classifier.predict_features(torch.from_numpy(embedded.embeddings)).probabilities.numpy()
+    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
+    return LabelledRows(labels, probs, list(embedded.keys), patients)
+
+
+def format_aurocs(evaluation: ZeroShotEvaluationOutput) -> str:
+    """The AUROC table `convirt zeroshot` prints: per finding and method, with 95% CIs."""
+    metrics, labels = evaluation.metrics, evaluation.labels
+    names = evaluation.outputs[Method.DESCRIPTORS].finding_names
+    methods = [method.value for method in Method]
+
+    def number(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) and value == value else "n/a"
+
+    def cell(values: dict[str, Any]) -> str:
+        low, high = values["auroc_ci"]
+        return f"{number(values['auroc'])} [{number(low)}, {number(high)}]" if low == low else number(values["auroc"])
+
+    lines = [
+        f"AUROC [95% CI], {len(labels)} images",
+        f"{'finding':<20} {'positives':>9} " + " ".join(f"{m:>22}" for m in methods),
+    ]
+    for i, name in enumerate(names):
+        cells = " ".join(f"{cell(metrics[m]['findings'][name]):>22}" for m in methods)
+        lines.append(f"{name:<20} {(labels[:, i] == 1).sum():>9} {cells}")
+    means = " ".join(f"{number(metrics[m]['mean_auroc']):>22}" for m in methods)
+    return "\n".join([*lines, f"{'mean AUROC':<20} {'':>9} {means}"])
 
 
 @dataclass
@@ -173,6 +216,54 @@ def save_zeroshot_folder(evaluation: ZeroShotEvaluationOutput, output: str | os.
         evaluation.labels, {m.value: o.probabilities.numpy() for m, o in evaluation.outputs.items()}, names, out / ROC
     )
     return out
+
+
+def assess_and_save(
+    evaluation: ZeroShotEvaluationOutput,
+    embedded: EmbeddingOutput,
+    output: str | os.PathLike[str],
+    calibration: Calibration | None = None,
+    validation: LabelledRows | None = None,
+    method: str = "platt",
+    fraction: float = VALIDATION_FRACTION,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    rules: Sequence[str] = RULES,
+    scores_from: dict[str, Any] | None = None,
+    subgroups: Sequence[str] | None = None,
+) -> str:
+    """What `convirt zeroshot` reports beside the AUROCs, written with the folder
+    (:func:`save_zeroshot_folder`): the descriptor probabilities' calibration and operating points
+    (:func:`~convirt.zeroshot.validated.validate_or_skip`: fitted on ``validation`` or on a
+    patient-grouped fold of these images, or ``calibration`` applied; ``calibration.json`` and
+    ``reliability/`` when fitted here) and the AUROC per subgroup of ``subgroups`` (default: those
+    of sex, age band and view with two groups or more), both in ``metrics.json``. Returns the
+    text tables of all three.
+
+    Raises:
+        ValueError: See :func:`~convirt.zeroshot.validated.validate_or_skip`; an unknown column.
+    """
+    descriptor = evaluation.outputs[Method.DESCRIPTORS]
+    probs, names, labels = descriptor.probabilities.numpy(), descriptor.finding_names, evaluation.labels
+    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
+    calibrated = validate_or_skip(
+        *(labels, probs, names, evaluation.keys, patients, calibration, method, fraction, seed, bootstrap, rules),
+        *(scores_from, validation),
+    )
+    columns = present_columns(embedded.meta) if subgroups is None else list(subgroups)
+    found = subgroup_columns(labels, probs, names, embedded.meta, columns, bootstrap=bootstrap, seed=seed)
+    evaluation.metrics["subgroups"] = {c: {f: split.to_dict() for f, split in by.items()} for c, by in found.items()}
+    evaluation.metrics["calibration"] = {"skipped": calibrated} if isinstance(calibrated, str) else None
+    out = save_zeroshot_folder(evaluation, output)
+    if not isinstance(calibrated, str):
+        evaluation.metrics["calibration"] = save_validated(calibrated, labels, probs, names, evaluation.keys, out)
+        write_json(out / METRICS, evaluation.metrics)
+    text = [format_aurocs(evaluation)]
+    if isinstance(calibrated, str):
+        text.append(f"no calibration: {calibrated}")
+    else:
+        text.append(format_calibration(evaluation.metrics["calibration"]))
+    return "\n\n".join([*text, format_subgroups(found)] if found else text)
 
 
 def _explanations(keys: list[str], output: ZeroShotOutput) -> list[dict[str, Any]]:

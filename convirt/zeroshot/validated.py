@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from convirt.zeroshot.calibration import Calibration, FittedRowsError, fit_calibration
+from convirt.zeroshot.calibration import Calibration, UnfittableFinding, fit_calibration
 from convirt.zeroshot.calibration_report import CalibrationReport, report_on_test, save_reliability_diagrams
 from convirt.zeroshot.folds import validation_split
-from convirt.zeroshot.operating_points import RULES, choose_operating_point, parse_rule
+from convirt.zeroshot.operating_points import RULES, canonical_rule, choose_operating_point, parse_rule
 
 VALIDATION_FRACTION = 0.3
 
@@ -53,20 +53,67 @@ class FitOnValidationOutput:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+class NoValidationFold(ValueError):
+    """These rows cannot give a validation fold: too few patients, or no finding with both classes on it."""
+
+
+def fit_on_rows(
+    labels: Any,
+    probs: Any,
+    names: Sequence[str],
+    keys: Sequence[str],
+    patient_ids: Sequence[Any],
+    method: str = "platt",
+    seed: int = 0,
+    rules: Sequence[str] = RULES,
+    scores_from: dict[str, Any] | None = None,
+) -> tuple[Calibration, dict[str, str]]:
+    """Fit each finding's calibration on these (validation) rows and choose ``rules``' operating
+    points on its calibrated probabilities; a finding that cannot be fitted (one class here, or
+    :class:`~convirt.zeroshot.calibration.UnfittableFinding`) is left out, with the reason.
+
+    Returns:
+        The calibration (its fold: these rows and patients; ``scores_from`` recorded) and
+        ``{finding: reason}`` of those left out.
+
+    Raises:
+        NoValidationFold: No finding can be fitted.
+    """
+    y, p = np.asarray(labels), np.asarray(probs, dtype=float)
+    fitted, skipped = [], {}
+    for column, name in enumerate(names):
+        values = y[:, column]
+        try:
+            fit_calibration(y[:, [column]], p[:, [column]], [name], list(keys), method, seed)
+            fitted.append(column)
+        except UnfittableFinding as error:
+            positives, negatives = int((values == 1).sum()), int((values == 0).sum())
+            skipped[name] = str(error) if positives and negatives else f"{positives} positives, {negatives} negatives"
+    if not fitted:
+        raise NoValidationFold(f"no finding could be calibrated on the validation fold: {skipped}")
+    kept = [names[c] for c in fitted]
+    calibration = fit_calibration(y[:, fitted], p[:, fitted], kept, list(keys), method, seed, list(patient_ids))
+    points = {}
+    for column, name in zip(fitted, kept):
+        known = y[:, column] >= 0
+        calibrated = calibration.apply(name, p[known, column])
+        points[name] = {canonical_rule(r): choose_operating_point(y[known, column], calibrated, r) for r in rules}
+    return replace(calibration, operating_points=points, scores_from=dict(scores_from or {})), skipped
+
+
 def fit_on_validation(
     labels: Any,
     probs: Any,
     names: Sequence[str],
     keys: Sequence[str],
     patient_ids: Sequence[Any],
-    method: str = "temperature",
+    method: str = "platt",
     fraction: float = VALIDATION_FRACTION,
     seed: int = 0,
     rules: Sequence[str] = RULES,
     scores_from: dict[str, Any] | None = None,
 ) -> FitOnValidationOutput:
-    """Split by patient, fit each finding's calibration on the validation side and choose ``rules``'
-    operating points on its calibrated probabilities.
+    """Split by patient, then :func:`fit_on_rows` on the validation side.
 
     Args:
         labels: ``(N, F)`` 0/1 (-1: uncertain, left out of that finding).
@@ -74,7 +121,7 @@ def fit_on_validation(
         names: ``F`` finding names.
         keys: ``N`` image keys (the rows' ids, fingerprinted into the calibration).
         patient_ids: ``N`` patient ids (a row without one passes its key).
-        method: ``"temperature"`` or ``"platt"``.
+        method: ``"platt"`` or ``"temperature"``.
         fraction: Share of patients on the validation side.
         seed: Seed of the split.
         rules: Operating-point rules (:data:`~convirt.zeroshot.operating_points.RULES`).
@@ -82,34 +129,18 @@ def fit_on_validation(
             (:func:`~convirt.zeroshot.calibration.scores_from`), recorded in the calibration.
 
     Raises:
-        ValueError: Shapes disagree, fewer than two patients, or no finding can be fitted.
+        NoValidationFold: Fewer than two patients, or no finding can be fitted.
+        ValueError: Shapes disagree.
     """
     y, p = np.asarray(labels), np.asarray(probs, dtype=float)
     if y.shape != p.shape or y.ndim != 2 or y.shape[1] != len(names) or len(keys) != len(y):
         raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(keys)} keys")
+    if len(set(map(str, patient_ids))) < 2:
+        raise NoValidationFold("fewer than two patients: no validation fold can be split off")
     validation, test = validation_split(patient_ids, fraction, seed, y, list(names), require_both_classes=False)
-    fitted, skipped = [], {}
-    for column, name in enumerate(names):
-        values = y[validation, column]
-        positives, negatives = int((values == 1).sum()), int((values == 0).sum())
-        if positives and negatives:
-            fitted.append(column)
-        else:
-            skipped[name] = f"{positives} positives and {negatives} negatives on the validation fold"
-    if not fitted:
-        raise ValueError(f"no finding has positives and negatives on the validation fold: {skipped}")
-    kept_names = [names[c] for c in fitted]
-    fold_keys = [keys[row] for row in validation]
-    calibration = fit_calibration(
-        y[validation][:, fitted], p[validation][:, fitted], kept_names, fold_keys, method, seed
-    )
-    points = {}
-    for column, name in zip(fitted, kept_names):
-        known = y[validation, column] >= 0
-        calibrated = calibration.apply(name, p[validation, column][known])
-        points[name] = {rule: choose_operating_point(y[validation, column][known], calibrated, rule) for rule in rules}
-    made = replace(calibration, operating_points=points, scores_from=dict(scores_from or {}))
-    return FitOnValidationOutput(made, validation, test, skipped)
+    fold = [keys[row] for row in validation], [patient_ids[row] for row in validation]
+    calibration, skipped = fit_on_rows(y[validation], p[validation], names, *fold, method, seed, rules, scores_from)
+    return FitOnValidationOutput(calibration, validation, test, skipped)
 
 
 @dataclass(frozen=True)
@@ -135,6 +166,23 @@ class ValidatedOutput:
         return {"fitted_here": self.fitted_here, **self.report.to_dict(), "not_fitted": self.skipped}
 
 
+@dataclass(frozen=True)
+class LabelledRows:
+    """Labelled rows scored like the evaluated ones: a separate validation split.
+
+    Attributes:
+        labels: ``(N, F)`` 0/1 (-1: left out), the evaluated rows' findings in the same order.
+        probs: ``(N, F)`` raw probabilities.
+        keys: ``N`` image keys.
+        patient_ids: ``N`` patient ids.
+    """
+
+    labels: Any
+    probs: Any
+    keys: Sequence[str]
+    patient_ids: Sequence[Any]
+
+
 def validate(
     labels: Any,
     probs: Any,
@@ -142,29 +190,42 @@ def validate(
     keys: Sequence[str],
     patient_ids: Sequence[Any],
     calibration: Calibration | None = None,
-    method: str = "temperature",
+    method: str = "platt",
     fraction: float = VALIDATION_FRACTION,
     seed: int = 0,
     bootstrap: int = 1000,
     rules: Sequence[str] = RULES,
     scores_from: dict[str, Any] | None = None,
+    validation: LabelledRows | None = None,
 ) -> ValidatedOutput:
     """Calibration and operating points for labelled rows, reported only where they were not fitted.
 
-    Without ``calibration``: :func:`fit_on_validation` on these rows, then :func:`report_on_test`
-    on the test side (``scores_from`` recorded in it). With one (a saved file): :func:`report_on_test`
-    on every row, which refuses rows it was fitted on.
+    - ``calibration`` given (a saved file): :func:`report_on_test` on every row.
+    - ``validation`` given (another split): :func:`fit_on_rows` on it, reported on every row.
+    - Neither: :func:`fit_on_validation` on these rows, reported on the test side.
+
+    Every report refuses rows, and other images of patients, the calibration was fitted on.
 
     Raises:
+        NoValidationFold: No fold to fit on (too few patients, no finding with both classes).
         ValueError: See :func:`fit_on_validation` and :func:`report_on_test`.
     """
     y, p = np.asarray(labels), np.asarray(probs, dtype=float)
+    every = np.arange(len(y))
+    if calibration is None and validation is not None:
+        calibration, skipped = fit_on_rows(
+            *(validation.labels, validation.probs, names, validation.keys, validation.patient_ids),
+            *(method, seed, rules, scores_from),
+        )
+        report = report_on_test(calibration, y, p, names, keys, bootstrap, seed, patient_ids)
+        return ValidatedOutput(calibration, report, every, True, skipped)
     if calibration is not None:
-        report = report_on_test(calibration, y, p, names, keys, bootstrap, seed)
-        return ValidatedOutput(calibration, report, np.arange(len(y)), fitted_here=False)
+        report = report_on_test(calibration, y, p, names, keys, bootstrap, seed, patient_ids)
+        return ValidatedOutput(calibration, report, every, fitted_here=False)
     fitted = fit_on_validation(y, p, names, keys, patient_ids, method, fraction, seed, rules, scores_from)
     test = fitted.test_rows
-    report = report_on_test(fitted.calibration, y[test], p[test], names, [keys[r] for r in test], bootstrap, seed)
+    reported = [keys[r] for r in test], [patient_ids[r] for r in test]
+    report = report_on_test(fitted.calibration, y[test], p[test], names, reported[0], bootstrap, seed, reported[1])
     return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped)
 
 
@@ -175,21 +236,22 @@ def validate_or_skip(
     keys: Sequence[str],
     patient_ids: Sequence[Any],
     calibration: str | os.PathLike[str] | Calibration | None = None,
-    method: str = "temperature",
+    method: str = "platt",
     fraction: float = VALIDATION_FRACTION,
     seed: int = 0,
     bootstrap: int = 1000,
     rules: Sequence[str] = RULES,
     scores_from: dict[str, Any] | None = None,
+    validation: LabelledRows | None = None,
 ) -> ValidatedOutput | str:
     """:func:`validate`, or why these rows cannot give a validation fold (one patient, no finding
-    with both classes on it) as a string: what `convirt zeroshot` reports beside its AUROCs.
+    that could be calibrated on it) as a string: what `convirt zeroshot` reports beside its AUROCs.
 
     Raises:
         ValueError: An unknown rule or a fraction outside ``(0, 1)``, a calibration file that
             cannot be read, was fitted on another model's or descriptor set's scores than
-            ``scores_from`` or covers none of ``names``, or rows it was fitted on
-            (:class:`~convirt.zeroshot.calibration.FittedRowsError`): never skipped.
+            ``scores_from`` or covers none of ``names``, rows it was fitted on
+            (:class:`~convirt.zeroshot.calibration.FittedRowsError`), bad probabilities: never skipped.
     """
     for rule in rules:
         parse_rule(rule)
@@ -202,13 +264,10 @@ def validate_or_skip(
         raise ValueError(f"the calibration is for {sorted(given.parameters)}, none of {list(names)}")
     try:
         return validate(
-            labels, probs, names, keys, patient_ids, given, method, fraction, seed, bootstrap, rules, scores_from
+            *(labels, probs, names, keys, patient_ids, given, method, fraction, seed, bootstrap, rules),
+            *(scores_from, validation),
         )
-    except FittedRowsError:
-        raise
-    except ValueError as error:
-        if given is not None:
-            raise
+    except NoValidationFold as error:
         return str(error)
 
 

@@ -125,7 +125,13 @@ def test_bench_runs_every_protocol_and_a_rerun_embeds_and_computes_nothing(
     # calibration's reliability diagram per model and finding (the image-only timm model has none).
     reliability = sorted(p.name for p in first.figures if "-reliability-" in p.name)
     assert reliability and all(name.startswith("phantom-tiny.ckpt-reliability-") for name in reliability)
-    assert "phantom-tiny.ckpt-reliability-Cardiomegaly.png" in reliability
+    calibrated = {
+        r["metric"].partition("/")[2]
+        for r in rows
+        if r["protocol"] == "calibration" and r["metric"].startswith(("a/", "temperature/"))  # fitted findings
+    }
+    names = {f"phantom-tiny.ckpt-reliability-{name.replace('/', '-')}.png" for name in calibrated}
+    assert reliability == sorted(names)
     assert sorted(p.name for p in first.figures if p.name not in reliability) == ["phantom-bars.png", "phantom-roc.png"]
     assert all(p.stat().st_size > 5000 for p in first.figures)
 
@@ -167,10 +173,12 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
         assert bench == pytest.approx(alone[method]["mean_auroc"], abs=1e-6)
     # Calibration too: the same fold and the same figures as `convirt zeroshot`'s on the same images.
     bench_ece = next(r for r in rows if r["protocol"] == "calibration" and r["metric"] == "ece_after")
+    bench_brier = next(r for r in rows if r["protocol"] == "calibration" and r["metric"] == "brier_after")
+    assert bench_brier["value"] == pytest.approx(alone["calibration"]["mean"]["brier"]["after"], abs=1e-6)
     assert bench_ece["value"] == pytest.approx(alone["calibration"]["mean"]["ece"]["after"], abs=1e-6)
     assert bench_ece["n"] == alone["calibration"]["reported_on"]
-    assert "calibration: mean ECE after" in printed
-    assert "operating point sensitivity>=0.90 on validation: specificity" in printed
+    assert "calibration: mean Brier score after" in printed
+    assert "sensitivity>=0.90 (chosen on validation): specificity on test" in printed
     # The exported model's card carries these results (the rows of its own weights), not typed-in figures.
     exported = tmp_path / "exported"
     assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(out)]) == 0
@@ -178,7 +186,7 @@ def test_bench_command_prints_the_leaderboard(suite_file, phantom_shards, tiny_c
     headline = next(r for r in rows if r["protocol"] == "zeroshot" and r["metric"] == "descriptors/mean_auroc")
     value = f"{headline['value']:.3f} [{headline['ci_low']:.3f}, {headline['ci_high']:.3f}]"
     assert f"| tiny (2) | phantom | zeroshot | descriptors/mean_auroc | {value} |" in card
-    assert "| tiny (2) | phantom | calibration | ece_after |" in card
+    assert "| tiny (2) | phantom | calibration | brier_after |" in card
     assert "| tiny (2) | phantom | operating_points | sensitivity>=0.90/specificity/" in card
     assert "local-dir:" in card and "not a diagnostic device" in card
     assert main(["export", "--model", str(tiny_checkpoint), "--output", str(exported), "--bench", str(tmp_path)]) != 0

@@ -28,7 +28,7 @@ from convirt.bench.leaderboard import metric_name, write_leaderboard
         (
             "operating_points",
             "specificity>=0.90/ppv/Pneumonia",
-            "operating point specificity>=0.90 on validation: PPV (Pneumonia)",
+            "specificity>=0.90 (chosen on validation): PPV on test (Pneumonia)",
         ),
         # A key of a shape not known here reads as before, never as a wrong name.
         ("zeroshot", "descriptors/auroc/Edema", "zeroshot descriptors/auroc/Edema"),
@@ -83,12 +83,16 @@ def test_the_leaderboard_names_its_columns_in_words_and_the_csv_keeps_the_keys(t
     assert float(table[2]["value"]) == 0.8 and table[2]["name"] == "linear probe, 100% labels: mean AUROC"
 
 
-def test_the_smallest_subgroup_gap_is_the_best(tmp_path):
+def test_the_lowest_brier_score_is_the_best_and_subgroup_gaps_are_never_bolded(tmp_path):
     rows = [
         _row("a", "subgroups", "sex/gap/Pneumonia", 0.05, 0.01, 0.09),
         _row("b", "subgroups", "sex/gap/Pneumonia", 0.20, 0.12, 0.28),
         _row("c", "subgroups", "sex/gap/Pneumonia", None),  # fewer than two subgroups scored
+        _row("a", "calibration", "brier_after", 0.21, 0.19, 0.23),
+        _row("b", "calibration", "brier_after", 0.12, 0.10, 0.14),
     ]
     board = write_leaderboard(rows, ["a", "b", "c"], tmp_path).read_text(encoding="utf-8")
     lines = {line.split(" | ")[0]: line for line in board.splitlines() if line.startswith("| ")}
-    assert "**0.050 [0.010, 0.090]**" in lines["| a"] and "**" not in lines["| b"] and "n/a" in lines["| c"]
+    # A model at chance has no gap between subgroups either: the smallest gap is shown, not crowned.
+    assert "0.050 [0.010, 0.090]" in lines["| a"] and "**0.050" not in lines["| a"] and "n/a" in lines["| c"]
+    assert "**0.120 [0.100, 0.140]**" in lines["| b"] and "**0.210" not in lines["| a"]

@@ -23,10 +23,10 @@ def embedded(labels_csv, tiny_checkpoint):
 
 def test_calibration_rows_report_the_test_side_before_and_after(embedded):
     loaded, task, images = embedded
-    result = calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    result = calibration(loaded, task, {"fraction": 0.4, "method": "temperature"}, images, None, seed=3, bootstrap=40)
     found = result["rows"]
     by_metric = {row["metric"]: row for row in found}
-    assert found[0]["metric"] == "ece_after"  # the headline: mean ECE after calibration
+    assert found[0]["metric"] == "brier_after"  # the headline: mean Brier score after calibration
     assert {"ece_before", "brier_after", "brier_before"} <= set(by_metric)
     fitted_on = by_metric["temperature/Edema"]["n"]
     reported_on = by_metric["ece_after"]["n"]
@@ -39,23 +39,26 @@ def test_calibration_rows_report_the_test_side_before_and_after(embedded):
             assert 0 <= row["value"] <= 1 and row["ci_low"] <= row["ci_high"] and row["n"] == reported_on
             assert 0 < row["positives"] < row["n"]
         assert by_metric[f"temperature/{name}"]["value"] > 0
-    # The same seed draws the same fold; another seed another one.
-    assert calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=0)["rows"][0][
-        "value"
-    ] == pytest.approx(found[0]["value"])
-    platt = calibration(loaded, task, {"fraction": 0.4, "method": "platt"}, images, None, seed=3, bootstrap=0)
-    assert {"a/Edema", "b/Edema"} <= {row["metric"] for row in platt["rows"]}
+    # The same seed draws the same fold, and the same figures.
+    again = calibration(loaded, task, {"fraction": 0.4, "method": "temperature"}, images, None, seed=3, bootstrap=0)
+    assert again["rows"][0]["value"] == pytest.approx(found[0]["value"])
+    platt = calibration(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=0)  # platt: the default
+    assert {"a/Cardiomegaly", "b/Cardiomegaly"} <= {row["metric"] for row in platt["rows"]}
+    # This untrained model's Edema scores fall as Edema becomes likelier: Platt refuses, and says so.
+    refused = next(row for row in platt["rows"] if row["metric"] == "brier_after/Edema")
+    assert refused["value"] is None and "Platt slope" in refused["reason"]
     # The held-out probabilities before and after go with the rows, for the reliability diagrams.
     curves = result["scores"]
     assert curves["findings"] == ["Cardiomegaly", "Edema"] and len(curves["labels"]) == reported_on
     assert len(curves["before"]) == len(curves["after"]) == reported_on and not set(curves["keys"]) & fitted_keys
     assert "calibration" in LOWER_IS_BETTER
-    assert metric_name("calibration", "ece_after") == "calibration: mean ECE after"
+    assert metric_name("calibration", "brier_after") == "calibration: mean Brier score after"
 
 
 def test_operating_point_rows_per_rule_with_the_threshold_chosen_on_validation(embedded):
     loaded, task, images = embedded
-    found = operating_points(loaded, task, {"fraction": 0.4}, images, None, seed=3, bootstrap=40)
+    options = {"fraction": 0.4, "method": "temperature"}  # this untrained model's Edema refuses Platt
+    found = operating_points(loaded, task, options, images, None, seed=3, bootstrap=40)
     assert found[0]["metric"] == "sensitivity>=0.90/specificity/Cardiomegaly"  # the headline
     by_metric = {row["metric"]: row for row in found}
     for rule in ("sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90", "youden"):
@@ -67,9 +70,9 @@ def test_operating_point_rows_per_rule_with_the_threshold_chosen_on_validation(e
             assert threshold["n"] + by_metric[f"{rule}/sensitivity/{name}"]["n"] == len(images.keys)
     assert by_metric["youden/sensitivity/Edema"]["metric"] == "youden/sensitivity/Edema"
     assert metric_name("operating_points", found[0]["metric"]) == (
-        "operating point sensitivity>=0.90 on validation: specificity (Cardiomegaly)"
+        "sensitivity>=0.90 (chosen on validation): specificity on test (Cardiomegaly)"
     )
-    one = operating_points(loaded, task, {"fraction": 0.4, "rules": ["youden"]}, images, None, seed=3, bootstrap=0)
-    assert {row["metric"].split("/")[0] for row in one} == {"youden"}
+    one = operating_points(loaded, task, {**options, "rules": ["Youden"]}, images, None, seed=3, bootstrap=0)
+    assert {row["metric"].split("/")[0] for row in one} == {"youden"}  # rules by their canonical name
     with pytest.raises(ValueError, match="unknown operating-point rule"):
         operating_points(loaded, task, {"rules": ["f1"]}, images, None, seed=3, bootstrap=0)

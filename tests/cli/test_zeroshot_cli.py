@@ -41,11 +41,16 @@ def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint
     assert calibration["fitted_here"] and calibration["files"]["calibration"] == "calibration.json"
     assert calibration["fitted_on"]["n"] + calibration["reported_on"] == 96
     assert "15 equal-width bins" in calibration["binning"]
-    found = calibration["findings"]["Edema"]
+    # This untrained model's Edema scores fall as Edema becomes likelier: left uncalibrated, said why.
+    assert "Platt slope" in calibration["not_fitted"]["Edema"] and "Edema" not in calibration["findings"]
+    name, found = next(iter(calibration["findings"].items()))
     assert set(found["operating_points"]) == {"youden", "sensitivity>=0.90", "sensitivity>=0.95", "specificity>=0.90"}
     assert 0 <= found["ece"]["after"] <= 1 and found["brier_ci"]["before"][0] <= found["brier_ci"]["before"][1]
     assert found["n"] == calibration["reported_on"]
-    assert (out / "reliability" / "Edema.png").stat().st_size > 5_000
+    png = out / calibration["files"]["reliability"][list(calibration["findings"]).index(name)]
+    assert png.parent.name == "reliability" and png.stat().st_size > 5_000
+    # Subgroups: this table has no sex, age or view, so none by default.
+    assert metrics["subgroups"] == {}
     assert (out / "roc.png").stat().st_size > 10_000
     assert len((out / "predictions.csv").read_text().splitlines()) == 97
     # The library reads the whole folder back: the same metrics, one row per image, aligned arrays.
@@ -235,8 +240,9 @@ def test_a_calibration_is_never_reported_on_the_images_it_was_fitted_on(
     assert not metrics["calibration"]["fitted_here"] and metrics["calibration"]["reported_on"] == metrics["samples"]
     assert not (tmp_path / "test" / "calibration.json").exists()
     first = json.loads(saved.read_text())
-    point = metrics["calibration"]["findings"]["Edema"]["operating_points"]["youden"]
-    assert point["threshold"] == first["operating_points"]["Edema"]["youden"]["threshold"]
+    name = next(iter(first["operating_points"]))
+    point = metrics["calibration"]["findings"][name]["operating_points"]["youden"]
+    assert point["threshold"] == first["operating_points"][name]["youden"]["threshold"]
     assert first["scores_from"]["descriptors"] == "phantom" and len(first["scores_from"]["checkpoint_sha256"]) == 64
     # Another model's scores, or another descriptor set's: refused before anything is embedded.
     other = save_initial_checkpoint(

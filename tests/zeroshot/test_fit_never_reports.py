@@ -25,14 +25,14 @@ def task_and_images(labels_csv, tiny_checkpoint):
     rows = read_image_rows(labels_csv)
     vectors = embed_image_files(loaded.model, [row.image_path for row in rows], loaded.preprocess_cfg)
     images = EmbeddingOutput(vectors, keys=[row.key for row in rows], meta=[row.metadata() for row in rows])
-    return loaded, Task(name="phantom", data=labels_csv, descriptors="phantom", labels=["Edema"]), images
+    return loaded, Task(name="phantom", data=labels_csv, descriptors="phantom", labels=None), images
 
 
 def _commands(loaded, task, images, labels_csv, checkpoint, out):
     """Each command that fits or chooses, as a callable."""
     zeroshot = ["zeroshot", "--checkpoint", str(checkpoint), "--data", str(labels_csv), "--bootstrap", "0"]
     return {
-        "convirt zeroshot": lambda: main([*zeroshot, "--labels", "Edema", "--output", str(out)]),
+        "convirt zeroshot": lambda: main([*zeroshot, "--output", str(out)]),
         "bench calibration": lambda: calibration(loaded, task, {}, images, None, seed=0, bootstrap=0),
         "bench operating_points": lambda: operating_points(loaded, task, {}, images, None, seed=0, bootstrap=0),
     }
@@ -51,7 +51,7 @@ def test_every_command_fits_on_one_side_and_reports_on_the_other(
         validated, "choose_operating_point", lambda y, s, rule: chosen.append(len(y)) or choose(y, s, rule)
     )
     monkeypatch.setattr(
-        calibration_report, "check_not_fitted_on", lambda c, ids: reported.append(set(ids)) or check(c, ids)
+        calibration_report, "check_not_fitted_on", lambda c, ids, *a: reported.append(set(ids)) or check(c, ids, *a)
     )
     loaded, task, images = task_and_images
     for name, command in _commands(loaded, task, images, labels_csv, tiny_checkpoint, tmp_path / "zs").items():
@@ -83,3 +83,21 @@ def test_a_split_that_hands_the_same_rows_to_both_sides_is_refused(
         else:
             with pytest.raises(ValueError, match="were used to fit this calibration"):
                 command()
+
+
+def test_a_validation_split_sharing_a_patient_with_the_reported_rows_is_refused():
+    from scipy.special import expit
+
+    from convirt.zeroshot.calibration import FittedRowsError
+    from convirt.zeroshot.validated import LabelledRows, validate
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 1)) < 0.4).astype(int)
+    probs = expit(2 * labels + rng.normal(0, 1, (200, 1)) - 1)
+    keys, patients = [f"img{i}" for i in range(200)], [f"p{i}" for i in range(200)]
+    split = LabelledRows(labels[:100], probs[:100], keys[:100], patients[:100])
+    fitted = validate(labels[100:], probs[100:], ["X"], keys[100:], patients[100:], validation=split, bootstrap=0)
+    assert fitted.fitted_here and fitted.report.n == 100 and fitted.calibration.fold.n == 100
+    shared = LabelledRows(labels[:100], probs[:100], keys[:100], patients[:99] + ["p150"])  # one patient on both
+    with pytest.raises(FittedRowsError, match="share a patient"):
+        validate(labels[100:], probs[100:], ["X"], keys[100:], patients[100:], validation=shared, bootstrap=0)
