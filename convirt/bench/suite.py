@@ -16,6 +16,8 @@ import yaml
 
 from convirt.data.labels import FORMATS
 from convirt.data.test_sets import TEST_SET_FORMATS
+from convirt.zeroshot.operating_points import parse_rule
+from convirt.zeroshot.subgroups import COLUMNS as SUBGROUP_COLUMNS
 
 SUITES = Path(__file__).parent / "suites"
 PROTOCOLS = (
@@ -101,11 +103,38 @@ def list_suites() -> list[str]:
     return sorted(path.stem for path in SUITES.glob("*.yaml"))
 
 
+def check_options(protocol: str, options: dict[str, Any]) -> None:
+    """Refuse the evaluation protocols' options that could only fail after every image is embedded:
+    a calibration ``method``, a validation ``fraction``, operating-point ``rules``, subgroup
+    ``columns``, age ``bands``, ``min_size`` and ``min_positives``.
+
+    Raises:
+        ValueError: The first bad option, with what is allowed.
+    """
+    if "fraction" in options and not 0 < float(options["fraction"]) < 1:
+        raise ValueError(f"fraction {options['fraction']} is not between 0 and 1")
+    if protocol == "calibration" and str(options.get("method", "platt")) not in ("platt", "temperature"):
+        raise ValueError(f"method {options['method']!r}: platt or temperature")
+    if protocol == "operating_points":
+        for rule in options.get("rules", ()):
+            parse_rule(str(rule))
+    if protocol == "subgroups":
+        if unknown := [c for c in options.get("columns", ()) if c not in SUBGROUP_COLUMNS]:
+            raise ValueError(f"unknown subgroup columns {unknown}; known: {', '.join(SUBGROUP_COLUMNS)}")
+        bands = [float(edge) for edge in options.get("bands", (40, 60, 80))]
+        if not bands or bands != sorted(set(bands)):
+            raise ValueError(f"bands {bands}: ages in increasing order, each once")
+        for key in ("min_size", "min_positives"):
+            if key in options and int(options[key]) < 1:
+                raise ValueError(f"{key} {options[key]}: at least 1")
+
+
 def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str] = ".") -> Suite:
     """Read a shipped suite by name, or a suite file, its data paths taken relative to ``root``.
 
     Raises:
-        ValueError: Unknown suite name, a task without a name or data, or an unknown protocol.
+        ValueError: Unknown suite name, a task without a name or data, an unknown protocol, or a
+            protocol option that is not allowed (:func:`check_options`).
     """
     path = Path(name_or_path)
     if not path.is_file():
@@ -125,6 +154,11 @@ def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
             raise ValueError(
                 f"{path}: task {entry['name']!r} names unknown protocols {unknown}; known: {list(PROTOCOLS)}"
             )
+        for protocol, options in protocols.items():
+            try:
+                check_options(protocol, options)
+            except ValueError as error:
+                raise ValueError(f"{path}: task {entry['name']!r}, protocol {protocol}: {error}") from None
         if entry.get("label_format", "auto") not in LABEL_FORMATS:
             raise ValueError(f"{path}: task {entry['name']!r}: label_format must be one of {list(LABEL_FORMATS)}")
         if entry.get("uncertain", "zeros") not in UNCERTAIN:

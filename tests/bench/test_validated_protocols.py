@@ -76,3 +76,26 @@ def test_operating_point_rows_per_rule_with_the_threshold_chosen_on_validation(e
     assert {row["metric"].split("/")[0] for row in one} == {"youden"}  # rules by their canonical name
     with pytest.raises(ValueError, match="unknown operating-point rule"):
         operating_points(loaded, task, {"rules": ["f1"]}, images, None, seed=3, bootstrap=0)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "options", "message"),
+    [
+        ("calibration", {"method": "isotonic"}, "method 'isotonic': platt or temperature"),
+        ("calibration", {"fraction": 1.5}, "fraction 1.5 is not between 0 and 1"),
+        ("operating_points", {"rules": ["sensitivity>=90"]}, "unknown operating-point rule"),
+        ("subgroups", {"columns": ["race"]}, "unknown subgroup columns \\['race'\\]"),
+        ("subgroups", {"bands": [60, 40]}, "bands \\[60.0, 40.0\\]: ages in increasing order"),
+        ("subgroups", {"min_size": 0}, "min_size 0: at least 1"),
+    ],
+)
+def test_a_suite_with_a_bad_evaluation_option_is_refused_when_read(tmp_path, protocol, options, message):
+    import yaml
+
+    from convirt.bench.suite import load_suite
+
+    task = {"name": "t", "data": "x.csv", "descriptors": "phantom", "protocols": {protocol: options}}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "version": 1, "tasks": [task]}))
+    with pytest.raises(ValueError, match=f"task 't', protocol {protocol}: {message}"):
+        load_suite(path)
