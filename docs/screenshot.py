@@ -1,6 +1,8 @@
 """Make docs/serve-page.png, the README's picture of the page: `make demo` first, then
 `python docs/screenshot.py` (starts `convirt serve` on the demo's artifacts, reads one phantom
-radiograph in headless Chromium, shows the heat map of its first finding, saves the page)."""
+radiograph in headless Chromium, shows the heat map of its first finding, saves the page). With
+the calibration `make demo`'s `convirt zeroshot` fitted, the page shows calibrated probabilities and
+marks the findings above the Youden operating point."""
 
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def main() -> None:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "convirt.cli.main", "serve", "--model", str(DEMO / "checkpoints" / "last.ckpt")]
     command += ["--index", str(DEMO / "index"), "--descriptors", "phantom", "--images", str(DEMO / "shards")]
+    calibration = DEMO / "zeroshot" / "calibration.json"  # `make demo`'s convirt zeroshot fits it
+    if calibration.is_file():
+        command += ["--calibration", str(calibration), "--operating-point", "youden"]
     server = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     options = webdriver.ChromeOptions()
