@@ -125,11 +125,12 @@ def tables(rows: list[dict], temperature_rows: list[dict], names: dict[str, str]
     lines += [
         "",
         f"Subgroups: zero-shot (descriptor) AUROC per group, n images / positives under each; groups under "
-        f"{minimum} images or {positives} positives (or negatives) are listed without a value. All 476 images "
-        "(nothing is fitted). Gap: best minus worst scored group; its interval is a normal one with the bootstrap "
-        "standard error (each replicate resamples both groups within each class) at 95% Bonferroni-adjusted for "
-        "the pairs the two were chosen among (95% for two scored groups, 98.3% for three), so that alike groups "
-        "rarely give an interval excluding 0.",
+        f"{minimum} images or {positives} positives (or negatives) are listed without a value. All the task's "
+        "images (nothing is fitted). Gap: best minus worst scored group; its interval is a normal one with the "
+        "bootstrap standard error (each replicate resamples both groups within each class) at 95% "
+        "Bonferroni-adjusted for the pairs the two were chosen among (95% for two scored groups, 98.3% for "
+        "three), so that alike groups rarely give an interval excluding 0. Bootstraps resample images, not "
+        "patients.",
     ]
     for column in options.get("columns", ["sex", "age_band", "view"]):
         groups = sorted(
@@ -139,13 +140,14 @@ def tables(rows: list[dict], temperature_rows: list[dict], names: dict[str, str]
                 for key in found
                 if key.startswith(f"subgroups:{column}/")
             }
-            - {"gap"}
+            - {"gap", "worst"},
+            key=band_order,
         )
         lines += [
             "",
             f"**by {column}**",
             "",
-            "| model | " + " | ".join(groups) + " | gap |",
+            "| model | " + " | ".join(groups) + " | gap (worst group) |",
             "|---|" + "---:|" * (len(groups) + 1),
         ]
         for model in models:
@@ -155,7 +157,9 @@ def tables(rows: list[dict], temperature_rows: list[dict], names: dict[str, str]
                 row = found.get(f"subgroups:{column}/{group}/auroc/{FINDING}")
                 counts = "" if row is None else f" ({row['n']}/{row.get('positives', '?')})"
                 cells.append(format_cell(row) + counts)
-            cells.append(cell(found, f"subgroups:{column}/gap/{FINDING}"))
+            worst = found.get(f"subgroups:{column}/worst/{FINDING}")
+            named = f" ({worst['group']})" if worst is not None and worst.get("group") else ""
+            cells.append(cell(found, f"subgroups:{column}/gap/{FINDING}") + named)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -181,7 +185,11 @@ def main() -> None:
         "demo model (phantoms)": str(demo_checkpoint(work, epochs)),
     }
     out = work / "evaluation"
-    shutil.rmtree(out, ignore_errors=True)
+    # Results are recomputed every run; the embeddings (keyed by the weights and the data) are reused.
+    for stale in ("results", "results.jsonl"):
+        shutil.rmtree(out / stale, ignore_errors=True) if (out / stale).is_dir() else (out / stale).unlink(
+            missing_ok=True
+        )
     path = suite(work)
     command = ["bench", "--suite", str(path), "--data-root", str(ROOT), "--output", str(out), "--no-audit"]
     for source in models.values():

@@ -74,7 +74,7 @@ def _descriptor_scores(loaded: LoadedModel, task: Task, images: EmbeddingOutput,
 
 def _validated(
     loaded: LoadedModel, task: Task, options: dict, images: EmbeddingOutput, seed: int, bootstrap: int, rules: Any
-) -> tuple[CalibrationReport, int, dict[str, Any]] | str:
+) -> tuple[CalibrationReport, int, dict[str, Any]] | tuple[str, list[str]]:
     """The task's descriptor probabilities calibrated and thresholded on a patient-grouped
     validation fold (``fraction`` of the patients, seeded), reported on the rest; the fold's size;
     and the reported rows' labels and probabilities before and after (for reliability diagrams).
@@ -96,7 +96,7 @@ def _validated(
         rules=rules,
     )
     if isinstance(validated, str):
-        return validated
+        return validated, list(names)
     test, kept = validated.reported_rows, list(validated.report.findings)
     columns = [names.index(name) for name in kept]
     after = np.stack([validated.calibration.apply(n, probs[test, c]) for n, c in zip(kept, columns)], 1)
@@ -107,6 +107,7 @@ def _validated(
         "before": probs[np.ix_(test, columns)].tolist(),
         "after": after.tolist(),
         "not_calibrated": validated.skipped,
+        "names": list(names),
     }
     return validated.report, validated.calibration.fold.n, curves
 
@@ -121,8 +122,8 @@ def calibration(
     calibration (a proper score: a constant guess calibrates to an ECE near 0, not to a low Brier). Keeps
     the reported rows' probabilities before and after, for the reliability diagrams of the figures."""
     result = _validated(loaded, task, options, images, seed, bootstrap, rules=())
-    if isinstance(result, str):  # the headline, undefined, says why
-        return [{**_row("brier_after", NAN, n=len(images.keys)), "reason": result}]
+    if isinstance(result[0], str):  # the headline, undefined, says why
+        return [{**_row("brier_after", NAN, n=len(images.keys)), "reason": result[0]}]
     report, fitted_on, curves = result
     rows = [
         _row(f"{measure}_{when}", value[when], ci[when], report.n)
@@ -157,15 +158,28 @@ def operating_points(
     does not fix comes first; the headline is the first rule's (specificity at sensitivity >= 0.90)."""
     rules = tuple(canonical_rule(rule) for rule in options.get("rules", OPERATING_RULES))
     result = _validated(loaded, task, options, images, seed, bootstrap, rules)
-    if isinstance(result, str):  # the headline, undefined, says why
-        return [{**_row(f"{rules[0]}/specificity", NAN, n=len(images.keys)), "reason": result}]
-    report, fitted_on, _ = result
+    if isinstance(result[0], str):  # every key a success would have, undefined, the first saying why
+        reason, names = result
+        return [
+            {**_row(f"{rule}/{rate}/{name}", NAN, n=len(images.keys)), "reason": reason}
+            for rule in rules
+            for name in names
+            for rate in _rates_in_order(rule)
+        ]
+    report, fitted_on, curves = result
     rows: Rows = []
     for rule in rules:
-        for name, found in report.findings.items():
+        for name in curves["names"]:  # every finding, in the set's order: the headline is the same key for all
+            found = report.findings.get(name)
+            if found is None:  # refused by the fit: listed with why
+                reason = curves["not_calibrated"].get(name, "not calibrated")
+                rows += [
+                    {**_row(f"{rule}/{rate}/{name}", NAN, n=report.n), "reason": reason}
+                    for rate in _rates_in_order(rule)
+                ]
+                continue
             output = next(o for o in found.points if o.point.rule == rule)
-            fixed = rule.partition(">=")[0]
-            for rate in sorted(RATES, key=lambda rate: (rate == fixed, RATES.index(rate))):
+            for rate in _rates_in_order(rule):
                 rows.append(
                     _row(
                         f"{rule}/{rate}/{name}", output.values[rate], output.intervals[rate], output.n, output.positives
@@ -173,3 +187,9 @@ def operating_points(
                 )
             rows.append(_row(f"{rule}/threshold/{name}", output.point.threshold, n=fitted_on))
     return rows
+
+
+def _rates_in_order(rule: str) -> list[str]:
+    """The rates a rule reports, the one it does not fix first (specificity under a sensitivity rule)."""
+    fixed = rule.partition(">=")[0]
+    return sorted(RATES, key=lambda rate: (rate == fixed, RATES.index(rate)))

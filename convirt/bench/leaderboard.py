@@ -150,23 +150,28 @@ def leaderboard_markdown(rows: list[dict[str, Any]], models: list[str]) -> str:
             "| model | " + " | ".join(metric_name(protocol, metric) for protocol, metric in columns) + " |",
             "|---|" + "---:|" * len(columns),
         ]
+
+        def cell_row(model: str, protocol: str, metric: str, task: str = task) -> dict[str, Any] | None:
+            row = best.get((model, task, protocol))
+            return row if row is not None and row["metric"] == metric else None  # another key: its own column
+
         top = {
-            protocol: (min if protocol in LOWER_IS_BETTER else max)(
+            column: (min if column[0] in LOWER_IS_BETTER else max)(
                 (
-                    best[m, task, protocol]["value"]
+                    row["value"]
                     for m in models
-                    if (m, task, protocol) in best and best[m, task, protocol]["value"] is not None
+                    if (row := cell_row(m, *column)) is not None and row["value"] is not None
                 ),
                 default=math.nan,
             )
-            for protocol, _ in columns
+            for column in columns
         }
         for model in models:
             cells = []
-            for protocol, _ in columns:
-                row = best.get((model, task, protocol))
+            for protocol, metric in columns:
+                row = cell_row(model, protocol, metric)
                 text = format_cell(row)
-                best_here = row is not None and row["value"] == top[protocol]
+                best_here = row is not None and row["value"] == top[protocol, metric]
                 bold = best_here and len(models) > 1 and protocol not in UNRANKED | NOT_BOLDED
                 cells.append(f"**{text}**" if bold else text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")

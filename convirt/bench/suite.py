@@ -113,9 +113,14 @@ def check_options(protocol: str, options: dict[str, Any]) -> None:
     """
     if "fraction" in options and not 0 < float(options["fraction"]) < 1:
         raise ValueError(f"fraction {options['fraction']} is not between 0 and 1")
-    if protocol == "calibration" and str(options.get("method", "platt")) not in ("platt", "temperature"):
+    if protocol in ("calibration", "operating_points") and str(options.get("method", "platt")) not in (
+        "platt",
+        "temperature",
+    ):
         raise ValueError(f"method {options['method']!r}: platt or temperature")
     if protocol == "operating_points":
+        if "rules" in options and not options["rules"]:
+            raise ValueError("rules is empty: name at least one (youden, sensitivity>=0.90, ...)")
         for rule in options.get("rules", ()):
             parse_rule(str(rule))
     if protocol == "subgroups":

@@ -23,7 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--operating-point",
         metavar="RULE",
         help="operating point of --calibration whose threshold marks findings (youden, sensitivity>=0.90, ...; "
-        "default: youden, or none when the file carries no operating point)",
+        "default: youden where the file carries it, else its first rule; none when it carries no operating point)",
     )
     serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs a token)")

@@ -12,6 +12,7 @@ from convirt.cli.common import (
     model_from_args,
 )
 from convirt.zeroshot.operating_points import RULES, parse_rule
+from convirt.zeroshot.subgroups import COLUMNS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -93,8 +94,12 @@ def run(args: argparse.Namespace) -> None:
     from convirt.zeroshot.evaluate import aligned_labels, assess_and_save, evaluate_zeroshot, labelled_rows
     from convirt.zeroshot.plots import plot_explained_batch
 
-    for rule in args.operating_points:  # a bad rule or calibration file fails before any embedding
+    for rule in args.operating_points:  # a bad rule, column or calibration file fails before any embedding
         parse_rule(rule)
+    if unknown := sorted(set(args.subgroups or ()) - set(COLUMNS)):
+        raise ValueError(f"unknown --subgroups columns {unknown}; known: {', '.join(COLUMNS)}")
+    if args.calibration and args.threshold_split:
+        raise ValueError("--calibration applies a saved calibration; --threshold-split fits one there: give one")
     given = Calibration.load(args.calibration) if args.calibration else None
     descriptors = load_descriptors(args.descriptors)
     if args.labels:  # only the named labels are scored

@@ -131,7 +131,8 @@ def load_served_calibration(
     carried = sorted({name for finding in findings for name in loaded.operating_points.get(finding, {})})
     if rule is None and not carried:
         return ServedCalibration(loaded, findings, None)
-    wanted = DEFAULT_RULE if rule is None else rule
+    # No rule asked: Youden's where the file has it, else the first it carries.
+    wanted = rule if rule is not None else DEFAULT_RULE if DEFAULT_RULE in carried else carried[0]
     parse_rule(wanted)  # an unknown rule is refused by name, with the known ones
     named = next((name for name in carried if _same_rule(name, wanted)), None)
     if named is None:

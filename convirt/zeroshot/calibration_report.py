@@ -58,7 +58,9 @@ class CalibrationReport:
         method: ``"temperature"`` or ``"platt"``.
         n: Rows reported on.
         findings: ``{finding: FindingReport}`` for the calibrated findings.
-        mean_ece, mean_brier: ``{"before", "after"}`` means over the findings.
+        mean_ece, mean_brier: ``{"before", "after"}`` means over every finding of ``names``, an
+            uncalibrated one counted as it was (after = before), so that two calibrations that
+            refused different findings are compared over the same findings.
         mean_ece_ci, mean_brier_ci: Their percentile bootstrap intervals (rows resampled together).
         fold: ``{"n", "fingerprint", "seed"}`` of the fold the calibration was fitted on.
         uncalibrated: Findings reported on with no calibration for them.
@@ -170,12 +172,9 @@ def report_on_test(
         calibrated[:, column] = calibration.apply(names[column], p[:, column])
     mean_ece, mean_ece_ci, mean_brier, mean_brier_ci = {}, {}, {}, {}
     for when, values in (("before", p), ("after", calibrated)):
-        mean_ece[when], mean_ece_ci[when] = _mean_with_ci(
-            y[:, columns], values[:, columns], expected_calibration_error, bootstrap, seed
-        )
-        mean_brier[when], mean_brier_ci[when] = _mean_with_ci(
-            y[:, columns], values[:, columns], brier_score, bootstrap, seed
-        )
+        # Over every finding, an uncalibrated one as it was: two models' means cover the same findings.
+        mean_ece[when], mean_ece_ci[when] = _mean_with_ci(y, values, expected_calibration_error, bootstrap, seed)
+        mean_brier[when], mean_brier_ci[when] = _mean_with_ci(y, values, brier_score, bootstrap, seed)
     fold = {"n": calibration.fold.n, "fingerprint": calibration.fold.fingerprint, "seed": calibration.fold.seed}
     uncalibrated = [name for name in names if name not in calibration.parameters]
     return CalibrationReport(
@@ -281,8 +280,11 @@ def format_calibration(found: dict[str, Any]) -> str:
         for rule, point in finding["operating_points"].items():
             cells = [_cell(point[rate], point[f"{rate}_ci"]) for rate in rates]
             lines.append(f"{name:<20} {rule:<18} {point['threshold']:>9.3f} " + " ".join(f"{c:>22}" for c in cells))
-    if left := [*found.get("not_fitted", {}), *found["uncalibrated"]]:
-        lines.append("not calibrated: " + ", ".join(left))
+    refused = found.get("not_fitted", {})
+    left = [f"{name} ({reason})" for name, reason in refused.items()]
+    left += [name for name in found["uncalibrated"] if name not in refused]
+    if left:
+        lines.append("not calibrated: " + "; ".join(left))
     return "\n".join(lines)
 
 

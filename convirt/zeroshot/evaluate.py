@@ -67,6 +67,10 @@ def youden_thresholds(classifier: ZeroShotClassifier, tuning: EmbeddingOutput, l
     return [youden_threshold(labels[labels[:, i] >= 0, i], probs[labels[:, i] >= 0, i]) for i in range(labels.shape[1])]
 
 
+def _patient(meta: dict[str, Any], key: str) -> str:
+    return str(meta.get("patient_id") or key)
+
+
 def labelled_rows(
     model: Any, tokenizer: Any, descriptors: DescriptorSet, embedded: EmbeddingOutput, selected: list[str] | None
 ) -> LabelledRows:
@@ -76,7 +80,7 @@ def labelled_rows(
     labels = aligned_labels(embedded.meta, names, selected, require_all=False)
     classifier = ZeroShotClassifier(model, tokenizer, descriptors.only(selected) if selected else descriptors)
     probs = classifier.predict_features(torch.from_numpy(embedded.embeddings)).probabilities.numpy()
-    patients = [str(m.get("patient_id") or key) for m, key in zip(embedded.meta, embedded.keys)]
+    patients = list(map(_patient, embedded.meta, embedded.keys))
     return LabelledRows(labels, probs, list(embedded.keys), patients)
 
 
@@ -150,7 +154,7 @@ def evaluate_zeroshot(
 
     Raises:
         ValueError: Labels and descriptor findings do not match (see :func:`aligned_labels`), or
-            an image is both in ``tuning`` and evaluated.
+            an image or a patient is both in ``tuning`` and evaluated.
     """
     if selected:  # only the selected labels are scored: the other findings of the set need no labels
         descriptors = descriptors.only(selected)
@@ -163,6 +167,13 @@ def evaluate_zeroshot(
             raise ValueError(
                 f"{shared} images of the threshold split are also evaluated: a threshold is chosen on other"
                 " images than those it is reported on (name another split)"
+            )
+        if shared := len(
+            set(map(_patient, tuning.meta, tuning.keys)) & set(map(_patient, embedded.meta, embedded.keys))
+        ):
+            raise ValueError(
+                f"{shared} patients of the threshold split are also evaluated: a threshold is chosen on other"
+                " patients than those it is reported on (name a split made by patient)"
             )
         # A small validation split may lack a finding: its threshold is then NaN, not an error.
         tuning_labels = aligned_labels(tuning.meta, names, selected, require_all=False)

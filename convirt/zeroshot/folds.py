@@ -8,6 +8,7 @@ validation side learnt. The fingerprints let a later step refuse to report on th
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,11 +62,16 @@ def validation_split(
         raise ValueError(f"{patients} patient(s): a validation split needs at least two")
     matrix = None if labels is None else _label_matrix(labels, len(groups))
     patient_of, strata = _patients(groups, None if matrix is None else matrix[:, _rarest(matrix)])
-    if strata is None or np.bincount(strata).min() < 2:
-        _, held = next(ShuffleSplit(1, test_size=fraction, random_state=seed).split(np.zeros(patients)))
+    held_count = math.ceil(fraction * patients)
+    if held_count >= patients:
+        raise ValueError(f"a fraction of {fraction} of {patients} patients leaves none on the test side")
+    # Stratified where each side can hold a patient of each stratum, else a plain draw (scikit-learn
+    # refuses a stratified one that cannot).
+    if strata is None or np.bincount(strata).min() < 2 or min(held_count, patients - held_count) < 2:
+        _, held = next(ShuffleSplit(1, test_size=held_count, random_state=seed).split(np.zeros(patients)))
     else:
         _, held = next(
-            StratifiedShuffleSplit(1, test_size=fraction, random_state=seed).split(np.zeros(patients), strata)
+            StratifiedShuffleSplit(1, test_size=held_count, random_state=seed).split(np.zeros(patients), strata)
         )
     on_val = np.isin(patient_of, held)
     val_idx, test_idx = np.flatnonzero(on_val), np.flatnonzero(~on_val)

@@ -137,7 +137,10 @@ def fit_on_validation(
         raise ValueError(f"labels {y.shape}, probabilities {p.shape}, {len(names)} names, {len(keys)} keys")
     if len(set(map(str, patient_ids))) < 2:
         raise NoValidationFold("fewer than two patients: no validation fold can be split off")
-    validation, test = validation_split(patient_ids, fraction, seed, y, list(names), require_both_classes=False)
+    try:
+        validation, test = validation_split(patient_ids, fraction, seed, y, list(names), require_both_classes=False)
+    except ValueError as error:  # too few patients for the fraction: no fold, said, not a crash
+        raise NoValidationFold(f"no validation fold: {error}") from None
     fold = [keys[row] for row in validation], [patient_ids[row] for row in validation]
     calibration, skipped = fit_on_rows(y[validation], p[validation], names, *fold, method, seed, rules, scores_from)
     return FitOnValidationOutput(calibration, validation, test, skipped)

@@ -96,3 +96,17 @@ def test_the_lowest_brier_score_is_the_best_and_subgroup_gaps_are_never_bolded(t
     # A model at chance has no gap between subgroups either: the smallest gap is shown, not crowned.
     assert "0.050 [0.010, 0.090]" in lines["| a"] and "**0.050" not in lines["| a"] and "n/a" in lines["| c"]
     assert "**0.120 [0.100, 0.140]**" in lines["| b"] and "**0.210" not in lines["| a"]
+
+
+def test_a_headline_of_another_key_gets_its_own_column_never_anothers_cell(tmp_path):
+    rows = [
+        _row("a", "operating_points", "sensitivity>=0.90/specificity/Pneumonia", 0.40, 0.30, 0.50),
+        _row("b", "operating_points", "sensitivity>=0.90/specificity/Effusion", 0.90, 0.80, 0.95),
+    ]
+    board = write_leaderboard(rows, ["a", "b"], tmp_path).read_text(encoding="utf-8")
+    header = next(line for line in board.splitlines() if line.startswith("| model"))
+    lines = {line.split(" | ")[0]: line.split(" | ")[1:] for line in board.splitlines() if line.startswith("| ")}
+    columns = header.split(" | ")[1:]
+    assert len(columns) == 2 and "(Effusion)" in columns[0] and "(Pneumonia)" in columns[1]
+    assert lines["| a"][0].startswith("n/a") and lines["| b"][1].startswith("n/a")
+    assert "0.900" in lines["| b"][0] and "0.400" in lines["| a"][1]

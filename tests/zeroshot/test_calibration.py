@@ -112,7 +112,7 @@ def test_a_calibration_refuses_the_rows_it_was_fitted_on_with_advice_a_cli_user_
     with pytest.raises(
         FittedRowsError,
         match=r"^100 of the 300 rows to report on were used to fit this calibration \(fold [0-9a-f]{12}\): evaluate"
-        " other images than the calibration was fitted on, or fit a new one .* by leaving out --calibration$",
+        " other images than the calibration was fitted on, or fit a new one \\(convirt zeroshot without --calibration fits one on a validation fold of its images\\)$",
     ):
         check_not_fitted_on(fitted, ids[300:])
 
@@ -126,7 +126,16 @@ def test_scores_that_fall_as_the_finding_becomes_likelier_are_unfittable(fit):
     if fit is fit_platt:
         assert "likelier on the validation fold (Platt slope -" in str(raised.value)
     else:
-        assert "ran into its bound (T 1.1e+03)" in str(raised.value)
+        assert "ran into its upper bound (T 1.1e+03)" in str(raised.value)
+
+
+def test_a_fold_the_scores_separate_completely_is_named_as_such_and_platt_stays_finite():
+    labels = np.r_[np.zeros(27), np.ones(3)].astype(int)
+    probs = np.r_[np.linspace(0.1, 0.3, 27), [0.6, 0.7, 0.8]]
+    with pytest.raises(UnfittableFinding, match="separate the classes of the validation fold completely"):
+        fit_temperature(labels, probs, "Edema")
+    a, b = fit_platt(labels, probs, "Edema")  # Platt's smoothed targets: no runaway slope
+    assert 0 < a < 5 and np.isfinite(b)
 
 
 @pytest.mark.parametrize("method", ["temperature", "platt"])

@@ -85,8 +85,8 @@ def test_no_gap_with_one_scored_group_and_uncertain_rows_left_out():
 
 
 def test_when_every_group_is_alike_the_gap_rarely_excludes_zero():
-    """Six groups drawn alike: the best and worst are picked from the data, so one pair's plain 95%
-    interval excluded 0 in about a third of cohorts; adjusted for the 15 pairs it should rarely."""
+    """Six groups drawn alike: the best and worst are picked from the data, so the chosen pair's plain
+    95% percentile interval excluded 0 in 15 of these 30 cohorts; adjusted for the 15 pairs, rarely."""
     rng = np.random.default_rng(1)
     excluded = 0
     trials = 30
