@@ -102,15 +102,18 @@ def metric_name(protocol: str, metric: str) -> str:
 def _per_finding_name(protocol: str, metric: str) -> str | None:
     """Names of the per-finding keys of the evaluation protocols (``sex/gap/Pneumonia``,
     ``sensitivity>=0.90/specificity/Pneumonia``); None for any other key."""
-    parts = metric.split("/")
+    # The finding comes last and may hold a '/' itself (Nodule/Mass): split off the parts before it.
+    parts = metric.split("/", 2)
     if protocol == "operating_points" and len(parts) == 3 and parts[1] in RATE_NAMES:
-        return f"{parts[0]} (chosen on validation): {RATE_NAMES[parts[1]]} on test ({parts[2]})"
+        what = "threshold chosen on validation" if parts[1] == "threshold" else f"{RATE_NAMES[parts[1]]} on test"
+        return f"{parts[0]} (chosen on validation): {what} ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 3 and parts[1] == "worst":
         return f"subgroups by {parts[0]}: worst group's AUROC ({parts[2]})"
     if protocol == "subgroups" and len(parts) == 3 and parts[1] == "gap":
         return f"subgroups by {parts[0]}: AUROC gap, best - worst ({parts[2]})"
-    if protocol == "subgroups" and len(parts) == 4 and parts[2] == "auroc":
-        return f"subgroup {parts[0]} {parts[1]}: AUROC ({parts[3]})"
+    column, group, rest = (metric.split("/", 2) + ["", ""])[:3]
+    if protocol == "subgroups" and rest.startswith("auroc/"):
+        return f"subgroup {column} {group}: AUROC ({rest[len('auroc/') :]})"
     return None
 
 

@@ -156,6 +156,7 @@ class ValidatedOutput:
         reported_rows: Row positions reported on: the test side when fitted here, else every row.
         fitted_here: Whether the calibration was fitted on a validation fold of these rows.
         skipped: ``{finding: reason}`` left uncalibrated when fitted here.
+        where: Which rows the report is on, in words (the test side of a split, or every row).
     """
 
     calibration: Calibration
@@ -163,10 +164,13 @@ class ValidatedOutput:
     reported_rows: np.ndarray
     fitted_here: bool
     skipped: dict[str, str] = field(default_factory=dict)
+    where: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's :meth:`CalibrationReport.to_dict`, with where the calibration came from."""
-        return {"fitted_here": self.fitted_here, **self.report.to_dict(), "not_fitted": self.skipped}
+        """The report's :meth:`CalibrationReport.to_dict`, with where the calibration came from and
+        which rows it is reported on."""
+        about = {"fitted_here": self.fitted_here, "reported_rows": self.where}
+        return {**about, **self.report.to_dict(), "not_fitted": self.skipped}
 
 
 @dataclass(frozen=True)
@@ -221,15 +225,19 @@ def validate(
             *(method, seed, rules, scores_from),
         )
         report = report_on_test(calibration, y, p, names, keys, bootstrap, seed, patient_ids)
-        return ValidatedOutput(calibration, report, every, True, skipped)
+        where = f"every image ({len(y)}); fitted on another split's {calibration.fold.n}"
+        return ValidatedOutput(calibration, report, every, True, skipped, where)
     if calibration is not None:
         report = report_on_test(calibration, y, p, names, keys, bootstrap, seed, patient_ids)
-        return ValidatedOutput(calibration, report, every, fitted_here=False)
+        where = f"every image ({len(y)}); the calibration given was fitted on {calibration.fold.n} others"
+        return ValidatedOutput(calibration, report, every, False, where=where)
     fitted = fit_on_validation(y, p, names, keys, patient_ids, method, fraction, seed, rules, scores_from)
     test = fitted.test_rows
     reported = [keys[r] for r in test], [patient_ids[r] for r in test]
     report = report_on_test(fitted.calibration, y[test], p[test], names, reported[0], bootstrap, seed, reported[1])
-    return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped)
+    patients = len(set(map(str, reported[1])))
+    where = f"the test side: {len(test)} of {len(y)} images, {patients} patients none of whose images was fitted on"
+    return ValidatedOutput(fitted.calibration, report, test, True, fitted.skipped, where)
 
 
 def validate_or_skip(
@@ -291,7 +299,7 @@ def save_validated(
     out = Path(folder)
     rows = validated.reported_rows
     y, p = np.asarray(labels)[rows], np.asarray(probs, dtype=float)[rows]
-    where = "test rows (other patients than the fit)" if validated.fitted_here else "rows (none fitted on)"
+    where = "images the calibration was not fitted on"
     written = save_reliability_diagrams(
         validated.calibration, y, p, names, [keys[r] for r in rows], out / RELIABILITY_FOLDER, where
     )

@@ -25,6 +25,13 @@ from convirt.bench.leaderboard import metric_name, write_leaderboard
         ("calibration", "brier_before", "calibration: mean Brier score before"),
         ("subgroups", "sex/gap/Pneumonia", "subgroups by sex: AUROC gap, best - worst (Pneumonia)"),
         ("subgroups", "age_band/>=80/auroc/Pneumonia", "subgroup age_band >=80: AUROC (Pneumonia)"),
+        ("subgroups", "sex/gap/Nodule/Mass", "subgroups by sex: AUROC gap, best - worst (Nodule/Mass)"),
+        ("subgroups", "view/AP/auroc/Nodule/Mass", "subgroup view AP: AUROC (Nodule/Mass)"),
+        (
+            "operating_points",
+            "youden/threshold/Nodule/Mass",
+            "youden (chosen on validation): threshold chosen on validation (Nodule/Mass)",
+        ),
         (
             "operating_points",
             "specificity>=0.90/ppv/Pneumonia",

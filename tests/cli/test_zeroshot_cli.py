@@ -40,6 +40,7 @@ def test_zeroshot_on_a_label_csv_writes_metrics_with_cis_and_roc(tiny_checkpoint
     calibration = metrics["calibration"]
     assert calibration["fitted_here"] and calibration["files"]["calibration"] == "calibration.json"
     assert calibration["fitted_on"]["n"] + calibration["reported_on"] == 96
+    assert calibration["reported_rows"].startswith(f"the test side: {calibration['reported_on']} of 96 images")
     assert "15 equal-width bins" in calibration["binning"]
     # This untrained model's Edema scores fall as Edema becomes likelier: left uncalibrated, said why.
     assert "Platt slope" in calibration["not_fitted"]["Edema"] and "Edema" not in calibration["findings"]
