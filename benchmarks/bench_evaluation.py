@@ -102,6 +102,15 @@ def tables(rows: list[dict], temperature_rows: list[dict], names: dict[str, str]
             cell(warm, f"calibration:temperature/{FINDING}"),
         ]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    for label, keyed in (("Platt", by_model), ("temperature", by_temperature)):
+        for model in models:
+            refused = [
+                row["reason"]
+                for key, row in keyed.get(model, {}).items()
+                if key.startswith("calibration:") and row.get("reason")
+            ]
+            if refused:
+                lines += ["", f"{model}, {label}: not calibrated: {refused[0]}"]
     lines += [
         "",
         "Operating points: each rule's threshold chosen on the validation patients' calibrated probabilities, "
