@@ -112,7 +112,8 @@ def test_a_calibration_refuses_the_rows_it_was_fitted_on_with_advice_a_cli_user_
     with pytest.raises(
         FittedRowsError,
         match=r"^100 of the 300 rows to report on were used to fit this calibration \(fold [0-9a-f]{12}\): evaluate"
-        " other images than the calibration was fitted on, or fit a new one \\(convirt zeroshot without --calibration fits one on a validation fold of its images\\)$",
+        " other images than the calibration was fitted on, or fit a new one \\(convirt zeroshot without"
+        " --calibration fits one on a validation fold of its images\\)$",
     ):
         check_not_fitted_on(fitted, ids[300:])
 
