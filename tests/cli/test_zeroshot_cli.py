@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from convirt.cli.main import main
@@ -222,6 +223,7 @@ def test_evaluation_commands_count_the_corrupt_samples_they_skipped(tiny_checkpo
     assert "(1 corrupt samples skipped)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # six convirt zeroshot runs: in .ci/run's slow suite
 def test_a_calibration_is_never_reported_on_the_images_it_was_fitted_on(
     tiny_checkpoint, tiny_text_model, phantom_shards, tmp_path, capsys
 ):

@@ -38,6 +38,7 @@ def _commands(loaded, task, images, labels_csv, checkpoint, out):
     }
 
 
+@pytest.mark.slow  # runs convirt zeroshot and both bench protocols twice over: in .ci/run's slow suite
 def test_every_command_fits_on_one_side_and_reports_on_the_other(
     task_and_images, labels_csv, tiny_checkpoint, tmp_path, monkeypatch
 ):
@@ -67,6 +68,7 @@ def test_every_command_fits_on_one_side_and_reports_on_the_other(
         assert len(fit_rows) + len(set().union(*reported)) == len(images.keys), name
 
 
+@pytest.mark.slow
 def test_a_split_that_hands_the_same_rows_to_both_sides_is_refused(
     task_and_images, labels_csv, tiny_checkpoint, tmp_path, monkeypatch, capsys
 ):
