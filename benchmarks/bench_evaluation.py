@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import yaml
-from _markdown import commit, machine_line, shared_data_parser, trained_precisions, write_section
+from _markdown import commit, machine_line, trained_precisions, write_section
 from _process import convirt
-from _recipe import ROOT, baseline_checkpoint
-from bench_shared import SHARDS, demo_checkpoint, recipe_checkpoint
+from _recipe import ROOT
+from bench_shared import shared_models
 
 from convirt.bench.leaderboard import format_cell
 from convirt.bench.runner import model_label
@@ -174,25 +174,11 @@ def tables(rows: list[dict], temperature_rows: list[dict], names: dict[str, str]
 
 
 def main() -> None:
-    parser = shared_data_parser(__doc__, ROOT / "artifacts" / "bench-shared")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the covid-pairs recipe")
-    parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="1-epoch trainings, one seed, 50 replicates: a check")
-    args = parser.parse_args()
-    shared, work = Path(args.shared), Path(args.work)
-    if not (shared / "cxr-eval" / "labels.csv").is_file() or not (shared / "covid-pairs" / "pairs.csv").is_file():
-        print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
+    found = shared_models(__doc__)
+    if found is None:
         return
-    epochs, seeds, bootstrap = (1, args.seeds[:1], 50) if args.quick else (None, args.seeds, args.bootstrap)
-    if not (SHARDS / "manifest.json").is_file():
-        pairs = str(shared / "covid-pairs" / "pairs.csv")
-        convirt("shards", "--input", pairs, "--output", str(SHARDS), "--workers", "2", "--image-size", "256")
-    models = {
-        "random init": str(baseline_checkpoint(work, pretrained=False)),
-        "pretrained towers, untrained": "demo-effnet-minilm",
-        **{f"covid-pairs recipe, seed {s}": str(recipe_checkpoint(work, s, shared, epochs)) for s in seeds},
-        "demo model (phantoms)": str(demo_checkpoint(work, epochs)),
-    }
+    args, models, bootstrap = found
+    work = Path(args.work)
     out = work / "evaluation"
     # Results are recomputed every run; the embeddings (keyed by the weights and the data) are reused.
     for stale in ("results", "results.jsonl"):

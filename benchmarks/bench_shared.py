@@ -16,6 +16,7 @@ recipe seed, 50 bootstrap replicates) and writes its section to `--output` as gi
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -178,8 +179,11 @@ def label_efficiency(rows: list[dict], names: dict[str, str]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = shared_data_parser(__doc__, ROOT / "artifacts" / "bench-shared")
+def shared_models(doc: str) -> tuple[argparse.Namespace, dict[str, str], int] | None:
+    """The options of a benchmark over the shared bench's six models, and the models (made or reused:
+    random init, untrained towers, the covid-pairs recipe per seed, the demo model) with the bootstrap
+    to use; None, said, when ../shared/data is absent."""
+    parser = shared_data_parser(doc, ROOT / "artifacts" / "bench-shared")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the covid-pairs recipe")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="1-epoch trainings, one seed, 50 replicates: a check")
@@ -187,18 +191,26 @@ def main() -> None:
     shared, work = Path(args.shared), Path(args.work)
     if not (shared / "cxr-eval" / "labels.csv").is_file() or not (shared / "covid-pairs" / "pairs.csv").is_file():
         print(f"real data not found under {shared} (see ../shared/data/README.md); nothing measured")
-        return
+        return None
     epochs, seeds, bootstrap = (1, args.seeds[:1], 50) if args.quick else (None, args.seeds, args.bootstrap)
     if not (SHARDS / "manifest.json").is_file():
         pairs = str(shared / "covid-pairs" / "pairs.csv")
         convirt("shards", "--input", pairs, "--output", str(SHARDS), "--workers", "2", "--image-size", "256")
-
     models = {
         "random init": str(baseline_checkpoint(work, pretrained=False)),
         "pretrained towers, untrained": "demo-effnet-minilm",
         **{f"covid-pairs recipe, seed {s}": str(recipe_checkpoint(work, s, shared, epochs)) for s in seeds},
         "demo model (phantoms)": str(demo_checkpoint(work, epochs)),
     }
+    return args, models, bootstrap
+
+
+def main() -> None:
+    found = shared_models(__doc__)
+    if found is None:
+        return
+    args, models, bootstrap = found
+    work, seeds = Path(args.work), (args.seeds[:1] if args.quick else args.seeds)
     shutil.rmtree(work / "bench", ignore_errors=True)  # the suite's time below is from a cold cache
     start = time.perf_counter()
     command = ["bench", "--suite", quick_suite(work) if args.quick else "shared", "--data-root", str(ROOT)]

@@ -7,13 +7,11 @@ RSNA, SIIM and VinDr keep the patient's sex, age and id and the view nowhere but
 from __future__ import annotations
 
 import os
-import struct
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from convirt.data.images import MAX_IMAGE_PIXELS, check_inflated_size, quiet_logger
+from convirt.data.images import DICOM_DAMAGE, MAX_IMAGE_PIXELS, check_inflated_size, quiet_logger
 
 # The header elements :func:`read_dicom_header` reads.
 DEMOGRAPHIC_TAGS = ("PatientSex", "PatientAge", "ViewPosition")  # (0010,0040), (0010,1010), (0018,5101)
@@ -67,21 +65,7 @@ def read_dicom_header(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
             sex, age, view = (_header_text(header.get(keyword)) for keyword in DEMOGRAPHIC_TAGS)
             patient_id = _header_text(header.get("PatientID"), _PATIENT_ID_MAX)
-    except (
-        InvalidDicomError,
-        BytesLengthException,
-        OSError,
-        zlib.error,
-        struct.error,
-        EOFError,
-        ArithmeticError,
-        LookupError,
-        AttributeError,
-        NotImplementedError,
-        RuntimeError,
-        TypeError,
-        ValueError,  # RefusedImageError among them
-    ):
+    except (InvalidDicomError, BytesLengthException, OSError) + DICOM_DAMAGE:  # RefusedImageError: a ValueError
         return DicomHeader()
     return DicomHeader(sex, age, view, patient_id)
 

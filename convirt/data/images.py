@@ -23,6 +23,20 @@ JPEG_MAX_SIDE = 65_500
 # chest radiograph has at most about 4,300 x 4,300 (18 MP); 8,192 x 8,192 leaves a wide margin and
 # bounds a decode to 64 MiB of 8-bit pixels (a 48 KB PNG can declare 20,000 x 20,000).
 MAX_IMAGE_PIXELS = 8192 * 8192
+# What pydicom and numpy raise on a damaged DICOM (an element is parsed when first read, so almost
+# anything): both readers of DICOMs (pixels here, headers in dicom_header) catch these.
+DICOM_DAMAGE: tuple[type[Exception], ...] = (
+    zlib.error,
+    struct.error,
+    EOFError,
+    ArithmeticError,
+    LookupError,
+    AttributeError,
+    NotImplementedError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+)
 
 
 class RefusedImageError(ValueError):
@@ -116,19 +130,7 @@ def load_dicom(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         return _read_dicom(path, max_pixels)
     except RefusedImageError:
         raise
-    except (
-        BytesLengthException,
-        zlib.error,
-        struct.error,
-        EOFError,
-        ArithmeticError,
-        LookupError,
-        AttributeError,
-        NotImplementedError,
-        RuntimeError,
-        TypeError,
-        ValueError,
-    ) as error:
+    except (BytesLengthException,) + DICOM_DAMAGE as error:
         message = (str(error).splitlines() or [""])[0][:200]
         raise OSError(f"damaged DICOM ({type(error).__name__}: {message})") from None
 
