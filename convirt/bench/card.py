@@ -59,6 +59,12 @@ def model_card(loaded: LoadedModel, folder: str | os.PathLike[str], rows: list[d
         f"mean {list(preprocess.get('mean', []))}, std {list(preprocess.get('std', []))}, "
         f"{preprocess.get('interpolation', 'bicubic')} resize.",
     ]
+    if loaded.init:
+        lines += [
+            "",
+            f"Started from `{loaded.init['source']}` (a `{loaded.init['model_name']}` model, weights SHA-256 "
+            f"`{loaded.init.get('weights_sha256')}`), then trained by `convirt fit`.",
+        ]
     if loaded.run:
         described = {
             k: f"{v.get('model')} ({v.get('capability')})" if isinstance(v, dict) else v for k, v in loaded.run.items()

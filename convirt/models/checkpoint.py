@@ -32,6 +32,11 @@ class LoadedModel:
     weights_sha256: str | None = None
     # Its preprocessing where the registry does not hold it (open_clip folders, hub models, timm models).
     preprocess: dict[str, Any] | None = None
+    # Its open_clip ``{"model_cfg", "preprocess_cfg"}`` where the registry entry ``model_name`` does not
+    # describe it (a run started from another source: :mod:`convirt.models.initial`).
+    config: dict[str, Any] | None = None
+    # What a run started from (``source``, ``model_name``, ``weights_sha256``); None: a registry model.
+    init: dict[str, Any] | None = None
 
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
@@ -83,8 +88,10 @@ def load_checkpoint(
             "its folder (`--text-model DIR` of the commands, text_model_path= of load_checkpoint), or share models as "
             "`convirt export` folders"
         )
-    model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
     weights = {k[len(MODEL_PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
+    if hparams.get("init"):
+        return _load_started(path, state, hparams, text_model_path, weights, device)
+    model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
     model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     return LoadedModel(
@@ -96,6 +103,47 @@ def load_checkpoint(
         embed_dim=embed_dim_of(hparams["model_name"]),
         source=str(path),
         run=_run_of(state),
+    )
+
+
+# Where a checkpoint records what its run started from (:attr:`convirt.models.initial.InitialModel.record`).
+INIT_KEY = "convirt_init"
+
+
+def _load_started(
+    path: Path,
+    state: dict[str, Any],
+    hparams: dict[str, Any],
+    text_model_path: str | None,
+    weights: dict[str, torch.Tensor],
+    device: str | torch.device,
+) -> LoadedModel:
+    """A checkpoint of a run started from another source: its architecture is that source's,
+    loaded again (it must be where the run found it), with the checkpoint's weights over it."""
+    from convirt.models.initial import initial_model
+
+    init = str(hparams["init"])
+    try:
+        start = initial_model(init, hparams["model_name"], text_model_path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{path} started from {init}, which rebuilds its architecture and is not there ({error}); "
+            "share trained models as `convirt export` folders"
+        ) from error
+    start.model.load_state_dict(weights, strict=True)
+    start.model.to(device).eval()
+    return LoadedModel(
+        model=start.model,
+        tokenizer=start.tokenizer,
+        model_name=start.model_name,
+        text_model_path=text_model_path,
+        checkpoint=str(path),
+        embed_dim=int(start.config["model_cfg"]["embed_dim"]),
+        source=str(path),
+        run=_run_of(state),
+        preprocess=start.preprocess,
+        config=start.config,
+        init=dict(state.get(INIT_KEY) or start.record),
     )
 
 

@@ -10,6 +10,7 @@ that field).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ def export_open_clip(
     tokenizer: Any,
     output: str | os.PathLike[str],
     provenance: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (built from registry entry ``model_name``) as an open_clip folder, atomically.
 
@@ -39,6 +41,8 @@ def export_open_clip(
         tokenizer: Its tokenizer (an open_clip ``HFTokenizer`` for Hugging Face text towers).
         output: The folder to create (replaced if it exists).
         provenance: Written to ``convirt.json`` (e.g. the checkpoint and its hash).
+        config: Its open_clip ``{"model_cfg", "preprocess_cfg"}`` where the registry entry does not
+            describe it (a run started from another source); default: the registry entry's.
 
     Returns:
         The folder, as an absolute path; load it with ``open_clip.create_model_and_transforms(
@@ -46,8 +50,8 @@ def export_open_clip(
     """
     out = Path(output).resolve()
     with atomic_folder(out) as tmp:
-        config = get_model_config(model_name)
-        model_cfg = config["model_cfg"]
+        written = copy.deepcopy(config) if config is not None else get_model_config(model_name)
+        model_cfg = written["model_cfg"]
         text_cfg, vision_cfg = model_cfg["text_cfg"], model_cfg["vision_cfg"]
         if "hf_model_name" in text_cfg:
             model.text.transformer.config.save_pretrained(tmp)
@@ -56,7 +60,8 @@ def export_open_clip(
             text_cfg["hf_model_pretrained"] = False  # the weights come from the state dict
         if "timm_model_name" in vision_cfg:
             vision_cfg["timm_model_pretrained"] = False
-        payload = {"model_cfg": model_cfg, "preprocess_cfg": get_preprocess_cfg(model_name)}
+        preprocess = written["preprocess_cfg"] if config is not None else get_preprocess_cfg(model_name)
+        payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
         (tmp / CONFIG).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         # Copies: safetensors refuses tensors that share memory (tied weights, views).
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))

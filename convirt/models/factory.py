@@ -123,6 +123,7 @@ def create_model(
     text_model_path: str | None = None,
     image_weights_path: str | None = None,
     pretrained_image: bool | None = None,
+    vision: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Create a dual encoder with ``encode_image`` / ``encode_text`` and its own ``logit_scale``.
 
@@ -157,6 +158,7 @@ def create_model(
     config = get_model_config(name)
     model_cfg = config["model_cfg"]
     text_cfg, vision_cfg = model_cfg["text_cfg"], model_cfg["vision_cfg"]
+    vision_cfg.update(vision or {})
     is_hf_text = "hf_model_name" in text_cfg
     if is_hf_text:
         text_name = text_model_path or resolve_text_model(text_cfg["hf_model_name"])

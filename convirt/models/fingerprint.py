@@ -18,7 +18,10 @@ def model_fingerprint(loaded: LoadedModel) -> dict[str, Any]:
     The weights hash is the SHA-256 of the file the weights came from (checkpoint, state dict,
     folder weights); ``None`` for hub and registry towers, whose name says which weights they are.
     """
-    config = get_model_config(loaded.model_name) if loaded.model_name in list_models() else None
+    if loaded.config is not None:
+        config: dict[str, Any] | None = loaded.config
+    else:
+        config = get_model_config(loaded.model_name) if loaded.model_name in list_models() else None
     if loaded.weights_sha256 is not None:
         sha: str | None = loaded.weights_sha256
     else:

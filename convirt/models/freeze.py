@@ -65,8 +65,10 @@ def lock_tower(model: Any, tower: str) -> int:
     """Freeze a whole pretrained trunk (LiT: "locked-image tuning"); the projection head stays trainable.
 
     Args:
-        model: An open_clip dual encoder.
-        tower: ``image`` (``visual.trunk``) or ``text`` (``text.transformer``).
+        model: An open_clip dual encoder: timm / Hugging Face towers (``visual.trunk``,
+            ``text.transformer``) or open_clip's own (``visual`` but its ``proj``; the text
+            transformer with its token and position embeddings and final norm, not ``text_projection``).
+        tower: ``image`` or ``text``.
 
     Returns:
         Number of parameters frozen.
@@ -76,21 +78,38 @@ def lock_tower(model: Any, tower: str) -> int:
     """
     if tower not in ("image", "text"):
         raise ValueError(f"unknown tower {tower!r}; known: image, text")
-    trunk = locked_trunk(model, tower)
     frozen = 0
-    for parameter in trunk.parameters():
+    for parameter in _trunk_parameters(model, tower):
         parameter.requires_grad_(False)
         frozen += parameter.numel()
     return frozen
 
 
+# open_clip's own CLIP: the text trunk's parts that sit on the model itself, beside ``text_projection``.
+_NATIVE_TEXT_TRUNK = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+
+
+def _trunk_parameters(model: Any, tower: str) -> list[Any]:
+    trunk: Any = locked_trunk(model, tower)
+    if tower == "image" and trunk is getattr(model, "visual", None):
+        return [p for name, p in trunk.named_parameters() if name != "proj"]
+    if tower == "text" and trunk is getattr(model, "transformer", None):
+        return [p for name, p in model.named_parameters() if name.split(".")[0] in _NATIVE_TEXT_TRUNK]
+    return list(trunk.parameters())
+
+
 def locked_trunk(model: Any, tower: str) -> Any:
-    """The trunk :func:`lock_tower` freezes: ``visual.trunk`` or ``text.transformer``."""
+    """The module holding the trunk :func:`lock_tower` freezes (run in eval mode when locked):
+    ``visual.trunk`` / ``text.transformer``, or open_clip's own ``visual`` / ``transformer``."""
     parent = getattr(model, "visual" if tower == "image" else "text", None)
     trunk = getattr(parent, "trunk" if tower == "image" else "transformer", None)
+    if trunk is None and tower == "image" and hasattr(parent, "proj"):  # open_clip's VisionTransformer
+        trunk = parent
+    if trunk is None and tower == "text" and hasattr(model, "text_projection"):  # open_clip's own CLIP
+        trunk = getattr(model, "transformer", None)
     if trunk is None:
         raise ValueError(
             f"the model has no pretrained {tower} trunk to lock "
-            f"({'visual.trunk' if tower == 'image' else 'text.transformer'})"
+            f"({'visual.trunk' if tower == 'image' else 'text.transformer'}, or open_clip's own towers)"
         )
     return trunk

@@ -172,7 +172,20 @@ def _open_clip_weights(name: str) -> Path | None:
     if name.startswith(OPEN_CLIP):
         tag = name.partition("@")[2]
         return Path(tag) if tag and Path(tag).is_file() else None
+    if name.startswith("hf-hub:"):
+        return _hub_weights(name[len("hf-hub:") :])
     return _folder_weights(name)
+
+
+def _hub_weights(repo: str) -> Path | None:
+    """The cached weights file of an open_clip ``hf-hub:`` model, as open_clip picks it (safetensors first)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo.partition("@")[0], filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def _folder_weights(name: str) -> Path | None:

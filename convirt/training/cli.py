@@ -22,6 +22,8 @@ class ConvirtLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.model_name", "data.model_name")
         parser.link_arguments("model.text_model_path", "data.text_model_path")
+        if self.model_class is ContrastiveModule:
+            parser.link_arguments("model.init", "data.init")
 
     def before_instantiate_classes(self) -> None:
         """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
@@ -112,9 +114,14 @@ def _choose_training_precision(
         if text_pretraining:
             module: Any = SectionMatchingModule(**model)
             return module, timing.section_step(module, tokenizer, batch_size)
-        # Random weights time as pretrained ones do, without loading them.
+        # Random weights time as pretrained ones do, without loading them (a run from another source loads it).
         module = ContrastiveModule(**{**model, "pretrained": False})
         size = get_preprocess_cfg(model["model_name"])["size"]
+        if model.get("init"):
+            from convirt.models.initial import initial_inputs
+
+            tokenizer, preprocess = initial_inputs(model["init"], model["model_name"], model.get("text_model_path"))
+            size = preprocess["size"]
         side = int(size[0] if isinstance(size, (list, tuple)) else size)
         return module, timing.contrastive_step(module, tokenizer, batch_size, side)
 

@@ -16,6 +16,7 @@ from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_side, image_transform_for
 from convirt.data.urls import expand_shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
+from convirt.models.initial import initial_inputs
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -33,6 +34,8 @@ class ShardDataModule(L.LightningDataModule):
         shards: Folder with ``manifest.json`` and the shards, or a shard pattern / URL.
         model_name: Registry name of the model (linked from the model's ``model_name``).
         text_model_path: Local tokenizer folder (linked from the model).
+        init: The model source the run starts from (linked from the model's ``init``): its
+            tokenizer and preprocessing replace ``model_name``'s.
         batch_size: Samples per batch and per device.
         num_workers: Data-loader processes per device.
         shuffle_buffer: Samples held in the training shuffle buffer.
@@ -76,6 +79,7 @@ class ShardDataModule(L.LightningDataModule):
         negative_texts: str | None = None,
         negative_labels: list[str] | None = None,
         negatives_per_batch: int = 64,
+        init: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,8 +111,11 @@ class ShardDataModule(L.LightningDataModule):
             }
         if hp.text_sampling not in TEXT_SAMPLING:
             raise ValueError(f"unknown data.text_sampling {hp.text_sampling!r}; known: {', '.join(TEXT_SAMPLING)}")
-        self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
-        self.preprocess = get_preprocess_cfg(hp.model_name)
+        if hp.init:
+            self.tokenizer, self.preprocess = initial_inputs(hp.init, hp.model_name, hp.text_model_path)
+        else:
+            self.tokenizer = create_tokenizer(hp.model_name, text_model_path=hp.text_model_path)
+            self.preprocess = get_preprocess_cfg(hp.model_name)
         self.negative_pool = read_negative_texts(hp.negative_texts, hp.negative_labels) if hp.negative_texts else []
         if self.negative_pool and hp.negatives_per_batch <= 0:
             raise ValueError(f"data.negatives_per_batch must be positive, got {hp.negatives_per_batch}")

@@ -15,9 +15,11 @@ from convirt._io import atomic_path
 from convirt.data.transforms import normalize_images
 from convirt.losses import create_loss
 from convirt.models import create_model, image_statistics
+from convirt.models.checkpoint import INIT_KEY
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
 from convirt.models.freeze import lock_tower, locked_trunk
+from convirt.models.initial import absolute_source, initial_model
 from convirt.models.memory_format import channels_last_images, to_channels_last
 from convirt.training.grad_cache import grad_cache_step
 from convirt.training.metrics import retrieval_recalls
@@ -71,6 +73,12 @@ class ContrastiveModule(L.LightningModule):
             group does.
         channels_last: Lay out a convolutional image tower and its input images channels-last
             (faster convolutions on CPUs and GPUs; the same model). No effect on a ViT.
+        init: Start from this model source instead of ``model_name``'s towers: a ``convirt fit``
+            checkpoint, an export or open_clip folder (``local-dir:``), ``hf-hub:ORG/NAME``,
+            ``open_clip:ARCH@weights.pt`` (OpenAI-format, e.g. CheXzero), a registry name, or a
+            timm image tower (``timm:NAME[@weights]``, paired with ``model_name``'s text tower
+            from ``text_model_path``). Its towers, logit scale, preprocessing and tokenizer are
+            taken as they are (see :mod:`convirt.models.initial`); ``pretrained`` does not apply.
     """
 
     image_mean: torch.Tensor  # the image tower's normalisation, registered as buffers in __init__
@@ -97,13 +105,22 @@ class ContrastiveModule(L.LightningModule):
         local_loss: bool = False,
         freeze_image_norm: bool = False,
         channels_last: bool = True,
+        init: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if text_model_path and os.path.isdir(text_model_path):
             # Absolute in the checkpoint, so that every command finds the folder from any directory.
             self.hparams["text_model_path"] = os.path.abspath(text_model_path)
-        self.model: Any = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
+        # What the run started from (source and weights hash), written into every checkpoint.
+        self.init_record: dict[str, Any] | None = None
+        if init:
+            self.hparams["init"] = absolute_source(init)
+            start = initial_model(self.hparams["init"], model_name, text_model_path)
+            self.model: Any = start.model
+            self.init_record = start.record
+        else:
+            self.model = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         # The tower's normalisation, kept on the module's device for compact batches (not saved).
         mean, std = image_statistics(self.model)
         self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
@@ -244,6 +261,8 @@ class ContrastiveModule(L.LightningModule):
             torch.distributed.all_gather_object(gathered, {"cpu": cpu, "cuda": cuda})
             ranks = gathered
         checkpoint["convirt_rng"] = {"cpu": cpu, "cuda": cuda, "ranks": ranks}
+        if self.init_record is not None:
+            checkpoint[INIT_KEY] = dict(self.init_record)
         # What the run trained on and with (read back by `convirt report`; plain types only).
         checkpoint["convirt_run"] = {
             "precision": str(self.trainer.precision),
