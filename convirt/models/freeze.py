@@ -91,7 +91,7 @@ _NATIVE_TEXT_TRUNK = ("token_embedding", "positional_embedding", "transformer", 
 
 def _trunk_parameters(model: Any, tower: str) -> list[Any]:
     trunk: Any = locked_trunk(model, tower)
-    if tower == "image" and trunk is getattr(model, "visual", None):
+    if tower == "image" and "trunk" not in dict(trunk.named_children()) and hasattr(trunk, "proj"):
         return [p for name, p in trunk.named_parameters() if name != "proj"]
     if tower == "text" and trunk is getattr(model, "transformer", None):
         return [p for name, p in model.named_parameters() if name.split(".")[0] in _NATIVE_TEXT_TRUNK]
@@ -101,8 +101,8 @@ def _trunk_parameters(model: Any, tower: str) -> list[Any]:
 def locked_trunk(model: Any, tower: str) -> Any:
     """The module holding the trunk :func:`lock_tower` freezes (run in eval mode when locked):
     ``visual.trunk`` / ``text.transformer``, or open_clip's own ``visual`` / ``transformer``."""
-    parent = getattr(model, "visual" if tower == "image" else "text", None)
-    trunk = getattr(parent, "trunk" if tower == "image" else "transformer", None)
+    parent: Any = getattr(model, "visual" if tower == "image" else "text", None)
+    trunk: Any = getattr(parent, "trunk" if tower == "image" else "transformer", None)
     if trunk is None and tower == "image" and hasattr(parent, "proj"):  # open_clip's VisionTransformer
         trunk = parent
     if trunk is None and tower == "text" and hasattr(model, "text_projection"):  # open_clip's own CLIP
