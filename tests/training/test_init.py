@@ -208,6 +208,7 @@ def test_lock_gradcache_ddp_and_resume_keep_working_from_a_source(sources, phant
                 "accelerator": "cpu",
                 "devices": 2,
                 "strategy": "ddp",
+                "default_root_dir": str(out),
                 "max_steps": max_steps,
                 "limit_val_batches": 0,
                 "logger": False,
