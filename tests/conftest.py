@@ -89,6 +89,21 @@ def tiny_checkpoint(tiny_text_model: str, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
+def onnx_export(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The tiny checkpoint exported by `convirt export --format onnx`: its folder, and what the command printed."""
+    import contextlib
+    import io
+
+    from convirt.cli.main import main
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", "--format", "onnx", "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="session")
 def labels_csv(phantom_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A label table without text (like ../shared/data/cxr-eval): image, labels, patient_id, source."""
     import csv

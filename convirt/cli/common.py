@@ -64,11 +64,32 @@ def add_checkpoint_arguments(
     )
 
 
+def add_runtime_argument(parser: argparse.ArgumentParser) -> None:
+    """``--runtime``: run the model with PyTorch (``--model`` any source) or onnxruntime (an ONNX export)."""
+    parser.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch: the model in PyTorch; onnx: --model names a `convirt export --format onnx` folder, run "
+        "by onnxruntime (same vectors, checked at export; no saliency maps)",
+    )
+
+
 def model_from_args(args: argparse.Namespace, source: str | None = None) -> LoadedModel:
-    """The model named by ``--model`` (or ``source``), with ``--text-model`` if given."""
+    """The model named by ``--model`` (or ``source``), with ``--text-model`` if given; an ONNX export
+    folder with ``--runtime onnx``."""
+    from convirt.models.onnx_runtime import is_onnx_folder, load_onnx_model
     from convirt.models.sources import load_model
 
-    return load_model(source or args.model, text_model_path=getattr(args, "text_model", None))
+    name = source or args.model
+    if getattr(args, "runtime", "torch") == "onnx":
+        return load_onnx_model(name)
+    if is_onnx_folder(name):
+        raise ValueError(
+            f"{name} is an ONNX export: run it with --runtime onnx (convirt embed, convirt serve), or pass "
+            "the checkpoint it was exported from"
+        )
+    return load_model(name, text_model_path=getattr(args, "text_model", None))
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

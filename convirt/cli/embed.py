@@ -6,12 +6,19 @@ import argparse
 from collections.abc import Iterable
 from typing import Any
 
-from convirt.cli.common import add_checkpoint_arguments, add_input_arguments, eval_batches, model_from_args
+from convirt.cli.common import (
+    add_checkpoint_arguments,
+    add_input_arguments,
+    add_runtime_argument,
+    eval_batches,
+    model_from_args,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser("embed", help="embed the images (or report texts) of shards, a CSV or an image folder")
     add_checkpoint_arguments(embed)
+    add_runtime_argument(embed)
     add_input_arguments(embed)
     embed.add_argument("--output", required=True)
     embed.add_argument("--texts", action="store_true", help="embed the report texts instead of the images")
@@ -39,6 +46,9 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.models import model_fingerprint
     from convirt.training.predict import encode_on_devices
 
+    onnx = args.runtime == "onnx"
+    if onnx and (str(args.devices) != "1" or args.precision not in ("auto", "float32", "32", "32-true")):
+        raise ValueError("--runtime onnx embeds in this process in float32: leave --devices and --precision out")
     loaded = model_from_args(args)
     if args.texts:
         loaded.require_text("`convirt embed --texts`")
@@ -68,7 +78,8 @@ def run_embed(args: argparse.Namespace) -> None:
         modality,
         args.chunk_size,
         args.dtype,
-        encode_all=partial(encode_on_devices, accelerator=args.accelerator, devices=devices),
+        # onnxruntime runs in this process (on CUDA where its build has it), without Lightning's ranks.
+        encode_all=None if onnx else partial(encode_on_devices, accelerator=args.accelerator, devices=devices),
     )
     if count == 0:
         raise ValueError(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from convirt.cli.common import add_checkpoint_arguments, model_from_args
+from convirt.cli.common import add_checkpoint_arguments, add_runtime_argument, model_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve case search and explained diagnosis over an index (API + docs)")
     add_checkpoint_arguments(serve, help="the model the index was built with")
+    add_runtime_argument(serve)
     serve.add_argument("--index", required=True, help="index folder (`convirt index build`)")
     serve.add_argument(
         "--descriptors", help="descriptor set for /v1/diagnose (a shipped name or YAML); none: search only"
@@ -63,7 +64,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--knn", type=int, default=10, help="neighbours of the kNN vote beside each diagnosis")
     serve.add_argument(
-        "--threads", type=int, help="torch and faiss threads (default: every core this process may use but one)"
+        "--threads",
+        type=int,
+        help="torch (or onnxruntime) and faiss threads (default: every core this process may use but one)",
     )
     serve.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a batch of queries waits for company (0: never)"
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> None:
     app = create_app(service, token=token, host=args.host, allowed_hosts=args.allowed_host, limits=limits)
     scheme = "https" if args.ssl_certfile else "http"
     print(
-        f"convirt serve: {scheme}://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads)",
+        f"convirt serve: {scheme}://{args.host}:{args.port}/docs ({len(service.metadata)} cases, {threads} threads, "
+        f"{args.runtime} runtime)",
         flush=True,
     )
     # The app's own request lines (request id, route, status, time, upload hash) instead of uvicorn's access log.

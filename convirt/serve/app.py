@@ -39,7 +39,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 import convirt
 from convirt.serve.admission import Admission, Limits
 from convirt.serve.cases import CaseNotFound
-from convirt.serve.explain import SaliencyBusy
+from convirt.serve.explain import SaliencyBusy, saliency_refusal
 from convirt.serve.schema import Case, Diagnosis, Info, Search
 from convirt.serve.service import CaseService
 from convirt.serve.uploads import UploadError, read_upload
@@ -239,7 +239,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Per-finding probabilities with their observations, optional saliency maps, and the kNN vote,
         of an uploaded image or of an archive case (its stored vector; it and its patient left out of
-        the vote)."""
+        the vote). Saliency is refused (409) where the model runs without gradients (--runtime onnx)."""
         if service.classifier is None:
             raise HTTPException(
                 409, "this service was started without --descriptors: it searches, it does not diagnose"
@@ -247,6 +247,8 @@ def create_app(
         if (image is None) == (case is None):
             raise HTTPException(400, "send one of an image or a case id")
         k = k_in_range(k) if k is not None else None
+        if saliency and (refusal := saliency_refusal(service.loaded.model)):  # an onnxruntime model: no gradients
+            raise HTTPException(409, refusal)
         if case is not None:
             answer = service.diagnose_case_async(case_id(case), saliency=saliency, k=k)
             return await answer_for_case(answer, "unknown case id, or a case without an image for saliency")

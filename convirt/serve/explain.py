@@ -7,7 +7,9 @@ Saliency needs a backward pass per finding. It runs on the explainer's own copy 
 explainer's own thread, one diagnosis at a time: a diagnosis with maps never holds the query model
 or the worker threads that every search shares (the price: the image tower's weights twice in
 memory). At most ``max_waiting`` diagnoses wait for their maps; one more is refused
-(:class:`SaliencyBusy`, a 503 in the API) rather than queued without bound.
+(:class:`SaliencyBusy`, a 503 in the API) rather than queued without bound. A model without gradients
+(an ONNX export run by onnxruntime) draws none: asking is refused (:class:`SaliencyUnavailable`; the
+API answers 409 before it diagnoses), and the diagnosis without maps stays available.
 """
 
 from __future__ import annotations
@@ -68,6 +70,21 @@ class SaliencyBusy(RuntimeError):
     """Too many diagnoses wait for their saliency maps: try again shortly."""
 
 
+class SaliencyUnavailable(ValueError):
+    """The model cannot draw saliency maps (a 409 in the API): it runs without gradients (onnxruntime)."""
+
+
+def saliency_refusal(model: Any) -> str | None:
+    """Why ``model`` draws no saliency maps (they need a backward pass through a torch module), or ``None``."""
+    if isinstance(model, torch.nn.Module):
+        return None
+    runtime = getattr(model, "runtime", type(model).__name__)
+    return (
+        f"no saliency maps: this service runs its model with the {runtime} runtime, which computes no gradients "
+        "(ask without saliency, or start the service with --runtime torch)"
+    )
+
+
 class Explainer:
     """Saliency maps of a classifier's findings, drawn on a copy of its model in a thread of its own.
 
@@ -80,6 +97,7 @@ class Explainer:
         self.classifier = copy.copy(classifier)  # its prompt embeddings shared, its model its own
         self.classifier.model = copy.deepcopy(classifier.model)
         self.max_waiting = max_waiting
+        self.refusal = saliency_refusal(classifier.model)
         self.pending = 0  # diagnoses waiting for or drawing their maps (counted in the event loop)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="convirt-saliency")
 
@@ -98,7 +116,13 @@ class Explainer:
 
     def add_maps(self, diagnosis: dict[str, Any], pixels: Callable[[], torch.Tensor]) -> None:
         """Each finding of ``diagnosis`` with its ``saliency_png`` on the image ``pixels()`` makes
-        (read and preprocessed in the explainer's thread)."""
+        (read and preprocessed in the explainer's thread).
+
+        Raises:
+            SaliencyUnavailable: The model computes no gradients.
+        """
+        if self.refusal:
+            raise SaliencyUnavailable(self.refusal)
         self._thread.submit(self._add, diagnosis, pixels).result()
 
     async def add_maps_async(self, diagnosis: dict[str, Any], pixels: Callable[[], torch.Tensor]) -> None:
@@ -106,7 +130,10 @@ class Explainer:
 
         Raises:
             SaliencyBusy: ``max_waiting`` diagnoses already wait behind the one being drawn.
+            SaliencyUnavailable: The model computes no gradients.
         """
+        if self.refusal:
+            raise SaliencyUnavailable(self.refusal)
         if self.pending > self.max_waiting:
             raise SaliencyBusy(f"saliency maps are being drawn for {self.pending} requests: try again shortly")
         self.pending += 1

@@ -53,6 +53,28 @@ def service(archive):
 
 
 @pytest.fixture(scope="session")
+def onnx_service(archive, onnx_export):
+    """The service over the same index with the tiny checkpoint's ONNX export, run by onnxruntime."""
+    from convirt.models.onnx_runtime import load_onnx_model
+
+    _, folder, _ = archive
+    return CaseService(load_onnx_model(onnx_export[0]), folder, descriptors="phantom", knn_k=5)
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def any_service(request):
+    """The service with either runtime (`convirt serve --runtime torch|onnx`): the API answers the same."""
+    return request.getfixturevalue("service" if request.param == "torch" else "onnx_service")
+
+
+def draws_maps(service) -> bool:
+    """Whether the service's model draws saliency maps (a torch model; onnxruntime computes no gradients)."""
+    import torch
+
+    return isinstance(service.loaded.model, torch.nn.Module)
+
+
+@pytest.fixture(scope="session")
 def calibration_file(service, tmp_path_factory):
     """A Platt calibration with operating points, fitted on a synthetic validation fold for every finding of
     the service but its last (left out to stay uncalibrated): overconfident scores of findings rare and common

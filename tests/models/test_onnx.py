@@ -1,0 +1,121 @@
+"""`convirt export --format onnx` and the onnxruntime runtime: the same vectors as PyTorch, one-line refusals."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from convirt.cli.main import main
+from convirt.data.inputs import build_eval_batches
+from convirt.embeddings.encode import Encoder
+from convirt.models.onnx_export import MIN_COSINE, OPSET, OnnxMismatchError, check_against_torch
+from convirt.models.onnx_runtime import load_onnx_model
+from convirt.models.sources import load_model
+
+
+def least_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min())
+
+
+def shard_batches(loaded, shards, size):
+    return list(build_eval_batches(str(shards), loaded.preprocess_cfg, loaded.tokenizer, size, split="train"))
+
+
+def test_export_writes_graphs_tokenizer_preprocessing_and_provenance(onnx_export, tiny_checkpoint):
+    folder, printed = onnx_export
+    names = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert {"image.onnx", "text.onnx", "onnx.json", "convirt.json", "tokenizer/tokenizer_config.json"} <= names
+    meta = json.loads((folder / "onnx.json").read_text())
+    torch_model = load_model(str(tiny_checkpoint))
+    assert meta["opset"] == OPSET and f"opset {OPSET}" in printed
+    assert meta["preprocess_cfg"] == {**torch_model.preprocess_cfg}
+    assert set(meta["preprocess_cfg"]) >= {"size", "mean", "std", "interpolation", "resize_mode"}
+    assert meta["tokenizer"]["kind"] == "hf" and meta["tokenizer"]["context_length"] == 32
+    assert min(meta["check"]["least_cosine"].values()) >= MIN_COSINE
+    provenance = json.loads((folder / "convirt.json").read_text())
+    assert provenance["model_name"] == "test-tiny" and len(provenance["checkpoint_sha256"]) == 64
+    import onnx
+
+    for name, dims in (("image.onnx", ["batch", 3, 64, 64]), ("text.onnx", ["batch", "length"])):
+        graph = onnx.load(str(folder / name), load_external_data=False)
+        assert {entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")} == {OPSET}
+        shape = graph.graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in shape][1:] == dims[1:] and shape[0].dim_param  # dynamic batch
+
+
+def test_onnxruntime_gives_pytorchs_vectors_on_shard_images_and_reports(onnx_export, tiny_checkpoint, phantom_shards):
+    folder, _ = onnx_export
+    torch_model, onnx_model = load_model(str(tiny_checkpoint)), load_onnx_model(folder)
+    assert torch.equal(onnx_model.tokenizer(["clear lungs."]), torch_model.tokenizer(["clear lungs."]))
+    for size in (1, 7):
+        batch = shard_batches(torch_model, phantom_shards, size)[0]
+        assert len(batch["key"]) == size
+        with torch.no_grad():
+            for encode in ("encode_image", "encode_text"):
+                inputs = batch["image" if encode == "encode_image" else "text"]
+                unnormalised = getattr(onnx_model.model, encode)(inputs)
+                expected = getattr(torch_model.model, encode)(inputs)
+                assert least_cosine(unnormalised, expected) >= MIN_COSINE
+                assert torch.allclose(unnormalised.norm(dim=-1), expected.norm(dim=-1), rtol=1e-3)  # not normalised
+        # The one embedding path (reports trimmed of their shared padding) over either runtime.
+        for modality in ("image", "text"):
+            got = Encoder(onnx_model.model, pad_id=0).batch(batch, modality)
+            want = Encoder(torch_model.model, pad_id=0).batch(batch, modality)
+            assert least_cosine(torch.from_numpy(got), torch.from_numpy(want)) >= MIN_COSINE
+
+
+def test_the_export_check_refuses_graphs_that_disagree(onnx_export, tiny_checkpoint):
+    folder, _ = onnx_export
+    torch_model, runtime = load_model(str(tiny_checkpoint)), load_onnx_model(folder).model
+    assert min(check_against_torch(torch_model, runtime).values()) >= MIN_COSINE
+    with torch.no_grad():
+        torch_model.model.visual.head.proj.weight.mul_(-1).add_(0.01)  # another image tower than the graph's
+    with pytest.raises(OnnxMismatchError, match=r"the ONNX image tower disagrees with PyTorch \(least cosine"):
+        check_against_torch(torch_model, runtime)
+
+
+def test_embed_with_the_onnx_runtime_writes_torchs_vectors(onnx_export, tiny_checkpoint, phantom_shards, tmp_path):
+    from convirt.embeddings import read_embeddings
+
+    folder, _ = onnx_export
+    base = ["embed", "--data", str(phantom_shards), "--split", "test", "--batch-size", "7"]
+    assert main([*base, "--model", str(tiny_checkpoint), "--output", str(tmp_path / "torch")]) == 0
+    assert main([*base, "--runtime", "onnx", "--model", str(folder), "--output", str(tmp_path / "onnx")]) == 0
+    (want, want_rows), (got, got_rows) = read_embeddings(tmp_path / "torch"), read_embeddings(tmp_path / "onnx")
+    assert [r["key"] for r in got_rows] == [r["key"] for r in want_rows]
+    assert least_cosine(torch.from_numpy(got), torch.from_numpy(want)) >= MIN_COSINE
+    info = json.loads((tmp_path / "onnx" / "info.json").read_text())
+    # The same embedding space: an index of torch vectors takes queries of either runtime.
+    assert info["checkpoint_sha256"] == json.loads((folder / "convirt.json").read_text())["checkpoint_sha256"]
+
+
+def test_runtime_mixups_and_a_missing_onnxruntime_are_refused_in_one_line(
+    onnx_export, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    folder, _ = onnx_export
+    base = ["embed", "--data", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert main([*base, "--model", str(folder)]) == 2
+    assert "is an ONNX export: run it with --runtime onnx" in capsys.readouterr().err
+    assert main([*base, "--runtime", "onnx", "--model", str(tiny_checkpoint)]) == 2
+    assert "not an ONNX export folder (no image.onnx): write one with `convirt export --format onnx" in (
+        capsys.readouterr().err
+    )
+    assert main([*base, "--runtime", "onnx", "--model", str(folder), "--devices", "2"]) == 2
+    assert "--runtime onnx embeds in this process" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # as if not installed
+    assert main([*base, "--runtime", "onnx", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime is not installed: pip install 'convirt[onnx]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_module_imports_onnx_when_convirt_is_imported():
+    """onnx, onnxscript and onnxruntime are optional (`convirt[onnx]`): imported inside functions only."""
+    package = Path(__file__).resolve().parents[2] / "convirt"
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("onnx", "onnxruntime", "onnxscript") for n in names), path
