@@ -57,6 +57,8 @@ HOMES = {
     "data/labels": ["label_matrix"],
     "data/inputs": ["build_eval_batches"],
     "models/fingerprint": ["model_fingerprint"],
+    "models/onnx_export": ["export_onnx", "check_against_torch", "OnnxMismatchError"],
+    "models/onnx_runtime": ["load_onnx_model", "OnnxDualEncoder", "is_onnx_folder", "require_onnx"],
     "models/adapters": [
         "AdapterConfig",
         "TowerAdapter",
@@ -102,7 +104,7 @@ HOMES = {
     "serve/batching": ["MicroBatcher"],
     "serve/admission": ["Admission", "Limits", "BodyTooLarge"],
     "serve/shown": ["shown_metadata", "case_ref"],
-    "serve/explain": ["Explainer", "explained_findings"],
+    "serve/explain": ["Explainer", "explained_findings", "saliency_refusal"],
     "serve/token": ["read_token"],
     "data/images": ["check_pixels", "damage_as_oserror", "load_grayscale"],
     "zeroshot/folds": ["validation_split"],
