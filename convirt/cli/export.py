@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> None:
     if args.quantize and args.format != "onnx":
         raise ValueError("--quantize applies to --format onnx")
     loaded = model_from_args(args)
+    if loaded.adapter:  # folded into plain open_clip weights: the export loads where peft is not installed
+        from convirt.models.adapters import merge_adapters
+
+        merge_adapters(loaded.model)
     if args.format == "onnx":
         return _export_onnx(args, loaded, model_fingerprint(loaded))
     if loaded.model_name not in list_models() and loaded.config is None:

@@ -37,6 +37,8 @@ class LoadedModel:
     config: dict[str, Any] | None = None
     # What a run started from (``source``, ``model_name``, ``weights_sha256``); None: a registry model.
     init: dict[str, Any] | None = None
+    # Its adapters (``config``, ``base_sha256``) where it was trained with some (``--model.adapter``).
+    adapter: dict[str, Any] | None = None
 
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
@@ -91,8 +93,14 @@ def load_checkpoint(
     weights = {k[len(MODEL_PREFIX) :]: v for k, v in state["state_dict"].items() if k.startswith(MODEL_PREFIX)}
     if hparams.get("init"):
         return _load_started(path, state, hparams, text_model_path, weights, device)
-    model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
-    model.load_state_dict(weights, strict=True)
+    if hparams.get("adapter"):  # the base is the registry's towers, rebuilt as the run built them
+        from convirt.models.adapted import load_adapted, registry_base
+
+        model = registry_base(hparams["model_name"], bool(hparams.get("pretrained", True)), text_model_path)
+        load_adapted(model, state, weights, str(path))
+    else:
+        model = create_model(hparams["model_name"], pretrained=False, text_model_path=text_model_path)
+        model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -103,6 +111,7 @@ def load_checkpoint(
         embed_dim=embed_dim_of(hparams["model_name"]),
         source=str(path),
         run=_run_of(state),
+        adapter=state.get("convirt_adapter"),
     )
 
 
@@ -130,7 +139,12 @@ def _load_started(
             f"{path} started from {init}, which rebuilds its architecture and is not there ({error}); "
             "share trained models as `convirt export` folders"
         ) from error
-    start.model.load_state_dict(weights, strict=True)
+    if hparams.get("adapter"):
+        from convirt.models.adapted import load_adapted
+
+        load_adapted(start.model, state, weights, str(path))
+    else:
+        start.model.load_state_dict(weights, strict=True)
     start.model.to(device).eval()
     return LoadedModel(
         model=start.model,
@@ -141,6 +155,7 @@ def _load_started(
         embed_dim=int(start.config["model_cfg"]["embed_dim"]),
         source=str(path),
         run=_run_of(state),
+        adapter=state.get("convirt_adapter"),
         preprocess=start.preprocess,
         config=start.config,
         init=dict(state.get(INIT_KEY) or start.record),

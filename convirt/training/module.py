@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from convirt._hardware import cpu_info
@@ -15,6 +16,20 @@ from convirt._io import atomic_path
 from convirt.data.transforms import normalize_images
 from convirt.losses import create_loss
 from convirt.models import create_model, image_statistics
+from convirt.models.adapted import (
+    ADAPTER_KEY,
+    adapt,
+    adapter_config,
+    check_base,
+    refuse_frozen_adapted,
+    registry_base,
+)
+from convirt.models.adapters import (
+    adapter_state_dict,
+    format_trainable,
+    load_adapter_state_dict,
+    trainable_parameters,
+)
 from convirt.models.checkpoint import INIT_KEY
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
@@ -73,6 +88,17 @@ class ContrastiveModule(L.LightningModule):
             group does.
         channels_last: Lay out a convolutional image tower and its input images channels-last
             (faster convolutions on CPUs and GPUs; the same model). No effect on a ViT.
+        adapter: Train adapters instead of the towers (``lora``, ``dora``, ``loha``, ``lokr``,
+            ``ia3``, through peft): the towers' weights stay as the base had them, and the
+            adapters, projection heads and logit scale train. Checkpoints hold those weights and
+            the base's SHA-256, not the base (rebuilt from ``init``, or the registry's towers).
+        adapter_towers: The towers that get adapters (default both: ``[image, text]``).
+        adapter_rank: The adapters' rank.
+        adapter_alpha: Their scale is ``alpha / rank``.
+        adapter_dropout: Dropout on the adapters' input (training only).
+        adapter_image_targets: Module-name suffixes of the image layers to adapt (default: by
+            tower type, :data:`convirt.models.adapters.DEFAULT_TARGETS`).
+        adapter_text_targets: The same for the text tower.
         init: Start from this model source instead of ``model_name``'s towers: a ``convirt fit``
             checkpoint, an export or open_clip folder (``local-dir:``), ``hf-hub:ORG/NAME``,
             ``open_clip:ARCH@weights.pt`` (OpenAI-format, e.g. CheXzero), a registry name, or a
@@ -106,6 +132,13 @@ class ContrastiveModule(L.LightningModule):
         freeze_image_norm: bool = False,
         channels_last: bool = True,
         init: str | None = None,
+        adapter: str | None = None,
+        adapter_towers: list[str] | None = None,
+        adapter_rank: int = 8,
+        adapter_alpha: float = 16.0,
+        adapter_dropout: float = 0.0,
+        adapter_image_targets: list[str] | None = None,
+        adapter_text_targets: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -119,12 +152,29 @@ class ContrastiveModule(L.LightningModule):
             start = initial_model(self.hparams["init"], model_name, text_model_path)
             self.model: Any = start.model
             self.init_record = start.record
+        elif adapter:  # a base that rebuilds the same wherever the checkpoint is loaded
+            self.model = registry_base(model_name, pretrained, text_model_path)
         else:
             self.model = create_model(model_name, pretrained=pretrained, text_model_path=text_model_path)
         # The tower's normalisation, kept on the module's device for compact batches (not saved).
         mean, std = image_statistics(self.model)
         self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        # The adapters (config and base hash), written into every checkpoint beside their weights.
+        self.adapter_record: dict[str, Any] | None = None
+        if adapter:
+            config = adapter_config(
+                adapter,
+                adapter_towers or ["image", "text"],
+                adapter_rank,
+                adapter_alpha,
+                adapter_dropout,
+                adapter_image_targets,
+                adapter_text_targets,
+            )
+            refuse_frozen_adapted(config, freeze_image_groups, freeze_text_layers, lock_image_tower, lock_text_tower)
+            self.adapter_record = adapt(self.model, config)
+            self.strict_loading = False  # its checkpoints hold the adapters and heads, not the base
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
         self.locked = [tower for tower, lock in (("image", lock_image_tower), ("text", lock_text_tower)) if lock]
@@ -143,6 +193,7 @@ class ContrastiveModule(L.LightningModule):
         self._pending_rng: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def setup(self, stage: str) -> None:
+        rank_zero_info(f"convirt: trainable parameters: {format_trainable(trainable_parameters(self.model))}")
         self.loss_fn = create_loss(
             self.loss_name,
             rank=self.global_rank,
@@ -263,15 +314,26 @@ class ContrastiveModule(L.LightningModule):
         checkpoint["convirt_rng"] = {"cpu": cpu, "cuda": cuda, "ranks": ranks}
         if self.init_record is not None:
             checkpoint[INIT_KEY] = dict(self.init_record)
+        if self.adapter_record is not None:  # the trained weights only; the base is rebuilt and hashed
+            checkpoint[ADAPTER_KEY] = dict(self.adapter_record)
+            trained = adapter_state_dict(self.model)
+            checkpoint["state_dict"] = {f"model.{key}": value for key, value in trained.items()}
         # What the run trained on and with (read back by `convirt report`; plain types only).
         checkpoint["convirt_run"] = {
             "precision": str(self.trainer.precision),
             "device": self.device.type,
             "world_size": int(self.trainer.world_size),
             "cpu": cpu_info().as_dict(),
+            "parameters": {tower: list(counts) for tower, counts in trainable_parameters(self.model).items()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.adapter_record is not None:
+            if ADAPTER_KEY not in checkpoint:
+                raise ValueError("the checkpoint holds no adapters: resume an adapter run from its own checkpoints")
+            check_base(checkpoint[ADAPTER_KEY], self.adapter_record, "the checkpoint")
+            weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+            load_adapter_state_dict(self.model, weights)  # strict about the adapter keys Lightning loads loosely
         self._pending_rng = _rng_state_of_rank(
             checkpoint.get("convirt_rng"), self.global_rank, self.trainer.world_size if self._trainer is not None else 1
         )

@@ -32,11 +32,10 @@ class _Kill(L.Callback):
             os.kill(os.getpid(), __import__("signal").SIGKILL)  # no clean-up, no final checkpoint
 
 
-def run(shards, text_model, out, workers, ckpt_path=None, kill_at=None):
+def run(shards, text_model, out, workers, ckpt_path=None, kill_at=None, **module_options):
     L.seed_everything(0, verbose=False)
-    module = ContrastiveModule(
-        TINY_MODEL, pretrained=False, text_model_path=text_model, learning_rate=1e-3, warmup_steps=2
-    )
+    options = {"pretrained": False, "text_model_path": text_model, "learning_rate": 1e-3, "warmup_steps": 2}
+    module = ContrastiveModule(TINY_MODEL, **{**options, **module_options})
     data = tiny_datamodule(shards, text_model, num_workers=workers, negative_texts=str(shards), negatives_per_batch=4)
     log = StepLog(str(out / "steps"))
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
@@ -54,7 +53,8 @@ _KILLED = """
 import sys
 from pathlib import Path
 from tests.training.test_resume import run
-run(sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), kill_at=int(sys.argv[5]))
+import json
+run(sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), kill_at=int(sys.argv[5]), **json.loads(sys.argv[6]))
 """
 
 
@@ -86,7 +86,16 @@ def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(
 ):
     # Before, the negatives of a resumed epoch were drawn anew (seeded by the skip count), so the
     # resumed steps' negatives, losses and final weights differed.
-    trainer = run(phantom_shards, tiny_text_model, tmp_path / "whole", workers)
+    killed_and_resumed(phantom_shards, tiny_text_model, tmp_path, workers)
+    checkpoint = next((tmp_path / "killed").glob(f"step*{CHECKPOINT_EVERY}*.ckpt"))
+    # the checkpoint carries the random state (weights_only-safe tensors)
+    assert torch.is_tensor(torch.load(checkpoint, weights_only=True)["convirt_rng"]["ranks"][0]["cpu"])
+
+
+def killed_and_resumed(phantom_shards, tiny_text_model, tmp_path, workers, **module_options):
+    """The whole run, the run killed after step 7 and resumed from its step-5 checkpoint: same
+    samples, negatives and losses at every step, same final weights."""
+    trainer = run(phantom_shards, tiny_text_model, tmp_path / "whole", workers, **module_options)
     # the kill falls mid-epoch, and the resumed run crosses an epoch boundary
     assert CHECKPOINT_EVERY + 1 < trainer.num_training_batches < STEPS and trainer.current_epoch >= 1
 
@@ -100,6 +109,7 @@ def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(
             str(tmp_path / "killed"),
             str(workers),
             str(CHECKPOINT_EVERY + 2),
+            json.dumps(module_options),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -109,10 +119,8 @@ def test_killed_mid_epoch_and_resumed_trains_like_the_uninterrupted_run(
     assert killed.returncode == -9, killed.stderr[-2000:]
     checkpoint = next((tmp_path / "killed").glob(f"step*{CHECKPOINT_EVERY}*.ckpt"))
 
-    run(phantom_shards, tiny_text_model, tmp_path / "resumed", workers, ckpt_path=str(checkpoint))
+    run(phantom_shards, tiny_text_model, tmp_path / "resumed", workers, ckpt_path=str(checkpoint), **module_options)
     _assert_resumed_like_the_whole(tmp_path / "whole", tmp_path / "resumed")
-    # the checkpoint carries the random state (weights_only-safe tensors)
-    assert torch.is_tensor(torch.load(checkpoint, weights_only=True)["convirt_rng"]["ranks"][0]["cpu"])
 
 
 def _ddp_fit(tmp_path, out, shards, text_model, ckpt_path=None):
