@@ -18,6 +18,10 @@ from convirt.data.schema import SPLITS
 JOURNAL = ".convirt-journal.json"
 HASHES = ".convirt-hashes"
 DROPS = "dropped.jsonl"
+# A part's samples (key, split, input row, shard, pixel digest): what the merge of parts needs
+# to drop an image whose first copy is in another part (`parts.merge_parts`).
+SAMPLES = "part-samples.jsonl"
+_LISTS = (HASHES, DROPS, SAMPLES)
 
 
 class ShardFile:
@@ -60,13 +64,15 @@ class Conversion:
         self.sections: Counter[str] = Counter()
         self.hashes: list[str] = []
         self.drops: list[str] = []
-        self._on_disk = {HASHES: 0, DROPS: 0}  # lines of each list already in its file
+        self.samples: list[str] = []  # a part's only
+        self.input_sha256 = ""  # a part's running digest of the input rows (`parts.chain_row`)
+        self._on_disk = dict.fromkeys(_LISTS, 0)  # lines of each list already in its file
 
     def load(self) -> bool:
         """Restore from the journal; False when there is none (then old line files are cleared)."""
         path = self.out / JOURNAL
         if not path.is_file():
-            for name in (HASHES, DROPS):
+            for name in _LISTS:
                 (self.out / name).unlink(missing_ok=True)
             return False
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -78,7 +84,9 @@ class Conversion:
         self.dropped, self.sections = Counter(state["dropped"]), Counter(state["sections"])
         self.hashes = _read_lines(self.out / HASHES)[: state["hashes"]]
         self.drops = _read_lines(self.out / DROPS)[: state["drops"]]
-        for name, lines in ((HASHES, self.hashes), (DROPS, self.drops)):  # cut what the crash left beyond
+        self.samples = _read_lines(self.out / SAMPLES)[: state.get("samples", 0)]
+        self.input_sha256 = state.get("input_sha256", "")
+        for name, lines in self._lists():  # cut what the crash left beyond
             write_lines(self.out / name, lines)
             self._on_disk[name] = len(lines)
         return True
@@ -86,7 +94,7 @@ class Conversion:
     def save(self) -> None:
         """Record progress: new hashes and drops first (appended), then the journal that says how
         many lines of them are valid."""
-        for name, lines in ((HASHES, self.hashes), (DROPS, self.drops)):
+        for name, lines in self._lists():
             with open(self.out / name, "a", encoding="utf-8") as handle:
                 handle.writelines(line + "\n" for line in lines[self._on_disk[name] :])
             self._on_disk[name] = len(lines)
@@ -103,8 +111,13 @@ class Conversion:
                 "sections": dict(self.sections),
                 "hashes": len(self.hashes),
                 "drops": len(self.drops),
+                "samples": len(self.samples),
+                "input_sha256": self.input_sha256,
             },
         )
+
+    def _lists(self) -> tuple[tuple[str, list[str]], ...]:
+        return (HASHES, self.hashes), (DROPS, self.drops), (SAMPLES, self.samples)
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from convirt._io import write_json
-from convirt.data.journal import DROPS, HASHES, JOURNAL, Conversion, ShardFile, other_config
+from convirt.data.journal import DROPS, HASHES, JOURNAL, SAMPLES, Conversion, ShardFile, other_config
+from convirt.data.parts import Part, chain_row, parse_part, part_of, shard_name
 from convirt.data.prepare import Prepared, check_row, prepare_image
 from convirt.data.reports import TextMode, parse_text_mode
 from convirt.data.schema import IMAGE, KEY, MANIFEST, META, SPLITS, TEXT, Row
@@ -80,6 +81,7 @@ def write_shards(
     drop_duplicates: bool = True,
     source: str = "",
     views: Iterable[str] | None = None,
+    part: Part | str | None = None,
 ) -> dict[str, Any]:
     """Write rows into ``{train,val,test}-NNNNNN.tar`` shards and ``manifest.json``.
 
@@ -108,6 +110,9 @@ def write_shards(
         views: Keep only rows of these projections (names, or the group ``frontal``; see
             :mod:`convirt.data.views`); other rows are dropped as ``view_excluded``, rows without a
             view as ``view_unknown``. ``None`` keeps every view.
+        part: Convert only this part of the patients (``"2/8"``, see :mod:`convirt.data.parts`), into
+            ``{split}-pNNN-NNNNNN.tar`` shards; every row is still read, and each kept row gets the
+            split a whole run gives it. Join the parts with :func:`convirt.data.parts.merge_parts`.
 
     Returns:
         The manifest (also written to ``output/manifest.json``).
@@ -137,6 +142,8 @@ def write_shards(
     }
     if views is not None:  # only when set, so that folders written before the option stay valid
         config["views"] = sorted(parse_views(views))
+    if part is not None:  # likewise; a journal or a finished folder of another part is refused
+        config["part"] = list(parse_part(part))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).is_file():
@@ -187,6 +194,7 @@ def _write_split(
     bar = tqdm(total=total, initial=state.position, desc=f"{split} shards", unit="row", disable=not progress)
     seen = set(state.hashes)
     keep_views = frozenset(config["views"]) if "views" in config else None
+    part = Part(*config["part"]) if "part" in config else None
     logged: Counter[str] = Counter(dict(state.dropped))
 
     def drop(row: Row, reason: str, detail: str = "", cause: BaseException | None = None) -> None:
@@ -213,15 +221,22 @@ def _write_split(
                 else "",
             )
 
-    def candidates(need: int) -> list[Row]:
-        """The next ``need`` rows of this split that have usable text."""
-        found: list[Row] = []
+    def candidates(need: int) -> list[tuple[int, Row]]:
+        """The next ``need`` rows of this split (and part) that have usable text, with their row numbers."""
+        found: list[tuple[int, Row]] = []
         while len(found) < need:
             row = next(rows, None)
             if row is None:
                 break
             state.position += 1
             bar.update(1)
+            if part is not None:
+                if state.split_index == 0:
+                    state.input_sha256 = chain_row(state.input_sha256, row)
+                # The part goes by the identity the split goes by: the patient id (the readers put the
+                # row's key there when the archive names no patient), so a patient is in one part.
+                if part_of(row.patient_id, part.total) != part.number:
+                    continue
             row_split = (
                 row.split
                 if row.split in SPLITS
@@ -238,7 +253,7 @@ def _write_split(
             if reason:
                 drop(row, reason)
             elif kept is not None:
-                found.append(kept)
+                found.append((state.position - 1, kept))
         return found
 
     shard: ShardFile | None = None
@@ -250,14 +265,14 @@ def _write_split(
         if config["text_only"]:
             prepared: Iterable[Prepared] = [Prepared(None, None, None, "")] * len(batch)
         else:
-            jobs = [(row.image_path, config["image_size"], strict) for row in batch]
+            jobs = [(row.image_path, config["image_size"], strict) for _, row in batch]
             prepared = (
                 pool.map(_prepare_star, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
                 if pool
                 else map(_prepare_star, jobs)
             )
         results = iter(prepared)
-        for row in batch:
+        for number, row in batch:
             try:
                 jpeg, digest, reason, detail = next(results)
             except Exception as error:  # strict: an unexpected error that prepare_image re-raised (in order)
@@ -284,8 +299,11 @@ def _write_split(
             if jpeg is not None:
                 sample[IMAGE] = jpeg
             if shard is None:
-                shard = ShardFile(state.out, f"{split}-{len(state.shards[split]):06d}.tar")
+                shard = ShardFile(state.out, shard_name(split, len(state.shards[split]), part))
             shard.write(sample, row.labels)
+            if part is not None:
+                where = {"key": row.key, "split": split, "row": number, "shard": shard.final.name, "pixels": digest}
+                state.samples.append(json.dumps(where))
         if shard is not None and shard.samples >= config["shard_size"]:
             state.shards[split].append(shard.close())
             shard = None
@@ -298,7 +316,7 @@ def _write_split(
 
 def _finish(state: Conversion, command: str) -> dict[str, Any]:
     written = sum(shard["samples"] for shards in state.shards.values() for shard in shards)
-    if written == 0:
+    if written == 0 and "part" not in state.config:  # a part may hold no sample; the merge checks the whole
         raise ValueError(
             f"no usable samples: {state.rows_read} rows read, all dropped "
             f"({dict(state.dropped) or 'no rows in the input'})"
@@ -326,6 +344,16 @@ def _finish(state: Conversion, command: str) -> dict[str, Any]:
         "config": state.config,
         "command": command,
     }
+    if "part" in state.config:
+        number, total = state.config["part"]
+        manifest["part"] = {
+            "number": number,
+            "total": total,
+            "input_rows": state.total_rows,
+            "input_sha256": state.input_sha256,
+        }
+    else:
+        (state.out / SAMPLES).unlink(missing_ok=True)
     write_json(state.out / MANIFEST, manifest)
     for name in (JOURNAL, HASHES):
         (state.out / name).unlink(missing_ok=True)
