@@ -65,6 +65,14 @@ def model_card(loaded: LoadedModel, folder: str | os.PathLike[str], rows: list[d
             f"Started from `{loaded.init['source']}` (a `{loaded.init['model_name']}` model, weights SHA-256 "
             f"`{loaded.init.get('weights_sha256')}`), then trained by `convirt fit`.",
         ]
+    if loaded.adapter:
+        towers = {t: c for t, c in (loaded.adapter.get("config") or {}).items() if isinstance(c, dict)}
+        adapters = ", ".join(f"{t}: {c['kind']} rank {c['rank']} alpha {c['alpha']}" for t, c in towers.items())
+        lines += [
+            "",
+            f"Trained with adapters ({adapters}), merged into these weights (base SHA-256 "
+            f"`{loaded.adapter.get('base_sha256')}`).",
+        ]
     if loaded.run:
         described = {
             k: f"{v.get('model')} ({v.get('capability')})" if isinstance(v, dict) else v for k, v in loaded.run.items()

@@ -68,7 +68,8 @@ def test_continue_biomedclip_with_lora_from_the_hub_name(phantom_shards, tiny_te
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(merged.encode_image(images), trained.model.encode_image(images))
     assert cosine.min() >= 0.9999
-    assert "Started from `hf-hub:" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Started from `hf-hub:" in card and "Trained with adapters (image: lora rank 16 alpha 32" in card
 
 
 @pytest.mark.slow
