@@ -89,6 +89,7 @@ bench: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/bench_shared.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/serve.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/upload_fuzz.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/lora.py --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) artifacts build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
