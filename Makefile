@@ -88,6 +88,8 @@ bench: install
 		--output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/bench_shared.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/serve.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/serve_runtime.py --output BENCHMARKS.md
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/onnx_int8.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/upload_fuzz.py --output BENCHMARKS.md
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python benchmarks/lora.py --output BENCHMARKS.md
 

@@ -10,7 +10,9 @@ import torch
 from convirt.cli.main import main
 from convirt.data.inputs import build_eval_batches
 from convirt.embeddings.encode import Encoder
-from convirt.models.onnx_export import MIN_COSINE, OPSET, OnnxMismatchError, check_against_torch
+from convirt.models.checkpoint import LoadedModel
+from convirt.models.factory import create_model, create_tokenizer, embed_dim_of
+from convirt.models.onnx_export import MIN_COSINE, OPSET, OnnxMismatchError, check_against_torch, export_onnx
 from convirt.models.onnx_runtime import load_onnx_model
 from convirt.models.sources import load_model
 
@@ -19,8 +21,28 @@ def least_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min())
 
 
-def shard_batches(loaded, shards, size):
-    return list(build_eval_batches(str(shards), loaded.preprocess_cfg, loaded.tokenizer, size, split="train"))
+def assert_runtimes_agree(torch_model, onnx_model, shards, split="train"):
+    """On batches of 1 and 7 read from shards: the unnormalised features of images and reports, and the
+    vectors of the one embedding path, of onnxruntime within MIN_COSINE of PyTorch's."""
+    assert torch.equal(onnx_model.tokenizer(["clear lungs."]), torch_model.tokenizer(["clear lungs."]))
+    pad = torch_model.tokenizer.tokenizer.pad_token_id
+    for size in (1, 7):
+        batch = next(
+            iter(build_eval_batches(str(shards), torch_model.preprocess_cfg, torch_model.tokenizer, size, split=split))
+        )
+        assert len(batch["key"]) == size
+        with torch.no_grad():
+            for encode in ("encode_image", "encode_text"):
+                inputs = batch["image" if encode == "encode_image" else "text"]
+                unnormalised = getattr(onnx_model.model, encode)(inputs)
+                expected = getattr(torch_model.model, encode)(inputs)
+                assert least_cosine(unnormalised, expected) >= MIN_COSINE
+                assert torch.allclose(unnormalised.norm(dim=-1), expected.norm(dim=-1), rtol=1e-3)  # not normalised
+        # The one embedding path (reports trimmed of their shared padding) over either runtime.
+        for modality in ("image", "text"):
+            got = Encoder(onnx_model.model, pad_id=pad).batch(batch, modality)
+            want = Encoder(torch_model.model, pad_id=pad).batch(batch, modality)
+            assert least_cosine(torch.from_numpy(got), torch.from_numpy(want)) >= MIN_COSINE
 
 
 def test_export_writes_graphs_tokenizer_preprocessing_and_provenance(onnx_export, tiny_checkpoint):
@@ -46,24 +68,17 @@ def test_export_writes_graphs_tokenizer_preprocessing_and_provenance(onnx_export
 
 
 def test_onnxruntime_gives_pytorchs_vectors_on_shard_images_and_reports(onnx_export, tiny_checkpoint, phantom_shards):
-    folder, _ = onnx_export
-    torch_model, onnx_model = load_model(str(tiny_checkpoint)), load_onnx_model(folder)
-    assert torch.equal(onnx_model.tokenizer(["clear lungs."]), torch_model.tokenizer(["clear lungs."]))
-    for size in (1, 7):
-        batch = shard_batches(torch_model, phantom_shards, size)[0]
-        assert len(batch["key"]) == size
-        with torch.no_grad():
-            for encode in ("encode_image", "encode_text"):
-                inputs = batch["image" if encode == "encode_image" else "text"]
-                unnormalised = getattr(onnx_model.model, encode)(inputs)
-                expected = getattr(torch_model.model, encode)(inputs)
-                assert least_cosine(unnormalised, expected) >= MIN_COSINE
-                assert torch.allclose(unnormalised.norm(dim=-1), expected.norm(dim=-1), rtol=1e-3)  # not normalised
-        # The one embedding path (reports trimmed of their shared padding) over either runtime.
-        for modality in ("image", "text"):
-            got = Encoder(onnx_model.model, pad_id=0).batch(batch, modality)
-            want = Encoder(torch_model.model, pad_id=0).batch(batch, modality)
-            assert least_cosine(torch.from_numpy(got), torch.from_numpy(want)) >= MIN_COSINE
+    assert_runtimes_agree(load_model(str(tiny_checkpoint)), load_onnx_model(onnx_export[0]), phantom_shards)
+
+
+def test_a_vit_tower_exports_with_pytorchs_vectors(tiny_text_model, phantom_shards, tmp_path):
+    name = "test-tiny-vit"
+    model = create_model(name, pretrained=False, text_model_path=tiny_text_model).eval()
+    tokenizer = create_tokenizer(name, text_model_path=tiny_text_model)
+    loaded = LoadedModel(model, tokenizer, name, tiny_text_model, "", embed_dim_of(name))
+    made = export_onnx(loaded, tmp_path / "vit")
+    assert made.least_cosine["image"] >= MIN_COSINE and made.least_cosine["text"] >= MIN_COSINE
+    assert_runtimes_agree(loaded, load_onnx_model(made.folder), phantom_shards)
 
 
 def test_the_export_check_refuses_graphs_that_disagree(onnx_export, tiny_checkpoint):
@@ -119,3 +134,86 @@ def test_no_module_imports_onnx_when_convirt_is_imported():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("onnx", "onnxruntime", "onnxscript") for n in names), path
+
+
+DEMO = Path(__file__).resolve().parents[2] / "artifacts" / "demo"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO / "checkpoints" / "last.ckpt").is_file(), reason="no demo checkpoint: run `make demo`")
+def test_the_demo_model_exports_with_pytorchs_vectors_on_its_shards(tmp_path):
+    folder = tmp_path / "demo-onnx"
+    assert (
+        main(
+            ["export", "--format", "onnx", "--model", str(DEMO / "checkpoints" / "last.ckpt"), "--output", str(folder)]
+        )
+        == 0
+    )
+    assert_runtimes_agree(
+        load_model(str(DEMO / "checkpoints" / "last.ckpt")), load_onnx_model(folder), DEMO / "shards", "test"
+    )
+
+
+@pytest.mark.slow
+def test_an_int8_image_tower_fingerprints_apart_and_is_refused_too_far_from_pytorch(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "int8"
+    assert (
+        main(
+            [
+                "export",
+                "--format",
+                "onnx",
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--quantize",
+                "int8",
+                "--output",
+                str(folder),
+            ]
+        )
+        == 0
+    )
+    meta, provenance = (json.loads((folder / name).read_text()) for name in ("onnx.json", "convirt.json"))
+    assert meta["quantized"]["image"].startswith("int8") and 0.99 <= meta["quantized"]["least_cosine"] < MIN_COSINE
+    quantized = load_onnx_model(folder)
+    # Vectors of its own: a fingerprint of its own, so that an index of the float model's vectors refuses it.
+    assert quantized.weights_sha256 == meta["weights_sha256"] != provenance["checkpoint_sha256"]
+    assert quantized.model.encode_image(torch.zeros(2, 3, 64, 64)).shape == (2, 32)
+    with pytest.raises(OnnxMismatchError, match="int8 moves this image tower's vectors too far"):
+        export_onnx(
+            load_model(str(tiny_checkpoint)), tmp_path / "refused", quantize="int8", quantized_min_cosine=0.99999
+        )
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_an_open_clip_text_tower_with_its_bpe_tokenizer_exports(tmp_path):
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+    torch.manual_seed(0)
+    vision = {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
+    text = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text).eval()
+    preprocess = {
+        "size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "interpolation": "bilinear",
+        "resize_mode": "shortest",
+    }
+    loaded = LoadedModel(model, SimpleTokenizer(context_length=16), "tiny-clip", None, "", 32, preprocess=preprocess)
+    made = export_onnx(loaded, tmp_path / "clip")
+    assert json.loads((made.folder / "onnx.json").read_text())["tokenizer"] == {
+        "kind": "open_clip_simple",
+        "context_length": 16,
+        "clean": "lower",
+    }
+    again = load_onnx_model(made.folder)
+    texts = ["a small left pleural effusion", "no acute findings"]
+    assert torch.equal(again.tokenizer(texts), loaded.tokenizer(texts))
+    with torch.no_grad():
+        assert (
+            least_cosine(again.model.encode_text(again.tokenizer(texts)), model.encode_text(loaded.tokenizer(texts)))
+            >= MIN_COSINE
+        )
