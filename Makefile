@@ -62,7 +62,7 @@ test-slow: install
 
 # Both suites with torch and oneDNN capped at AVX2 (the common CPU: no native bf16), whatever this CPU has.
 test-avx2: install
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -q -m "not gpu and not network" tests --nbmake notebooks
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PYTEST) -q -m "not gpu and not network and not multiprocess" tests --nbmake notebooks
 
 test-all: install
 	$(PYTEST) -q -m "" tests --nbmake notebooks

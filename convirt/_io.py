@@ -30,7 +30,8 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
         suffix: Appended to ``path``'s name for the temporary file (``.tmp.png`` keeps an image's type).
     """
     target = Path(path)
-    tmp = target.with_name(target.name + suffix)
+    # The process id keeps writers of several processes (the ranks of one run) off each other's file.
+    tmp = target.with_name(f"{target.name}.{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, target)

@@ -24,7 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--texts", action="store_true", help="embed the report texts instead of the images")
     embed.add_argument("--chunk-size", type=int, default=4096, help="vectors per part file (resume granularity)")
     embed.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    embed.add_argument("--devices", default="1", help="processes (DDP ranks; each writes its own parts)")
+    embed.add_argument("--devices", default="1", help="processes per node (DDP ranks; each writes its own parts)")
+    embed.add_argument(
+        "--num-nodes", type=int, default=1, help="nodes, each launched by torchrun or srun with --devices ranks"
+    )
     embed.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     embed.add_argument(
         "--precision",
@@ -47,7 +50,8 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.training.predict import encode_on_devices
 
     onnx = args.runtime == "onnx"
-    if onnx and (str(args.devices) != "1" or args.precision not in ("auto", "float32", "32", "32-true")):
+    ranks = args.num_nodes > 1 or str(args.devices) not in ("1",)
+    if onnx and (ranks or args.precision not in ("auto", "float32", "32", "32-true")):
         raise ValueError("--runtime onnx embeds in this process in float32: leave --devices and --precision out")
     loaded = model_from_args(args)
     if args.texts:
@@ -63,7 +67,7 @@ def run_embed(args: argparse.Namespace) -> None:
             skip_keys=done,
             where=parse_where(args.where),
             num_workers=args.workers,
-            split_by_rank=args.devices not in ("1", 1),
+            split_by_rank=ranks,
             table=args,
             texts_only=bool(args.texts),
         )
@@ -79,7 +83,9 @@ def run_embed(args: argparse.Namespace) -> None:
         args.chunk_size,
         args.dtype,
         # onnxruntime runs in this process (on CUDA where its build has it), without Lightning's ranks.
-        encode_all=None if onnx else partial(encode_on_devices, accelerator=args.accelerator, devices=devices),
+        encode_all=None
+        if onnx
+        else partial(encode_on_devices, accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes),
     )
     if count == 0:
         raise ValueError(

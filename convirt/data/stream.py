@@ -125,7 +125,7 @@ def build_batches(
     text_transform: Callable[[str], str] | None = None,
     train: bool = False,
     shuffle_buffer: int = 1000,
-    split_by_rank: bool = False,
+    split_by_rank: bool | tuple[int, int] = False,
     skip_keys: Container[str] | None = None,
     seed: int = 0,
     keep: Callable[[dict[str, Any]], bool] | None = None,
@@ -198,7 +198,7 @@ def build_batches(
         # Endless: every pass over the shards in its own seeded order. (webdataset 1.0's
         # WebDataset takes a `repeat` argument and ignores it: its training stream ended with the
         # shards, short of the batches an epoch promised, so that validation never came.)
-        nodesplitter = wds.split_by_node if split_by_rank else _all_shards
+        nodesplitter = _node_splitter(split_by_rank)
         workersplitter = wds.split_by_worker if worker is None else partial(_worker_share, *worker)
         dataset = _Pipeline(
             _ShardRounds(list(urls), seed), nodesplitter, workersplitter, wds.tarfile_to_samples(handler=skipped)
@@ -208,7 +208,7 @@ def build_batches(
             list(urls),
             handler=skipped,
             shardshuffle=False,
-            nodesplitter=wds.split_by_node if split_by_rank else _all_shards,
+            nodesplitter=_node_splitter(split_by_rank),
             workersplitter=wds.split_by_worker,
             empty_check=False,
         )
@@ -277,6 +277,16 @@ def _text_only(sample: dict[str, Any]) -> dict[str, Any]:
     if TEXT not in sample:
         raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: no {TEXT}")
     return {field: value for field, value in sample.items() if field != IMAGE}
+
+
+def _node_splitter(split_by_rank: bool | tuple[int, int]) -> Callable[[Any], Any]:
+    """Every shard (``False``); the share of rank ``r`` of ``n`` (``(r, n)``: the launcher's ranks as the
+    trainer knows them, before or without a process group); or webdataset's split by node (``True``:
+    ranks from ``RANK`` / ``WORLD_SIZE`` or the process group)."""
+    if isinstance(split_by_rank, tuple):
+        rank, world_size = split_by_rank
+        return lambda urls: itertools.islice(urls, rank, None, max(1, world_size))
+    return wds.split_by_node if split_by_rank else _all_shards
 
 
 def _all_shards(urls: Any) -> Any:

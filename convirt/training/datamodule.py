@@ -168,7 +168,7 @@ class ShardDataModule(L.LightningDataModule):
                 text_transform=text_transform,
                 train=True,
                 shuffle_buffer=hp.shuffle_buffer,
-                split_by_rank=split_by_rank,
+                split_by_rank=(rank, world_size) if split_by_rank else False,
                 seed=seed,
                 skip_samples=skip_samples,
                 resampled=hp.resampled,

@@ -95,6 +95,7 @@ def encode_on_devices(
     progress: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
+    num_nodes: int = 1,
 ) -> None:
     """Encode every batch on ``devices`` processes; each rank's features go to ``open_sink(rank)``.
 
@@ -109,12 +110,14 @@ def encode_on_devices(
         modality: ``image`` or ``text``.
         progress: Show a progress bar.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
-        devices: Number of processes (DDP when more than one).
+        devices: Number of processes per node (DDP when more than one in all).
+        num_nodes: Nodes, each started by its own launcher (torchrun, srun), which Lightning detects.
     """
-    many = devices not in (1, "1")
+    many = devices not in (1, "1") or num_nodes > 1
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
+        num_nodes=num_nodes,
         strategy="ddp" if many else "auto",
         precision="32-true",  # the encoder applies the embedding precision policy itself
         callbacks=[SinkWriter(open_sink)],
@@ -131,3 +134,5 @@ def encode_on_devices(
             dataloaders=batches,  # type: ignore[arg-type]
             return_predictions=False,
         )
+    if many:  # every rank's parts are on disk before any rank counts the folder
+        trainer.strategy.barrier("convirt-embed-done")
