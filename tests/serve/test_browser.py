@@ -158,3 +158,37 @@ def test_the_page_shows_calibrated_probabilities_and_marks_findings_above_the_op
             assert browser.find_element(By.ID, "score-note").is_displayed()  # the last finding has a score only
         finally:
             browser.quit()
+
+
+@pytest.mark.slow
+def test_the_page_diagnoses_without_heat_maps_where_the_service_runs_onnx(onnx_service, archive):
+    """`convirt serve --runtime onnx` refuses saliency maps (409): the page asks again without them, once."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.serve.client import port_of
+    from tests.serve.client import served as serving
+
+    _, _, rows = archive
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    with serving(create_app(onnx_service)) as server:
+        browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            browser.get(f"http://127.0.0.1:{port_of(server)}/")
+            wait = WebDriverWait(browser, 60)
+            browser.find_element(By.ID, "file").send_keys(rows[0].image_path)
+            wait.until(ready.text_to_be_present_in_element((By.ID, "status"), "findings scored"))
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#findings .finding")) == len(onnx_service.finding_names)
+            assert not browser.find_element(By.ID, "show-heat").is_enabled()  # no maps to show
+            browser.find_element(By.ID, "case-id").send_keys("3", Keys.ENTER)  # the next reading asks without maps
+            wait.until(ready.text_to_be_present_in_element((By.ID, "status"), "findings scored"))
+            assert "error" not in (browser.find_element(By.ID, "status").get_attribute("class") or "")
+        finally:
+            browser.quit()
