@@ -11,7 +11,7 @@ from convirt.cli.main import main
 from convirt.data.inputs import build_eval_batches
 from convirt.embeddings.encode import Encoder
 from convirt.models.checkpoint import LoadedModel
-from convirt.models.factory import create_model, create_tokenizer, embed_dim_of
+from convirt.models.factory import create_model, embed_dim_of
 from convirt.models.onnx_export import MIN_COSINE, OPSET, OnnxMismatchError, check_against_torch, export_onnx
 from convirt.models.onnx_runtime import load_onnx_model
 from convirt.models.sources import load_model
@@ -22,24 +22,27 @@ def least_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def assert_runtimes_agree(torch_model, onnx_model, shards, split="train"):
-    """On batches of 1 and 7 read from shards: the unnormalised features of images and reports, and the
-    vectors of the one embedding path, of onnxruntime within MIN_COSINE of PyTorch's."""
-    assert torch.equal(onnx_model.tokenizer(["clear lungs."]), torch_model.tokenizer(["clear lungs."]))
-    pad = torch_model.tokenizer.tokenizer.pad_token_id
+    """On batches of 1 and 7 read from shards: the unnormalised features of images (and reports, for a dual
+    encoder), and the vectors of the one embedding path, of onnxruntime within MIN_COSINE of PyTorch's."""
+    modalities = ("image", "text") if torch_model.has_text else ("image",)
+    assert onnx_model.has_text == torch_model.has_text
+    tokenizer = torch_model.tokenizer
+    if tokenizer is not None:
+        assert torch.equal(onnx_model.tokenizer(["clear lungs."]), tokenizer(["clear lungs."]))
+    pad = tokenizer.tokenizer.pad_token_id if tokenizer is not None else None
     for size in (1, 7):
-        batch = next(
-            iter(build_eval_batches(str(shards), torch_model.preprocess_cfg, torch_model.tokenizer, size, split=split))
-        )
+        batches = build_eval_batches(str(shards), torch_model.preprocess_cfg, tokenizer, size, split=split)
+        batch = next(iter(batches))
         assert len(batch["key"]) == size
         with torch.no_grad():
-            for encode in ("encode_image", "encode_text"):
-                inputs = batch["image" if encode == "encode_image" else "text"]
-                unnormalised = getattr(onnx_model.model, encode)(inputs)
-                expected = getattr(torch_model.model, encode)(inputs)
+            for modality in modalities:
+                encode = "encode_image" if modality == "image" else "encode_text"
+                unnormalised = getattr(onnx_model.model, encode)(batch[modality])
+                expected = getattr(torch_model.model, encode)(batch[modality])
                 assert least_cosine(unnormalised, expected) >= MIN_COSINE
                 assert torch.allclose(unnormalised.norm(dim=-1), expected.norm(dim=-1), rtol=1e-3)  # not normalised
         # The one embedding path (reports trimmed of their shared padding) over either runtime.
-        for modality in ("image", "text"):
+        for modality in modalities:
             got = Encoder(onnx_model.model, pad_id=pad).batch(batch, modality)
             want = Encoder(torch_model.model, pad_id=pad).batch(batch, modality)
             assert least_cosine(torch.from_numpy(got), torch.from_numpy(want)) >= MIN_COSINE
@@ -71,14 +74,17 @@ def test_onnxruntime_gives_pytorchs_vectors_on_shard_images_and_reports(onnx_exp
     assert_runtimes_agree(load_model(str(tiny_checkpoint)), load_onnx_model(onnx_export[0]), phantom_shards)
 
 
-def test_a_vit_tower_exports_with_pytorchs_vectors(tiny_text_model, phantom_shards, tmp_path):
+def test_a_vit_image_tower_exports_alone_with_pytorchs_vectors(tiny_text_model, phantom_shards, tmp_path):
+    """test-tiny-vit's image tower (its text tower is test-tiny's, exported above): an image-only export."""
     name = "test-tiny-vit"
     model = create_model(name, pretrained=False, text_model_path=tiny_text_model).eval()
-    tokenizer = create_tokenizer(name, text_model_path=tiny_text_model)
-    loaded = LoadedModel(model, tokenizer, name, tiny_text_model, "", embed_dim_of(name))
+    loaded = LoadedModel(model, None, name, tiny_text_model, "", embed_dim_of(name))
     made = export_onnx(loaded, tmp_path / "vit")
-    assert made.least_cosine["image"] >= MIN_COSINE and made.least_cosine["text"] >= MIN_COSINE
-    assert_runtimes_agree(loaded, load_onnx_model(made.folder), phantom_shards)
+    assert set(made.least_cosine) == {"image"} and made.least_cosine["image"] >= MIN_COSINE
+    assert not (made.folder / "text.onnx").exists()
+    exported = load_onnx_model(made.folder)
+    assert exported.tokenizer is None and not exported.has_text
+    assert_runtimes_agree(loaded, exported, phantom_shards)
 
 
 def test_the_export_check_refuses_graphs_that_disagree(onnx_export, tiny_checkpoint):
