@@ -1,16 +1,17 @@
-"""``convirt index build | query | eval | merge``: the FAISS index of `convirt embed` output."""
+"""``convirt index build | query | eval | add | merge``: the FAISS index of `convirt embed` output."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from convirt.cli import index_jobs
 from convirt.cli.common import add_checkpoint_arguments, model_from_args
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    index = sub.add_parser("index", help="FAISS image index: build, query, eval, merge")
-    isub = index.add_subparsers(dest="index_command", required=True, metavar="{build,query,eval,merge}")
+    index = sub.add_parser("index", help="FAISS image index: build, query, eval, add, merge")
+    isub = index.add_subparsers(dest="index_command", required=True, metavar="{build,query,eval,add,merge}")
     build = isub.add_parser("build", help="build an index from `convirt embed` output")
     build.add_argument("--embeddings", required=True)
     build.add_argument("--factory", default="Flat", help='FAISS factory string: "Flat", "HNSW32", "IVF1024,PQ32"')
@@ -21,6 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help='FAISS search parameters kept with the index, e.g. "nprobe=32" or "efSearch=64"',
     )
+    index_jobs.add_build_arguments(build)
     build.add_argument("--output", required=True)
     build.set_defaults(run=run_build)
 
@@ -71,17 +73,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--output", help="JSON file for the metrics")
     evaluate.set_defaults(run=run_eval)
-
-    merge = isub.add_parser("merge", help="merge indexes built in parts into one")
-    merge.add_argument("--inputs", nargs="+", required=True, help="index folders, in order")
-    merge.add_argument("--output", required=True)
-    merge.set_defaults(run=run_merge)
+    index_jobs.add_parsers(isub)
 
 
 def run_build(args: argparse.Namespace) -> None:
     from convirt.embeddings import load_embedding_folder
     from convirt.retrieval import build_index_folder
 
+    if index_jobs.build_out_of_core_if_chosen(args):
+        return
     embedded = load_embedding_folder(args.embeddings)
     built = build_index_folder(
         embedded.vectors,
@@ -102,9 +102,9 @@ def run_build(args: argparse.Namespace) -> None:
 
 def run_query(args: argparse.Namespace) -> None:
     from convirt.bench import query_index_folder
-    from convirt.retrieval import load_index_folder
+    from convirt.retrieval import open_index_folder
 
-    folder = load_index_folder(args.index, mmap=args.mmap)
+    folder = open_index_folder(args.index, mmap=args.mmap)  # rows read when shown: an index may hold millions
     fingerprint = folder.info.fingerprint
     source = args.model or fingerprint.get("source") or fingerprint.get("checkpoint")
     if not source:
@@ -145,10 +145,3 @@ def run_eval(args: argparse.Namespace) -> None:
         f"label precision@{k}: {result[f'precision_at_{k}']:.3f}  mAP@{k}: {result[f'map_at_{k}']:.3f}  "
         f"recall@{k}: {result[f'recall_at_{k}']:.3f} over {result['queries']} queries"
     )
-
-
-def run_merge(args: argparse.Namespace) -> None:
-    from convirt.retrieval import merge_index_folders
-
-    merged = merge_index_folders(args.inputs, args.output)
-    print(f"merged {len(args.inputs)} indexes into {merged.info.count} x {merged.info.dim} -> {args.output}")

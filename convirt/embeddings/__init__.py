@@ -4,9 +4,12 @@ from convirt.embeddings.encode import EmbeddingOutput, Encoder, embed_batches, e
 from convirt.embeddings.precision import EmbeddingPrecision, planned_precision
 from convirt.embeddings.store import (
     EmbeddingFolderOutput,
+    EmbeddingPart,
+    EmbeddingPartsOutput,
     PartWriter,
     close_embedding_folder,
     embed_to_folder,
+    list_embedding_parts,
     load_embedding_folder,
     open_embedding_folder,
     read_embeddings,
@@ -16,6 +19,8 @@ from convirt.embeddings.store import (
 __all__ = [
     "EmbeddingFolderOutput",
     "EmbeddingOutput",
+    "EmbeddingPart",
+    "EmbeddingPartsOutput",
     "EmbeddingPrecision",
     "Encoder",
     "PartWriter",
@@ -24,6 +29,7 @@ __all__ = [
     "embed_image_files",
     "embed_texts",
     "embed_to_folder",
+    "list_embedding_parts",
     "load_embedding_folder",
     "open_embedding_folder",
     "planned_precision",

@@ -5,14 +5,15 @@ per vector) for rank ``RRR``; a part is complete once its ``.jsonl`` exists, whi
 into place last. ``info.json`` holds the fingerprint of the model that made the vectors, their
 modality, the precision they were made at (dtype, device kind, measured agreement with float32)
 and the count of corrupt samples skipped; ``skipped-RRR.json`` each rank's count of
-the last run. Reading concatenates the complete parts in name order.
+the last run. Reading concatenates the complete parts in name order, or lists them to be read one
+at a time (:func:`list_embedding_parts`: vectors memory-mapped, rows streamed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,58 @@ def load_embedding_folder(folder: str | os.PathLike[str]) -> EmbeddingFolderOutp
     vectors, rows = read_embeddings(folder)
     info = _info_of(folder)
     return EmbeddingFolderOutput(vectors, rows, {**info, "dim": int(vectors.shape[1])})
+
+
+@dataclass
+class EmbeddingPart:
+    """One complete part of an embedding folder, read when asked.
+
+    Attributes:
+        name: ``part-RRR-NNNNNN``.
+        count: Its vectors (from the ``.npy`` header; nothing else read).
+        folder: The embedding folder.
+    """
+
+    name: str
+    count: int
+    folder: Path
+
+    def vectors(self) -> np.ndarray:
+        """``(count, D)`` as stored (float32 or float16), memory-mapped: only the rows used are read."""
+        return np.load(self.folder / f"{self.name}.npy", mmap_mode="r")
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Its metadata rows, one at a time."""
+        with open(self.folder / f"{self.name}.jsonl", encoding="utf-8") as handle:
+            yield from (json.loads(line) for line in handle)
+
+
+@dataclass
+class EmbeddingPartsOutput:
+    """The parts of an embedding folder, in order, and its info (with ``dim``, as :func:`load_embedding_folder`'s)."""
+
+    parts: list[EmbeddingPart]
+    info: dict[str, Any]
+
+
+def list_embedding_parts(folder: str | os.PathLike[str]) -> EmbeddingPartsOutput:
+    """The complete parts of a folder written by `convirt embed`, without reading their vectors or rows.
+
+    Raises:
+        FileNotFoundError: The folder holds no complete part.
+        ValueError: Parts of different dimensions.
+    """
+    paths = completed_parts(folder)
+    if not paths:
+        raise FileNotFoundError(f"no embeddings in {folder}: run `convirt embed` first")
+    parts, dims = [], set()
+    for path in paths:
+        shape = np.load(path.with_suffix(".npy"), mmap_mode="r").shape
+        parts.append(EmbeddingPart(path.stem, int(shape[0]), Path(folder)))
+        dims.add(int(shape[1]))
+    if len(dims) != 1:
+        raise ValueError(f"{folder} holds parts of dimensions {sorted(dims)}: embed into one folder per model")
+    return EmbeddingPartsOutput(parts, {**_info_of(folder), "dim": dims.pop()})
 
 
 def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str, Any]) -> set[str]:

@@ -1,37 +1,83 @@
 """The index folder `convirt index build` writes: the FAISS index, its info and one metadata row per vector.
 
 Metadata rows are the embedding rows (``key``, ``labels``, ``patient_id``, ``path``, ...), in id
-order; the library reads them as opaque dicts.
+order; the library reads them as opaque dicts, all at once (:func:`load_index_folder`) or one at a
+time when asked (:func:`open_index_folder`, for indexes too large to hold their rows).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import faiss
 import numpy as np
 
 from convirt.retrieval.index import METADATA_FILE, IndexInfo, build_index, load_index, merge_indexes, save_index
 
+Rows = TypeVar("Rows", bound=Sequence[dict[str, Any]])
+
 
 @dataclass
-class IndexFolderOutput:
+class IndexFolderOutput(Generic[Rows]):
     """An index folder, loaded.
 
     Attributes:
         index: The FAISS index (ids ``0..N-1``, the rows of ``metadata``).
         info: Factory, metric, dimension, count, model fingerprint, search parameters.
-        metadata: One dict per indexed vector, by id.
+        metadata: One dict per indexed vector, by id: a list, or :class:`MetadataRows` read when asked.
     """
 
     index: faiss.Index
     info: IndexInfo
-    metadata: list[dict[str, Any]]
+    metadata: Rows
+
+
+class MetadataRows(Sequence[dict[str, Any]]):
+    """The rows of a ``metadata.jsonl``, parsed when asked: only the line offsets are held (8 bytes a row).
+
+    Args:
+        path: The file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        ends = []
+        with open(self.path, "rb") as handle:
+            start = 0
+            while chunk := handle.read(2**24):
+                ends.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + start + 1)
+                start += len(chunk)
+        self.offsets = np.concatenate([np.zeros(1, dtype=np.int64), *ends]).astype(np.int64)
+        if self.offsets[-1] != start:  # a last row without its newline
+            self.offsets = np.append(self.offsets, start)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, item: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, item: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(item, slice):
+            return [self[i] for i in range(*item.indices(len(self)))]
+        row = int(item) + len(self) if int(item) < 0 else int(item)
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {item} of {len(self)}")
+        with open(self.path, "rb") as handle:
+            handle.seek(int(self.offsets[row]))
+            return dict(json.loads(handle.read(int(self.offsets[row + 1] - self.offsets[row]))))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, encoding="utf-8") as handle:
+            yield from (json.loads(line) for line in handle)
 
 
 def build_index_folder(
@@ -40,7 +86,7 @@ def build_index_folder(
     output: str | os.PathLike[str],
     factory: str = "Flat",
     **options: Any,
-) -> IndexFolderOutput:
+) -> IndexFolderOutput[list[dict[str, Any]]]:
     """Build an index of ``(N, D)`` vectors with their ``N`` metadata rows and save it as a folder.
 
     ``options`` are those of :func:`convirt.retrieval.build_index` (``refine``, ``train_size``,
@@ -53,8 +99,8 @@ def build_index_folder(
 
 def load_index_folder(
     folder: str | os.PathLike[str], mmap: bool = False, fingerprint: dict[str, Any] | None = None
-) -> IndexFolderOutput:
-    """Load an index folder with its metadata.
+) -> IndexFolderOutput[list[dict[str, Any]]]:
+    """Load an index folder with all its metadata rows.
 
     Args:
         folder: Written by `convirt index build` or :func:`build_index_folder`.
@@ -66,18 +112,53 @@ def load_index_folder(
         ValueError: ``fingerprint`` names another model, or the metadata and index disagree in size.
     """
     index, info = load_index(folder, mmap=mmap, fingerprint=fingerprint)
+    with open(_metadata_path(folder), encoding="utf-8") as handle:
+        metadata = [json.loads(line) for line in handle]
+    return IndexFolderOutput(index, info, _check_rows(folder, metadata, index))
+
+
+def open_index_folder(
+    folder: str | os.PathLike[str], mmap: bool = False, fingerprint: dict[str, Any] | None = None
+) -> IndexFolderOutput[MetadataRows]:
+    """Load an index folder, its metadata rows read only when asked (:class:`MetadataRows`): what a
+    search of an index too large to hold its rows needs. Arguments and errors as :func:`load_index_folder`'s."""
+    index, info = load_index(folder, mmap=mmap, fingerprint=fingerprint)
+    return IndexFolderOutput(index, info, _check_rows(folder, MetadataRows(_metadata_path(folder)), index))
+
+
+def _metadata_path(folder: str | os.PathLike[str]) -> Path:
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {METADATA_FILE} in {folder}: build the index with `convirt index build`")
-    with open(path, encoding="utf-8") as handle:
-        metadata = [json.loads(line) for line in handle]
+    return path
+
+
+def _check_rows(folder: str | os.PathLike[str], metadata: Rows, index: faiss.Index) -> Rows:
     if len(metadata) != index.ntotal:
-        raise ValueError(f"{path}: {len(metadata)} rows for an index of {index.ntotal} vectors")
-    return IndexFolderOutput(index, info, metadata)
+        raise ValueError(f"{Path(folder) / METADATA_FILE}: {len(metadata)} rows for an index of {index.ntotal} vectors")
+    return metadata
 
 
-def merge_index_folders(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> IndexFolderOutput:
-    """Merge index folders built in parts into one folder, renumbered ``0..N-1`` in input order."""
+def merge_index_folders(
+    inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+) -> IndexFolderOutput[Any]:
+    """Merge index folders built in parts into one folder, renumbered ``0..N-1`` in input order; or
+    merge sub-indexes (`convirt index add`) into an index whose lists lie on disk
+    (:func:`convirt.retrieval.ondisk.merge_sub_indexes`), its rows then read when asked.
+
+    Raises:
+        ValueError: Sub-indexes and index folders mixed, or parts that cannot be merged.
+    """
+    from convirt.retrieval.ondisk import is_sub_index, merge_sub_indexes
+
+    subs = [is_sub_index(folder) for folder in inputs]
+    if any(subs):
+        if not all(subs):
+            raise ValueError(
+                "sub-indexes (`convirt index add`) merge only with each other: leave out the index folders"
+            )
+        merge_sub_indexes(inputs, output)
+        return open_index_folder(output)
     parts = [load_index_folder(folder) for folder in inputs]
     index, info = merge_indexes([(part.index, part.info) for part in parts], renumber=True)
     metadata = [row for part in parts for row in part.metadata]
@@ -107,7 +188,7 @@ def patient_rows(
 
 
 def search_index_folder(
-    folder: IndexFolderOutput, query: np.ndarray, k: int = 5, exclude: set[int] | None = None
+    folder: IndexFolderOutput[Any], query: np.ndarray, k: int = 5, exclude: set[int] | None = None
 ) -> list[dict[str, Any]]:
     """The ``k`` nearest indexed images of one ``(1, D)`` or ``(D,)`` query vector, ``exclude``'s ids
     left out: per hit ``rank`` (from 1), ``score`` (cosine, 4 decimals) and its metadata row."""

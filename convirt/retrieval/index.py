@@ -1,15 +1,20 @@
 """Build, save, load, merge and search FAISS indexes of L2-normalised embeddings (inner product).
 
 An index folder holds ``index.faiss`` and ``info.json``: the factory string, metric, dimension,
-count and the fingerprint of the model whose embeddings it holds. Every index is wrapped in
-``IDMap2`` so that results carry the caller's ids and vectors can be read back.
+count and the fingerprint of the model whose embeddings it holds. Every index built in memory is
+wrapped in ``IDMap2`` so that results carry the caller's ids and vectors can be read back; an IVF
+index built out of core (:mod:`convirt.retrieval.ondisk`) keeps its ids in its inverted lists,
+which lie beside it in ``lists.ivfdata``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from convirt._io import atomic_folder
 INDEX_FILE = "index.faiss"
 INFO_FILE = "info.json"
 METADATA_FILE = "metadata.jsonl"  # one JSON row per indexed vector, by id
+LISTS_FILE = "lists.ivfdata"  # the inverted lists of an index built out of core (faiss.OnDiskInvertedLists)
 
 
 @dataclass
@@ -79,6 +85,40 @@ def _normalised(array: np.ndarray) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def quiet_faiss_prints() -> Iterator[None]:
+    """Drop what faiss's C++ code prints to standard output meanwhile (its on-disk inverted lists say
+    where they map their file), so that a command's own output (``--json``) stays whole."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def train_on(index: faiss.Index, sample: np.ndarray, factory: str) -> None:
+    """Train ``index`` on ``(S, D)`` normalised vectors.
+
+    Raises:
+        ValueError: Too few vectors for the factory (its lists or codebooks); the message says what to change.
+    """
+    try:
+        index.train(sample)
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0].split("Error: ")[-1]
+        raise ValueError(
+            f"cannot train {factory!r} on {len(sample)} vectors ({reason}); "
+            "give more vectors or choose a smaller index (fewer lists, fewer PQ bits)"
+        ) from None
+
+
 def build_index(
     vectors: np.ndarray,
     factory: str = "Flat",
@@ -129,14 +169,7 @@ def build_index(
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = array if count <= train_size else array[np.sort(rng.choice(count, train_size, replace=False))]
-        try:
-            index.train(_normalised(sample))
-        except RuntimeError as error:
-            reason = str(error).splitlines()[0].split("Error: ")[-1]
-            raise ValueError(
-                f"cannot train {factory!r} on {len(sample)} vectors ({reason}); "
-                "give more vectors or choose a smaller index (fewer lists, fewer PQ bits)"
-            ) from None
+        train_on(index, _normalised(sample), factory)
     for start in tqdm(range(0, count, batch_size), desc="index", unit="batch", disable=not progress):
         stop = min(start + batch_size, count)
         index.add_with_ids(_normalised(array[start:stop]), ids[start:stop])
@@ -177,7 +210,8 @@ def load_index(
     Args:
         path: The index folder.
         mmap: Map the index file into memory instead of reading it (large indexes; only the
-            pages a search touches are read).
+            pages a search touches are read). The on-disk lists of an index built out of core
+            are always mapped, found beside ``index.faiss`` wherever the folder now is.
         fingerprint: The fingerprint of the model about to query the index; a different model
             is an error.
 
@@ -191,8 +225,11 @@ def load_index(
     info = IndexInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
     if fingerprint is not None:
         check_same_space(info.fingerprint, fingerprint)
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    index = faiss.read_index(str(folder / INDEX_FILE), flags)
+    if (folder / LISTS_FILE).is_file():  # mapped by faiss whatever the flags (IO_FLAG_MMAP would skip them)
+        with quiet_faiss_prints():
+            index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    else:
+        index = faiss.read_index(str(folder / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
     set_search_params(index, info.search_params)
     return index, info
 
@@ -212,7 +249,10 @@ def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
         ValueError: The index cannot give its vectors back (e.g. IVF without refinement).
     """
     if not hasattr(index, "id_map"):
-        raise ValueError("not a convirt index (no IDMap2 wrapper); rebuild it with `convirt index build`")
+        raise ValueError(
+            "this index keeps no map of its ids (an IVF index built out of core, or not by convirt), so it "
+            "cannot give its vectors back: query it with other embeddings (`convirt index eval --queries`)"
+        )
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)  # type: ignore[attr-defined]
     try:
         vectors = index.reconstruct_batch(ids) if len(ids) else np.zeros((0, index.d))

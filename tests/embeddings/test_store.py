@@ -135,3 +135,24 @@ def test_kill_9_then_resume_gives_the_same_vectors(tmp_path):
     a, rows_a = read_embeddings(tmp_path / "whole")
     b, rows_b = read_embeddings(tmp_path / "killed")
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b] and np.array_equal(a, b)
+
+
+def test_parts_are_listed_without_reading_them(tmp_path):
+    from convirt.embeddings import list_embedding_parts
+    from convirt.embeddings.store import PartWriter
+
+    vectors = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    writer = PartWriter(tmp_path, chunk_size=4, dtype="float16")
+    writer.add(vectors, [{"key": f"k{i}"} for i in range(10)])
+    writer.close()
+    listed = list_embedding_parts(tmp_path)
+    assert [(part.name, part.count) for part in listed.parts] == [
+        ("part-000-000000", 4),
+        ("part-000-000001", 4),
+        ("part-000-000002", 2),
+    ]
+    assert listed.info["dim"] == 4 and isinstance(listed.parts[1].vectors(), np.memmap)
+    assert np.allclose(listed.parts[1].vectors(), vectors[4:8], atol=1e-3)
+    assert [row["key"] for row in listed.parts[2].rows()] == ["k8", "k9"]
+    with pytest.raises(FileNotFoundError, match="run `convirt embed` first"):
+        list_embedding_parts(tmp_path / "none")
