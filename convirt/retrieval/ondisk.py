@@ -137,7 +137,9 @@ def train_ivf(
     rng = np.random.default_rng(seed)
     total = info.count
     chosen = np.arange(total) if total <= train_size else np.sort(rng.choice(total, train_size, replace=False))
-    train_on(index, _normalised(_gather(parts, counts, chosen, info.dim)), factory)
+    sample = _gather(parts, counts, chosen, info.dim)
+    faiss.normalize_L2(sample)  # in place: the sample is this function's own copy
+    train_on(index, sample, factory)
     set_search_params(index, info.search_params)
     with atomic_folder(output) as tmp:
         faiss.write_index(index, str(tmp / TRAINED_FILE))
