@@ -39,15 +39,18 @@ def data_files(task: Task) -> dict[str, str]:
     """The SHA-256 of each file that says what a task evaluates, by file name: the shard manifest or
     label table, and the split file; two users with equal hashes evaluated the same images and labels."""
     table = task.data / "manifest.json" if task.data.is_dir() else task.data
-    files = [path for path in (table, task.split_file) if path is not None and path.is_file()]
+    files = [path for path in (None if task.url else table, task.split_file) if path is not None and path.is_file()]
     return {path.name: file_sha256(path) for path in files}
 
 
 def data_sha256(task: Task) -> str:
-    """What identifies a task's samples and labels: its files' hashes (an image folder: its file
-    names), the split, the filter and the label policy."""
-    content: object = data_files(task) or str(sorted(p.name for p in task.data.iterdir()))
+    """What identifies a task's samples and labels: its files' hashes (an image folder or a folder of shards
+    without a manifest: its file names; a pattern or URL: itself), the split, the filter, the label policy and
+    the fields read."""
+    content: object = data_files(task) or (task.url or str(sorted(p.name for p in task.data.iterdir())))
     policy = {"format": task.label_format, "uncertain": task.uncertain, "images": str(task.images or "")}
+    if task.fields:  # named only where given, so that the keys of other tasks stay as they were
+        policy["fields"] = str(sorted(task.fields.items()))
     return _digest({"content": content, "split": task.split, "where": task.where, "labels": policy})
 
 
@@ -81,7 +84,7 @@ def cached_embeddings(
 
         def batches(done: set[str]) -> Iterable[dict[str, Any]]:
             return build_eval_batches(
-                str(task.data),
+                task.location,
                 loaded.preprocess_cfg,
                 loaded.tokenizer,
                 batch_size,

@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from convirt.bench.protocols import auroc_rows
 from convirt.bench.suite import Task
+from convirt.data.foreign import is_foreign_shards
 from convirt.data.inputs import is_shard_folder, read_image_rows
 from convirt.data.labels import label_matrix
 from convirt.data.schema import Row, finding_set
@@ -35,9 +36,9 @@ def task_rows(task: Task, leave_out: set[str] | None = None) -> list[Row]:
     Raises:
         ValueError: The task's data is a shard folder (fine-tuning reads images from files).
     """
-    if is_shard_folder(task.data):
+    if is_shard_folder(task.data) or is_foreign_shards(task.location):
         raise ValueError(
-            f"task {task.name!r}: fine-tuning reads a label table or an image folder, not shards ({task.data})"
+            f"task {task.name!r}: fine-tuning reads a label table or an image folder, not shards ({task.location})"
         )
     options = {k: v for k, v in task.input_options().items() if k != "split"}
     rows = read_image_rows(task.data, **options)

@@ -29,7 +29,7 @@ def cached_signatures(task: Task, cache: Path) -> Signatures:
     """A task's pixel signatures, read from ``cache`` or signed and stored there."""
     path = cache / f"{data_sha256(task)[:16]}-v2.npz"  # v2: with details
     if not path.is_file():
-        signed = read_signatures(task.data, **task.input_options())
+        signed = read_signatures(task.location, **task.input_options())
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npz")
         signed.save(partial)

@@ -239,6 +239,7 @@ NEEDS_TEXT_TOWER = {
     "calibration",
     "operating_points",
 }  # refused on an image-only encoder
+NEEDS_LABELS = set(PROTOCOL_FUNCTIONS) - {"image_text"}  # refused on samples without labels
 TEXT_ONLY = {"reports"}  # protocols that read no image (a task of text-only shards, such as Open-i's reports)
 # The first row of each protocol is its headline, the one the leaderboard shows: zero-shot's descriptor
 # mean AUROC over phrasings, kNN's mean AUROC, mAP@k, the linear probe's mean AUROC with all labels,

@@ -24,9 +24,10 @@ from convirt.bench.figures import write_figures
 from convirt.bench.finetune import Finetune, finetune_protocol
 from convirt.bench.leaderboard import write_leaderboard
 from convirt.bench.leakage import audit, cached_signatures, training_task, without
-from convirt.bench.protocols import NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS, TEXT_ONLY
+from convirt.bench.protocols import NEEDS_LABELS, NEEDS_TEXT_TOWER, NEEDS_TEXTS, PROTOCOL_FUNCTIONS, TEXT_ONLY
 from convirt.bench.suite import Suite, Task
 from convirt.data.inputs import is_shard_folder
+from convirt.data.labels import has_labels, missing_labels
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.sources import load_model
 from convirt.retrieval.duplicates import DETAIL_THRESHOLD, NEAR_THRESHOLD
@@ -232,6 +233,9 @@ def _task_rows(
     for protocol, options in task.protocols.items():
         if not loaded.has_text and protocol in NEEDS_TEXT_TOWER:
             result.skipped.append((label, task.name, protocol, "an image-only encoder has no text tower"))
+            continue
+        if protocol in NEEDS_LABELS and not has_labels(evaluated("text" if protocol in TEXT_ONLY else "image").meta):
+            result.skipped.append((label, task.name, protocol, missing_labels(protocol)))  # shards whose json has none
             continue
         if protocol == "finetune" and settings.finetune is None:
             result.skipped.append(

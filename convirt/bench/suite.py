@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from convirt.data.fields import parse_fields
+from convirt.data.foreign import is_foreign_shards
 from convirt.data.labels import FORMATS
 from convirt.data.test_sets import TEST_SET_FORMATS
 from convirt.zeroshot.operating_points import parse_rule
@@ -42,13 +44,17 @@ class Task:
     """One dataset of a suite and the protocols run on it.
 
     Attributes:
-        data: A shard folder (its ``split`` is read), a label table or an image folder.
+        data: A shard folder (its ``split`` is read), a folder of shards without a manifest (as img2dataset
+            writes them), a label table or an image folder.
         split: The shard split; for a table, the name of the split its ``split_file`` lists.
         split_file: The file the archive distributes to name its test images (ChestX-ray14's
             ``test_list.txt``); only the listed rows of the table are evaluated.
         label_format, images: How the table is read (:func:`convirt.data.labels.read_label_rows`).
         uncertain: The label policy for uncertain (CheXpert ``-1``) labels: zeros, ones or ignore.
         label_policy: The policy in words, as the suite writes it down (shown with the results).
+        fields: Shards without a manifest: the extension of each role (``{image: png, text: caption}``).
+        url: Shards without a manifest named by a brace pattern, ``::`` list or URL (as written; a local
+            pattern is taken relative to the data root), read in place of ``data``.
     """
 
     name: str
@@ -64,10 +70,22 @@ class Task:
     images: Path | None = None
     uncertain: str = "zeros"
     label_policy: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+
+    @property
+    def location(self) -> str:
+        """What its samples are read from: ``url``, else ``data``."""
+        return self.url or str(self.data)
 
     @property
     def available(self) -> bool:
-        """Whether its data (and split file) are on this machine."""
+        """Whether its data (and split file) are on this machine (a remote URL is taken to be)."""
+        if self.url:
+            from convirt.data.urls import expand_shard_urls
+
+            remote = "://" in self.url or self.url.startswith("pipe:")
+            return remote or all(Path(url).is_file() for url in expand_shard_urls(self.url))
         return self.data.exists() and (self.split_file is None or self.split_file.is_file())
 
     @property
@@ -78,7 +96,9 @@ class Task:
     def input_options(self) -> dict[str, Any]:
         """The options of :func:`convirt.data.inputs.build_eval_batches` that select its samples."""
         options: dict[str, Any] = {"split": self.split, "where": self.where or None}
-        if not (self.data / "manifest.json").is_file():
+        if self.fields:
+            options["fields"] = parse_fields(self.fields)
+        if not self.url and not (self.data / "manifest.json").is_file():
             options.update(
                 label_format=self.label_format,
                 images=str(self.images) if self.images else None,
@@ -168,10 +188,17 @@ def load_suite(name_or_path: str | os.PathLike[str], root: str | os.PathLike[str
             raise ValueError(f"{path}: task {entry['name']!r}: label_format must be one of {list(LABEL_FORMATS)}")
         if entry.get("uncertain", "zeros") not in UNCERTAIN:
             raise ValueError(f"{path}: task {entry['name']!r}: uncertain must be one of {list(UNCERTAIN)}")
+        data = str(entry["data"])
+        url = "" if not is_foreign_shards(data) or Path(root, data).is_dir() else data
+        if url and not ("://" in url or url.startswith("pipe:")):
+            url = str(Path(root) / url)
+        parse_fields(entry.get("fields"))  # a bad field fails as the suite is read
         tasks.append(
             Task(
                 name=str(entry["name"]),
-                data=Path(root) / str(entry["data"]),
+                data=Path(root) / data,
+                url=url,
+                fields={str(k): str(v) for k, v in (entry.get("fields") or {}).items()},
                 split_file=Path(root) / str(entry["split_file"]) if entry.get("split_file") else None,
                 label_format=str(entry.get("label_format", "auto")),
                 images=Path(root) / str(entry["images"]) if entry.get("images") else None,

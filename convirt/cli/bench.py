@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -49,11 +50,16 @@ def run(args: argparse.Namespace) -> None:
 
     from convirt.bench.runner import run_bench
     from convirt.bench.suite import load_suite
+    from convirt.data.foreign import describe_input
     from convirt.embeddings.store import embed_to_folder
     from convirt.training.finetune import FinetuneSettings, finetune_predict
     from convirt.training.predict import encode_on_devices
 
     suite = load_suite(args.suite, args.data_root)
+    for each in suite.tasks:  # what was inferred of shards without a manifest, said once per task
+        line = describe_input(each.location, each.split, each.input_options().get("fields")) if each.available else None
+        if line:
+            print(f"convirt: task {each.name}: {line}", file=sys.stderr)
     # One process on the accelerator (`convirt embed --devices N` embeds at scale into folders of the same format).
     embed = partial(embed_to_folder, encode_all=partial(encode_on_devices, accelerator=args.accelerator, devices=1))
 

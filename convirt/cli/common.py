@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +23,17 @@ def eval_batches(
     table: argparse.Namespace | None = None,
     texts_only: bool = False,
 ) -> Iterable[dict[str, Any]]:
-    """:func:`convirt.data.inputs.build_eval_batches` for ``loaded``, the label-table options taken from ``table``."""
+    """:func:`convirt.data.inputs.build_eval_batches` for ``loaded``, the label-table and field options taken from
+    ``table``; what was inferred of shards without a manifest is said once, on stderr."""
+    from convirt.data.fields import parse_fields
+    from convirt.data.foreign import describe_input
     from convirt.data.inputs import build_eval_batches
 
+    fields = parse_fields(getattr(table, "field", None)) if getattr(table, "field", None) else None
+    line = describe_input(data, split, fields)
+    if line and line not in _SAID:
+        _SAID.add(line)
+        print(f"convirt: {line}", file=sys.stderr)
     return build_eval_batches(
         data,
         loaded.preprocess_cfg,
@@ -39,7 +48,11 @@ def eval_batches(
         images=getattr(table, "images", None),
         uncertain=getattr(table, "uncertain", "zeros"),
         texts_only=texts_only,
+        fields=fields,
     )
+
+
+_SAID: set[str] = set()  # the inferences already said in this process
 
 
 def add_checkpoint_arguments(
@@ -95,9 +108,23 @@ def model_from_args(args: argparse.Namespace, source: str | None = None) -> Load
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--split``, ``--where`` and ``--batch-size``: what to read, for any command that reads images."""
     parser.add_argument(
-        "--data", required=True, help="shard folder, CSV (image[,text,labels,patient_id,...]) or image folder"
+        "--data",
+        required=True,
+        help="shard folder, shards without a manifest (a folder of .tar, a brace pattern or a URL, as img2dataset "
+        "writes them), CSV (image[,text,labels,patient_id,...]) or image folder",
     )
-    parser.add_argument("--split", default="test", help="shard split to read (shard folders only)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="shard split to read (shard folders; tars named train-/val-/test-; other shards are read whole)",
+    )
+    parser.add_argument(
+        "--field",
+        action="append",
+        metavar="ROLE=EXT",
+        help="shards without a manifest: the extension read as image, text or meta (default: the first present "
+        "of jpg/jpeg/png/webp, txt/caption/text, json), e.g. --field image=png --field text=caption (repeatable)",
+    )
     parser.add_argument(
         "--where",
         action="append",

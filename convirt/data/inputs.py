@@ -1,4 +1,5 @@
-"""Inputs for embedding and evaluation: a shard folder, a CSV of image paths, or a folder of images.
+"""Inputs for embedding and evaluation: a shard folder, shards without a manifest (a folder of tars, a
+pattern or a URL, as other tools write them), a CSV of image paths, or a folder of images.
 
 Shards stream through :func:`convirt.data.stream.build_batches`; a CSV or an image folder is read
 into rows up front (paths and metadata only, cheap even for millions of images) and loaded by a
@@ -17,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from convirt.data.fields import CONVIRT_FIELDS, Fields
+from convirt.data.foreign import is_foreign_shards, open_foreign_shards
 from convirt.data.images import load_grayscale
 from convirt.data.labels import LABEL_LAYOUTS, detect_format, read_label_rows
 from convirt.data.schema import MANIFEST, Row, checked_findings
@@ -190,6 +193,7 @@ def build_input_batches(
     uncertain: str = "zeros",
     texts_only: bool = False,
     split_file: str | os.PathLike[str] | None = None,
+    fields: Fields | None = None,
 ) -> Iterable[dict[str, Any]]:
     """Batch dicts (as :func:`convirt.data.stream.build_batches` makes them) of any input, in order.
 
@@ -197,7 +201,8 @@ def build_input_batches(
     and text-only shards, such as Open-i converted without its PNGs, can be read).
 
     Args:
-        path: A shard folder (then ``split`` picks the split), a CSV file or an image folder.
+        path: A shard folder (then ``split`` picks the split), shards without a manifest (a folder of
+            tars, a pattern or a URL: :mod:`convirt.data.foreign`), a CSV file or an image folder.
         image_transform: PIL image -> tensor.
         tokenizer: Texts -> ``(B, L)`` token ids.
         batch_size: Samples per batch.
@@ -210,6 +215,8 @@ def build_input_batches(
             folder is split by the caller's sampler instead.)
         label_format, images, uncertain, split_file: How to read a label table and which of
             its rows (see :func:`read_image_rows`); a shard folder carries its own split.
+        fields: Shards without a manifest: the extensions read as image, text and metadata
+            (:func:`convirt.data.fields.parse_fields`; default: the usual ones, as the first sample has them).
 
     Returns:
         A :class:`torch.utils.data.DataLoader` over the batches; for a CSV or folder its
@@ -217,14 +224,11 @@ def build_input_batches(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if is_shard_folder(path):
-        if split_file is not None:
-            raise ValueError(f"{path} is a shard folder: it carries its own split (split=...), not a split file")
-        if not texts_only:
-            require_images(path)
+    urls = _shard_urls(path, split, split_file, fields, texts_only)
+    if urls is not None:
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
         dataset = build_batches(
-            shard_urls(str(path), split),
+            urls[0],
             None if texts_only else image_transform,
             tokenizer,
             batch_size,
@@ -232,6 +236,7 @@ def build_input_batches(
             skip_keys=skip_keys,
             keep=keep,
             split_by_rank=split_by_rank,
+            fields=urls[1],
         )
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
     rows = read_image_rows(path, where, label_format, images, uncertain, split_file)
@@ -247,6 +252,34 @@ def build_input_batches(
     )
 
 
+def _shard_urls(
+    path: str | os.PathLike[str],
+    split: str,
+    split_file: str | os.PathLike[str] | None,
+    fields: Fields | None,
+    texts_only: bool,
+) -> tuple[list[str], Fields] | None:
+    """A split's shards and the fields to read, for a shard folder or shards without a manifest; else ``None``.
+
+    Raises:
+        ValueError: A split file for shards, fields for a convirt shard folder, or shards without what
+            the batches need (images; texts with ``texts_only``).
+    """
+    if split_file is not None and (is_shard_folder(path) or is_foreign_shards(path)):
+        raise ValueError(f"{path} holds shards: they carry their own split (split=...), not a split file")
+    if is_shard_folder(path):
+        if fields is not None and fields.given:
+            raise ValueError(f"{path} is a `convirt shards` folder: its fields are jpg, txt, json (no field options)")
+        if not texts_only:
+            require_images(path)
+        return shard_urls(str(path), split), CONVIRT_FIELDS
+    if not is_foreign_shards(path):
+        return None
+    shards = open_foreign_shards(path, fields)
+    shards.require(*(("text", "reading texts") if texts_only else ("image", "reading images")))
+    return shards.urls(split), shards.fields
+
+
 def build_eval_batches(
     path: str | os.PathLike[str],
     preprocess_cfg: dict[str, Any],
@@ -259,7 +292,7 @@ def build_eval_batches(
 
     Each sample comes once and in order. ``options`` are those of :func:`build_input_batches`
     (``split``, ``where``, ``skip_keys``, ``num_workers``, ``split_by_rank``, ``label_format``,
-    ``images``, ``uncertain``, ``split_file``, ``texts_only``).
+    ``images``, ``uncertain``, ``split_file``, ``texts_only``, ``fields``).
     """
     from convirt.data.transforms import clean_report, image_transform_for
 

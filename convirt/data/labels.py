@@ -205,3 +205,17 @@ def label_matrix(metas: Sequence[dict[str, Any]], names: Sequence[str], mark_unc
         [[-1 if name in doubt else int(name in present) for name in names] for present, doubt in zip(labels, unsure)],
         dtype=int,
     ).reshape(len(metas), len(names))
+
+
+def has_labels(metas: Sequence[dict[str, Any]]) -> bool:
+    """Whether any sample's metadata has a ``labels`` field (every convirt reader writes one, if empty;
+    shards without a manifest have one where their json does)."""
+    return any("labels" in meta for meta in metas)
+
+
+def missing_labels(purpose: str) -> str:
+    """Why ``purpose`` is refused on samples without labels, and how to give them."""
+    return (
+        f"{purpose} needs labels, and no sample's metadata has a 'labels' field: for shards without a manifest, "
+        'put the finding names in each sample\'s json ({"labels": ["Pneumonia"]}, or "Pneumonia;Edema")'
+    )

@@ -17,6 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from convirt.data import urls as _urls  # noqa: F401  (registers the fsspec openers with webdataset)
+from convirt.data.fields import CONVIRT_FIELDS, Fields, checked_meta, pick_fields
 from convirt.data.images import check_pixels
 from convirt.data.schema import IMAGE, KEY, META, TEXT
 
@@ -134,6 +135,7 @@ def build_batches(
     strict: bool = False,
     decode_size: int | None = None,
     worker: tuple[int, int] | None = None,
+    fields: Fields = CONVIRT_FIELDS,
 ) -> wds.DataPipeline:
     """Build an iterable of batch dicts from shard paths.
 
@@ -155,7 +157,9 @@ def build_batches(
     the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least that many pixels: a 512
     px image bound for a 224 px model input decodes at 256 px, in a third of the time. A
     training stream reads the share (and seeds) of data-loader worker ``worker = (id, count)``
-    when given (:class:`EpochStream` names it), else of the process it runs in.
+    when given (:class:`EpochStream` names it), else of the process it runs in. ``fields`` names the
+    extensions read as image, text and metadata (:mod:`convirt.data.fields`; by default those
+    ``convirt shards`` writes); every other field is dropped undecoded.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -218,11 +222,11 @@ def build_batches(
         dataset = dataset.compose(lambda source: itertools.islice(source, skip_samples, None))
     if skip_keys:
         dataset = dataset.select(lambda sample: sample[KEY] not in skip_keys)
-    if image_transform is None:
-        dataset = dataset.map(_text_only, handler=skipped)
-    else:
-        dataset = dataset.map(_complete, handler=skipped)  # a truncated shard ends in a partial sample
+    # Only the image (not for texts), text and metadata, under the schema's names; a truncated shard ends in
+    # a partial sample, which the handler skips and counts.
+    dataset = dataset.map(partial(pick_fields, fields=fields, image=image_transform is not None), handler=skipped)
     dataset = dataset.decode(partial(decode_grayscale, size=decode_size), handler=skipped)
+    dataset = dataset.map(checked_meta, handler=skipped)
     if keep is not None:
         dataset = dataset.select(lambda sample: keep(sample.get(META) or {}))
     dataset = dataset.map(to_sample)
@@ -251,7 +255,7 @@ def decode_grayscale(key: str, data: bytes, size: int | None = None) -> Image.Im
     """webdataset decoder: image fields -> 8-bit grayscale PIL images (JPEG at a reduced DCT scale
     when ``size`` allows); other fields are left to the default decoders."""
     extension = key.rsplit(".", 1)[-1].lower()
-    if extension not in ("jpg", "jpeg", "png"):
+    if extension not in ("jpg", "jpeg", "png", "webp"):
         return None
     image = Image.open(io.BytesIO(data))
     check_pixels(*image.size)  # from the header, before a pixel is decoded
@@ -259,24 +263,6 @@ def decode_grayscale(key: str, data: bytes, size: int | None = None) -> Image.Im
         image.draft("L", (size, size))
     image.load()
     return image.convert("L")
-
-
-def _complete(sample: dict[str, Any]) -> dict[str, Any]:
-    """The sample, if it has an image and a text; else an error for the stream's handler."""
-    if IMAGE not in sample or TEXT not in sample:
-        fields = ", ".join(sorted(k for k in sample if not k.startswith("_"))) or "nothing"
-        raise ValueError(
-            f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: it has {fields}; "
-            f"image-text batches need {IMAGE} and {TEXT}"
-        )
-    return sample
-
-
-def _text_only(sample: dict[str, Any]) -> dict[str, Any]:
-    """The sample without its image (left undecoded), if it has a text; else an error for the handler."""
-    if TEXT not in sample:
-        raise ValueError(f"incomplete sample {sample.get(KEY)!r} in {sample.get('__url__')}: no {TEXT}")
-    return {field: value for field, value in sample.items() if field != IMAGE}
 
 
 def _node_splitter(split_by_rank: bool | tuple[int, int]) -> Callable[[Any], Any]:

@@ -1,4 +1,4 @@
-"""The DataModule: streams a shard folder made by ``convirt shards``; knows no model."""
+"""The DataModule: streams a shard folder made by ``convirt shards``, or shards without a manifest; knows no model."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import zlib
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from convirt.data.fields import CONVIRT_FIELDS, Fields, parse_fields
+from convirt.data.foreign import ForeignShards, open_foreign_shards
 from convirt.data.inputs import is_shard_folder
 from convirt.data.negatives import add_negatives, read_negative_texts
 from convirt.data.shards import require_images, shard_urls
 from convirt.data.stream import EpochStream, batches_per_worker, build_batches
 from convirt.data.transforms import TEXT_SAMPLING, SentenceSampler, clean_report, image_side, image_transform_for
-from convirt.data.urls import expand_shard_urls
 from convirt.models.factory import create_tokenizer, get_preprocess_cfg
 from convirt.models.initial import initial_inputs
 
@@ -25,10 +27,14 @@ class ShardDataModule(L.LightningDataModule):
     The model's name is config data here: it picks the tokenizer and the image size and
     normalisation, so the two always match the model being trained.
 
-    ``shards`` is a folder made by ``convirt shards`` (splits and sizes from its manifest), or the
-    training shards as a brace pattern or URL (``/data/train-{000000..000099}.tar``,
+    ``shards`` is a folder made by ``convirt shards`` (splits and sizes from its manifest); a folder of
+    tars without a manifest, as img2dataset writes them (splits from tar names ``train-*`` / ``val-*`` /
+    ``test-*``, else all of it trains; samples counted from the tar headers); or the training shards as a
+    brace pattern or URL (``/data/train-{000000..000099}.tar``,
     ``pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -``, ``s3://bucket/train-{...}.tar``
-    through fsspec) with ``samples_per_epoch`` and optionally ``val_shards``.
+    through fsspec) with ``samples_per_epoch`` and optionally ``val_shards``. Shards without a manifest
+    are read by their fields' extensions (``fields``; :mod:`convirt.data.foreign` says what it found, logged
+    at setup).
 
     Args:
         shards: Folder with ``manifest.json`` and the shards, or a shard pattern / URL.
@@ -56,6 +62,8 @@ class ShardDataModule(L.LightningDataModule):
             :mod:`convirt.data.negatives`): normal reports where the pairs hold few normal studies.
         negative_labels: Draw only reports with one of these labels (``["No Finding"]``).
         negatives_per_batch: Reports drawn per training batch.
+        fields: Shards without a manifest: the extension of each role, ``{image: png, text: caption,
+            meta: json}`` (default: the first of jpg/jpeg/png/webp, txt/caption/text, json the first sample has).
     """
 
     def __init__(
@@ -80,11 +88,14 @@ class ShardDataModule(L.LightningDataModule):
         negative_labels: list[str] | None = None,
         negatives_per_batch: int = 64,
         init: str | None = None,
+        fields: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.manifest: dict[str, Any] = {}
         self.tokenizer: Any = None
+        self.foreign: dict[str, ForeignShards] = {}
+        self.fields: Fields = CONVIRT_FIELDS
 
     def setup(self, stage: str | None = None) -> None:
         # The training stream resumes mid-epoch by itself (see EpochStream); Lightning, which
@@ -94,21 +105,11 @@ class ShardDataModule(L.LightningDataModule):
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
         hp: Any = self.hparams
         if is_shard_folder(hp.shards):
+            if hp.fields:
+                raise ValueError(f"data.shards {hp.shards!r} is a `convirt shards` folder: leave data.fields out")
             self.manifest = require_images(hp.shards)
-        elif hp.samples_per_epoch is None:
-            raise ValueError(
-                f"data.shards {hp.shards!r} is not a shard folder (no manifest.json): give "
-                f"data.samples_per_epoch for a shard pattern or URL, or point at a "
-                f"`convirt shards` folder"
-            )
         else:
-            self.manifest = {
-                "splits": {
-                    "train": {"samples": hp.samples_per_epoch},
-                    "val": {"samples": 1 if hp.val_shards else 0},
-                    "test": {"samples": 0},
-                }
-            }
+            self.manifest = self._foreign_manifest(hp)
         if hp.text_sampling not in TEXT_SAMPLING:
             raise ValueError(f"unknown data.text_sampling {hp.text_sampling!r}; known: {', '.join(TEXT_SAMPLING)}")
         if hp.init:
@@ -119,6 +120,36 @@ class ShardDataModule(L.LightningDataModule):
         self.negative_pool = read_negative_texts(hp.negative_texts, hp.negative_labels) if hp.negative_texts else []
         if self.negative_pool and hp.negatives_per_batch <= 0:
             raise ValueError(f"data.negatives_per_batch must be positive, got {hp.negatives_per_batch}")
+
+    def _foreign_manifest(self, hp: Any) -> dict[str, Any]:
+        """Sample counts of shards without a manifest (their tars and fields kept), the inference logged.
+
+        A folder is counted from its tar headers (``samples_per_epoch`` overrides it); a pattern or URL needs
+        ``samples_per_epoch``.
+        """
+        fields = parse_fields(hp.fields)
+        train = open_foreign_shards(hp.shards, fields)
+        if hp.samples_per_epoch is None and not train.folder:
+            raise ValueError(
+                f"data.shards {hp.shards!r} is not a shard folder (no manifest.json): give "
+                f"data.samples_per_epoch for a shard pattern or URL, or point at a folder of tars"
+            )
+        train.require("image", "training")
+        train.require("text", "training")
+        self.foreign, self.fields = {"train": train}, train.fields
+        if hp.val_shards:
+            self.foreign["val"] = open_foreign_shards(hp.val_shards, fields)
+        elif train.splits is not None and train.splits["val"]:
+            self.foreign["val"] = train
+        samples = hp.samples_per_epoch or train.count("train")
+        rank_zero_info(f"convirt: {train.describe('train', None if hp.samples_per_epoch else samples)}")
+        return {
+            "splits": {
+                "train": {"samples": samples},
+                "val": {"samples": 1 if "val" in self.foreign else 0},
+                "test": {"samples": 1 if train.splits is not None and train.splits["test"] else 0},
+            }
+        }
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp: Any = self.hparams
@@ -153,6 +184,7 @@ class ShardDataModule(L.LightningDataModule):
                 seed=hp.seed + rank,
                 strict=hp.strict,
                 decode_size=self._decode_size(),
+                fields=self.foreign[split].fields if split in self.foreign else self.fields,
             )
             return DataLoader(dataset, batch_size=None, num_workers=min(workers, len(urls)))
 
@@ -175,6 +207,7 @@ class ShardDataModule(L.LightningDataModule):
                 strict=hp.strict,
                 decode_size=self._decode_size(),
                 worker=worker,
+                fields=self.fields,
             )
             if not pool:
                 return batches
@@ -214,10 +247,12 @@ class ShardDataModule(L.LightningDataModule):
         hp: Any = self.hparams
         if is_shard_folder(hp.shards):
             return shard_urls(hp.shards, split)
-        pattern = hp.shards if split == "train" else hp.val_shards if split == "val" else None
-        if not pattern:
-            raise ValueError(f"no {split} shards: data.shards is a pattern, give data.val_shards for validation")
-        return expand_shard_urls(pattern)
+        if split != "train" and split not in self.foreign and self.foreign["train"].splits is None:
+            what = (
+                "val_shards for validation" if split == "val" else f"the {split} shards to `convirt embed`/`zeroshot`"
+            )
+            raise ValueError(f"no {split} shards: data.shards names no splits (no train-/val-/test- tars); give {what}")
+        return self.foreign.get(split, self.foreign["train"]).urls(split)
 
     def _resume_position(self) -> tuple[int, int]:
         """The epoch to start from and the batches of it already trained on (after a restore)."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from convirt._io import atomic_path, write_json, write_lines
-from convirt.data.labels import label_matrix
+from convirt.data.labels import has_labels, label_matrix, missing_labels
 from convirt.data.schema import NO_FINDING
 from convirt.embeddings.encode import EmbeddingOutput
 from convirt.zeroshot.calibration import Calibration
@@ -43,9 +43,12 @@ def aligned_labels(
     ``-1`` where a finding is uncertain and left out (CheXpert under ``--uncertain ignore``).
 
     Raises:
-        ValueError: A selected label is not a descriptor finding, or a descriptor finding never
-            appears in the labels; the message lists both name sets.
+        ValueError: No sample has labels in its metadata (the message says how to give them), a selected
+            label is not a descriptor finding, or a descriptor finding never appears in the labels; the
+            message lists both name sets.
     """
+    if metas and not has_labels(metas):
+        raise ValueError(missing_labels("zero-shot evaluation"))
     present = set().union(
         *({str(label) for label in meta.get("labels", [])} for meta in metas),
         *(set(meta.get("uncertain", [])) for meta in metas),
