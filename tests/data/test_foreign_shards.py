@@ -224,7 +224,7 @@ def test_a_bench_suite_evaluates_foreign_shards_and_skips_label_protocols_withou
             "descriptors": "phantom",
             "protocols": protocols,
         },
-        {"name": "no-labels", "data": "unlabelled", "descriptors": "phantom", "protocols": protocols},
+        {"name": "no-labels", "data": "unlabelled/0000{0..1}.tar", "descriptors": "phantom", "protocols": protocols},
     ]
     path = tmp_path / "foreign.yaml"
     path.write_text(yaml.safe_dump({"name": "foreign", "tasks": tasks}))
