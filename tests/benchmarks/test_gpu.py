@@ -1,0 +1,51 @@
+"""benchmarks/gpu.py --smoke: every part of the GPU run runs on the CPU and writes a positive figure."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+# The section's measurements on a CPU: the first cell each row starts with.
+MEASURES = ("training step", "peak resident memory", "data loader", "convirt embed")
+
+
+def section_of(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    return text[text.index("<!-- gpu:start -->") : text.index("<!-- gpu:end -->")]
+
+
+def figure(row: str) -> float:
+    """The bold number of a table row (``**1,234.5**``)."""
+    match = re.search(r"\*\*([\d,.]+)\*\*", row)
+    assert match is not None, f"no figure in {row!r}"
+    return float(match.group(1).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_measurement(tmp_path: Path) -> None:
+    from benchmarks import gpu
+
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text("# Benchmarks\n\nkept\n", encoding="utf-8")
+    gpu.main(["--smoke", "--output", str(output), "--work", str(tmp_path / "work")])
+
+    section = section_of(output)
+    assert "kept" in output.read_text(encoding="utf-8")  # the other sections are left alone
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| measure")]
+    for measure in MEASURES:
+        found = [row for row in rows if row.startswith(f"| {measure}")]
+        assert len(found) == 1, f"{measure!r}: {len(found)} rows in\n{section}"
+        assert figure(found[0]) > 0, found[0]
+    assert [row for row in rows if row.startswith("| DDP | not measured | no GPU")], section
+    assert not [row for row in rows if "| not run |" in row or "| failed |" in row], section
+    for named in ("Card: none (CPU smoke run)", "Machine: ", "precision 32-true", "`python benchmarks/gpu.py --smoke"):
+        assert named in section, named
+
+
+def test_smoke_refuses_to_write_benchmarks_md() -> None:
+    from benchmarks import gpu
+
+    with pytest.raises(SystemExit):
+        gpu.main(["--smoke", "--output", str(Path(gpu.ROOT) / "BENCHMARKS.md")])
