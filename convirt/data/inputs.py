@@ -224,11 +224,12 @@ def build_input_batches(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    urls = _shard_urls(path, split, split_file, fields, texts_only)
-    if urls is not None:
+    shards = _shard_urls(path, split, split_file, fields, texts_only)
+    if shards is not None:
+        urls, read = shards
         keep = (lambda meta: metadata_matches(meta, where)) if where else None
         dataset = build_batches(
-            urls[0],
+            urls,
             None if texts_only else image_transform,
             tokenizer,
             batch_size,
@@ -236,7 +237,7 @@ def build_input_batches(
             skip_keys=skip_keys,
             keep=keep,
             split_by_rank=split_by_rank,
-            fields=urls[1],
+            fields=read,
         )
         return DataLoader(dataset, batch_size=None, num_workers=num_workers)
     rows = read_image_rows(path, where, label_format, images, uncertain, split_file)
