@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from convirt.models.adapters import AdapterConfig, TowerAdapter, add_adapters, load_adapter_state_dict
+from convirt.models.adapters import (
+    AdapterConfig,
+    TowerAdapter,
+    adapter_parameter_names,
+    adapter_state_dict,
+    add_adapters,
+)
 
 # Where a checkpoint keeps the adapter config and its base's hash.
 ADAPTER_KEY = "convirt_adapter"
@@ -94,8 +100,42 @@ def check_base(recorded: dict[str, Any], current: dict[str, Any], where: str) ->
         )
 
 
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What an adapter run's checkpoint holds: the adapters and every other trainable parameter
+    (:func:`~convirt.models.adapters.adapter_state_dict`), and every buffer (batch-norm statistics of
+    a tower trained without adapters change; the others are small), not the frozen base weights."""
+    parameters = {name for name, _ in model.named_parameters()}
+    buffers = {key: value.detach() for key, value in model.state_dict().items() if key not in parameters}
+    return {**adapter_state_dict(model), **buffers}
+
+
+def load_trained_state(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load :func:`trained_state` into an adapted model: every adapter weight and buffer must be there,
+    and nothing unknown; other parameters it holds (heads, towers trained without adapters, whatever
+    the run froze or not) overwrite the rebuilt base's.
+
+    Raises:
+        ValueError: Adapter weights or buffers missing, keys the model lacks, or shapes that differ.
+    """
+    state = model.state_dict()
+    parameters = {name for name, _ in model.named_parameters()}
+    needed = set(adapter_parameter_names(model)) | (state.keys() - parameters)
+    missing, unknown = sorted(needed - weights.keys()), sorted(weights.keys() - state.keys())
+    shapes = sorted(k for k in weights.keys() & state.keys() if tuple(weights[k].shape) != tuple(state[k].shape))
+    if missing or unknown or shapes:
+        problems = [
+            f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for label, keys in (("missing", missing), ("unknown", unknown), ("other shape", shapes))
+            if keys
+        ]
+        raise ValueError(f"{where} does not fit the adapted model: {'; '.join(problems)}")
+    with torch.no_grad():
+        for key, value in weights.items():
+            state[key].copy_(value)
+
+
 def load_adapted(model: nn.Module, state: dict[str, Any], weights: dict[str, torch.Tensor], where: str) -> None:
-    """Adapt a rebuilt base as the checkpoint ``state`` records and load its adapter ``weights``.
+    """Adapt a rebuilt base as the checkpoint ``state`` records and load its trained ``weights``.
 
     Raises:
         ValueError: Another base or config (:func:`check_base`), or weights that do not fit.
@@ -103,7 +143,7 @@ def load_adapted(model: nn.Module, state: dict[str, Any], weights: dict[str, tor
     recorded = dict(state.get(ADAPTER_KEY) or {})
     current = adapt(model, AdapterConfig.from_dict(recorded["config"]))
     check_base(recorded, current, where)
-    load_adapter_state_dict(model, weights)
+    load_trained_state(model, weights, where)
 
 
 def refuse_frozen_adapted(

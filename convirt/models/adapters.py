@@ -352,6 +352,11 @@ def format_trainable(counts: dict[str, tuple[int, int]]) -> str:
     return ", ".join([*parts, f"all {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"])
 
 
+def adapter_parameter_names(model: nn.Module) -> list[str]:
+    """The state-dict keys of the adapters' own weights (``lora_A``, ``lora_B``, ...), in model order."""
+    return list(_adapter_parameters(model))
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights and every other trainable parameter, under the model's state-dict keys.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
+import torch
 from open_clip.model import set_model_preprocess_cfg
 from torch import nn
 
@@ -80,30 +81,38 @@ def initial_model(source: str, model_name: str, text_model_path: str | None = No
         PretrainedUnavailableError: Hub weights that cannot be fetched (offline).
     """
     from convirt.models.fingerprint import model_fingerprint
-    from convirt.models.sources import ImageOnlyEncoder, load_model
+    from convirt.models.sources import ImageOnlyEncoder, hub_weights_sha256, load_model
 
     loaded = load_model(source, text_model_path=text_model_path)
+    if loaded.adapter:  # a LoRA run's checkpoint: its adapters folded in, every weight a plain one again
+        from convirt.models.adapters import merge_adapters
+
+        merge_adapters(loaded.model)
     fingerprint = model_fingerprint(loaded)
     record = {
         "source": source,
         "model_name": loaded.model_name,
-        "weights_sha256": fingerprint["checkpoint_sha256"],
+        "weights_sha256": fingerprint["checkpoint_sha256"] or hub_weights_sha256(source),
     }
+    key = (absolute_source(source), model_name, text_model_path)
     if isinstance(loaded.model, ImageOnlyEncoder):
-        return _with_registry_text(loaded, source, model_name, text_model_path, record)
+        return _remember(_with_registry_text(loaded, source, model_name, text_model_path, record), key)
     if not hasattr(loaded.model, "logit_scale"):
         raise ValueError(f"{source} has no logit scale: a run starts from a contrastive dual encoder")
     model_cfg = _model_cfg(loaded)
     set_model_preprocess_cfg(
         loaded.model, {**open_clip.get_model_preprocess_cfg(loaded.model), **loaded.preprocess_cfg}
     )
-    return InitialModel(
-        model=loaded.model,
-        tokenizer=loaded.tokenizer,
-        model_name=loaded.model_name,
-        preprocess=loaded.preprocess_cfg,
-        config={"model_cfg": model_cfg, "preprocess_cfg": loaded.preprocess_cfg},
-        record=record,
+    return _remember(
+        InitialModel(
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            model_name=loaded.model_name,
+            preprocess=loaded.preprocess_cfg,
+            config={"model_cfg": model_cfg, "preprocess_cfg": loaded.preprocess_cfg},
+            record=record,
+        ),
+        key,
     )
 
 
@@ -139,9 +148,13 @@ def _with_registry_text(
         raise ValueError(f"--model.model_name {model_name} has no Hugging Face text tower for {TEXT_FOLDER_HINT}")
     timm_name = loaded.model_name.removeprefix("timm:")
     vision = {"timm_model_name": timm_name, "timm_pool": "", "image_size": loaded.preprocess_cfg["size"]}
-    model = create_model(
-        model_name, pretrained=True, text_model_path=text_model_path, pretrained_image=False, vision=vision
-    )
+    from convirt.models.sources import REGISTRY_SEED
+
+    with torch.random.fork_rng(devices=[]):  # its new layers (heads) the same at every build, as a registry name's
+        torch.manual_seed(REGISTRY_SEED)
+        model = create_model(
+            model_name, pretrained=True, text_model_path=text_model_path, pretrained_image=False, vision=vision
+        )
     set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **loaded.preprocess_cfg})
     trunk = loaded.model.visual.trunk
     model.visual.trunk.load_state_dict(trunk.state_dict(), strict=True)  # type: ignore[union-attr]
@@ -161,8 +174,20 @@ def _with_registry_text(
 def initial_inputs(source: str, model_name: str, text_model_path: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The tokenizer and image preprocessing of the model a run starts from (its data needs no more).
 
-    The source is loaded whole, as :func:`initial_model` loads it (one reader of every source
-    form; a second load costs seconds, once per run).
+    Read from the start this process built already (the run's module), or else the source is
+    loaded whole, as :func:`initial_model` loads it (one reader of every source form).
     """
-    start = initial_model(source, model_name, text_model_path)
-    return start.tokenizer, start.preprocess
+    key = (absolute_source(source), model_name, text_model_path)
+    if key not in _INPUTS:
+        initial_model(source, model_name, text_model_path)
+    return _INPUTS[key]
+
+
+# The tokenizer and preprocessing of each start this process built (the module is built before its
+# data module sets up, in every rank): the data reads them here instead of loading the source again.
+_INPUTS: dict[tuple[str, str, str | None], tuple[Any, dict[str, Any]]] = {}
+
+
+def _remember(start: InitialModel, key: tuple[str, str, str | None]) -> InitialModel:
+    _INPUTS[key] = (start.tokenizer, start.preprocess)
+    return start

@@ -169,7 +169,9 @@ def read_onnx_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not is_onnx_folder(folder):
         raise ValueError(
             f"{folder} is not an ONNX export folder (no {IMAGE_FILE}): write one with "
-            f"`convirt export --format onnx --model SOURCE --output {folder}`"
+            f"`convirt export --format onnx --model {folder} --output DIR`, then pass DIR"
+            if folder.is_file()
+            else f"`convirt export --format onnx --model SOURCE --output {folder}`"
         )
     try:
         meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))

@@ -77,6 +77,9 @@ def load_model(
             how to pass a local copy.
     """
     name, overrides = split_preprocess(str(source))
+    local = name.removeprefix(TIMM).removeprefix("local-dir:") if "local-dir:" in name else None
+    if local is not None and not Path(local).is_dir():
+        raise FileNotFoundError(f"model folder not found: {local} (in {name})")
     if name.startswith(TIMM):
         loaded = _load_timm(name)
     elif is_open_clip_name(name):
@@ -141,6 +144,8 @@ def _load_file(path: Path, text_model_path: str | None) -> LoadedModel:
     try:
         loaded = load_checkpoint(path, text_model_path=text_model_path)
     except ValueError as error:
+        if "not a convirt checkpoint" not in str(error) and "not a readable checkpoint" not in str(error):
+            raise
         raise ValueError(
             f"{error}; for a bare state dict name its architecture: open_clip:ARCH@{path} or timm:NAME@{path}"
         ) from error
@@ -172,19 +177,21 @@ def _open_clip_weights(name: str) -> Path | None:
     if name.startswith(OPEN_CLIP):
         tag = name.partition("@")[2]
         return Path(tag) if tag and Path(tag).is_file() else None
-    if name.startswith("hf-hub:"):
-        return _hub_weights(name[len("hf-hub:") :])
     return _folder_weights(name)
 
 
-def _hub_weights(repo: str) -> Path | None:
-    """The cached weights file of an open_clip ``hf-hub:`` model, as open_clip picks it (safetensors first)."""
+def hub_weights_sha256(name: str) -> str | None:
+    """SHA-256 of the cached weights file of an open_clip ``hf-hub:`` model, as open_clip picks it
+    (safetensors first); ``None`` for another name or nothing cached. (Not part of a hub model's
+    fingerprint, whose name says which weights they are: a run records what it started from.)"""
     from huggingface_hub import try_to_load_from_cache
 
+    if not name.startswith("hf-hub:"):
+        return None
     for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        found = try_to_load_from_cache(repo.partition("@")[0], filename)
+        found = try_to_load_from_cache(split_preprocess(name)[0][len("hf-hub:") :].partition("@")[0], filename)
         if isinstance(found, str):
-            return Path(found)
+            return file_sha256(found)
     return None
 
 

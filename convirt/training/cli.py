@@ -110,18 +110,20 @@ def _choose_training_precision(
         from convirt.models.factory import create_tokenizer, get_preprocess_cfg
         from convirt.training.text_pretrain import SectionMatchingModule
 
-        tokenizer = create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path"))
         if text_pretraining:
+            tokenizer = create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path"))
             module: Any = SectionMatchingModule(**model)
             return module, timing.section_step(module, tokenizer, batch_size)
         # Random weights time as pretrained ones do, without loading them (a run from another source loads it).
         module = ContrastiveModule(**{**model, "pretrained": False})
-        size = get_preprocess_cfg(model["model_name"])["size"]
-        if model.get("init"):
+        if model.get("init"):  # the start the module just loaded: its tokenizer and image size
             from convirt.models.initial import initial_inputs
 
             tokenizer, preprocess = initial_inputs(model["init"], model["model_name"], model.get("text_model_path"))
             size = preprocess["size"]
+        else:
+            tokenizer = create_tokenizer(model["model_name"], text_model_path=model.get("text_model_path"))
+            size = get_preprocess_cfg(model["model_name"])["size"]
         side = int(size[0] if isinstance(size, (list, tuple)) else size)
         return module, timing.contrastive_step(module, tokenizer, batch_size, side)
 

@@ -21,15 +21,12 @@ from convirt.models.adapted import (
     adapt,
     adapter_config,
     check_base,
+    load_trained_state,
     refuse_frozen_adapted,
     registry_base,
+    trained_state,
 )
-from convirt.models.adapters import (
-    adapter_state_dict,
-    format_trainable,
-    load_adapter_state_dict,
-    trainable_parameters,
-)
+from convirt.models.adapters import format_trainable, trainable_parameters
 from convirt.models.checkpoint import INIT_KEY
 from convirt.models.freeze import freeze_image_groups as freeze_image_groups_
 from convirt.models.freeze import freeze_text_layers as freeze_text_layers_
@@ -145,6 +142,20 @@ class ContrastiveModule(L.LightningModule):
         if text_model_path and os.path.isdir(text_model_path):
             # Absolute in the checkpoint, so that every command finds the folder from any directory.
             self.hparams["text_model_path"] = os.path.abspath(text_model_path)
+        # The adapters, checked before any weights load (a bad option says so at once).
+        adapters = None
+        if adapter:
+            towers = ["image", "text"] if adapter_towers is None else adapter_towers
+            adapters = adapter_config(
+                adapter,
+                towers,
+                adapter_rank,
+                adapter_alpha,
+                adapter_dropout,
+                adapter_image_targets,
+                adapter_text_targets,
+            )
+            refuse_frozen_adapted(adapters, freeze_image_groups, freeze_text_layers, lock_image_tower, lock_text_tower)
         # What the run started from (source and weights hash), written into every checkpoint.
         self.init_record: dict[str, Any] | None = None
         if init:
@@ -162,18 +173,8 @@ class ContrastiveModule(L.LightningModule):
         self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32), persistent=False)
         # The adapters (config and base hash), written into every checkpoint beside their weights.
         self.adapter_record: dict[str, Any] | None = None
-        if adapter:
-            config = adapter_config(
-                adapter,
-                adapter_towers or ["image", "text"],
-                adapter_rank,
-                adapter_alpha,
-                adapter_dropout,
-                adapter_image_targets,
-                adapter_text_targets,
-            )
-            refuse_frozen_adapted(config, freeze_image_groups, freeze_text_layers, lock_image_tower, lock_text_tower)
-            self.adapter_record = adapt(self.model, config)
+        if adapters is not None:
+            self.adapter_record = adapt(self.model, adapters)
             self.strict_loading = False  # its checkpoints hold the adapters and heads, not the base
         freeze_image_groups_(self.model, freeze_image_groups)
         freeze_text_layers_(self.model, freeze_text_layers)
@@ -316,7 +317,7 @@ class ContrastiveModule(L.LightningModule):
             checkpoint[INIT_KEY] = dict(self.init_record)
         if self.adapter_record is not None:  # the trained weights only; the base is rebuilt and hashed
             checkpoint[ADAPTER_KEY] = dict(self.adapter_record)
-            trained = adapter_state_dict(self.model)
+            trained = trained_state(self.model)
             checkpoint["state_dict"] = {f"model.{key}": value for key, value in trained.items()}
         # What the run trained on and with (read back by `convirt report`; plain types only).
         checkpoint["convirt_run"] = {
@@ -333,7 +334,7 @@ class ContrastiveModule(L.LightningModule):
                 raise ValueError("the checkpoint holds no adapters: resume an adapter run from its own checkpoints")
             check_base(checkpoint[ADAPTER_KEY], self.adapter_record, "the checkpoint")
             weights = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-            load_adapter_state_dict(self.model, weights)  # strict about the adapter keys Lightning loads loosely
+            load_trained_state(self.model, weights, "the checkpoint")  # checked: Lightning loads it loosely
         self._pending_rng = _rng_state_of_rank(
             checkpoint.get("convirt_rng"), self.global_rank, self.trainer.world_size if self._trainer is not None else 1
         )

@@ -34,7 +34,7 @@ def parameter_groups(
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        in_tower = name.startswith(("visual.trunk.", "text.transformer."))
+        in_tower = _in_tower(name)
         no_decay = param.ndim < 2 or "logit_" in name or "norm" in name or name.endswith(".bias")
         groups.setdefault((in_tower, no_decay), []).append(param)
     return [
@@ -45,3 +45,13 @@ def parameter_groups(
         }
         for (in_tower, no_decay), params in groups.items()
     ]
+
+
+# The heads of open_clip's towers (timm / Hugging Face / its own ViT and text transformer); the rest of
+# a tower is its trunk, which trains at the tower learning rate (adapters inside it too).
+_HEADS = ("visual.head.", "visual.proj", "text.proj", "text.pooler", "text.text_projection", "text_projection")
+_TOWERS = ("visual.", "text.", "transformer.", "token_embedding", "positional_embedding", "ln_final")
+
+
+def _in_tower(name: str) -> bool:
+    return name.startswith(_TOWERS) and not name.startswith(_HEADS)

@@ -11,6 +11,7 @@ the loss falls, and the checkpoint names its start and rebuilds from it.
 import json
 import shutil
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -69,7 +70,26 @@ def sources(tiny_checkpoint, tmp_path_factory):
     trunk = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
     save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(root / "trunk.safetensors"))
     text = load_checkpoint(tiny_checkpoint).text_model_path
+    # What each source is, built here without the loaders under test: the models themselves, their
+    # tokenizers and preprocessing as the files state them.
+    saved = load_checkpoint(tiny_checkpoint)  # `convirt fit`'s own reader of its checkpoints
+    openai_preprocess = {
+        "size": 32,
+        "mean": tuple(open_clip.OPENAI_DATASET_MEAN),
+        "std": tuple(open_clip.OPENAI_DATASET_STD),
+    }
+    folder_preprocess = {"size": 32, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    openai_tokens = open_clip.get_tokenizer(_ARCH)
+    references = {
+        "checkpoint": (saved.model, saved.tokenizer, saved.preprocess_cfg),
+        "export": (saved.model, saved.tokenizer, saved.preprocess_cfg),
+        "local-dir": (openai.eval(), openai_tokens, folder_preprocess),
+        "openai-pt": (openai.eval(), openai_tokens, openai_preprocess),
+        "hf-hub": (openai.eval(), openai_tokens, folder_preprocess),
+        "timm": (trunk.eval(), None, {"size": timm.data.resolve_data_config(model=trunk)["input_size"][-1]}),
+    }
     return {
+        "_references": references,
         "checkpoint": (str(tiny_checkpoint), TINY_MODEL, None),
         "export": (str(export), TINY_MODEL, None),
         "local-dir": (f"local-dir:{folder}", TINY_MODEL, None),
@@ -95,25 +115,29 @@ def test_the_run_starts_as_the_source_embeds(form, sources, hub_cache, phantom_s
     module.eval()
     data = ShardDataModule(str(phantom_shards), model_name=model_name, text_model_path=text_model_path, init=source)
     data.setup("fit")
+    reference, reference_tokenizer, reference_preprocess = sources["_references"][form]
     # The run reads its data with the source's preprocessing and tokenizer.
     assert data.preprocess == native.preprocess_cfg
+    for key, value in reference_preprocess.items():
+        if key not in ("size", "mean", "std"):
+            assert data.preprocess[key] == value, key
+            continue
+        ours, theirs = np.broadcast_arrays(np.atleast_1d(data.preprocess[key]), np.atleast_1d(value))  # 64 is (64, 64)
+        assert np.allclose(ours, theirs), key
     batch = next(iter(build_eval_batches(phantom_shards, native.preprocess_cfg, data.tokenizer, 7, split="test")))
     with torch.no_grad():
         if form == "timm":  # the source's trunk, under a new head beside the registry's text tower
-            assert (
-                _cosines(module.model.visual.trunk(batch["image"]), native.model.encode_image(batch["image"])).min()
-                >= 0.9999
-            )
+            assert _cosines(module.model.visual.trunk(batch["image"]), reference(batch["image"])).min() >= 0.9999
             registry = create_tokenizer(model_name, text_model_path=text_model_path)(batch["raw_text"])
             assert torch.equal(batch["text"], registry[:, : batch["text"].shape[1]])
             return
         # The same token ids (the run's batches trim trailing padding).
-        native_tokens = native.tokenizer(batch["raw_text"])
+        native_tokens = reference_tokenizer(batch["raw_text"])
         assert torch.equal(batch["text"], native_tokens[:, : batch["text"].shape[1]])
         image, text = module(batch["image"], batch["text"])
-        assert _cosines(image, native.model.encode_image(batch["image"])).min() >= 0.9999
-        assert _cosines(text, native.model.encode_text(native_tokens)).min() >= 0.9999
-        assert torch.equal(module.model.logit_scale, native.model.logit_scale)
+        assert _cosines(image, reference.encode_image(batch["image"])).min() >= 0.9999
+        assert _cosines(text, reference.encode_text(native_tokens)).min() >= 0.9999
+        assert torch.equal(module.model.logit_scale, reference.logit_scale)
     assert module.init_record["source"] == absolute_source(source)
 
 
@@ -234,3 +258,16 @@ def test_lock_gradcache_ddp_and_resume_keep_working_from_a_source(sources, phant
         if trunk:  # locked: as the source had it
             assert torch.equal(value, start[name[len("model.") :]]), name
     assert not torch.equal(whole["model.visual.proj"], start["visual.proj"])  # its head trained
+
+
+def test_the_towers_of_open_clips_own_model_train_at_the_tower_learning_rate(sources):
+    from convirt.training.optimization import parameter_groups
+
+    model = initial_model(sources["local-dir"][0], TINY_MODEL).model
+    groups = parameter_groups(model, learning_rate=1.0, tower_learning_rate=0.5, weight_decay=0.0)
+    rates = {id(p): group["lr"] for group in groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    for name in ("visual.transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.0.attn.in_proj_weight"):
+        assert rates[id(named[name])] == 0.5, name
+    for name in ("visual.proj", "text_projection", "logit_scale"):
+        assert rates[id(named[name])] == 1.0, name

@@ -51,13 +51,15 @@ def test_only_the_adapters_and_heads_train_and_the_share_is_reported(lora_run, t
     assert all(state[key].abs().sum() > 0 for key in kept if "lora_B" in key)  # B starts at 0: it trained
     # The checkpoint holds the trained weights only, with the base's hash; its run records the share.
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    assert {key.removeprefix("model.") for key in saved["state_dict"]} == kept
-    assert not any("base_layer" in key for key in saved["state_dict"])
+    buffers = state.keys() - {name for name, _ in trained.model.named_parameters()}
+    assert {key.removeprefix("model.") for key in saved["state_dict"]} == kept | buffers  # no base weight
+    assert not any("base_layer.weight" in key for key in saved["state_dict"])
     assert len(saved["convirt_adapter"]["base_sha256"]) == 64
     counts = {tower: tuple(value) for tower, value in saved["convirt_run"]["parameters"].items()}
     assert counts == trainable_parameters(module.model)
     assert 0 < counts["image"][0] < counts["image"][1] and 0 < counts["text"][0] < counts["text"][1]
-    assert sum(a for a, _ in counts.values()) == sum(value.numel() for value in saved["state_dict"].values())
+    held = sum(value.numel() for key, value in saved["state_dict"].items() if key.removeprefix("model.") in kept)
+    assert sum(a for a, _ in counts.values()) == held
 
 
 def test_adapters_of_another_base_are_refused(lora_run, tiny_checkpoint, tiny_text_model, tmp_path):
@@ -76,9 +78,10 @@ import sys
 sys.modules["peft"] = None  # importing peft fails here
 import open_clip, torch
 model, _, _ = open_clip.create_model_and_transforms("local-dir:" + sys.argv[1])
+tokens = open_clip.get_tokenizer("local-dir:" + sys.argv[1])(["No pleural effusion.", "Cardiomegaly."])
 images = torch.load(sys.argv[2])
 with torch.no_grad():
-    torch.save(model.eval().encode_image(images), sys.argv[3])
+    torch.save((model.eval().encode_image(images), model.encode_text(tokens)), sys.argv[3])
 """
 
 
@@ -100,8 +103,10 @@ def test_the_merged_export_loads_without_peft_and_embeds_as_the_adapted_model(lo
     adapted = load_checkpoint(checkpoint)
     with torch.no_grad():
         expected = adapted.model.encode_image(images)
-    merged = torch.load(tmp_path / "merged.pt")
+        expected_text = adapted.model.encode_text(adapted.tokenizer(["No pleural effusion.", "Cardiomegaly."]))
+    merged, merged_text = torch.load(tmp_path / "merged.pt")
     assert torch.nn.functional.cosine_similarity(merged, expected).min() >= 0.9999
+    assert torch.nn.functional.cosine_similarity(merged_text, expected_text).min() >= 0.9999
     base = load_checkpoint(adapted.init["source"]).model
     with torch.no_grad():  # and the adapters moved it: the base embeds otherwise
         assert torch.nn.functional.cosine_similarity(base.encode_image(images), expected).min() < 0.9999
@@ -131,3 +136,53 @@ def test_a_lora_run_on_the_registry_towers_rebuilds_its_base(tiny_text_model, ph
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded.model.encode_image(images), module.model.eval().encode_image(images), atol=1e-6)
+
+
+def _fit_and_load(module, phantom_shards, text_model, out, **data):
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=str(out), save_last=True, save_top_k=0)
+    trainer = quiet_trainer(str(out), max_steps=2, limit_val_batches=0, enable_checkpointing=True, callbacks=[saver])
+    trainer.fit(module, datamodule=tiny_datamodule(phantom_shards, text_model, **data))
+    return load_checkpoint(out / "last.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["text-only adapters", "other tower locked"])
+def test_a_tower_trained_without_adapters_reloads_as_trained(
+    variant, tiny_checkpoint, tiny_text_model, phantom_shards, tmp_path
+):
+    # The image tower (batch norm) trains fully beside text adapters, or is locked beside them: its
+    # weights and batch-norm statistics are in the checkpoint, and the model reloads as it was trained.
+    options = {"adapter_towers": ["text"]} | ({"lock_image_tower": True} if variant == "other tower locked" else {})
+    L.seed_everything(0, verbose=False)
+    module = _lora(tiny_checkpoint, tiny_text_model, **options)
+    loaded = _fit_and_load(module, phantom_shards, tiny_text_model, tmp_path, init=str(tiny_checkpoint))
+    trained = module.model.state_dict()
+    assert loaded.model.state_dict().keys() == trained.keys()
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+@pytest.mark.slow
+def test_lora_on_a_timm_start_reloads_and_a_lora_checkpoint_starts_a_run(
+    tiny_checkpoint, tiny_text_model, phantom_shards, tmp_path
+):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    trunk = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(tmp_path / "trunk.safetensors"))
+    source = f"timm:test_efficientnet@{tmp_path / 'trunk.safetensors'}"
+    L.seed_everything(0, verbose=False)
+    module = ContrastiveModule(TINY_MODEL, text_model_path=tiny_text_model, init=source, adapter="lora")
+    loaded = _fit_and_load(module, phantom_shards, tiny_text_model, tmp_path / "timm", init=source)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # its heads rebuild as they were built (seeded): the base hashes the same
+        assert torch.allclose(loaded.model.encode_image(images), module.model.eval().encode_image(images), atol=1e-6)
+    # A LoRA run's checkpoint starts another run with its adapters merged: every weight trains again.
+    lora_checkpoint = str(tmp_path / "timm" / "last.ckpt")
+    onward = ContrastiveModule(TINY_MODEL, text_model_path=tiny_text_model, init=lora_checkpoint)
+    assert all(p.requires_grad for p in onward.model.parameters())
+    assert not any("lora_" in key for key in onward.model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(onward.model.eval().encode_image(images), loaded.model.encode_image(images), atol=1e-5)
