@@ -193,3 +193,9 @@ def test_the_service_reads_an_index_built_out_of_core(labels_csv, tiny_checkpoin
     hits = service.search_vector(vectors[3], k=3)
     assert len(hits) == 3 and service.info()["index"]["count"] == len(rows)
     assert service.search_vector(vectors[3], k=1, patient_id=rows[3].patient_id)[0]["score"] < hits[0]["score"]
+    from convirt.bench import query_index_folder  # `convirt index query`, its rows read when shown
+
+    shown = query_index_folder(
+        open_index_folder(tmp_path / "idx"), loaded, rows[3].image_path, k=2, exclude_same_patient=True
+    )
+    assert len(shown) == 2 and all(hit["patient_id"] != rows[3].patient_id for hit in shown)
