@@ -199,3 +199,28 @@ def test_the_service_reads_an_index_built_out_of_core(labels_csv, tiny_checkpoin
         open_index_folder(tmp_path / "idx"), loaded, rows[3].image_path, k=2, exclude_same_patient=True
     )
     assert len(shown) == 2 and all(hit["patient_id"] != rows[3].patient_id for hit in shown)
+
+
+def test_the_build_command_goes_out_of_core_by_itself_past_a_quarter_of_memory(tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    from convirt.cli.index_jobs import build_out_of_core_if_chosen  # `convirt index build`, without its parser
+    from convirt.embeddings.store import PartWriter
+
+    writer = PartWriter(tmp_path / "emb", chunk_size=500)
+    writer.add(_clustered(1500, 16), [{"key": f"k{i}"} for i in range(1500)])
+    writer.close()
+
+    def build(factory, output, **flags):
+        options = {"refine": False, "out_of_core": False, "train_only": False, **flags}
+        args = Namespace(embeddings=tmp_path / "emb", factory=factory, train_size=1000, search_params=None, **options)
+        return build_out_of_core_if_chosen(Namespace(**vars(args), output=tmp_path / output))
+
+    monkeypatch.setattr("convirt.retrieval.ondisk.available_memory", lambda: 4 * 1500 * 16 * 4 - 1)  # just past
+    assert build("IVF8,Flat", "ivf") and "building out of core" in capsys.readouterr().out
+    assert (tmp_path / "ivf" / "lists.ivfdata").is_file()
+    assert not build("Flat", "flat") and "Flat is built in memory" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--refine keeps a copy of every vector"):
+        build("IVF8,Flat", "refined", refine=True, out_of_core=True)
+    monkeypatch.setattr("convirt.retrieval.ondisk.available_memory", lambda: 4 * 1500 * 16 * 4)  # not past
+    assert not build("IVF8,Flat", "small") and build("IVF8,Flat", "asked", out_of_core=True)
