@@ -40,6 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
+    import os
     from functools import partial
 
     from convirt.data.inputs import parse_where
@@ -50,6 +51,13 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.training.predict import encode_on_devices
 
     onnx = args.runtime == "onnx"
+    if args.num_nodes < 1:
+        raise ValueError(f"--num-nodes must be at least 1, got {args.num_nodes}")
+    if args.num_nodes > 1 and not (os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_NTASKS")):
+        raise ValueError(
+            f"--num-nodes {args.num_nodes} needs a launcher on every node (torchrun --nnodes "
+            f"{args.num_nodes} --nproc_per_node {args.devices} ..., or srun): run this command under it"
+        )
     ranks = args.num_nodes > 1 or str(args.devices) not in ("1",)
     if onnx and (ranks or args.precision not in ("auto", "float32", "32", "32-true")):
         raise ValueError("--runtime onnx embeds in this process in float32: leave --devices and --precision out")

@@ -102,7 +102,7 @@ class ForeignShards:
             has = ", ".join(self.first or ()) or "nothing"
             looked = ", ".join(Fields().of(role))
             raise ValueError(
-                f"{purpose} needs a {role} field, and the first sample of {self.location} has {has} (looked for "
+                f"{purpose} needs the {role} field, and the first sample of {self.location} has {has} (looked for "
                 f"{looked}): name it as {role}=EXT (--field, or data.fields in a config)"
             )
 

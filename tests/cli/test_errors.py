@@ -20,3 +20,10 @@ def test_debug_shows_the_traceback_by_flag_or_environment(tmp_path, capsys, monk
     monkeypatch.setenv("CONVIRT_DEBUG", "1")
     assert main(args) == 2
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_embed_on_several_nodes_without_a_launcher_says_so(tiny_checkpoint, phantom_shards, tmp_path, capsys):
+    # Without torchrun or srun the ranks of the other node never come: it would wait forever.
+    args = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--output", str(tmp_path)]
+    assert main([*args, "--num-nodes", "2"]) != 0
+    assert "needs a launcher on every node (torchrun --nnodes 2" in capsys.readouterr().err

@@ -121,7 +121,7 @@ def test_what_is_inferred_is_said_in_one_line(tmp_path):
 
     images_only = open_foreign_shards(_tiny(tmp_path / "cls", ["00000.tar"], fields=("webp", "cls")))
     assert "images from .webp, no texts, no metadata" in images_only.describe()
-    with pytest.raises(ValueError, match="training needs a text field, and the first sample .* has cls, webp"):
+    with pytest.raises(ValueError, match="training needs the text field, and the first sample .* has cls, webp"):
         images_only.require("text", "training")
     pattern = open_foreign_shards(str(tmp_path / "split" / "train-{0..1}.tar"))
     assert "2 tars in a pattern or URL" in pattern.describe() and len(pattern.urls("test")) == 2

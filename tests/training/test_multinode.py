@@ -199,8 +199,21 @@ def test_a_simulated_slurm_job_gives_each_rank_its_torchrun_shards(phantom_shard
         data = ShardDataModule(str(phantom_shards), TINY_MODEL, tiny_text_model, batch_size=2, num_workers=0)
         data.trainer = trainer
         data.setup("fit")
-        return [key for batch in data.train_dataloader() for key in batch["key"]]
+        splits.clear()
+        keys = [key for batch in data.train_dataloader() for key in batch["key"]]
+        assert set(splits) == {(rank, 4)}  # every round of shards split as rank `rank` of 4
+        return keys
 
+    import convirt.data.stream as stream
+
+    splits: list[object] = []
+    split_shards = stream._node_splitter
+
+    def recorded(split_by_rank):
+        splits.append(split_by_rank)
+        return split_shards(split_by_rank)
+
+    monkeypatch.setattr(stream, "_node_splitter", recorded)
     seen = {}
     for rank in range(4):
         with monkeypatch.context() as env:  # what srun sets for task `rank` of 2 nodes x 2 tasks
