@@ -96,7 +96,8 @@ def _first_rows(table, count, out):
     return out
 
 
-@pytest.mark.parametrize("data", [pytest.param("csv", marks=pytest.mark.slow), "shards"])  # 35 s each
+@pytest.mark.slow  # 2 gloo processes, 15-35 s each
+@pytest.mark.parametrize("data", ["csv", "shards"])
 def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data):
     # Uneven on purpose: 93 table rows (batches of 8, 2 ranks), and training shards of 20, 20, 20
     # and 2 samples (ranks read 40 and 22): a sampler that pads ranks to equal length would

@@ -216,7 +216,7 @@ def test_spine_end_to_end(tmp_path, phantom_csv, tiny_text_model, capsys):
             "unknown descriptor set 'chexpret'",
         ),
         (["phantom", "--output", "/tmp/x", "--num-samples", "0"], "num_samples must be positive"),
-        (["shards", "--input", "x.csv"], "the following arguments are required: --output"),
+        (["shards", "--input", "x.csv"], "convirt shards needs --output"),
         (["index", "query", "--index", "/nonexistent", "--image", "x.png"], "no index at /nonexistent"),
     ],
 )

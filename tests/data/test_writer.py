@@ -170,6 +170,7 @@ def test_interrupted_conversion_resumes_to_identical_shards(tmp_path):
         write_shards(lambda: read_rows("csv", str(table)), tmp_path / "whole", **{**settings, "image_size": 32})
 
 
+@pytest.mark.slow  # 20 s: a conversion killed in a subprocess, then run again
 def test_kill_9_then_rerun_gives_byte_identical_shards(tmp_path):
     import os
     import signal
