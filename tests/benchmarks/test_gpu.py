@@ -24,6 +24,7 @@ def figure(row: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess  # a benchmark script in its own processes, not kernels: not rerun under the AVX2 cap
 def test_smoke_run_writes_every_measurement(tmp_path: Path) -> None:
     from benchmarks import gpu
 

@@ -97,6 +97,7 @@ def _first_rows(table, count, out):
 
 
 @pytest.mark.slow  # 2 gloo processes, 15-35 s each
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("data", ["csv", "shards"])
 def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data):
     # Uneven on purpose: 93 table rows (batches of 8, 2 ranks), and training shards of 20, 20, 20

@@ -202,6 +202,7 @@ def test_part_of_spreads_patients_over_parts_apart_from_splits():
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_three_processes_like_a_slurm_array_then_merge(converted):
     """The README's recipe: N processes given only their task id and count, then `convirt shards merge`."""
     import os

@@ -59,6 +59,7 @@ def _one_process_step(records, negatives_loss):
 
 
 @pytest.mark.slow  # 2 gloo processes (13 s or more on 2 cores)
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("variant", ["plain", "negatives+gradcache"])
 def test_two_rank_fit_step_equals_one_process_over_both_batches(phantom_shards, tiny_text_model, tmp_path, variant):
     # Had the loss been built for one process (world_size 1), each rank's loss would cover its

@@ -209,6 +209,7 @@ def test_a_fit_from_each_source_lowers_the_loss_and_names_its_start(
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_lock_gradcache_ddp_and_resume_keep_working_from_a_source(sources, phantom_shards, tmp_path):
     """open_clip's own towers (a `local-dir:` folder), image tower locked, GradCache sub-batches, two
     DDP ranks: the run resumed from its step-2 checkpoint reaches the uninterrupted run's weights."""

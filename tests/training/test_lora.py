@@ -113,6 +113,7 @@ def test_the_merged_export_loads_without_peft_and_embeds_as_the_adapted_model(lo
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_lora_run_killed_mid_epoch_resumes_to_the_same_adapter_weights(
     phantom_shards, tiny_text_model, tiny_checkpoint, tmp_path
 ):
