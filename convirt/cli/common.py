@@ -19,7 +19,7 @@ def eval_batches(
     skip_keys: set[str] | None = None,
     where: dict[str, str] | None = None,
     num_workers: int = 0,
-    split_by_rank: bool = False,
+    split_by_rank: bool | tuple[int, int] = False,
     table: argparse.Namespace | None = None,
     texts_only: bool = False,
 ) -> Iterable[dict[str, Any]]:

@@ -48,7 +48,7 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.embeddings.encode import Encoder
     from convirt.embeddings.store import embed_to_folder
     from convirt.models import model_fingerprint
-    from convirt.training.predict import encode_on_devices
+    from convirt.training.predict import encode_on_devices, launched_rank
 
     onnx = args.runtime == "onnx"
     if args.num_nodes < 1:
@@ -65,6 +65,9 @@ def run_embed(args: argparse.Namespace) -> None:
     if args.texts:
         loaded.require_text("`convirt embed --texts`")
     modality = "text" if args.texts else "image"
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    # Each rank reads its share of the shards, cut by the rank Lightning finds (torchrun, srun, its own).
+    share = launched_rank(args.accelerator, devices, args.num_nodes) if ranks else False
 
     def batches(done: set[str]) -> Iterable[dict[str, Any]]:  # what is left after a resume
         return eval_batches(
@@ -75,12 +78,11 @@ def run_embed(args: argparse.Namespace) -> None:
             skip_keys=done,
             where=parse_where(args.where),
             num_workers=args.workers,
-            split_by_rank=ranks,
+            split_by_rank=share,
             table=args,
             texts_only=bool(args.texts),
         )
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     encoder = Encoder(loaded.model, args.precision, pad_id_of(loaded.tokenizer))
     count, skipped = embed_to_folder(
         encoder,

@@ -187,7 +187,7 @@ def build_input_batches(
     where: dict[str, str] | None = None,
     skip_keys: Container[str] | None = None,
     num_workers: int = 0,
-    split_by_rank: bool = False,
+    split_by_rank: bool | tuple[int, int] = False,
     label_format: str = "auto",
     images: str | None = None,
     uncertain: str = "zeros",
@@ -211,8 +211,9 @@ def build_input_batches(
         where: Keep only samples whose metadata has these ``field=value`` pairs.
         skip_keys: Keys to leave out (already done).
         num_workers: Data-loader processes.
-        split_by_rank: Shards only: each distributed rank reads its own shards. (A CSV or
-            folder is split by the caller's sampler instead.)
+        split_by_rank: Shards only: each distributed rank reads its own shards, rank ``r`` of ``n``
+            given as ``(r, n)`` (or ``True``: webdataset's lookup, see :func:`convirt.data.stream.build_batches`).
+            (A CSV or folder is split by the caller's sampler instead.)
         label_format, images, uncertain, split_file: How to read a label table and which of
             its rows (see :func:`read_image_rows`); a shard folder carries its own split.
         fields: Shards without a manifest: the extensions read as image, text and metadata

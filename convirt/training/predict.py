@@ -5,14 +5,16 @@ process); Lightning only places the model, splits the batches across DDP ranks a
 Its own precision plugin stays at ``32-true``: the encoder applies the embedding precision policy,
 and the ranks agree on it (the least first-batch cosine over all ranks decides for all). Each rank
 hands its features to its own sink (for ``convirt embed``, a part writer: rank ``r`` writes
-``part-r-*``). Where a reduced precision is tried (CUDA), every rank must see at least one batch,
-since the ranks meet on the first one (shards split by rank: at least as many shards as ranks).
+``part-r-*``). Where a reduced precision is tried (CUDA, or asked for), the ranks meet on their first
+batch; a rank without one (fewer shards than ranks) meets them at the end with a value that does not count.
 Predictions are not kept in memory (``return_predictions=False``), so memory stays flat in the
 number of images.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -23,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from convirt.embeddings.encode import MODALITIES, Encoder
+from convirt.embeddings.precision import planned_precision
 
 
 class FeatureSink(Protocol):
@@ -56,6 +59,13 @@ class EncodeModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> np.ndarray:
         return self.encoder.batch(batch, self.modality)
+
+    def on_predict_epoch_end(self) -> None:
+        # A rank with nothing to encode (fewer shards than ranks, or all done before a resume) still
+        # meets the others at their first batch's agreement, a collective they would wait on for ever.
+        plan = planned_precision(self.encoder.device, self.encoder.requested)
+        if self.trainer.world_size > 1 and self.modality not in self.encoder.settled and plan.reduced:
+            self._least_over_ranks(math.inf)  # the least over ranks ignores it
 
 
 class SinkWriter(BasePredictionWriter):
@@ -113,19 +123,7 @@ def encode_on_devices(
         devices: Number of processes per node (DDP when more than one in all).
         num_nodes: Nodes, each started by its own launcher (torchrun, srun), which Lightning detects.
     """
-    many = devices not in (1, "1") or num_nodes > 1
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy="ddp" if many else "auto",
-        precision="32-true",  # the encoder applies the embedding precision policy itself
-        callbacks=[SinkWriter(open_sink)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(accelerator, devices, num_nodes, [SinkWriter(open_sink)], progress)
     with warnings.catch_warnings():
         # Batch indices are only known for samplers; the sink does not need them.
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
@@ -134,5 +132,42 @@ def encode_on_devices(
             dataloaders=batches,  # type: ignore[arg-type]
             return_predictions=False,
         )
-    if many:  # every rank's parts are on disk before any rank counts the folder
+    if trainer.world_size > 1:  # every rank's parts are on disk before any rank counts the folder
         trainer.strategy.barrier("convirt-embed-done")
+
+
+def launched_rank(accelerator: str = "auto", devices: int | str = 1, num_nodes: int = 1) -> tuple[int, int]:
+    """This process's global rank and the world size of a run on ``num_nodes`` x ``devices``, as
+    Lightning finds them (torchrun's or srun's environment, or the ranks its own launcher starts), before
+    any process group exists: what each rank's share of the shards is cut by (``split_by_rank``).
+
+    Read from the environment by Lightning rather than by webdataset at iteration time: webdataset
+    reads ``RANK`` / ``WORLD_SIZE``, which srun does not set, or the process group, which a data-loader
+    worker started by spawn or forkserver does not have; either way a rank would read every shard.
+    """
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the device lines are said once, by the run itself
+    try:
+        trainer = _trainer(accelerator, devices, num_nodes, [], progress=False)
+    finally:
+        logger.setLevel(level)
+    return int(trainer.global_rank), int(trainer.world_size)
+
+
+def _trainer(
+    accelerator: str, devices: int | str, num_nodes: int, callbacks: list[pl.Callback], progress: bool
+) -> pl.Trainer:
+    many = devices not in (1, "1") or num_nodes > 1
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if many else "auto",
+        precision="32-true",  # the encoder applies the embedding precision policy itself
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )

@@ -110,37 +110,36 @@ def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, 
         main(["embed", "--checkpoint", str(tiny_checkpoint), *source, "--output", str(single), "--batch-size", "8"])
         == 0
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convirt.cli.main",
-            "embed",
-            "--checkpoint",
-            str(tiny_checkpoint),
-            *source,
-            "--output",
-            str(double),
-            "--batch-size",
-            "8",
-            "--devices",
-            "2",
-            "--accelerator",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    _embed_on_two_ranks(["--checkpoint", str(tiny_checkpoint), *source, "--output", str(double), "--batch-size", "8"])
     assert {path.name[:8] for path in double.glob("part-*.npy")} == {"part-000", "part-001"}
     a, rows_a = _by_key(single)
     b, rows_b = _by_key(double)
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]  # every image once, none repeated
     assert len(rows_b) == len({r["key"] for r in rows_b}) == (93 if data == "csv" else 62)
     assert np.allclose(a, b, atol=1e-5)
+
+
+def _embed_on_two_ranks(arguments: list[str]) -> None:
+    """`convirt embed ARGUMENTS --devices 2` on the CPU (Lightning starts the second rank)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "convirt.cli.main", "embed", *arguments, "--devices", "2", "--accelerator", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow  # 2 gloo processes
+@pytest.mark.multiprocess
+def test_a_rank_without_shards_meets_the_others_precision_agreement(tiny_checkpoint, phantom_shards, tmp_path):
+    # One test shard for two ranks: rank 1 reads nothing. bfloat16 asked for: the ranks agree on the
+    # first batch's cosine (a collective); rank 1 joins it at the end (before, rank 0 waited for ever).
+    output = tmp_path / "one-shard"
+    source = ["--data", str(phantom_shards), "--split", "test", "--precision", "bfloat16"]
+    _embed_on_two_ranks(["--checkpoint", str(tiny_checkpoint), *source, "--output", str(output), "--batch-size", "4"])
+    assert {path.name[:8] for path in output.glob("part-*.npy")} == {"part-000"}
+    _, rows = _by_key(output)
+    expected = json.loads((phantom_shards / "manifest.json").read_text())["splits"]["test"]["samples"]
+    assert len(rows) == len({r["key"] for r in rows}) == expected > 0
+    assert json.loads((output / "info.json").read_text())["precision"] == "bfloat16"
 
 
 _KILLED_EMBED = """

@@ -40,10 +40,11 @@ class BatchCounter(L.Callback):
 class FirstStep(L.Callback):
     """Saves to ``{folder}/rank{r}.pt`` what rank ``r`` trained on at step 1 and what came of it: the
     weights before the step, the batch as the model saw it, the step's loss and the gradients
-    the optimiser received (after DDP's all-reduce)."""
+    the optimiser received (after DDP's all-reduce); at the end of the fit, also the batch of every
+    step (``steps``, in order)."""
 
     def __init__(self, folder: str) -> None:
-        self.folder, self.record = Path(folder), {}
+        self.folder, self.record = Path(folder), {"steps": []}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["weights"] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
@@ -52,8 +53,10 @@ class FirstStep(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        tensors = {k: v.detach().clone() for k, v in batch.items() if hasattr(v, "detach")}
+        self.record["steps"].append(tensors)
         if trainer.global_step == 0:
-            self.record["batch"] = {k: v.detach().clone() for k, v in batch.items() if hasattr(v, "detach")}
+            self.record["batch"] = tensors
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if trainer.global_step == 0:
@@ -64,6 +67,12 @@ class FirstStep(L.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             import torch
 
+            torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        if "grads" in self.record:
             torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
 
 

@@ -25,37 +25,75 @@ def _fit(config: dict, tmp_path, command: str = "fit") -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _one_process_step(records, negatives_loss):
-    """Loss and gradients of one process over both ranks' step-1 batches (rank order) and, with
-    text-only negatives, both ranks' negatives, from the weights the fit started with."""
-    import torch
-
-    from convirt.data.stream import pad_id_of
-    from convirt.losses import create_loss
-    from convirt.models import create_tokenizer
+def _one_process_module(records):
+    """The module the fit started from (its hyperparameters and first weights), in one process."""
     from convirt.training import ContrastiveModule
 
     hparams = records[0]["hparams"]
     module = ContrastiveModule(**{k: v for k, v in hparams.items() if not k.startswith("_")})
     module.load_state_dict(records[0]["weights"])
+    return module
+
+
+def _global_batch(parts, pad):
+    """The ranks' batches of one step as one batch, in rank order (token ids padded to the longest text:
+    each rank pads its batch to its own longest)."""
+    import torch
+
+    def joined(key):
+        tensors = [p[key] for p in parts]
+        if tensors[0].ndim == 2:
+            width = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t in tensors]
+        return torch.cat(tensors)
+
+    return {k: joined(k) for k in ("image", "text", "negative_text") if k in parts[0]}
+
+
+def _pad_of(records):
+    from convirt.data.stream import pad_id_of
+    from convirt.models import create_tokenizer
+
+    return pad_id_of(create_tokenizer(TINY_MODEL, text_model_path=records[0]["hparams"]["text_model_path"]))
+
+
+def _one_process_step(records, negatives_loss):
+    """Loss and gradients of one process over both ranks' step-1 batches (rank order) and, with
+    text-only negatives, both ranks' negatives, from the weights the fit started with."""
+    from convirt.losses import create_loss
+
+    module = _one_process_module(records)
     module.loss_fn = create_loss("clip")
     # As the fit ran it: text trunk without dropout, image batch-norm on its running statistics
     # (the tiny towers have no other random or batch-dependent layer).
     module.eval()
-    pad = pad_id_of(create_tokenizer(TINY_MODEL, text_model_path=hparams["text_model_path"]))
-
-    def joined(key):  # token ids of each rank's batch are padded to that batch's longest text
-        parts = [r["batch"][key] for r in records]
-        if parts[0].ndim == 2:
-            width = max(p.shape[1] for p in parts)
-            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in parts]
-        return torch.cat(parts)
-
-    batch = {k: joined(k) for k in ("image", "text", "negative_text") if k in records[0]["batch"]}
+    batch = _global_batch([r["batch"] for r in records], _pad_of(records))
     features = module(batch["image"], batch["text"])
     loss = module._loss(*features, batch if negatives_loss else {})
     loss.backward()
     return float(loss.detach()), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _one_process_fit(records):
+    """The final weights of one process trained (Lightning, one CPU) on the global batches the ranks
+    read, step after step, from the weights, hyperparameters and schedule the fit started with."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    module, pad = _one_process_module(records), _pad_of(records)
+    batches = [_global_batch(parts, pad) for parts in zip(*(r["steps"] for r in records))]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=len(batches),
+        precision="32-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+    return {k: v.detach() for k, v in module.state_dict().items()}
 
 
 @pytest.mark.slow  # 2 gloo processes (13 s or more on 2 cores)
