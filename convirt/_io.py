@@ -12,7 +12,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,25 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_folder(
+    output: PathLike, inputs: Iterable[PathLike] = (), replaces: Callable[[Path], bool] = lambda folder: False
+) -> None:
+    """Refuse an output folder that :func:`atomic_folder` must not replace: one of the command's
+    inputs, a file, or a folder of other files (``replaces`` accepts what the command itself writes,
+    so that a run again replaces its own output).
+
+    Raises:
+        ValueError: One of those, in one line.
+    """
+    target = Path(output).resolve()
+    if any(Path(given).resolve() == target for given in inputs):
+        raise ValueError(f"the output {output} is one of the inputs: give a new folder")
+    if target.is_file():
+        raise ValueError(f"the output {output} is a file: give a folder")
+    if target.is_dir() and any(target.iterdir()) and not replaces(target):
+        raise ValueError(f"the output {output} holds other files, which it would replace: give a new or empty folder")
 
 
 def write_text(path: PathLike, text: str) -> Path:

@@ -13,7 +13,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "export", help="write a checkpoint as an open_clip folder (load with local-dir:) or as ONNX graphs"
     )
     add_checkpoint_arguments(parser)
-    parser.add_argument("--output", required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument(
+        "--output", required=True, help="folder to write (an earlier export there is replaced; other files refused)"
+    )
     parser.add_argument(
         "--format",
         default="open_clip",
@@ -44,6 +46,10 @@ def run(args: argparse.Namespace) -> None:
 
     if args.quantize and args.format != "onnx":
         raise ValueError("--quantize applies to --format onnx")
+    from convirt._io import check_output_folder
+
+    # The folder is replaced whole: only an earlier export (its convirt.json) may be.
+    check_output_folder(args.output, [args.model], lambda folder: (folder / "convirt.json").is_file())
     loaded = model_from_args(args)
     if loaded.adapter:  # folded into plain open_clip weights: the export loads where peft is not installed
         from convirt.models.adapters import merge_adapters

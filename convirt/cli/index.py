@@ -80,6 +80,7 @@ def run_build(args: argparse.Namespace) -> None:
     from convirt.embeddings import load_embedding_folder
     from convirt.retrieval import build_index_folder
 
+    index_jobs.check_index_output(args.output, args.embeddings)
     if index_jobs.build_out_of_core_if_chosen(args):
         return
     embedded = load_embedding_folder(args.embeddings)

@@ -34,6 +34,21 @@ def add_parsers(isub: argparse._SubParsersAction) -> None:
     merge.set_defaults(run=run_merge)
 
 
+def check_index_output(output: str, *inputs: str) -> None:
+    """Refuse an output folder that an index command would replace but did not write (an input, other
+    files); an index, sub-index or trained index there is replaced, as a run again does."""
+    from pathlib import Path
+
+    from convirt._io import check_output_folder
+    from convirt.retrieval.index import INDEX_FILE
+    from convirt.retrieval.ondisk import SUB_INFO, TRAINED_INFO
+
+    def written_by_index(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in (INDEX_FILE, SUB_INFO, TRAINED_INFO))
+
+    check_output_folder(output, inputs, written_by_index)
+
+
 def build_out_of_core_if_chosen(args: argparse.Namespace) -> bool:
     """Build out of core when asked, or when an IVF factory meets vectors past a quarter of the
     memory available now (measured, and said); ``False``: build in memory."""
@@ -73,9 +88,14 @@ def run_add(args: argparse.Namespace) -> None:
     from convirt.retrieval.ondisk import add_parts, part_block
 
     part = parse_part(args.part)
+    check_index_output(args.output, args.trained, args.embeddings)
     listed = list_embedding_parts(args.embeddings)
     block = part_block(len(listed.parts), part.number, part.total)
     sub = add_parts(args.trained, listed.parts, args.output, block, fingerprint=listed.info, progress=True)
+    if not block:
+        none = f"job {part.number} of {part.total} has none of the {len(listed.parts)} parts"
+        print(f"{none}: empty sub-index (it merges like the others) -> {args.output}")
+        return
     print(
         f"added parts {block.start + 1}..{block.stop} of {len(listed.parts)} (ids {sub['first']:,}.."
         f"{sub['first'] + sub['count'] - 1:,} of {sub['total']:,}) -> {args.output}"
@@ -85,5 +105,6 @@ def run_add(args: argparse.Namespace) -> None:
 def run_merge(args: argparse.Namespace) -> None:
     from convirt.retrieval import merge_index_folders
 
+    check_index_output(args.output, *args.inputs)
     merged = merge_index_folders(args.inputs, args.output)
     print(f"merged {len(args.inputs)} indexes into {merged.info.count} x {merged.info.dim} -> {args.output}")

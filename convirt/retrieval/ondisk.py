@@ -163,7 +163,8 @@ def add_parts(
         parts: All the parts the index was trained for, in order (each job lists them all).
         output: The sub-index folder.
         block: The parts to add, a contiguous range of positions in ``parts`` (:func:`part_block`);
-            default all.
+            default all. An empty range makes an empty sub-index (a job of an array larger than the
+            parts: it merges like the others).
         fingerprint: The parts' model fingerprint, checked against the trained index's.
         batch_size: Vectors normalised and added per call.
         progress: Show a progress bar.
@@ -186,10 +187,8 @@ def add_parts(
     if fingerprint is not None:
         check_same_space(plan["info"]["fingerprint"], fingerprint, what="trained index")
     block = range(len(parts)) if block is None else block
-    if block.step != 1 or not block or block.start < 0 or block.stop > len(parts):
-        raise ValueError(
-            f"a sub-index holds a contiguous, non-empty range of the {len(parts)} parts, not {block} (fewer jobs)"
-        )
+    if block.step != 1 or block.start < 0 or block.stop > len(parts) or block.stop < block.start:
+        raise ValueError(f"a sub-index holds a contiguous range of the {len(parts)} parts, not {block}")
     index = faiss.read_index(str(Path(trained) / TRAINED_FILE))
     offsets = np.concatenate([[0], np.cumsum([part.count for part in parts])]).astype(np.int64)
     dim = int(plan["info"]["dim"])
@@ -246,7 +245,7 @@ def merge_sub_indexes(subs: Sequence[str | os.PathLike[str]], output: str | os.P
         ValueError: Not sub-indexes, sub-indexes of different trained indexes, or ids missing or given twice.
     """
     found = [(Path(sub), _read_json(Path(sub) / SUB_INFO, "a sub-index (`convirt index add`)")) for sub in subs]
-    found.sort(key=lambda item: int(item[1]["first"]))
+    found.sort(key=lambda item: (int(item[1]["first"]), int(item[1]["count"])))  # an empty one first
     _check_cover(found)
     indexes = [faiss.read_index(str(folder / SUB_FILE), faiss.IO_FLAG_MMAP) for folder, _ in found]
     lists = faiss.InvertedListsPtrVector()  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""benchmarks/gpu.py --smoke: every part of the GPU run runs on the CPU and writes a positive figure."""
+"""benchmarks/gpu.py --smoke: every part of the GPU run, the DDP step included (2 CPU processes), runs on
+the CPU and writes a positive figure."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The section's measurements on a CPU: the first cell each row starts with.
-MEASURES = ("training step", "peak resident memory", "data loader", "convirt embed")
+MEASURES = ("training step", "peak resident memory", "data loader", "convirt embed", "DDP, 2 devices")
 
 
 def section_of(path: Path) -> str:
@@ -30,7 +31,7 @@ def test_smoke_run_writes_every_measurement(tmp_path: Path) -> None:
 
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n\nkept\n", encoding="utf-8")
-    gpu.main(["--smoke", "--output", str(output), "--work", str(tmp_path / "work")])
+    gpu.main(["--smoke", "--ddp-devices", "2", "--output", str(output), "--work", str(tmp_path / "work")])
 
     section = section_of(output)
     assert "kept" in output.read_text(encoding="utf-8")  # the other sections are left alone
@@ -39,9 +40,11 @@ def test_smoke_run_writes_every_measurement(tmp_path: Path) -> None:
         found = [row for row in rows if row.startswith(f"| {measure}")]
         assert len(found) == 1, f"{measure!r}: {len(found)} rows in\n{section}"
         assert figure(found[0]) > 0, found[0]
-    assert [row for row in rows if row.startswith("| DDP | not measured | no GPU")], section
+    ddp = next(row for row in rows if row.startswith("| DDP, 2 devices"))
+    assert "scaling efficiency" in ddp and figure(ddp.split("scaling efficiency")[1]) > 0, ddp
     assert not [row for row in rows if "| not run |" in row or "| failed |" in row], section
-    for named in ("Card: none (CPU smoke run)", "Machine: ", "precision 32-true", "`python benchmarks/gpu.py --smoke"):
+    command = "`python benchmarks/gpu.py --smoke --ddp-devices 2"
+    for named in ("Card: none (CPU smoke run)", "Machine: ", "precision 32-true", command):
         assert named in section, named
 
 

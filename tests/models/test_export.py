@@ -15,6 +15,11 @@ def test_export_round_trip_through_open_clip(tiny_checkpoint, tmp_path):
     assert {"open_clip_config.json", "open_clip_model.safetensors", "config.json", "convirt.json"} <= {
         p.name for p in out.iterdir()
     }
+    # The folder is replaced whole: an earlier export may be, a folder of other files or the input not.
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(out)]) == 0
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path)]) == 2
+    assert main(["export", "--model", str(out), "--output", str(out)]) == 2
+    assert tiny_checkpoint.is_file() and (out / "convirt.json").is_file()
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     loaded = load_checkpoint(tiny_checkpoint)

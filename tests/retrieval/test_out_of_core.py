@@ -87,6 +87,14 @@ def test_separate_jobs_merge_into_the_one_job_index(tmp_path):
     assert np.array_equal(i1, i2) and np.array_equal(s1, s2)
     assert (tmp_path / "one" / "metadata.jsonl").read_bytes() == (tmp_path / "merged" / "metadata.jsonl").read_bytes()
     assert merged.metadata[1999] == {"key": "part-004/399"}
+    # An array of more jobs than parts (10 for 8): the two jobs without a part write empty sub-indexes.
+    many = [tmp_path / f"many{n}" for n in range(1, 11)]
+    for n, sub in enumerate(many, 1):
+        add_parts(tmp_path / "trained", parts, sub, part_block(len(parts), n, 10))
+    assert sum(not part_block(len(parts), n, 10) for n in range(1, 11)) == 2
+    again = merge_index_folders(many[::-1], tmp_path / "many")
+    assert again.info == one and np.array_equal(search(again.index, x[::30], 10)[1], i1)
+    assert (tmp_path / "many" / "metadata.jsonl").read_bytes() == (tmp_path / "one" / "metadata.jsonl").read_bytes()
     with pytest.raises(ValueError, match="ids 800..1999 are in no sub-index"):
         merge_sub_indexes([subs[0], subs[2]], tmp_path / "bad")
     with pytest.raises(ValueError, match="that another sub-index holds too"):
@@ -224,3 +232,33 @@ def test_the_build_command_goes_out_of_core_by_itself_past_a_quarter_of_memory(t
         build("IVF8,Flat", "refined", refine=True, out_of_core=True)
     monkeypatch.setattr("convirt.retrieval.ondisk.available_memory", lambda: 4 * 1500 * 16 * 4)  # not past
     assert not build("IVF8,Flat", "small") and build("IVF8,Flat", "asked", out_of_core=True)
+
+
+def test_index_commands_refuse_to_replace_what_they_did_not_write(tmp_path, capsys):
+    # `atomic_folder` replaces the output whole: an input, or a folder of other files, would be lost.
+    from convirt.cli.main import main
+    from convirt.embeddings.store import PartWriter
+
+    writer = PartWriter(tmp_path / "emb", chunk_size=300)
+    writer.add(_clustered(600, 16), [{"key": f"k{i}"} for i in range(600)])
+    writer.close()
+    (tmp_path / "emb" / "info.json").write_text(json.dumps({"model_name": "m", "modality": "image"}))
+    before = sorted(path.name for path in (tmp_path / "emb").iterdir())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("kept")
+    emb, built = str(tmp_path / "emb"), str(tmp_path / "idx")
+    build = ["index", "build", "--embeddings", emb, "--factory", "IVF4,Flat"]
+    for output, said in ((emb, "is one of the inputs"), (str(tmp_path / "notes"), "holds other files")):
+        assert main([*build, "--output", output]) == 2
+        assert said in capsys.readouterr().err
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "kept" and sorted(
+        p.name for p in (tmp_path / "emb").iterdir()
+    ) == before
+    assert main([*build, "--output", built]) == 0 and main([*build, "--output", built]) == 0  # its own: replaced
+    assert main([*build, "--train-only", "--output", str(tmp_path / "t")]) == 0
+    add = ["index", "add", "--trained", str(tmp_path / "t"), "--embeddings", emb]
+    assert main([*add, "--part", "1/3", "--output", str(tmp_path / "s3")]) == 0  # 2 parts, 3 jobs: job 1 has none
+    assert "job 1 of 3 has none of the 2 parts: empty sub-index" in capsys.readouterr().out
+    assert main([*add, "--output", emb]) == 2 and "is one of the inputs" in capsys.readouterr().err
+    assert main(["index", "merge", "--inputs", built, str(tmp_path / "s3"), "--output", built]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
