@@ -13,9 +13,12 @@
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +44,18 @@ def _port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _launch(command: list[str], nodes: int, per_node: int, cwd: Path) -> None:
-    """``command`` (a `convirt` command line) under ``nodes`` torchrun launchers of ``per_node`` processes each."""
+def _launch(command: list[str], nodes: int, per_node: int, cwd: Path, rendezvous: str = "static") -> None:
+    """``command`` (a `convirt` command line) under ``nodes`` torchrun launchers of ``per_node`` processes each,
+    meeting by a static rendezvous (node ranks and the master's address given) or by ``c10d`` (the
+    README's recipe: one endpoint, node ranks assigned as the launchers arrive)."""
     port, env = _port(), {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+    def meeting(node: int) -> list[str]:
+        if rendezvous == "c10d":
+            return ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=convirt-test"]
+        return [f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+
+    logs = [tempfile.TemporaryFile("w+") for _ in range(nodes)]
     launchers = [
         subprocess.Popen(
             [
@@ -52,24 +64,33 @@ def _launch(command: list[str], nodes: int, per_node: int, cwd: Path) -> None:
                 "torch.distributed.run",
                 f"--nnodes={nodes}",
                 f"--nproc_per_node={per_node}",
-                f"--node_rank={node}",
-                "--master_addr=127.0.0.1",
-                f"--master_port={port}",
+                *meeting(node),
                 "-m",
                 "convirt.cli.main",
                 *command,
             ],
             cwd=cwd,
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=logs[node],
             stderr=subprocess.STDOUT,
-            text=True,
+            start_new_session=True,  # the launcher and its workers, ended together below
         )
         for node in range(nodes)
     ]
-    outputs = [launcher.communicate(timeout=600)[0] for launcher in launchers]
-    for launcher, output in zip(launchers, outputs):
-        assert launcher.returncode == 0, output[-3000:]
+    deadline = time.monotonic() + 600
+    try:  # a launcher that fails ends the run: the other's ranks would wait for its ranks for ever
+        while any(launcher.poll() is None for launcher in launchers) and time.monotonic() < deadline:
+            if any(launcher.returncode not in (None, 0) for launcher in launchers):
+                break
+            time.sleep(0.2)
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+    for launcher, log in zip(launchers, logs):
+        log.seek(0)
+        assert launcher.returncode == 0, log.read()[-3000:]
 
 
 def _fit_config(tmp_path: Path, out: Path, shards: Path, text_model: str, nodes: int, per_node: int) -> Path:
@@ -151,10 +172,11 @@ def test_two_nodes_of_two_train_as_one_node_of_four_and_as_one_process(phantom_s
             error = float((record["grads"][name] - grad).norm() / grad.norm().clamp_min(1e-12))
             assert error < 1e-4 or (record["grads"][name] - grad).abs().max() < 1e-6, (name, error)
 
-    # Resumed on 2 x 2 from the step-2 checkpoint, it reaches the uninterrupted run's step-4 weights.
+    # Resumed on 2 x 2 from the step-2 checkpoint, it reaches the uninterrupted run's step-4 weights;
+    # the launchers meet by c10d rendezvous here, as in the README's recipe.
     resumed = _fit_config(tmp_path, tmp_path / "resumed", phantom_shards, tiny_text_model, 2, 2)
-    checkpoint = str(tmp_path / "2x2" / "2.ckpt")
-    _launch(["fit", "--config", str(resumed), "--ckpt_path", checkpoint], nodes=2, per_node=2, cwd=ROOT)
+    command = ["fit", "--config", str(resumed), "--ckpt_path", str(tmp_path / "2x2" / "2.ckpt")]
+    _launch(command, nodes=2, per_node=2, cwd=ROOT, rendezvous="c10d")
     _assert_close(_weights(tmp_path / "2x2" / "4.ckpt"), _weights(tmp_path / "resumed" / "4.ckpt"))
 
 
