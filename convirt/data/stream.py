@@ -67,13 +67,22 @@ class SkipCounter:
         self.count += 1
         self.total += 1
         if self.total <= 10:
-            logger.warning("skipping a corrupt sample: %s: %s", type(error).__name__, error)
+            logger.warning("skipping a corrupt sample: %s", describe_error(error))
         return True
 
     def take(self) -> int:
         """The samples skipped since the last call."""
         count, self.count = self.count, 0
         return count
+
+
+def describe_error(error: Exception) -> str:
+    """One line for a skipped sample's error. webdataset's ``DecodingError`` says nothing itself: the
+    sample's key, the field and the error it wraps (its cause) are what a user needs."""
+    key, field = getattr(error, "key", None), getattr(error, "k", None)
+    cause = error.__cause__ if not str(error) and error.__cause__ is not None else error
+    where = f"sample {key!r}, field {field!r}: " if key is not None and field is not None else ""
+    return f"{where}{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
 
 
 def collate_samples(

@@ -242,3 +242,19 @@ def test_a_bench_suite_evaluates_foreign_shards_and_skips_label_protocols_withou
     assert {p for t, p, _ in values if t == "no-labels"} == {"image_text"}
     reasons = {protocol: reason for _, task, protocol, reason in result.skipped if task == "no-labels"}
     assert set(reasons) == {"zeroshot", "knn"} and "no sample's metadata has a 'labels' field" in reasons["knn"]
+
+
+def test_a_corrupt_metadata_member_is_skipped_with_its_key_field_and_reason(test_samples, tmp_path, caplog):
+    import logging
+
+    folder = write_foreign(tmp_path / "bad", test_samples[:3], ("00000.tar",))
+    with wds.TarWriter(str(folder / "00001.tar")) as sink:  # json that does not parse
+        sink.write({"__key__": "broken", "jpg": test_samples[0]["jpg"], "txt": b"report", "json": b"{bad json"})
+    with caplog.at_level(logging.WARNING, logger="convirt.data.stream"):
+        found = _batches(folder)
+    assert found["skipped"] == 1 and len(found["key"]) == 3
+    said = [r.getMessage() for r in caplog.records if "skipping a corrupt sample" in r.getMessage()]
+    assert said == [
+        "skipping a corrupt sample: sample 'broken', field 'json': JSONDecodeError: Expecting property "
+        "name enclosed in double quotes: line 1 column 2 (char 1)"
+    ]
