@@ -56,6 +56,7 @@ HOMES = {
     "data/journal": ["Conversion", "ShardFile"],
     "data/parts": ["Part", "parse_part", "part_of", "shard_name", "merge_parts"],
     "data/labels": ["label_matrix", "has_labels", "missing_labels"],
+    "data/columns": ["LabelColumn", "LabelSets", "IdColumn", "IdGroups", "encoded_id"],
     "data/fields": ["Fields", "parse_fields", "pick_fields", "checked_meta"],
     "data/foreign": ["ForeignShards", "open_foreign_shards", "is_foreign_shards", "describe_input"],
     "data/inputs": ["build_eval_batches"],

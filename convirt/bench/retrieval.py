@@ -2,19 +2,20 @@
 
 ``retrieval/`` takes arrays (neighbour ids, finding sets, label matrices, text groups); this
 module reads them off the index folder's and embedding folders' metadata rows, so that `convirt
-index eval` and any script get the same numbers from one call.
+index eval` and any script get the same numbers from one call. The index's rows are read in one
+pass into columns of arrays (:mod:`convirt.data.columns`), never held: an index may have millions.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 import numpy as np
 
 from convirt._embedding_space import check_same_space
-from convirt.data.labels import label_matrix
-from convirt.data.schema import finding_set
+from convirt.data.columns import IdColumn, IdGroups, LabelColumn, LabelSets
 from convirt.data.stream import pad_id_of, text_group
 from convirt.embeddings.encode import Encoder, embed_image_files, embed_texts
 from convirt.embeddings.store import load_embedding_folder
@@ -25,10 +26,9 @@ from convirt.retrieval import (
     index_vectors,
     knn_scores,
     retrieval_metrics,
-    same_patient_exclusions,
     search,
 )
-from convirt.retrieval.folder import IndexFolderOutput, load_index_folder, patient_rows, search_index_folder
+from convirt.retrieval.folder import IndexFolderOutput, open_index_folder, patient_rows, search_index_folder
 from convirt.zeroshot.metrics import mean_defined, per_finding_auroc
 
 
@@ -59,52 +59,106 @@ def evaluate_index_folder(
         ValueError: The queries or texts come from another model, the indexed images carry no
             labels for kNN, or no indexed image has a report in ``texts``.
     """
-    folder = load_index_folder(index)
+    folder = open_index_folder(index)
     metadata = folder.metadata
+    labels, patients = LabelColumn(), IdColumn(_patient_of)
+    for row in metadata:  # the one pass over the index's rows
+        labels.add(row)
+        if not include_same_patient:
+            patients.add(row)
+    index_labels, groups = labels.sets(), None if include_same_patient else patients.groups()
+    query_meta: Sequence[dict[str, Any]] = metadata
     if queries is not None:
         embedded = load_embedding_folder(queries)
         check_same_space(folder.info.fingerprint, embedded.info, what="index (queries)")
         vectors, query_meta = embedded.vectors, embedded.rows
-        self_ids: list[set[int]] = [set() for _ in query_meta]
+        query_labels = _label_sets(query_meta)
+        codes = np.array([groups.code(_patient_of(m)) for m in query_meta], dtype=np.int32) if groups else None
+        exclude = _Exclusions(len(query_meta), groups, codes)
     else:
         _, vectors = index_vectors(folder.index)
-        query_meta = metadata
-        self_ids = [{row} for row in range(len(metadata))]
-    exclude = self_ids
-    if not include_same_patient:
-        patients = same_patient_exclusions(
-            [str(m.get("patient_id", "")) for m in query_meta], [str(m.get("patient_id", "")) for m in metadata]
-        )
-        exclude = [a | b for a, b in zip(self_ids, patients)]
-    depth = max(k, knn) + max((len(e) for e in exclude), default=0)
+        query_labels = index_labels
+        exclude = _Exclusions(len(metadata), groups, groups.codes if groups else None, own=True)
+    depth = max(k, knn) + exclude.largest()
     similarities, ids = search(folder.index, vectors, min(depth, folder.index.ntotal))
     only = set(findings) if findings else None
-
-    def finding_sets(rows: list[dict[str, Any]]) -> list[frozenset[str]]:
-        sets = [finding_set(m.get("labels", [])) for m in rows]
-        return [s & only for s in sets] if only is not None else sets
-
-    result: dict[str, Any] = retrieval_metrics(ids, finding_sets(query_meta), finding_sets(metadata), k, exclude)
+    index_sets = index_labels.findings(only)
+    result: dict[str, Any] = retrieval_metrics(ids, query_labels.findings(only), index_sets, k, exclude)
     if only is not None:
         result["findings"] = sorted(only)
     result.update(
         {"indexed": len(metadata), "factory": folder.info.factory, "same_patient_excluded": not include_same_patient}
     )
     if knn:
-        names = sorted(set().union(*finding_sets(metadata)))
+        names = sorted(set().union(*index_sets.values))
         if not names:
             raise ValueError("the indexed images carry no finding labels; kNN diagnosis needs them")
-        scores = knn_scores(ids, similarities, label_matrix(metadata, names), knn, exclude)
-        auroc = per_finding_auroc(label_matrix(query_meta, names), scores, names)
+        scores = knn_scores(ids, similarities, index_labels.matrix(names), knn, exclude)
+        auroc = per_finding_auroc(query_labels.matrix(names), scores, names)
         result["knn"] = {"k": knn, "auroc": auroc, "mean_auroc": mean_defined(auroc)}
     if texts is not None:
         result["image_text"] = _image_text(vectors, query_meta, texts, folder.info.fingerprint)
     return result
 
 
+def _patient_of(row: dict[str, Any]) -> str:
+    return str(row.get("patient_id", ""))
+
+
+def _label_sets(rows: Sequence[dict[str, Any]]) -> LabelSets:
+    column = LabelColumn()
+    for row in rows:
+        column.add(row)
+    return column.sets()
+
+
+class _Exclusions(Sequence[set[int]]):
+    """Per query, the index rows it never counts: its patient's and, for an indexed query, its own.
+
+    Each set is made when asked: held, a set per query would outweigh the rows themselves over an index's millions.
+
+    Args:
+        count: Queries.
+        patients: The index rows grouped by patient; ``None``: no patient left out.
+        codes: ``(Q,)`` each query's patient in ``patients`` (-1: not indexed).
+        own: The queries are the indexed rows ``0..Q-1``, each leaving itself out.
+    """
+
+    def __init__(
+        self, count: int, patients: IdGroups | None = None, codes: np.ndarray | None = None, own: bool = False
+    ) -> None:
+        self.queries, self.patients, self.own = count, patients, own
+        self.codes = codes if codes is not None else np.full(count, -1, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return self.queries
+
+    @overload
+    def __getitem__(self, item: int) -> set[int]: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[set[int]]: ...
+
+    def __getitem__(self, item: int | slice) -> set[int] | list[set[int]]:
+        if isinstance(item, slice):
+            return [self[i] for i in range(*item.indices(self.queries))]
+        query = int(item) + self.queries if int(item) < 0 else int(item)
+        if not 0 <= query < self.queries:
+            raise IndexError(f"query {item} of {self.queries}")
+        excluded = set(self.patients.rows_of(int(self.codes[query])).tolist()) if self.patients else set()
+        return excluded | {query} if self.own else excluded
+
+    def largest(self) -> int:
+        """The most rows a query leaves out."""
+        sizes = self.patients.sizes(self.codes) if self.patients else np.zeros(self.queries, dtype=np.int64)
+        if self.own:  # an indexed query is among its own patient's rows, where patients are left out
+            sizes = sizes if self.patients else sizes + 1
+        return int(sizes.max(initial=0))
+
+
 def _image_text(
     image_vectors: np.ndarray,
-    image_meta: list[dict[str, Any]],
+    image_meta: Sequence[dict[str, Any]],
     texts: str | os.PathLike[str],
     fingerprint: dict[str, Any],
 ) -> dict[str, Any]:
@@ -112,14 +166,15 @@ def _image_text(
     embedded = load_embedding_folder(texts)
     check_same_space(fingerprint, embedded.info, what="index (texts)")
     own = {row["key"]: text_group(row.get("text", "")) for row in embedded.rows}
-    keep = [i for i, row in enumerate(image_meta) if row["key"] in own]
+    keep, groups = [], []
+    for i, row in enumerate(image_meta):  # one pass: the index's rows may be read from their file
+        if row["key"] in own:
+            keep.append(i)
+            groups.append(own[row["key"]])
     if not keep:
         raise ValueError(f"no indexed image has a report in {texts} (keys differ)")
     return image_text_recall(
-        image_vectors[keep],
-        [own[image_meta[i]["key"]] for i in keep],
-        embedded.vectors,
-        [text_group(row.get("text", "")) for row in embedded.rows],
+        image_vectors[keep], groups, embedded.vectors, [text_group(row.get("text", "")) for row in embedded.rows]
     )
 
 

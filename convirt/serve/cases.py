@@ -4,8 +4,9 @@ A case is an index id. Its image is the file its metadata row names (``path``: a
 a label table or a folder) or, for an index built from shards, its member in the shard folder given
 (found by the row's key in the tar headers, read once at start: each member's place in its tar is
 kept, and an image is read from there with one seek). Which cases have an image is settled at
-start too, so asking costs no file-system call. Ids are looked up, never joined into a path; images
-go out as downsized JPEGs, kept in a small cache.
+start too, so asking costs no file-system call; what is kept is a byte a case (and a member's place),
+never the rows: a file's path is read from its case's row when its image is asked for. Ids are looked
+up, never joined into a path; images go out as downsized JPEGs, kept in a small cache.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import io
 import logging
 import os
 import tarfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from PIL import Image
 
+from convirt.data.columns import Column, IdColumn, IdGroups
 from convirt.data.images import (
     RefusedImageError,
     check_pixels,
@@ -33,6 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 THUMBNAIL_SIDE = 256
 # The largest shard member read: a stored case image is a JPEG of at most a few hundred kilobytes.
 MAX_MEMBER_BYTES = 32 << 20
+# Where a case's image comes from, one byte a case.
+_NONE, _FILE, _MEMBER = 0, 1, 2
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,19 @@ class Member(NamedTuple):
     size: int
 
 
+class _Places(NamedTuple):
+    """The place of each case's shard member, by case: its tar (an index into ``tars``, -1: none), offset, size."""
+
+    tars: list[Path]
+    tar: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+
+    def member(self, case: int) -> Member:
+        """Where case ``case``'s member lies (a case with one)."""
+        return Member(self.tars[self.tar[case]], int(self.offset[case]), int(self.size[case]))
+
+
 class CaseNotFound(KeyError):
     """No case with that id in the index."""
 
@@ -53,9 +72,11 @@ class CaseImages:
     """Image bytes of the indexed cases.
 
     Args:
-        metadata: The index's rows, by id.
+        metadata: The index's rows, by id: read once here (a :class:`convirt.retrieval.MetadataRows` streams
+            its file), then only a case's row whose file is asked for.
         shards: A shard folder holding the indexed images, for an index built from shards.
         max_member_bytes: Shard members larger than this are not served.
+        columns: Other columns of the rows to fill in the same pass (each row is read once).
 
     Raises:
         ValueError: A tar in ``shards`` is not an uncompressed tar.
@@ -63,32 +84,31 @@ class CaseImages:
 
     def __init__(
         self,
-        metadata: list[dict[str, Any]],
+        metadata: Sequence[dict[str, Any]],
         shards: str | os.PathLike[str] | None = None,
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        columns: Sequence[Column] = (),
     ) -> None:
         self.metadata = metadata
-        self.members: dict[str, Member] = {}
-        if shards is not None:
-            self.members = _find_members(Path(shards), {str(row.get("key")) for row in metadata}, max_member_bytes)
         # Each case's image, settled once: a file present at start, else its shard member, else none.
-        self._sources: list[Path | Member | None] = [self._source_of(row) for row in metadata]
-        self.served = [source is not None for source in self._sources]
+        self._sources = np.zeros(len(metadata), dtype=np.int8)
+        keys = IdColumn(lambda row: str(row.get("key")))  # what a case's shard member is named by
+        fed = (keys, *columns) if shards is not None else tuple(columns)
+        for case, row in enumerate(metadata):
+            if _is_file(row.get("path")):
+                self._sources[case] = _FILE
+            for column in fed:
+                column.add(row)
+        self._places: _Places | None = None
+        if shards is not None:
+            self._places = _find_members(Path(shards), keys.groups(), max_member_bytes)
+            self._sources[(self._sources == _NONE) & (self._places.tar >= 0)] = _MEMBER
+        self.served = self._sources != _NONE
         self.jpeg = lru_cache(maxsize=512)(self._jpeg)
-
-    def _source_of(self, row: dict[str, Any]) -> Path | Member | None:
-        if row.get("path"):
-            path = Path(str(row["path"]))
-            try:
-                if path.is_file():
-                    return path
-            except OSError:  # a name the file system refuses (too long, say): no image
-                pass
-        return self.members.get(str(row.get("key")))
 
     def has_image(self, case: int) -> bool:
         """Whether case ``case`` (a valid id) has an image this service may serve (as found at start)."""
-        return self.served[case]
+        return bool(self.served[case])
 
     def image(self, case: int) -> Image.Image:
         """Case ``case``'s grey image at its archive size (a valid id with an image).
@@ -99,12 +119,13 @@ class CaseImages:
             OSError: A shard member that is not a readable JPEG or PNG, or a shard changed since start.
         """
         source = self._sources[case]
-        if source is None:
+        if source == _NONE:
             raise FileNotFoundError(f"case {case} has no image")
         try:
-            if isinstance(source, Path):
-                return load_grayscale(source)
-            return _decode(_read(source))
+            if source == _FILE:
+                return load_grayscale(Path(str(self.metadata[case]["path"])))
+            assert self._places is not None  # a member's case has its place
+            return _decode(_read(self._places.member(case)))
         except FileNotFoundError:  # the path may hold a patient's name: the error names the case only
             raise FileNotFoundError(f"case {case}'s image is gone since the service started") from None
 
@@ -115,15 +136,26 @@ class CaseImages:
         return encode_jpeg(image, quality=85)
 
 
-def _find_members(shards: Path, wanted: set[str], max_bytes: int) -> dict[str, Member]:
-    """The place of each wanted key's image in the tars of ``shards``, from one scan of their headers.
+def _is_file(path: Any) -> bool:
+    """Whether a row's ``path`` names a file present now."""
+    try:
+        return bool(path) and Path(str(path)).is_file()
+    except OSError:  # a name the file system refuses (too long, say): no image
+        return False
+
+
+def _find_members(shards: Path, keys: IdGroups, max_bytes: int) -> _Places:
+    """The place of each case's image in the tars of ``shards`` (the member named by its key), from one
+    scan of their headers; ``keys`` holds the cases' keys.
 
     Only regular members are kept (a link or sparse member's bytes are not where its header is), and
     only those of at most ``max_bytes``.
     """
-    members: dict[str, Member] = {}
+    tars = sorted(shards.glob("*.tar"))
+    cases = len(keys.codes)
+    places = _Places(tars, np.full(cases, -1, dtype=np.int32), np.zeros(cases, np.int64), np.zeros(cases, np.int64))
     too_large = 0
-    for tar in sorted(shards.glob("*.tar")):
+    for number, tar in enumerate(tars):
         try:
             archive = tarfile.open(tar, "r:")  # uncompressed only: the offsets are into the file itself
         except tarfile.ReadError:
@@ -133,20 +165,18 @@ def _find_members(shards: Path, wanted: set[str], max_bytes: int) -> dict[str, M
         with archive:
             for member in archive:
                 stem, suffix = os.path.splitext(member.name)
-                if (
-                    suffix.lower() not in IMAGE_SUFFIXES
-                    or stem not in wanted
-                    or not member.isreg()
-                    or member.issparse()
-                ):
+                if suffix.lower() not in IMAGE_SUFFIXES or not member.isreg() or member.issparse():
+                    continue
+                owners = keys.rows(stem)
+                if not len(owners):
                     continue
                 if member.size > max_bytes:
                     too_large += 1
                     continue
-                members[stem] = Member(tar, member.offset_data, member.size)
+                places.tar[owners], places.offset[owners], places.size[owners] = number, member.offset_data, member.size
     if too_large:
         log.warning("%d shard images over %d MiB are not served", too_large, max_bytes >> 20)
-    return members
+    return places
 
 
 def _read(member: Member) -> bytes:

@@ -23,16 +23,14 @@ import torch
 from PIL import Image
 
 from convirt._hardware import choose_serve_threads
-from convirt.data.labels import label_matrix
-from convirt.data.schema import finding_set
+from convirt.data.columns import IdColumn, LabelColumn
 from convirt.data.stream import pad_id_of
 from convirt.data.transforms import image_transform_for
 from convirt.embeddings.encode import Encoder
 from convirt.models.checkpoint import LoadedModel
 from convirt.models.fingerprint import model_fingerprint
 from convirt.models.memory_format import to_channels_last
-from convirt.retrieval import check_same_space, load_index_folder, search
-from convirt.retrieval.metrics import same_patient_exclusions
+from convirt.retrieval import check_same_space, open_index_folder, search
 from convirt.serve.batching import MicroBatcher
 from convirt.serve.calibrated import Calibration, load_served_calibration
 from convirt.serve.cases import CaseImages, CaseNotFound
@@ -99,9 +97,12 @@ class CaseService:
         self.show_fields = check_fields(show_fields)
         self._salt = salt_for(case_salt)
         self.fingerprint = model_fingerprint(loaded)  # of the weights loaded: hashed once, here
-        self.folder = load_index_folder(index, fingerprint=self.fingerprint)
-        self.metadata = self.folder.metadata
-        self.images = CaseImages(self.metadata, shards)
+        self.folder = open_index_folder(index, fingerprint=self.fingerprint)
+        self.metadata = self.folder.metadata  # a row read when a case is shown: an archive may hold millions
+        # One pass over the rows; what is kept of them is arrays (a few bytes a case), never the rows.
+        labels, patients = LabelColumn(), IdColumn(lambda row: str(row.get("patient_id") or row.get("key")))
+        self.images = CaseImages(self.metadata, shards, columns=(labels, patients))
+        self._label_sets, self._patients = labels.sets(), patients.groups()
         self.transform = image_transform_for(loaded.preprocess_cfg, train=False)
         self.knn_k = knn_k
         self.classifier: ZeroShotClassifier | None = None
@@ -109,14 +110,10 @@ class CaseService:
             loaded.require_text("diagnosis from descriptors")
             self.descriptors = load_descriptors(descriptors)
             self.classifier = ZeroShotClassifier(loaded.model, loaded.tokenizer, self.descriptors, Method.DESCRIPTORS)
-        names = self.classifier.descriptors.finding_names if self.classifier else sorted(self._all_labels())
+        names = self.classifier.descriptors.finding_names if self.classifier else sorted(self._label_sets.names())
         self.finding_names, made_by = list(names), (self.fingerprint, self.classifier and self.classifier.descriptors)
         self.calibrated = load_served_calibration(calibration, operating_point, None, made_by)
-        self.labels = label_matrix(self.metadata, self.finding_names)
-        self.patients = [str(row.get("patient_id") or row.get("key")) for row in self.metadata]
-        # Each patient's rows, built once: a per-request scan costs ~0.2 s at 100k cases.
-        unique = list(dict.fromkeys(self.patients))
-        self._patient_rows = dict(zip(unique, same_patient_exclusions(unique, self.patients)))
+        self.labels = self._label_sets.matrix(self.finding_names)  # (N, F) bool
         self._model_lock = threading.Lock()  # one forward pass of the query model at a time
         # Saliency runs on its own copy of the model: a diagnosis with maps never stalls a search.
         self._explainer = Explainer(self.classifier) if self.classifier else None
@@ -166,9 +163,6 @@ class CaseService:
                 if self.loaded.has_text:
                     self.encoder.texts(self.loaded.tokenizer(["warm up"] * n))
 
-    def _all_labels(self) -> set[str]:
-        return set().union(*(finding_set(row.get("labels", [])) for row in self.metadata)) if self.metadata else set()
-
     def _image_batch(self, items: list[tuple[torch.Tensor, int]]) -> list[_QueryHits]:
         with self._model_lock:
             vectors = self.encoder.images(torch.stack([pixels for pixels, _ in items]))
@@ -193,7 +187,7 @@ class CaseService:
         return [_QueryHits(vectors[i], scores[i], ids[i]) for i in range(len(vectors))]
 
     def _exclusions(self, patient_id: str | None) -> set[int]:
-        return self._patient_rows.get(patient_id, set()) if patient_id else set()
+        return set(self._patients.rows(patient_id).tolist()) if patient_id else set()
 
     def _nearest(self, hits: _QueryHits, k: int, excluded: set[int]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -228,7 +222,9 @@ class CaseService:
             vector = np.asarray(self.folder.index.reconstruct(case), dtype=np.float32)
         except RuntimeError:
             raise ValueError("this index cannot give its vectors back: search by image or text") from None
-        return vector, {case, *self._exclusions(self.patients[case])}
+        patient = int(self._patients.codes[case])
+        named = self._patients.ids[patient] != b""  # an empty patient id names no patient (as a request's)
+        return vector, {case, *(self._patients.rows_of(patient).tolist() if named else ())}
 
     def _case_query(self, case: int, k: int, answer: Callable[..., Any] | None = None) -> _BatchedQuery:
         vector, excluded = self._case_vector(case)

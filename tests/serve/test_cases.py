@@ -169,3 +169,28 @@ def test_a_damaged_archive_image_is_a_404_not_a_500(service, monkeypatch, tmp_pa
     client = local_client(create_app(service))
     assert client.get("/v1/cases/7/image").status_code == 404
     assert client.post("/v1/diagnose", data={"case": "7", "saliency": "true"}).status_code == 404
+
+
+def test_the_service_holds_no_row_of_its_index(archive, monkeypatch):
+    """One pass over the index's rows at start keeps arrays only: labels, patients and which cases have an
+    image agree with the rows read whole, and a case's row is read when it is shown."""
+    import json
+
+    from convirt.data.labels import label_matrix
+    from convirt.retrieval import MetadataRows
+    from convirt.serve.service import CaseService
+    from tests.bench.test_retrieval import held_rows
+
+    loaded, folder, _ = archive
+    count = held_rows(monkeypatch)
+    service = CaseService(loaded, folder, knn_k=5)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert count["parsed"] >= len(rows) > 50 and count["peak"] <= 2, count
+    assert isinstance(service.metadata, MetadataRows)
+    np.testing.assert_array_equal(service.labels, label_matrix(rows, service.finding_names))
+    patients = [str(row.get("patient_id") or row.get("key")) for row in rows]
+    for patient in {*patients, "someone else"}:
+        assert service._exclusions(patient) == {i for i, p in enumerate(patients) if p == patient}
+    assert [service.images.has_image(case) for case in range(len(rows))] == [True] * len(rows)
+    before = count["parsed"]
+    assert service.case(3)["report"] == rows[3]["text"] and count["parsed"] == before + 1
