@@ -102,7 +102,7 @@ def evaluate_index_folder(
 
 
 def _patient_of(row: dict[str, Any]) -> str:
-    return str(row.get("patient_id", ""))
+    return str(row.get("patient_id") or row.get("key", ""))  # no patient id: each image its own, as elsewhere
 
 
 def _label_sets(rows: Sequence[dict[str, Any]]) -> LabelSets:

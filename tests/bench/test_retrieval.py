@@ -95,7 +95,11 @@ def _over_all_rows(index, rows, queries, k, knn, include_same_patient, findings)
     self_ids = [{i} if own else set() for i in range(len(query_rows))]
     exclude = self_ids
     if not include_same_patient:
-        patient = [str(m.get("patient_id", "")) for m in query_rows], [str(m.get("patient_id", "")) for m in rows]
+        # A row without a patient id is its own patient (its key), as every other evaluation has it.
+        patient = (
+            [str(m.get("patient_id") or m["key"]) for m in query_rows],
+            [str(m.get("patient_id") or m["key"]) for m in rows],
+        )
         exclude = [a | b for a, b in zip(self_ids, same_patient_exclusions(*patient))]
     depth = max(k, knn) + max(len(e) for e in exclude)
     similarities, ids = search(index, query_vectors, min(depth, index.ntotal))
