@@ -26,7 +26,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="operating point of --calibration whose threshold marks findings (youden, sensitivity>=0.90, ...; "
         "default: youden where the file carries it, else its first rule; none when it carries no operating point)",
     )
-    serve.add_argument("--images", help="shard folder of the indexed images, for an index built from shards")
+    serve.add_argument(
+        "--images",
+        help="the tars of the indexed images, for an index built from shards: a folder of them (convirt shards "
+        "output or other tools' shards: jpg, png or webp members) or a brace pattern of local tars",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (any but loopback needs a token)")
     serve.add_argument(
         "--allowed-host",

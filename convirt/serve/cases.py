@@ -33,7 +33,7 @@ from convirt.data.images import (
     resize_short_side,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # img2dataset writes webp too
 THUMBNAIL_SIDE = 256
 # The largest shard member read: a stored case image is a JPEG of at most a few hundred kilobytes.
 MAX_MEMBER_BYTES = 32 << 20
@@ -74,12 +74,14 @@ class CaseImages:
     Args:
         metadata: The index's rows, by id: read once here (a :class:`convirt.retrieval.MetadataRows` streams
             its file), then only a case's row whose file is asked for.
-        shards: A shard folder holding the indexed images, for an index built from shards.
+        shards: The tars holding the indexed images, for an index built from shards: a folder of them
+            (`convirt shards` output, or shards of other tools) or a brace pattern of local tars.
         max_member_bytes: Shard members larger than this are not served.
         columns: Other columns of the rows to fill in the same pass (each row is read once).
 
     Raises:
-        ValueError: A tar in ``shards`` is not an uncompressed tar.
+        ValueError: ``shards`` names no local tar (a URL: members are read at their offsets), or a
+            tar in it is not an uncompressed tar.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class CaseImages:
                 column.add(row)
         self._places: _Places | None = None
         if shards is not None:
-            self._places = _find_members(Path(shards), keys.groups(), max_member_bytes)
+            self._places = _find_members(local_tars(shards), keys.groups(), max_member_bytes)
             self._sources[(self._sources == _NONE) & (self._places.tar >= 0)] = _MEMBER
         self.served = self._sources != _NONE
         self.jpeg = lru_cache(maxsize=512)(self._jpeg)
@@ -116,7 +118,7 @@ class CaseImages:
         Raises:
             FileNotFoundError: The image's file or shard is gone since the service started.
             RefusedImageError: A shard member declaring more pixels than a radiograph needs.
-            OSError: A shard member that is not a readable JPEG or PNG, or a shard changed since start.
+            OSError: A shard member that is not a readable JPEG, PNG or WebP, or a shard changed since start.
         """
         source = self._sources[case]
         if source == _NONE:
@@ -144,14 +146,37 @@ def _is_file(path: Any) -> bool:
         return False
 
 
-def _find_members(shards: Path, keys: IdGroups, max_bytes: int) -> _Places:
-    """The place of each case's image in the tars of ``shards`` (the member named by its key), from one
-    scan of their headers; ``keys`` holds the cases' keys.
+def local_tars(shards: str | os.PathLike[str]) -> list[Path]:
+    """The tars of a folder (sorted) or of a brace pattern (``shards/{00000..00009}.tar``, or a ``::`` list), all
+    local files.
+
+    Raises:
+        ValueError: A URL or ``pipe:`` (the service reads members at their offsets in local files), no
+            tars, or a tar of the pattern missing.
+    """
+    text = str(shards)
+    if "://" in text or text.startswith("pipe:"):
+        raise ValueError(f"--images reads local tars (a case's image at its offset), not {text}: copy the shards here")
+    if Path(text).is_dir():
+        tars = sorted(Path(text).glob("*.tar"))
+        if not tars:
+            raise ValueError(f"no .tar shards in {text}")
+        return tars
+    from convirt.data.urls import expand_shard_urls
+
+    tars = [Path(name) for name in expand_shard_urls(text)]
+    if missing := next((tar for tar in tars if not tar.is_file()), None):
+        raise ValueError(f"no shard at {missing}" + (f" (of {text})" if len(tars) > 1 else ""))
+    return tars
+
+
+def _find_members(tars: list[Path], keys: IdGroups, max_bytes: int) -> _Places:
+    """The place of each case's image in ``tars`` (the member named by its key), from one scan of their
+    headers; ``keys`` holds the cases' keys.
 
     Only regular members are kept (a link or sparse member's bytes are not where its header is), and
     only those of at most ``max_bytes``.
     """
-    tars = sorted(shards.glob("*.tar"))
     cases = len(keys.codes)
     places = _Places(tars, np.full(cases, -1, dtype=np.int32), np.zeros(cases, np.int64), np.zeros(cases, np.int64))
     too_large = 0
@@ -195,14 +220,14 @@ def _read(member: Member) -> bytes:
 
 
 def _decode(data: bytes) -> Image.Image:
-    """A shard image (JPEG or PNG) as 8-bit grey, its declared size checked before it is decoded.
+    """A shard image (JPEG, PNG or WebP) as 8-bit grey, its declared size checked before it is decoded.
 
     Raises:
         RefusedImageError: More pixels than :data:`convirt.data.images.MAX_IMAGE_PIXELS` (``image_too_large``).
-        OSError: Not a readable JPEG or PNG.
+        OSError: Not a readable JPEG, PNG or WebP.
     """
     try:
-        source = Image.open(io.BytesIO(data), formats=("JPEG", "PNG"))
+        source = Image.open(io.BytesIO(data), formats=("JPEG", "PNG", "WEBP"))
     except Image.DecompressionBombError:  # PIL's own limit, far past ours: the same refusal
         raise RefusedImageError("image_too_large", "the shard image declares more pixels than PIL opens") from None
     with source, damage_as_oserror():

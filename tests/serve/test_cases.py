@@ -194,3 +194,38 @@ def test_the_service_holds_no_row_of_its_index(archive, monkeypatch):
     assert [service.images.has_image(case) for case in range(len(rows))] == [True] * len(rows)
     before = count["parsed"]
     assert service.case(3)["report"] == rows[3]["text"] and count["parsed"] == before + 1
+
+
+def test_shards_of_other_tools_serve_their_webp_and_jpg_images_from_a_folder_or_a_pattern(tmp_path):
+    # img2dataset-style tars written by webdataset's own TarWriter: webp and jpg images beside txt and json.
+    import webdataset as wds
+
+    def encoded(shade: int, kind: str) -> bytes:
+        out = io.BytesIO()
+        Image.new("L", (36, 30), shade).save(out, format=kind, **({"lossless": True} if kind == "WEBP" else {}))
+        return out.getvalue()
+
+    folder = tmp_path / "img2dataset"
+    folder.mkdir()
+    shades = {}
+    for number, kind in enumerate(("WEBP", "JPEG")):
+        with wds.TarWriter(str(folder / f"{number:05d}.tar")) as sink:
+            for i in range(3):
+                key, shade = f"{number:05d}{i:04d}", 40 + 60 * i + number
+                shades[key] = shade
+                field = "webp" if kind == "WEBP" else "jpg"
+                sink.write({"__key__": key, field: encoded(shade, kind), "txt": b"report", "json": {"url": "x"}})
+    rows = [{"key": key} for key in shades] + [{"key": "elsewhere"}]
+    for shards in (folder, str(folder / "{00000..00001}.tar")):
+        images = CaseImages(rows, shards)
+        assert images.served.tolist() == [True] * 6 + [False]
+        for case, (key, shade) in enumerate(shades.items()):
+            image = images.image(case)
+            assert image.size == (36, 30) and abs(int(np.asarray(image).mean()) - shade) <= 2, key
+    with pytest.raises(ValueError, match="reads local tars .* not s3://bucket/x.tar: copy the shards here"):
+        CaseImages(rows, "s3://bucket/x.tar")
+    with pytest.raises(ValueError, match="no shard at .*00002.tar"):
+        CaseImages(rows, str(folder / "{00000..00002}.tar"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .tar shards in"):
+        CaseImages(rows, tmp_path / "empty")
