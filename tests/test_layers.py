@@ -49,7 +49,8 @@ def test_imports_point_down_the_layers(package):
 
 # Where each concept lives: the one module that defines it (anything else imports it from there).
 HOMES = {
-    "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256"],
+    "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256", "check_output_folder"],
+    "_memory": ["available_memory"],
     "_embedding_space": ["check_same_space", "canonical_precision"],
     "data/shards": ["read_manifest", "shard_urls", "require_images"],
     "data/writer": ["write_shards", "assign_split"],
@@ -75,11 +76,11 @@ HOMES = {
     "models/sources": ["load_model", "describe_sources"],
     "models/initial": ["initial_model", "initial_inputs", "absolute_source"],
     "models/adapted": ["adapt", "adapter_config", "weights_sha256", "registry_base", "load_adapted"],
+    "embeddings/run": ["embed_to_folder", "encode_here"],
     "embeddings/store": [
         "load_embedding_folder",
         "open_embedding_folder",
         "close_embedding_folder",
-        "embed_to_folder",
         "list_embedding_parts",
         "EmbeddingPart",
     ],
@@ -103,7 +104,6 @@ HOMES = {
         "build_out_of_core",
         "part_block",
         "is_sub_index",
-        "available_memory",
         "out_of_core_needed",
         "ArrayPart",
         "VectorPart",

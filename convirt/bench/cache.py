@@ -3,7 +3,7 @@
 A folder is named by the hash of the model's fingerprint (name, weights SHA-256, dim) and of the
 data (the bytes of the manifest or label table, the split and the filter), so a second run, or a
 run with another suite over the same data, reads it instead of embedding. Writing goes through
-the embedding folder's resumable path (``embed_folder``: :func:`convirt.embeddings.store.embed_to_folder`,
+the embedding folder's resumable path (``embed_folder``: :func:`convirt.embeddings.run.embed_to_folder`,
 passed in by the caller, which chooses where it runs), so a run killed midway
 goes on from its last complete part; ``complete.json`` is written last.
 """

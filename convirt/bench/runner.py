@@ -102,7 +102,7 @@ def run_bench(
         suite: The suite (:func:`convirt.bench.suite.load_suite`).
         sources: Model sources (:func:`convirt.models.sources.load_model`).
         output: The bench folder: ``embeddings/``, ``results/``, ``results.jsonl``, ``leaderboard.*``.
-        embed_folder: The resumable embedding writer (:func:`convirt.embeddings.store.embed_to_folder`).
+        embed_folder: The resumable embedding writer (:func:`convirt.embeddings.run.embed_to_folder`).
         seeds: Seeds of the seeded protocols (the probes); the others use the first.
         bootstrap: Replicates of every CI.
         precision: Of the embeddings: float32 by default, so that a result is the same on every

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     from convirt.bench.runner import run_bench
     from convirt.bench.suite import load_suite
     from convirt.data.foreign import describe_input
-    from convirt.embeddings.store import embed_to_folder
+    from convirt.embeddings.run import embed_to_folder
     from convirt.training.finetune import FinetuneSettings, finetune_predict
     from convirt.training.predict import encode_on_devices
 

@@ -46,7 +46,7 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.data.inputs import parse_where
     from convirt.data.stream import pad_id_of
     from convirt.embeddings.encode import Encoder
-    from convirt.embeddings.store import embed_to_folder
+    from convirt.embeddings.run import embed_to_folder
     from convirt.models import model_fingerprint
     from convirt.training.predict import encode_on_devices, launched_rank
 

@@ -2,13 +2,13 @@
 
 from convirt.embeddings.encode import EmbeddingOutput, Encoder, embed_batches, embed_image_files, embed_texts
 from convirt.embeddings.precision import EmbeddingPrecision, planned_precision
+from convirt.embeddings.run import embed_to_folder
 from convirt.embeddings.store import (
     EmbeddingFolderOutput,
     EmbeddingPart,
     EmbeddingPartsOutput,
     PartWriter,
     close_embedding_folder,
-    embed_to_folder,
     list_embedding_parts,
     load_embedding_folder,
     open_embedding_folder,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ import numpy as np
 
 from convirt._embedding_space import canonical_precision, check_same_space
 from convirt._io import atomic_path, write_json, write_jsonl
-from convirt.embeddings.encode import MODALITIES, Encoder, as_encoder, batch_rows
-from convirt.embeddings.precision import EmbeddingPrecision, parse_precision
+from convirt.embeddings.encode import batch_rows
 
 INFO = "info.json"
 PART_PREFIX = "part-"
@@ -253,7 +252,7 @@ def open_embedding_folder(folder: str | os.PathLike[str], fingerprint: dict[str,
         info.update({key: before[key] for key in (*PRECISION_KEYS, "precisions") if key in before})
     write_json(out / INFO, info)
     for stale in out.glob(f"{SKIPPED_PREFIX}*.json"):  # a count per rank of the run before
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # the ranks of a distributed run all clear them, at the same time
     return embedded_keys(out)
 
 
@@ -302,95 +301,3 @@ def _info_of(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # Encodes every batch into the sinks it opens by rank (one process, or the ranks of a data-parallel run).
-EncodeAll = Callable[[Encoder, Iterable[dict[str, Any]], Callable[[int], "PartWriter"], str, bool], None]
-
-
-def encode_here(
-    encoder: Encoder,
-    batches: Iterable[dict[str, Any]],
-    open_sink: Callable[[int], PartWriter],
-    modality: str = "image",
-    progress: bool = True,
-) -> None:
-    """Encode every batch in this process into the sink of rank 0."""
-    from tqdm.auto import tqdm
-
-    sink = open_sink(0)
-    for batch in tqdm(batches, desc=f"embed {modality}s", unit="batch", disable=not progress):
-        sink.add_batch(encoder.batch(batch, modality), batch)
-    sink.close()
-
-
-def embed_to_folder(
-    model: Any,
-    make_batches: Callable[[set[str]], Iterable[dict[str, Any]]],
-    output: str | os.PathLike[str],
-    fingerprint: dict[str, Any] | None = None,
-    modality: str = "image",
-    chunk_size: int = 4096,
-    dtype: str = "float32",
-    precision: str | None = None,
-    encode_all: EncodeAll | None = None,
-    progress: bool = True,
-) -> tuple[int, int]:
-    """Embed into an embedding folder, resuming what is there.
-
-    Each rank writes its own parts of ``chunk_size`` vectors, so a run killed at any point carries on
-    from its last complete part when run again with the same arguments. The precision the vectors
-    were made at (:mod:`convirt.embeddings.precision`) is recorded in ``info.json``, and a resume at
-    a precision not shown to agree with the folder's is refused.
-
-    Args:
-        model: An :class:`~convirt.embeddings.encode.Encoder` (its precision and padding id), or a
-            model with ``encode_image`` / ``encode_text`` (float32 on a CPU, the policy elsewhere).
-        make_batches: Called with the keys already in the folder; returns the batches of the
-            others (e.g. :func:`convirt.data.inputs.build_eval_batches` with ``skip_keys``).
-        output: The folder.
-        fingerprint: The model's (:func:`convirt.models.model_fingerprint`), checked against the
-            folder's when resuming and stored with ``modality`` and the precision.
-        modality, chunk_size, dtype: What to embed, vectors per part, ``float32`` or ``float16`` on disk.
-        precision: A precision to use as asked (``float32``, ``bfloat16``, ``32-true``...); ``None``:
-            the encoder's (the policy for a model).
-        encode_all: Runs the encoding (default :func:`encode_here`, this process; ``convirt embed
-            --devices N`` passes the data-parallel runner of :mod:`convirt.training.predict`).
-        progress: Show a progress bar.
-
-    Returns:
-        The vectors the folder holds, and the corrupt samples this run skipped.
-
-    Raises:
-        ValueError: The folder holds another model's or modality's vectors, or vectors of another
-            precision not shown to agree.
-    """
-    from functools import partial
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
-    encoder = as_encoder(model)
-    if precision is not None:
-        encoder.requested = parse_precision(precision)
-    before = _info_of(output)
-    if encoder.requested is None and completed_parts(output) and before.get("precision") is not None:
-        if canonical_precision(before["precision"]) == "float32":
-            encoder.requested = "float32"  # a resume goes on at the folder's float32, whatever the device
-    done = open_embedding_folder(output, {**(fingerprint or {}), "modality": modality})
-
-    def settle(made_modality: str, made: EmbeddingPrecision) -> None:
-        # Checked and recorded once the first batch settles it, before any of its vectors is written.
-        if made_modality == modality:
-            record_precision(output, made.as_info())
-
-    encoder.on_settle = settle
-    try:
-        (encode_all or encode_here)(
-            encoder,
-            make_batches(done),
-            partial(PartWriter, output, chunk_size=chunk_size, dtype=dtype),
-            modality,
-            progress,
-        )
-    finally:
-        encoder.on_settle = None
-    return close_embedding_folder(output)

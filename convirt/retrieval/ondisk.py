@@ -30,6 +30,7 @@ import numpy as np
 
 from convirt._embedding_space import check_same_space
 from convirt._io import atomic_folder, file_sha256, write_json
+from convirt._memory import available_memory
 from convirt.retrieval.index import (
     INDEX_FILE,
     INFO_FILE,
@@ -85,18 +86,6 @@ class ArrayPart:
         if self.metadata is not None:
             return iter(self.metadata)
         return ({"key": f"{self.name}/{i}"} for i in range(self.count))
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (``MemAvailable``: free plus reclaimable cache)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def out_of_core_needed(count: int, dim: int, available: int | None = None) -> bool:

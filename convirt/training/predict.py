@@ -106,10 +106,10 @@ def encode_on_devices(
     accelerator: str = "auto",
     devices: int | str = 1,
     num_nodes: int = 1,
-) -> None:
+) -> int:
     """Encode every batch on ``devices`` processes; each rank's features go to ``open_sink(rank)``.
 
-    The runner that :func:`convirt.embeddings.store.embed_to_folder` takes as ``encode_all`` (bind
+    The runner that :func:`convirt.embeddings.run.embed_to_folder` takes as ``encode_all`` (bind
     ``accelerator`` and ``devices``).
 
     Args:
@@ -122,6 +122,9 @@ def encode_on_devices(
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         devices: Number of processes per node (DDP when more than one in all).
         num_nodes: Nodes, each started by its own launcher (torchrun, srun), which Lightning detects.
+
+    Returns:
+        The number of ranks, each of which closed its sink before this returns.
     """
     trainer = _trainer(accelerator, devices, num_nodes, [SinkWriter(open_sink)], progress)
     with warnings.catch_warnings():
@@ -134,6 +137,7 @@ def encode_on_devices(
         )
     if trainer.world_size > 1:  # every rank's parts are on disk before any rank counts the folder
         trainer.strategy.barrier("convirt-embed-done")
+    return int(trainer.world_size)
 
 
 def launched_rank(accelerator: str = "auto", devices: int | str = 1, num_nodes: int = 1) -> tuple[int, int]:

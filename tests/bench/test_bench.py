@@ -10,7 +10,7 @@ from convirt.bench.runner import run_bench
 from convirt.bench.suite import list_suites, load_suite
 from convirt.cli.main import main
 from convirt.data.shards import read_manifest
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 
 PROTOCOLS = {
     "zeroshot": {},

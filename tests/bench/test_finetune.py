@@ -7,7 +7,7 @@ import torch
 from convirt.bench.finetune import fraction_of, patient_parts, task_rows
 from convirt.bench.runner import run_bench
 from convirt.bench.suite import Suite, Task
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 from convirt.models.sources import load_model
 from convirt.training.finetune import FinetuneSettings, finetune_predict
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance
 from convirt.bench.runner import run_bench
 from convirt.bench.suite import Suite, Task
 from convirt.data.signatures import read_signatures
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 from convirt.models.checkpoint import _run_of
 from convirt.retrieval.duplicates import find_duplicates
 

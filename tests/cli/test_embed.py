@@ -117,6 +117,13 @@ def test_two_gloo_processes_embed_the_same_vectors(tiny_checkpoint, labels_csv, 
     assert [r["key"] for r in rows_a] == [r["key"] for r in rows_b]  # every image once, none repeated
     assert len(rows_b) == len({r["key"] for r in rows_b}) == (93 if data == "csv" else 62)
     assert np.allclose(a, b, atol=1e-5)
+    if data == "shards":  # run again into the same folder: both ranks clear the last run's records at once
+        before = {path.name: path.stat().st_mtime_ns for path in double.glob("part-*")}
+        _embed_on_two_ranks(
+            ["--checkpoint", str(tiny_checkpoint), *source, "--output", str(double), "--batch-size", "8"]
+        )
+        assert {path.name: path.stat().st_mtime_ns for path in double.glob("part-*")} == before  # nothing left to do
+        assert sorted(path.name for path in double.glob("skipped-*.json")) == ["skipped-000.json", "skipped-001.json"]
 
 
 def _embed_on_two_ranks(arguments: list[str]) -> None:

@@ -210,7 +210,7 @@ def test_a_bench_suite_evaluates_foreign_shards_and_skips_label_protocols_withou
 
     from convirt.bench.runner import run_bench
     from convirt.bench.suite import load_suite
-    from convirt.embeddings.store import embed_to_folder
+    from convirt.embeddings.run import embed_to_folder
 
     protocols = {"zeroshot": {}, "knn": {"k": 5}, "image_text": {}}
     write_foreign(tmp_path / "labelled", test_samples, image="png", text="caption")

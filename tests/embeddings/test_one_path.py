@@ -19,7 +19,7 @@ from convirt.cli.common import eval_batches
 from convirt.cli.main import main
 from convirt.data.inputs import read_image_rows
 from convirt.embeddings import embed_batches, read_embeddings
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 from convirt.models.sources import load_model
 from convirt.serve.service import CaseService
 

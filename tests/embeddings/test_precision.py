@@ -11,7 +11,7 @@ import convirt.embeddings.encode as encode
 from convirt._embedding_space import check_same_space
 from convirt.embeddings.encode import Encoder
 from convirt.embeddings.precision import EmbeddingPrecision, planned_precision
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 
 FLOAT32 = {"model_name": "m", "dim": 3, "precision": "float32", "device": "cpu", "precision_agreement": None}
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from convirt.embeddings import read_embeddings
-from convirt.embeddings.store import completed_parts, embed_to_folder
+from convirt.embeddings.run import embed_to_folder
+from convirt.embeddings.store import completed_parts
 
 
 class _Encoder(torch.nn.Module):
@@ -84,7 +85,7 @@ def test_float16_storage_and_errors(tmp_path):
 _CHILD = """
 import sys, time, torch
 import torch.nn.functional as F
-from convirt.embeddings.store import embed_to_folder
+from convirt.embeddings.run import embed_to_folder
 
 class Encoder(torch.nn.Module):
     def encode_image(self, images, normalize=False):
@@ -156,3 +157,16 @@ def test_parts_are_listed_without_reading_them(tmp_path):
     assert [row["key"] for row in listed.parts[2].rows()] == ["k8", "k9"]
     with pytest.raises(FileNotFoundError, match="run `convirt embed` first"):
         list_embedding_parts(tmp_path / "none")
+
+
+def test_ranks_whose_parts_are_not_in_the_folder_are_said(tmp_path):
+    # Two ranks, each on its own node's disk: this node sees rank 0's parts only (a resume would embed
+    # rank 1's share again), which is said instead of counting half the vectors as the whole.
+    from convirt.embeddings.run import encode_here
+
+    def two_nodes_one_disk(encoder, batches, open_sink, modality, progress):
+        encode_here(encoder, batches, open_sink, modality, progress)  # rank 0; rank 1 wrote elsewhere
+        return 2
+
+    with pytest.raises(ValueError, match="parts of ranks 1 of 2 are not in .*every node shares"):
+        embed_to_folder(_Encoder(), lambda done: _batches(8, done), tmp_path / "e", encode_all=two_nodes_one_disk)

@@ -232,7 +232,7 @@ def test_a_simulated_slurm_job_embeds_each_rank_s_torchrun_shards(
 
     import convirt.training.predict as predict
     from convirt.cli.main import main
-    from convirt.embeddings.store import encode_here
+    from convirt.embeddings.run import encode_here
 
     output = tmp_path / "slurm"
     for rank in range(4):
