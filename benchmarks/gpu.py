@@ -467,7 +467,7 @@ def measure_embed(plan: Plan, shards: Path, text_tower: Path, work: Path, worker
     from convirt.data.inputs import build_eval_batches
     from convirt.data.stream import pad_id_of
     from convirt.embeddings.encode import Encoder
-    from convirt.embeddings.store import embed_to_folder
+    from convirt.embeddings.run import embed_to_folder
     from convirt.models import model_fingerprint
     from convirt.models.sources import load_model
     from convirt.training.module import save_initial_checkpoint
