@@ -51,6 +51,7 @@ def test_imports_point_down_the_layers(package):
 HOMES = {
     "_io": ["atomic_path", "atomic_folder", "write_json", "json_safe", "file_sha256", "check_output_folder"],
     "_memory": ["available_memory"],
+    "training/launch": ["require_launcher"],
     "_embedding_space": ["check_same_space", "canonical_precision"],
     "data/shards": ["read_manifest", "shard_urls", "require_images"],
     "data/writer": ["write_shards", "assign_split"],

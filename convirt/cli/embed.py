@@ -40,7 +40,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    import os
     from functools import partial
 
     from convirt.data.inputs import parse_where
@@ -48,16 +47,11 @@ def run_embed(args: argparse.Namespace) -> None:
     from convirt.embeddings.encode import Encoder
     from convirt.embeddings.run import embed_to_folder
     from convirt.models import model_fingerprint
+    from convirt.training.launch import require_launcher
     from convirt.training.predict import encode_on_devices, launched_rank
 
     onnx = args.runtime == "onnx"
-    if args.num_nodes < 1:
-        raise ValueError(f"--num-nodes must be at least 1, got {args.num_nodes}")
-    if args.num_nodes > 1 and not (os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_NTASKS")):
-        raise ValueError(
-            f"--num-nodes {args.num_nodes} needs a launcher on every node (torchrun --nnodes "
-            f"{args.num_nodes} --nproc_per_node {args.devices} ..., or srun): run this command under it"
-        )
+    require_launcher(args.num_nodes, args.devices, "--num-nodes")
     ranks = args.num_nodes > 1 or str(args.devices) not in ("1",)
     if onnx and (ranks or args.precision not in ("auto", "float32", "32", "32-true")):
         raise ValueError("--runtime onnx embeds in this process in float32: leave --devices and --precision out")

@@ -27,11 +27,15 @@ class ConvirtLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Fit the run to the hardware where the config leaves it open (see :func:`configure_hardware`)."""
+        from convirt.training.launch import require_launcher
         from convirt.training.text_pretrain import SectionMatchingModule
 
         model_class = self.model_class
         text_pretraining = isinstance(model_class, type) and issubclass(model_class, SectionMatchingModule)
-        configure_hardware(self.config.get(str(self.subcommand), self.config), self.subcommand, text_pretraining)
+        config = self.config.get(str(self.subcommand), self.config)
+        trainer = config["trainer"]
+        require_launcher(int(trainer.get("num_nodes") or 1), trainer.get("devices"), "--trainer.num_nodes")
+        configure_hardware(config, self.subcommand, text_pretraining)
 
 
 def configure_hardware(config: Any, subcommand: str | None = None, text_pretraining: bool = False) -> None:

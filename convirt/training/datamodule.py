@@ -7,7 +7,7 @@ import zlib
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from convirt.data.fields import CONVIRT_FIELDS, Fields, parse_fields
@@ -166,6 +166,12 @@ class ShardDataModule(L.LightningDataModule):
         )
         urls = self._urls(split)
         split_by_rank = train and not hp.resampled and world_size > 1 and len(urls) >= world_size
+        if train and not hp.resampled and world_size > 1 and not split_by_rank:
+            rank_zero_warn(
+                f"{len(urls)} training shards for {world_size} ranks: every rank reads all of them (each sample "
+                f"{world_size} times an epoch); write at least {world_size} shards (convirt shards --shard-size) "
+                "or set --data.resampled true"
+            )
         workers = hp.num_workers
         if train and not hp.resampled:
             # An endless training stream must give every worker at least one shard.

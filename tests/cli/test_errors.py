@@ -27,3 +27,27 @@ def test_embed_on_several_nodes_without_a_launcher_says_so(tiny_checkpoint, phan
     args = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--output", str(tmp_path)]
     assert main([*args, "--num-nodes", "2"]) != 0
     assert "needs a launcher on every node (torchrun --nnodes 2" in capsys.readouterr().err
+
+
+def test_fit_on_several_nodes_without_a_launcher_says_so(
+    phantom_shards, tiny_text_model, tmp_path, capsys, monkeypatch
+):
+    # The same for `convirt fit --trainer.num_nodes 2`: refused before a model is built.
+    from convirt.training.launch import LAUNCHER_VARIABLES
+    from tests.conftest import TINY_MODEL
+
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    model = [
+        "--model.model_name",
+        TINY_MODEL,
+        "--model.pretrained",
+        "false",
+        "--model.text_model_path",
+        tiny_text_model,
+    ]
+    args = ["fit", *model, "--data.shards", str(phantom_shards), "--trainer.default_root_dir", str(tmp_path)]
+    assert main([*args, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--trainer.num_nodes 2 needs a launcher on every node (torchrun --nnodes 2 --nproc_per_node 2" in err
+    assert "Traceback" not in err

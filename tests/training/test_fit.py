@@ -153,3 +153,23 @@ def test_text_only_negatives_join_training_batches(phantom_shards, tiny_text_mod
     trainer = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     with pytest.raises(ValueError, match="need model.loss 'clip'"):
         trainer.fit(siglip, datamodule=data)
+
+
+def test_fewer_training_shards_than_ranks_is_warned(phantom_shards, tiny_text_model):
+    # 4 training shards, 8 ranks: each rank would read them all (each sample 8 times an epoch).
+    import warnings
+
+    import lightning as L
+    import pytest
+
+    def loader_of_rank_0(world_size):
+        data = tiny_datamodule(phantom_shards, tiny_text_model)
+        data.trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=world_size, logger=False)  # not launched
+        data.setup("fit")
+        return data.train_dataloader()
+
+    with pytest.warns(UserWarning, match="^4 training shards for 8 ranks: every rank reads all of them .*resampled"):
+        loader_of_rank_0(8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training shards for")
+        loader_of_rank_0(4)
