@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         _traceback(debug)
         print(f"convirt: error: {' '.join(lines[:3])}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, FloatingPointError) as error:  # OSError covers missing files and weights
+    except Exception as error:  # noqa: BLE001 (only the errors of _said_in_one_line; the rest raise)
+        if not isinstance(error, _said_in_one_line()):
+            raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         _traceback(debug)
         print(
@@ -107,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         print("convirt: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _said_in_one_line() -> tuple[type[BaseException], ...]:
+    """The errors said in one line: bad input and missing files or weights (OSError), a loss gone to NaN,
+    and, once Lightning is loaded, its MisconfigurationException (a setting the hardware or launcher
+    cannot run). Anything else is a bug: its traceback shows."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, FloatingPointError)
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return (*errors, lightning.MisconfigurationException) if lightning is not None else errors
 
 
 def _traceback(debug: bool) -> None:

@@ -163,6 +163,15 @@ def _trainer(
     accelerator: str, devices: int | str, num_nodes: int, callbacks: list[pl.Callback], progress: bool
 ) -> pl.Trainer:
     many = devices not in (1, "1") or num_nodes > 1
+    try:
+        return _lightning_trainer(accelerator, devices, num_nodes, callbacks, progress, many)
+    except RuntimeError as error:  # e.g. srun's task counts against --devices and --num-nodes
+        raise ValueError(f"Lightning cannot start this run: {str(error).strip().splitlines()[0]}") from error
+
+
+def _lightning_trainer(
+    accelerator: str, devices: int | str, num_nodes: int, callbacks: list[pl.Callback], progress: bool, many: bool
+) -> pl.Trainer:
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,

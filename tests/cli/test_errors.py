@@ -51,3 +51,16 @@ def test_fit_on_several_nodes_without_a_launcher_says_so(
     err = capsys.readouterr().err
     assert "--trainer.num_nodes 2 needs a launcher on every node (torchrun --nnodes 2 --nproc_per_node 2" in err
     assert "Traceback" not in err
+
+
+def test_a_slurm_job_lightning_refuses_is_said_in_one_line(
+    tiny_checkpoint, phantom_shards, tmp_path, capsys, monkeypatch
+):
+    # srun with --ntasks but no --ntasks-per-node: Lightning raises a RuntimeError, said in one line here.
+    slurm = {"SLURM_NTASKS": "4", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "j", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"}
+    for name, value in {**slurm, "SLURM_NODELIST": "127.0.0.1", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    args = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--output", str(tmp_path)]
+    assert main([*args, "--num-nodes", "2", "--devices", "2", "--accelerator", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("convirt: error: Lightning cannot start this run: You set `--ntasks=4`") and "\n" not in err
