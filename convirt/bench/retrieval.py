@@ -60,6 +60,8 @@ def evaluate_index_folder(
             labels for kNN, or no indexed image has a report in ``texts``.
     """
     folder = open_index_folder(index)
+    # The indexed images as queries: an index without its vectors is refused before its rows are read.
+    own = index_vectors(folder.index)[1] if queries is None else None
     metadata = folder.metadata
     labels, patients = LabelColumn(), IdColumn(_patient_of)
     for row in metadata:  # the one pass over the index's rows
@@ -76,8 +78,8 @@ def evaluate_index_folder(
         codes = np.array([groups.code(_patient_of(m)) for m in query_meta], dtype=np.int32) if groups else None
         exclude = _Exclusions(len(query_meta), groups, codes)
     else:
-        _, vectors = index_vectors(folder.index)
-        query_labels = index_labels
+        assert own is not None  # read above
+        vectors, query_labels = own, index_labels
         exclude = _Exclusions(len(metadata), groups, groups.codes if groups else None, own=True)
     depth = max(k, knn) + exclude.largest()
     similarities, ids = search(folder.index, vectors, min(depth, folder.index.ntotal))

@@ -17,7 +17,15 @@ from typing import Any, Generic, TypeVar, overload
 import faiss
 import numpy as np
 
-from convirt.retrieval.index import METADATA_FILE, IndexInfo, build_index, load_index, merge_indexes, save_index
+from convirt.retrieval.index import (
+    LISTS_FILE,
+    METADATA_FILE,
+    IndexInfo,
+    build_index,
+    load_index,
+    merge_indexes,
+    save_index,
+)
 
 Rows = TypeVar("Rows", bound=Sequence[dict[str, Any]])
 
@@ -159,6 +167,11 @@ def merge_index_folders(
             )
         merge_sub_indexes(inputs, output)
         return open_index_folder(output)
+    if on_disk := next((folder for folder in inputs if (Path(folder) / LISTS_FILE).is_file()), None):
+        raise ValueError(
+            f"{on_disk} was built out of core (its lists on disk): merge the sub-indexes it was made of "
+            "(`convirt index add` outputs), or build one index over all the embeddings"
+        )
     parts = [load_index_folder(folder) for folder in inputs]
     index, info = merge_indexes([(part.index, part.info) for part in parts], renumber=True)
     metadata = [row for part in parts for row in part.metadata]

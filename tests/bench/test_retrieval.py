@@ -147,3 +147,14 @@ def test_eval_holds_no_row_and_gives_the_numbers_of_all_rows(
     assert result["queries"] == len(asked[1]) and result["same_patient_excluded"] is not include_same_patient
     if not queries:  # each image's own report is among its nearest texts at least sometimes
         assert 0 <= result["image_text"]["image_to_text"]["recall_at_1"] <= 1
+
+
+def test_an_index_without_its_vectors_is_refused_before_its_rows_are_read(tmp_path, monkeypatch):
+    from convirt.retrieval.ondisk import ArrayPart, build_out_of_core
+
+    vectors, rows = _rows(600)
+    build_out_of_core([ArrayPart("part-0", vectors, rows)], tmp_path / "ooc", "IVF4,Flat", train_size=600)
+    count = held_rows(monkeypatch)
+    with pytest.raises(ValueError, match="keeps no map of its ids .* --queries"):
+        evaluate_index_folder(tmp_path / "ooc", k=5)
+    assert count["parsed"] == 0

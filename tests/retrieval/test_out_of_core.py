@@ -101,6 +101,8 @@ def test_separate_jobs_merge_into_the_one_job_index(tmp_path):
         merge_sub_indexes([*subs, subs[1]], tmp_path / "bad")
     with pytest.raises(ValueError, match="merge only with each other"):
         merge_index_folders([subs[0], tmp_path / "one"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="was built out of core .*: merge the sub-indexes it was made of"):
+        merge_index_folders([tmp_path / "one", tmp_path / "one"], tmp_path / "bad")
     train_ivf(parts, tmp_path / "other", "IVF16,Flat", train_size=1500, seed=1)
     add_parts(tmp_path / "other", parts, tmp_path / "sub-other", part_block(len(parts), 2, 3))
     with pytest.raises(ValueError, match="filled from another trained index"):
