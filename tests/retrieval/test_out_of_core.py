@@ -264,3 +264,33 @@ def test_index_commands_refuse_to_replace_what_they_did_not_write(tmp_path, caps
     assert main([*add, "--output", emb]) == 2 and "is one of the inputs" in capsys.readouterr().err
     assert main(["index", "merge", "--inputs", built, str(tmp_path / "s3"), "--output", built]) == 2
     assert "is one of the inputs" in capsys.readouterr().err
+
+
+def test_a_build_killed_midway_resumes_from_its_work_folder(tmp_path, monkeypatch):
+    import convirt.retrieval.ondisk as ondisk
+
+    x = _clustered()
+    parts, options = _parts(x, 400), {"train_size": 1500, "search_params": "nprobe=4", "sub_bytes": 800 * 72}
+    whole = build_out_of_core(parts, tmp_path / "whole", "IVF16,Flat", **options)  # 8 parts, a sub-index each
+    add, calls = ondisk.add_parts, []
+
+    def dies_at_the_third(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is stopped here
+        calls.append(args[2])
+        return add(*args, **kwargs)
+
+    monkeypatch.setattr(ondisk, "add_parts", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_out_of_core(parts, tmp_path / "idx", "IVF16,Flat", **options)
+    work = tmp_path / "idx.work"
+    assert sorted(p.name for p in work.iterdir()) == ["sub-0000", "sub-0001", "trained"]
+    calls.clear()
+    monkeypatch.setattr(ondisk, "add_parts", lambda *args, **kwargs: calls.append(args[2]) or add(*args, **kwargs))
+    monkeypatch.setattr(ondisk, "train_ivf", lambda *args, **kwargs: pytest.fail("trained again"))
+    resumed = build_out_of_core(parts, tmp_path / "idx", "IVF16,Flat", **options)
+    assert [p.name for p in calls] == [f"sub-{n:04d}" for n in range(2, 8)]  # only the sub-indexes not made
+    assert (work.with_name("idx") / "index.faiss").is_file()
+    assert resumed == whole and not work.exists()
+    a, b = load_index(tmp_path / "whole")[0], load_index(tmp_path / "idx")[0]
+    assert np.array_equal(search(a, x[::40], 10)[1], search(b, x[::40], 10)[1])
