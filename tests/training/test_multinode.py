@@ -12,6 +12,7 @@
   environment each task embeds the shards its rank reads under torchrun.
 """
 
+import json
 import os
 import signal
 import socket
@@ -203,6 +204,13 @@ def test_two_nodes_embed_every_sample_once_as_one_process_does(tiny_checkpoint, 
     # and 2 samples in batches of 4: rank r's batches are the one process's batches of shard r).
     for key, vector in one.items():
         assert np.array_equal(vector, four[key]), key
+    # The rows and the folder's record too: the same metadata per key, the same model and precision.
+    from convirt.embeddings import load_embedding_folder
+
+    rows = [{row["key"]: row for row in load_embedding_folder(tmp_path / name).rows} for name in ("one", "four")]
+    assert rows[0] == rows[1]
+    infos = [json.loads((tmp_path / name / "info.json").read_text()) for name in ("one", "four")]
+    assert infos[0] == infos[1] and infos[0]["precision"] == "float32"
 
 
 SLURM_2X2 = {  # what srun sets for every task of 2 nodes x 2 tasks; `_slurm_task` adds the task's own
@@ -256,8 +264,6 @@ def test_a_simulated_slurm_job_embeds_each_rank_s_torchrun_shards(
 
 
 def _part_keys(path: Path) -> list[str]:
-    import json
-
     return [json.loads(line)["key"] for line in path.read_text().splitlines()]
 
 
