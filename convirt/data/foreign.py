@@ -34,16 +34,23 @@ _SPLIT_PREFIX = re.compile(rf"^({'|'.join(SPLITS)})(?=[-_.])")
 _FIRST_MEMBERS = 64  # the first sample's fields are among the first few members
 
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # webdataset reads gzipped tars as they are
+
+
 def is_foreign_shards(path: str | os.PathLike[str]) -> bool:
-    """A folder of ``.tar`` files without ``manifest.json``, a ``.tar`` file, or a brace pattern, ``::`` list,
-    ``pipe:`` command or URL of tars."""
+    """A folder of tars (``.tar``, ``.tar.gz``, ``.tgz``) without ``manifest.json``, a tar file, or a brace
+    pattern, ``::`` list, ``pipe:`` command or URL of tars."""
     text = str(path)
     if any(mark in text for mark in ("://", "::", "{")) or text.startswith("pipe:"):
-        return ".tar" in text
+        return ".tar" in text or ".tgz" in text
     local = Path(text)
     if local.is_dir():
-        return not (local / MANIFEST).is_file() and any(local.glob("*.tar"))
-    return local.is_file() and local.suffix == ".tar"
+        return not (local / MANIFEST).is_file() and bool(_tars_in(local))
+    return local.is_file() and local.name.endswith(TAR_SUFFIXES)
+
+
+def _tars_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.name.endswith(TAR_SUFFIXES) and path.is_file())
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,7 @@ def open_foreign_shards(path: str | os.PathLike[str], fields: Fields | None = No
     text, local = str(path), Path(path)
     folder = local.is_dir()
     if folder:
-        tars = tuple(str(tar) for tar in sorted(local.glob("*.tar")))
+        tars = tuple(str(tar) for tar in _tars_in(local))
         if not tars:
             raise FileNotFoundError(f"no .tar shards in {text}")
     else:

@@ -258,3 +258,21 @@ def test_a_corrupt_metadata_member_is_skipped_with_its_key_field_and_reason(test
         "skipping a corrupt sample: sample 'broken', field 'json': JSONDecodeError: Expecting property "
         "name enclosed in double quotes: line 1 column 2 (char 1)"
     ]
+
+
+def test_gzipped_tars_read_as_the_plain_ones(test_samples, tmp_path):
+    import gzip
+    import shutil
+
+    plain = write_foreign(tmp_path / "plain", test_samples)
+    zipped = tmp_path / "zipped"
+    zipped.mkdir()
+    for number, tar in enumerate(sorted(plain.glob("*.tar"))):
+        name = tar.name.replace(".tar", ".tar.gz" if number == 0 else ".tgz")
+        with open(tar, "rb") as source, gzip.open(zipped / name, "wb") as target:
+            shutil.copyfileobj(source, target)
+    shards = open_foreign_shards(zipped)
+    assert [t.rsplit("/", 1)[-1] for t in shards.urls("test")] == ["00000.tar.gz", "00001.tgz"]
+    assert shards.count() == len(test_samples)
+    a, b = _batches(plain), _batches(zipped)
+    assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and a["text"] == b["text"]
