@@ -17,7 +17,7 @@ from convirt.data.foreign import open_foreign_shards
 from convirt.data.inputs import build_eval_batches
 from convirt.data.shards import shard_urls
 from convirt.embeddings import read_embeddings
-from tests.conftest import TINY_MODEL, quiet_trainer, tiny_datamodule
+from tests.conftest import TINY_MODEL, tiny_datamodule
 
 # Unpickling this raises: a sample whose pyd field were decoded would be skipped as corrupt.
 PICKLE = b"\x80\x04K"
@@ -181,23 +181,31 @@ def test_embed_gives_the_vectors_of_the_convirt_folder_and_says_what_it_inferred
 
 
 @pytest.mark.slow
-def test_fit_trains_on_foreign_shards_split_by_tar_name(phantom_shards, tiny_text_model, tmp_path, caplog):
-    import logging
-
-    from convirt.training import ContrastiveModule
-
+def test_fit_trains_on_foreign_shards_split_by_tar_name(phantom_shards, tiny_text_model, tmp_path, capfd):
+    # `convirt fit` itself, the fields named in the config (data.fields) as a user would.
     train, val = convirt_samples(phantom_shards, "train"), convirt_samples(phantom_shards, "val")
     folder = write_foreign(tmp_path / "shards", train, ("train-0.tar", "train-1.tar"), image="png", text="caption")
     write_foreign(folder, val, ("val-0.tar",), image="png", text="caption")
-    data = tiny_datamodule(folder, tiny_text_model, fields={"image": "png", "text": "caption"})
-    module = ContrastiveModule(TINY_MODEL, pretrained=False, text_model_path=tiny_text_model, warmup_steps=1)
-    trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1, val_check_interval=2)
-    with caplog.at_level(logging.INFO):
-        trainer.fit(module, datamodule=data)
-    assert trainer.global_step == 2 and "val/loss" in trainer.callback_metrics
-    assert trainer.callback_metrics["train/skipped_samples"] == 0
+    config = tmp_path / "fit.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"model_name": TINY_MODEL, "pretrained": False, "text_model_path": tiny_text_model},
+                "data": {"shards": str(folder), "fields": {"image": "png", "text": "caption"}, "batch_size": 8},
+                "trainer": {"max_steps": 2, "limit_val_batches": 1, "val_check_interval": 2, "precision": "32-true"},
+            }
+        )
+    )
+    quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"]
+    run = ["fit", "--config", str(config), *quiet, "--trainer.default_root_dir", str(tmp_path / "run")]
+    assert main([*run, "--trainer.accelerator", "cpu", "--model.warmup_steps", "1"]) == 0
+    (checkpoint,) = (tmp_path / "run").rglob("*.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2
     said = f"splits by tar name: train 2 tars, val 1 tars, test 0 tars; reading train; {len(train)} samples counted"
-    assert any(said in record.getMessage() for record in caplog.records)
+    assert said in "".join(capfd.readouterr())
+    data = tiny_datamodule(folder, tiny_text_model, fields={"image": "png", "text": "caption"})
+    data.setup("test")
     with pytest.raises(ValueError, match="no test shards in .*named by split"):
         data.test_dataloader()
 
