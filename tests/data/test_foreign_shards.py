@@ -88,6 +88,9 @@ def test_foreign_shards_give_the_batches_of_the_same_images_in_a_convirt_folder(
         assert torch.equal(found["image"], own["image"])
         assert found["labels"] == own["labels"] and found["text"] == own["text"]
         assert "url" in found["meta"] and "key" not in found["meta"]  # the json's key is not the sample's
+    # A pipe: pattern (as for shards in an object store: `pipe:aws s3 cp ... -`) reads the same samples.
+    piped = _batches(f"pipe:cat {plain}/{{00000..00001}}.tar", split="test")
+    assert piped["key"] == own["key"] and torch.equal(piped["image"], own["image"]) and piped["skipped"] == 0
     # Unnamed, the first sample's png is found among the defaults (jpg, jpeg, png, webp): the first present wins.
     assert open_foreign_shards(named).fields.image[0] == "png"
     with pytest.raises(ValueError, match="has no webp field for image .*caption, json, png, pyd"):
