@@ -48,9 +48,15 @@ def _cgroup_left(membership: Path, root: Path) -> list[int | None]:
                 left.append(_left(level / "memory.max", level / "memory.stat", "anon"))
                 if level == root:
                     break
-        elif "memory" in controllers.split(","):  # v1: memory.limit_in_bytes, memory.stat's rss
+        elif "memory" in controllers.split(","):  # v1: the limit (its ancestors' too), less memory.stat's rss
             folder = root / "memory" / path.lstrip("/")
+            if not folder.is_dir():  # inside a container, its own group is the mount's root
+                folder = root / "memory"
+            used = _stat(folder / "memory.stat")
             left.append(_left(folder / "memory.limit_in_bytes", folder / "memory.stat", "total_rss"))
+            if "hierarchical_memory_limit" in used:  # the least limit above (SLURM's job_N over task_N)
+                limit = used["hierarchical_memory_limit"]
+                left.append(max(0, limit - used.get("total_rss", 0)) if limit < UNLIMITED else None)
     return left
 
 
@@ -61,12 +67,13 @@ def _left(limit_file: Path, stat_file: Path, used_field: str) -> int | None:
         return None
     if text == "max" or not text.isdigit() or int(text) >= UNLIMITED:
         return None
-    used = 0
+    return max(0, int(text) - _stat(stat_file).get(used_field, 0))
+
+
+def _stat(path: Path) -> dict[str, int]:
+    """A cgroup's ``memory.stat`` as numbers (empty where unreadable)."""
     try:
-        for line in stat_file.read_text(encoding="ascii").splitlines():
-            name, _, value = line.partition(" ")
-            if name == used_field:
-                used = int(value)
-    except (OSError, ValueError):
-        pass
-    return max(0, int(text) - used)
+        lines = path.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return {}
+    return {name: int(value) for name, _, value in (line.partition(" ") for line in lines) if value.isdigit()}

@@ -39,3 +39,22 @@ def test_a_v1_memory_limit_and_an_unlimited_one(tmp_path):
     (group / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
     assert available_memory(proc, cgroups) == 20 * GIB
     assert available_memory(_proc(tmp_path / "none", ""), tmp_path / "missing") == 20 * GIB
+
+
+def test_v1_limits_above_the_task_and_inside_a_container(tmp_path):
+    # SLURM on v1 limits job_N (--mem) while the task sits in an unlimited task_N below it: memory.stat's
+    # hierarchical_memory_limit carries the job's. Inside a container the group path is not mounted: its
+    # own group is the mount's root.
+    cgroups = tmp_path / "sys"
+    task = cgroups / "memory" / "slurm" / "uid_0" / "job_7" / "step_0" / "task_0"
+    task.mkdir(parents=True)
+    (task / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (task / "memory.stat").write_text(f"total_rss {GIB}\nhierarchical_memory_limit {4 * GIB}\n")
+    proc = _proc(tmp_path / "proc", "4:memory:/slurm/uid_0/job_7/step_0/task_0\n")
+    assert available_memory(proc, cgroups) == 3 * GIB
+    container = tmp_path / "container"
+    (container / "memory").mkdir(parents=True)
+    (container / "memory" / "memory.limit_in_bytes").write_text(f"{6 * GIB}\n")
+    (container / "memory" / "memory.stat").write_text(f"total_rss {2 * GIB}\n")
+    proc = _proc(tmp_path / "proc2", "4:memory:/docker/0123abcd\n")
+    assert available_memory(proc, container) == 4 * GIB

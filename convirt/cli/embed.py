@@ -97,6 +97,8 @@ def run_embed(args: argparse.Namespace) -> None:
             + (f" ({args.split})" if args.split else "")
             + (f": {skipped} corrupt samples skipped" if skipped else "")
         )
+    if isinstance(share, tuple) and share[0] != 0:  # the folder's summary is said once, by rank 0
+        return
     note = f" ({skipped} corrupt samples skipped)" if skipped else ""
     made = encoder.settled.get(modality)
     how = f"at {made.describe()} ({made.reason})" if made else "(nothing left to embed)"

@@ -38,6 +38,13 @@ class ConvirtLightningCLI(LightningCLI):
         configure_hardware(config, self.subcommand, text_pretraining)
 
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except RuntimeError as error:  # e.g. srun's task counts against --trainer.devices and num_nodes
+            raise ValueError(f"Lightning cannot start this run: {str(error).strip().splitlines()[0]}") from error
+
+
 def configure_hardware(config: Any, subcommand: str | None = None, text_pretraining: bool = False) -> None:
     """Choose ``trainer.precision`` for the device when the config sets none (an explicit value
     wins) and torch's intra-op threads beside the data-loader workers; log both with the reason.

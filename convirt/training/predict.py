@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, IterableDataset
 
 from convirt.embeddings.encode import MODALITIES, Encoder
 from convirt.embeddings.precision import planned_precision
@@ -49,6 +50,9 @@ class EncodeModule(pl.LightningModule):
         self.model = encoder.model  # a submodule, so that Lightning moves it to the rank's device
         self.encoder = encoder
         self.modality = modality
+        self._met = False  # the agreement met without a batch of this rank's own
+        # A rank may have no row (fewer left than ranks): it skips the loop and records its run (encode_on_devices).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         encoder.combine_agreement = self._least_over_ranks
 
     def _least_over_ranks(self, value: float) -> float:
@@ -61,11 +65,16 @@ class EncodeModule(pl.LightningModule):
         return self.encoder.batch(batch, self.modality)
 
     def on_predict_epoch_end(self) -> None:
-        # A rank with nothing to encode (fewer shards than ranks, or all done before a resume) still
-        # meets the others at their first batch's agreement, a collective they would wait on for ever.
+        self.meet_the_agreement()
+
+    def meet_the_agreement(self) -> None:
+        """A rank with nothing to encode (fewer shards or rows than ranks, or all done before a resume)
+        still meets the others at their first batch's agreement, a collective they would wait on for ever."""
         plan = planned_precision(self.encoder.device, self.encoder.requested)
-        if self.trainer.world_size > 1 and self.modality not in self.encoder.settled and plan.reduced:
+        unmet = self.modality not in self.encoder.settled and not self._met
+        if self.trainer.world_size > 1 and unmet and plan.reduced:
             self._least_over_ranks(math.inf)  # the least over ranks ignores it
+            self._met = True
 
 
 class SinkWriter(BasePredictionWriter):
@@ -115,7 +124,8 @@ def encode_on_devices(
     Args:
         encoder: Makes the vectors (its model is moved to each rank's device).
         batches: A data loader of batch dicts. With several devices a map-style dataset is split
-            across ranks without repeats; an iterable one must split itself (shards by rank).
+            across ranks without repeats (rows ``rank::world_size``, any rank possibly left with none);
+            an iterable one must split itself (shards by rank).
         open_sink: Called once per rank with the rank.
         modality: ``image`` or ``text``.
         progress: Show a progress bar.
@@ -126,18 +136,35 @@ def encode_on_devices(
     Returns:
         The number of ranks, each of which closed its sink before this returns.
     """
-    trainer = _trainer(accelerator, devices, num_nodes, [SinkWriter(open_sink)], progress)
+    writer, module = SinkWriter(open_sink), EncodeModule(encoder, modality).eval()
+    trainer = _trainer(accelerator, devices, num_nodes, [writer], progress)
     with warnings.catch_warnings():
         # Batch indices are only known for samplers; the sink does not need them.
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        trainer.predict(
-            EncodeModule(encoder, modality).eval(),
-            dataloaders=batches,  # type: ignore[arg-type]
-            return_predictions=False,
-        )
+        loader = _rank_share(batches, trainer.global_rank, trainer.world_size)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)  # type: ignore[arg-type]
+    if writer.sink is None:  # Lightning skips a loader of no batches (a sized one): none of the hooks ran
+        module.meet_the_agreement()
+        open_sink(trainer.global_rank).close()  # its record that it ran, with nothing to add
     if trainer.world_size > 1:  # every rank's parts are on disk before any rank counts the folder
         trainer.strategy.barrier("convirt-embed-done")
     return int(trainer.world_size)
+
+
+def _rank_share(batches: Iterable[dict[str, Any]], rank: int, world_size: int) -> Iterable[dict[str, Any]]:
+    """The loader of rank ``rank``'s rows ``rank::world_size`` of a map-style loader (as Lightning's own
+    unrepeated sampler cuts them, which refuses a rank left without a row: a resume with fewer rows left
+    than ranks); other batches as they are."""
+    if world_size <= 1 or not isinstance(batches, DataLoader) or isinstance(batches.dataset, IterableDataset):
+        return batches
+    rows = list(range(rank, len(batches.dataset), world_size))  # type: ignore[arg-type]
+    return DataLoader(
+        batches.dataset,
+        batch_size=batches.batch_size,
+        sampler=rows,
+        num_workers=batches.num_workers,
+        collate_fn=batches.collate_fn,
+    )
 
 
 def launched_rank(accelerator: str = "auto", devices: int | str = 1, num_nodes: int = 1) -> tuple[int, int]:
@@ -179,6 +206,7 @@ def _lightning_trainer(
         strategy="ddp" if many else "auto",
         precision="32-true",  # the encoder applies the embedding precision policy itself
         callbacks=callbacks,
+        use_distributed_sampler=False,  # a map-style loader is cut by _rank_share; shards by their rank
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress,

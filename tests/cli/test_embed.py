@@ -136,17 +136,37 @@ def _embed_on_two_ranks(arguments: list[str]) -> None:
 
 @pytest.mark.slow  # 2 gloo processes
 @pytest.mark.multiprocess
-def test_a_rank_without_shards_meets_the_others_precision_agreement(tiny_checkpoint, phantom_shards, tmp_path):
-    # One test shard for two ranks: rank 1 reads nothing. bfloat16 asked for: the ranks agree on the
-    # first batch's cosine (a collective); rank 1 joins it at the end (before, rank 0 waited for ever).
-    output = tmp_path / "one-shard"
-    source = ["--data", str(phantom_shards), "--split", "test", "--precision", "bfloat16"]
-    _embed_on_two_ranks(["--checkpoint", str(tiny_checkpoint), *source, "--output", str(output), "--batch-size", "4"])
+@pytest.mark.parametrize("data", ["one shard", "one table row"])
+def test_a_rank_with_nothing_to_embed_meets_the_others_precision_agreement(
+    tiny_checkpoint, labels_csv, phantom_shards, tmp_path, data
+):
+    # Two ranks, one of them with nothing to read: one test shard (rank 1's stream is empty), or a
+    # table of one row (rank 1's loader has no batch, and Lightning skips its loop and every hook).
+    # bfloat16 asked for: the ranks agree on the first batch's cosine (a collective), which rank 1 joins
+    # at the end (before, rank 0 waited for ever); rank 1 records its run (the folder is checked for it).
+    output = tmp_path / "one-rank-empty"
+    if data == "one shard":
+        source, expected = ["--data", str(phantom_shards), "--split", "test"], 16
+    else:
+        source, expected = ["--data", str(_first_rows(labels_csv, 1, tmp_path / "one.csv"))], 1
+    command = ["--checkpoint", str(tiny_checkpoint), *source, "--precision", "bfloat16", "--output", str(output)]
+    _embed_on_two_ranks([*command, "--batch-size", "4"])
     assert {path.name[:8] for path in output.glob("part-*.npy")} == {"part-000"}
+    assert sorted(path.name for path in output.glob("skipped-*.json")) == ["skipped-000.json", "skipped-001.json"]
     _, rows = _by_key(output)
-    expected = json.loads((phantom_shards / "manifest.json").read_text())["splits"]["test"]["samples"]
-    assert len(rows) == len({r["key"] for r in rows}) == expected > 0
+    assert len(rows) == len({r["key"] for r in rows}) == expected
     assert json.loads((output / "info.json").read_text())["precision"] == "bfloat16"
+
+
+def test_a_finished_folder_embedded_again_has_nothing_to_do(tiny_checkpoint, labels_csv, tmp_path, capsys):
+    # A table's loader with no batch left: Lightning skips the predict loop; the run still ends as done.
+    table = _first_rows(labels_csv, 5, tmp_path / "five.csv")
+    command = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(table), "--output", str(tmp_path / "e")]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "(nothing left to embed)" in capsys.readouterr().out
+    assert len(read_embeddings(tmp_path / "e")[1]) == 5
 
 
 _KILLED_EMBED = """

@@ -22,8 +22,14 @@ def test_debug_shows_the_traceback_by_flag_or_environment(tmp_path, capsys, monk
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
-def test_embed_on_several_nodes_without_a_launcher_says_so(tiny_checkpoint, phantom_shards, tmp_path, capsys):
+def test_embed_on_several_nodes_without_a_launcher_says_so(
+    tiny_checkpoint, phantom_shards, tmp_path, capsys, monkeypatch
+):
     # Without torchrun or srun the ranks of the other node never come: it would wait forever.
+    from convirt.training.launch import LAUNCHER_VARIABLES
+
+    for name in LAUNCHER_VARIABLES:  # none left by another test or the shell
+        monkeypatch.delenv(name, raising=False)
     args = ["embed", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_shards), "--output", str(tmp_path)]
     assert main([*args, "--num-nodes", "2"]) != 0
     assert "needs a launcher on every node (torchrun --nnodes 2" in capsys.readouterr().err
@@ -54,7 +60,7 @@ def test_fit_on_several_nodes_without_a_launcher_says_so(
 
 
 def test_a_slurm_job_lightning_refuses_is_said_in_one_line(
-    tiny_checkpoint, phantom_shards, tmp_path, capsys, monkeypatch
+    tiny_checkpoint, tiny_text_model, phantom_shards, tmp_path, capsys, monkeypatch
 ):
     # srun with --ntasks but no --ntasks-per-node: Lightning raises a RuntimeError, said in one line here.
     slurm = {"SLURM_NTASKS": "4", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "j", "SLURM_JOB_ID": "1", "SLURM_PROCID": "0"}
@@ -64,3 +70,18 @@ def test_a_slurm_job_lightning_refuses_is_said_in_one_line(
     assert main([*args, "--num-nodes", "2", "--devices", "2", "--accelerator", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("convirt: error: Lightning cannot start this run: You set `--ntasks=4`") and "\n" not in err
+    # And `convirt fit` under the same srun (its trainer made by LightningCLI).
+    from tests.conftest import TINY_MODEL
+
+    model = [
+        "--model.model_name",
+        TINY_MODEL,
+        "--model.pretrained",
+        "false",
+        "--model.text_model_path",
+        tiny_text_model,
+    ]
+    fit = ["fit", *model, "--data.shards", str(phantom_shards), "--trainer.default_root_dir", str(tmp_path / "fit")]
+    assert main([*fit, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "convirt: error: Lightning cannot start this run: You set `--ntasks=4`" in err and "Traceback" not in err
