@@ -40,20 +40,10 @@ def test_fit_on_several_nodes_without_a_launcher_says_so(
 ):
     # The same for `convirt fit --trainer.num_nodes 2`: refused before a model is built.
     from convirt.training.launch import LAUNCHER_VARIABLES
-    from tests.conftest import TINY_MODEL
 
     for name in LAUNCHER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    model = [
-        "--model.model_name",
-        TINY_MODEL,
-        "--model.pretrained",
-        "false",
-        "--model.text_model_path",
-        tiny_text_model,
-    ]
-    args = ["fit", *model, "--data.shards", str(phantom_shards), "--trainer.default_root_dir", str(tmp_path)]
-    assert main([*args, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "2"]) == 2
+    assert main(_fit_on_2x2(tiny_text_model, phantom_shards, tmp_path)) == 2
     err = capsys.readouterr().err
     assert "--trainer.num_nodes 2 needs a launcher on every node (torchrun --nnodes 2 --nproc_per_node 2" in err
     assert "Traceback" not in err
@@ -71,17 +61,15 @@ def test_a_slurm_job_lightning_refuses_is_said_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("convirt: error: Lightning cannot start this run: You set `--ntasks=4`") and "\n" not in err
     # And `convirt fit` under the same srun (its trainer made by LightningCLI).
-    from tests.conftest import TINY_MODEL
-
-    model = [
-        "--model.model_name",
-        TINY_MODEL,
-        "--model.pretrained",
-        "false",
-        "--model.text_model_path",
-        tiny_text_model,
-    ]
-    fit = ["fit", *model, "--data.shards", str(phantom_shards), "--trainer.default_root_dir", str(tmp_path / "fit")]
-    assert main([*fit, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "2"]) == 2
+    assert main(_fit_on_2x2(tiny_text_model, phantom_shards, tmp_path / "fit")) == 2
     err = capsys.readouterr().err.strip()
     assert "convirt: error: Lightning cannot start this run: You set `--ntasks=4`" in err and "Traceback" not in err
+
+
+def _fit_on_2x2(text_model, shards, root) -> list[str]:
+    """`convirt fit` of the tiny model on 2 nodes x 2 CPU processes."""
+    from tests.conftest import TINY_MODEL
+
+    model = ["--model.model_name", TINY_MODEL, "--model.pretrained", "false", "--model.text_model_path", text_model]
+    trainer = ["--trainer.accelerator", "cpu", "--trainer.num_nodes", "2", "--trainer.devices", "2"]
+    return ["fit", *model, "--data.shards", str(shards), "--trainer.default_root_dir", str(root), *trainer]
