@@ -37,7 +37,6 @@ class ConvirtLightningCLI(LightningCLI):
         require_launcher(int(trainer.get("num_nodes") or 1), trainer.get("devices"), "--trainer.num_nodes")
         configure_hardware(config, self.subcommand, text_pretraining)
 
-
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         try:
             return super().instantiate_trainer(**kwargs)
