@@ -158,6 +158,7 @@ def test_a_rank_with_nothing_to_embed_meets_the_others_precision_agreement(
     assert json.loads((output / "info.json").read_text())["precision"] == "bfloat16"
 
 
+@pytest.mark.slow  # several seconds (the fast suite keeps under 5 minutes)
 def test_a_finished_folder_embedded_again_has_nothing_to_do(tiny_checkpoint, labels_csv, tmp_path, capsys):
     # A table's loader with no batch left: Lightning skips the predict loop; the run still ends as done.
     table = _first_rows(labels_csv, 5, tmp_path / "five.csv")

@@ -236,6 +236,7 @@ def test_the_build_command_goes_out_of_core_by_itself_past_a_quarter_of_memory(t
     assert not build("IVF8,Flat", "small") and build("IVF8,Flat", "asked", out_of_core=True)
 
 
+@pytest.mark.slow  # several seconds (the fast suite keeps under 5 minutes)
 def test_index_commands_refuse_to_replace_what_they_did_not_write(tmp_path, capsys):
     # `atomic_folder` replaces the output whole: an input, or a folder of other files, would be lost.
     from convirt.cli.main import main

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from convirt.models import load_checkpoint
@@ -155,6 +156,7 @@ def test_text_only_negatives_join_training_batches(phantom_shards, tiny_text_mod
         trainer.fit(siglip, datamodule=data)
 
 
+@pytest.mark.slow  # several seconds (the fast suite keeps under 5 minutes)
 def test_fewer_training_shards_than_ranks_is_warned(phantom_shards, tiny_text_model):
     # 4 training shards, 8 ranks: each rank would read them all (each sample 8 times an epoch).
     import warnings
