@@ -15,7 +15,7 @@ from typing import Any, overload
 import numpy as np
 
 from convirt._embedding_space import check_same_space
-from convirt.data.columns import IdColumn, IdGroups, LabelColumn, LabelSets
+from convirt.data.columns import IdColumn, IdGroups, LabelColumn, LabelSets, patient_of
 from convirt.data.stream import pad_id_of, text_group
 from convirt.embeddings.encode import Encoder, embed_image_files, embed_texts
 from convirt.embeddings.store import load_embedding_folder
@@ -63,7 +63,7 @@ def evaluate_index_folder(
     # The indexed images as queries: an index without its vectors is refused before its rows are read.
     own = index_vectors(folder.index)[1] if queries is None else None
     metadata = folder.metadata
-    labels, patients = LabelColumn(), IdColumn(_patient_of)
+    labels, patients = LabelColumn(), IdColumn(patient_of)
     for row in metadata:  # the one pass over the index's rows
         labels.add(row)
         if not include_same_patient:
@@ -75,7 +75,7 @@ def evaluate_index_folder(
         check_same_space(folder.info.fingerprint, embedded.info, what="index (queries)")
         vectors, query_meta = embedded.vectors, embedded.rows
         query_labels = _label_sets(query_meta)
-        codes = np.array([groups.code(_patient_of(m)) for m in query_meta], dtype=np.int32) if groups else None
+        codes = np.array([groups.code(patient_of(m)) for m in query_meta], dtype=np.int32) if groups else None
         exclude = _Exclusions(len(query_meta), groups, codes)
     else:
         assert own is not None  # read above
@@ -101,10 +101,6 @@ def evaluate_index_folder(
     if texts is not None:
         result["image_text"] = _image_text(vectors, query_meta, texts, folder.info.fingerprint)
     return result
-
-
-def _patient_of(row: dict[str, Any]) -> str:
-    return str(row.get("patient_id") or row.get("key", ""))  # no patient id: each image its own, as elsewhere
 
 
 def _label_sets(rows: Sequence[dict[str, Any]]) -> LabelSets:

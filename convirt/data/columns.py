@@ -32,6 +32,12 @@ class Column(Protocol):
     def add(self, row: dict[str, Any]) -> None: ...
 
 
+def patient_of(row: dict[str, Any]) -> str:
+    """The patient a metadata row belongs to: its ``patient_id``, or without one its ``key`` (each image its
+    own patient), as every evaluation groups rows."""
+    return str(row.get("patient_id") or row.get("key", ""))
+
+
 def encoded_id(value: str) -> bytes:
     """The bytes an id is kept and looked up as: its UTF-8, or where that is longer than :data:`ID_BYTES`
     or ends in NUL (numpy's bytes arrays drop trailing NULs), a 112-bit digest between two ``0xff`` (a

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from convirt._embedding_space import canonical_precision
@@ -15,13 +14,13 @@ from convirt.embeddings.encode import MODALITIES, Encoder, as_encoder
 from convirt.embeddings.precision import EmbeddingPrecision, parse_precision
 from convirt.embeddings.store import (
     DTYPES,
-    SKIPPED_PREFIX,
     PartWriter,
     _info_of,
     close_embedding_folder,
     completed_parts,
     open_embedding_folder,
     record_precision,
+    skipped_record,
 )
 
 # Returns the ranks that wrote parts (their sinks closed on return), or None for this process alone.
@@ -127,7 +126,7 @@ def _check_every_rank_here(output: str | os.PathLike[str], ranks: int | None) ->
     Raises:
         ValueError: A rank's end-of-run record is not in the folder.
     """
-    missing = [rank for rank in range(ranks or 0) if not (Path(output) / f"{SKIPPED_PREFIX}{rank:03d}.json").is_file()]
+    missing = [rank for rank in range(ranks or 0) if not skipped_record(output, rank).is_file()]
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
         raise ValueError(

@@ -115,7 +115,12 @@ class PartWriter:
     def close(self) -> None:
         """Write what is queued, and this run's count of skipped samples (``skipped-RRR.json``)."""
         self.flush()
-        write_json(self.folder / f"{SKIPPED_PREFIX}{self.rank:03d}.json", {"skipped_samples": self.skipped})
+        write_json(skipped_record(self.folder, self.rank), {"skipped_samples": self.skipped})
+
+
+def skipped_record(folder: str | os.PathLike[str], rank: int) -> Path:
+    """Rank ``rank``'s record of its last run into ``folder`` (its skipped samples), written as it ends."""
+    return Path(folder) / f"{SKIPPED_PREFIX}{rank:03d}.json"
 
 
 def skipped_samples(folder: str | os.PathLike[str]) -> int:

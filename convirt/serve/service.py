@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from convirt._hardware import choose_serve_threads
-from convirt.data.columns import IdColumn, LabelColumn
+from convirt.data.columns import IdColumn, LabelColumn, patient_of
 from convirt.data.stream import pad_id_of
 from convirt.data.transforms import image_transform_for
 from convirt.embeddings.encode import Encoder
@@ -100,7 +100,7 @@ class CaseService:
         self.folder = open_index_folder(index, fingerprint=self.fingerprint)
         self.metadata = self.folder.metadata  # a row read when a case is shown: an archive may hold millions
         # One pass over the rows; what is kept of them is arrays (a few bytes a case), never the rows.
-        labels, patients = LabelColumn(), IdColumn(lambda row: str(row.get("patient_id") or row.get("key")))
+        labels, patients = LabelColumn(), IdColumn(patient_of)
         self.images = CaseImages(self.metadata, shards, columns=(labels, patients))
         self._label_sets, self._patients = labels.sets(), patients.groups()
         self.transform = image_transform_for(loaded.preprocess_cfg, train=False)

@@ -38,10 +38,10 @@ class ConvirtLightningCLI(LightningCLI):
         configure_hardware(config, self.subcommand, text_pretraining)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        try:
+        from convirt.training.launch import starting_lightning
+
+        with starting_lightning():
             return super().instantiate_trainer(**kwargs)
-        except RuntimeError as error:  # e.g. srun's task counts against --trainer.devices and num_nodes
-            raise ValueError(f"Lightning cannot start this run: {str(error).strip().splitlines()[0]}") from error
 
 
 def configure_hardware(config: Any, subcommand: str | None = None, text_pretraining: bool = False) -> None:

@@ -5,6 +5,8 @@ minutes), so it is refused at once instead."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # What the launchers Lightning knows set in every process they start (torchrun, SLURM, Lightning's own
@@ -35,3 +37,13 @@ def require_launcher(num_nodes: int, devices: Any, option: str) -> None:
             f"{option} {num_nodes} needs a launcher on every node (torchrun --nnodes {num_nodes} "
             f"--nproc_per_node {per_node} ..., or srun): run the command under it"
         )
+
+
+@contextmanager
+def starting_lightning() -> Iterator[None]:
+    """Lightning's RuntimeError while it sets a run up (srun's task counts against the devices and nodes
+    asked, ...) as a one-line ValueError: a setting to change, not a bug."""
+    try:
+        yield
+    except RuntimeError as error:
+        raise ValueError(f"Lightning cannot start this run: {str(error).strip().splitlines()[0]}") from error

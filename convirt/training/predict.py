@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from convirt.embeddings.encode import MODALITIES, Encoder
 from convirt.embeddings.precision import planned_precision
+from convirt.training.launch import starting_lightning
 
 
 class FeatureSink(Protocol):
@@ -190,25 +191,17 @@ def _trainer(
     accelerator: str, devices: int | str, num_nodes: int, callbacks: list[pl.Callback], progress: bool
 ) -> pl.Trainer:
     many = devices not in (1, "1") or num_nodes > 1
-    try:
-        return _lightning_trainer(accelerator, devices, num_nodes, callbacks, progress, many)
-    except RuntimeError as error:  # e.g. srun's task counts against --devices and --num-nodes
-        raise ValueError(f"Lightning cannot start this run: {str(error).strip().splitlines()[0]}") from error
-
-
-def _lightning_trainer(
-    accelerator: str, devices: int | str, num_nodes: int, callbacks: list[pl.Callback], progress: bool, many: bool
-) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy="ddp" if many else "auto",
-        precision="32-true",  # the encoder applies the embedding precision policy itself
-        callbacks=callbacks,
-        use_distributed_sampler=False,  # a map-style loader is cut by _rank_share; shards by their rank
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-    )
+    with starting_lightning():
+        return pl.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy="ddp" if many else "auto",
+            precision="32-true",  # the encoder applies the embedding precision policy itself
+            callbacks=callbacks,
+            use_distributed_sampler=False,  # a map-style loader is cut by _rank_share; shards by their rank
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+        )
